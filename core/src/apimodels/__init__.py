@@ -1,0 +1,56 @@
+"""apimodels: a self-hostable unified AI model API, every provider a pluggy plugin.
+
+What a plugin author imports lives here; everything else is the core's own business.
+"""
+
+from .catalog import ModelConfig, Pricing
+from .errors import (
+    APIError,
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from .hookspecs import hookimpl
+from .provider import Output, ProviderSpec, StreamEvent, Upstream, Usage, Verdict
+from .schemas import (
+    ChatRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    Modality,
+    SpeechRequest,
+    TranscriptionRequest,
+    UnifiedRequest,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "ChatRequest",
+    "EmbeddingRequest",
+    "ImageRequest",
+    "InvalidRequest",
+    "Modality",
+    "ModelConfig",
+    "NotFound",
+    "Output",
+    "PermissionDenied",
+    "Pricing",
+    "ProviderSpec",
+    "RateLimited",
+    "SpeechRequest",
+    "StreamEvent",
+    "TranscriptionRequest",
+    "UnifiedRequest",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "Usage",
+    "Verdict",
+    "hookimpl",
+]

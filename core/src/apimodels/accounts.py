@@ -1,0 +1,209 @@
+"""Accounts and API keys.
+
+A key looks like ``sk-am-<prefix><secret>``: 6 fixed characters, an 8-character non-secret
+prefix (indexed, used to find the row) and a 40-character secret. Only the SHA-256 of the
+whole key is stored; the comparison is constant-time. Keys are random and long, so a fast
+hash is enough: nobody can brute-force 240 bits.
+
+Rotation makes a new key and lets the old one work for a grace period (registry.toml
+``gateway.key_rotation_grace_hours``, 24 h by default), so deployed clients can be switched.
+Revocation is immediate in the process that revokes; other processes see it within
+``gateway.key_cache_seconds`` (5 s by default), the lifetime of an authenticated key in the
+in-memory cache that keeps the database off the request path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlite_utils
+
+from .db import utcnow
+from .errors import AuthenticationError, NotFound, PermissionDenied
+
+KEY_PREFIX = "sk-am-"
+_ALPHABET = string.ascii_letters + string.digits
+_PREFIX_LEN = 8
+_SECRET_LEN = 40
+_KEY_LEN = len(KEY_PREFIX) + _PREFIX_LEN + _SECRET_LEN
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def create_account(db: sqlite_utils.Database, email: str) -> dict[str, Any]:
+    email = email.strip().lower()
+    if "@" not in email:
+        raise ValueError(f"not an email address: {email!r}")
+    if db.execute("SELECT 1 FROM accounts WHERE email = ?", [email]).fetchone():
+        raise ValueError(f"an account with email {email} already exists")
+    row = {"id": "acct_" + _random(16), "email": email, "status": "active", "created_at": utcnow()}
+    db["accounts"].insert(row)
+    return row
+
+
+def get_account(db: sqlite_utils.Database, ref: str) -> dict[str, Any]:
+    """An account by id or email."""
+    rows = list(db.query("SELECT * FROM accounts WHERE id = ? OR email = ?", [ref, ref.lower()]))
+    if not rows:
+        raise NotFound(f"no account {ref!r}")
+    return rows[0]
+
+
+def create_key(db: sqlite_utils.Database, account: str, name: str = "") -> tuple[dict[str, Any], str]:
+    """Make a key for an account (id or email); return its row and the key, shown once."""
+    acct = get_account(db, account)
+    if acct["status"] == "closed":
+        raise ValueError(f"account {acct['id']} is closed")
+    prefix = _random(_PREFIX_LEN)
+    key = KEY_PREFIX + prefix + _random(_SECRET_LEN)
+    row = {
+        "id": "key_" + _random(16),
+        "account_id": acct["id"],
+        "name": name,
+        "prefix": prefix,
+        "hash": _hash(key),
+        "created_at": utcnow(),
+        "expires_at": None,
+        "revoked_at": None,
+        "replaced_by": None,
+    }
+    db["api_keys"].insert(row)
+    return _public(row), key
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != "hash"}
+    out["hint"] = KEY_PREFIX + row["prefix"] + "…"
+    return out
+
+
+def list_keys(db: sqlite_utils.Database, account: str) -> list[dict[str, Any]]:
+    acct = get_account(db, account)
+    rows = db.query("SELECT * FROM api_keys WHERE account_id = ? ORDER BY created_at", [acct["id"]])
+    return [_public(r) for r in rows]
+
+
+def _key_row(db: sqlite_utils.Database, key_id: str) -> dict[str, Any]:
+    rows = list(db.query("SELECT * FROM api_keys WHERE id = ?", [key_id]))
+    if not rows:
+        raise NotFound(f"no key {key_id!r}")
+    return rows[0]
+
+
+def revoke_key(db: sqlite_utils.Database, key_id: str) -> dict[str, Any]:
+    row = _key_row(db, key_id)
+    if row["revoked_at"] is None:
+        db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [utcnow(), key_id])
+        db.conn.commit()
+    return _public(_key_row(db, key_id))
+
+
+def rotate_key(
+    db: sqlite_utils.Database, key_id: str, grace: timedelta
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """New key with the old one's account and name; the old key expires after ``grace``.
+
+    Returns (new key row, new key, old key row).
+    """
+    old = _key_row(db, key_id)
+    if old["revoked_at"] is not None:
+        raise ValueError(f"key {key_id} is revoked; create a new key instead")
+    new_row, new_key = create_key(db, old["account_id"], old["name"] or "")
+    expires = datetime.now(UTC) + grace
+    if old["expires_at"] and datetime.fromisoformat(old["expires_at"]) < expires:
+        expires = datetime.fromisoformat(old["expires_at"])  # rotation never extends a key
+    db.execute(
+        "UPDATE api_keys SET expires_at = ?, replaced_by = ? WHERE id = ?",
+        [expires.isoformat(timespec="microseconds"), new_row["id"], key_id],
+    )
+    db.conn.commit()
+    return new_row, new_key, _public(_key_row(db, key_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the account and key behind a valid Authorization header."""
+
+    account_id: str
+    key_id: str
+    account_status: str
+    status_reason: str | None
+    expires_at: float | None
+    checked_at: float
+
+
+class KeyStore:
+    """Authenticates bearer keys with a short-lived in-memory cache (see module docstring)."""
+
+    def __init__(self, db: sqlite_utils.Database, cache_seconds: float = 5.0) -> None:
+        self.db = db
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, Principal] = {}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthenticationError(
+                "Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise AuthenticationError("Malformed Authorization header: use 'Bearer <key>'")
+        now = time.time()
+        digest = _hash(key)
+        principal = self._cache.get(digest)
+        if principal is None or now - principal.checked_at > self.cache_seconds:
+            principal = self._lookup(key, digest, now)
+        if principal.expires_at is not None and now >= principal.expires_at:
+            self._cache.pop(digest, None)
+            raise AuthenticationError("This API key has expired", code="expired_api_key")
+        if principal.account_status == "suspended":
+            raise PermissionDenied(
+                f"This account is suspended: {principal.status_reason or 'contact support'}",
+                code="account_suspended",
+            )
+        if principal.account_status != "active":
+            raise AuthenticationError("This account is closed", code="account_closed")
+        return principal
+
+    def _lookup(self, key: str, digest: str, now: float) -> Principal:
+        # Never echo the key (not even in part) in an error.
+        invalid = AuthenticationError("Invalid API key")
+        if len(key) != _KEY_LEN or not key.startswith(KEY_PREFIX):
+            raise invalid
+        prefix = key[len(KEY_PREFIX) : len(KEY_PREFIX) + _PREFIX_LEN]
+        row = self.db.execute(
+            "SELECT k.id, k.hash, k.expires_at, k.revoked_at, a.id, a.status, a.status_reason"
+            " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.prefix = ?",
+            [prefix],
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row[1], digest):
+            self._cache.pop(digest, None)
+            raise invalid
+        if row[3] is not None:
+            self._cache.pop(digest, None)
+            raise AuthenticationError("This API key has been revoked", code="revoked_api_key")
+        principal = Principal(row[4], row[0], row[5], row[6], _epoch(row[2]), now)
+        self._cache[digest] = principal
+        return principal
+
+    def forget(self) -> None:
+        """Drop the cache (after a revoke in this process)."""
+        self._cache.clear()

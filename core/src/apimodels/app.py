@@ -1,0 +1,327 @@
+"""The HTTP front end: OpenAI-compatible ``/v1`` endpoints on Starlette.
+
+Each unified endpoint does the same few steps: authenticate, read and validate the body,
+find the route, check the modality and the provider, then hand over to ``dispatch``. Every
+answer carries ``x-request-id``; every error is in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route as HTTPRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import dispatch
+from .accounts import KeyStore
+from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
+from .money import format_usd
+from .runtime import Gateway, Route
+from .schemas import ENDPOINTS, Modality, UnifiedRequest
+
+log = logging.getLogger("apimodels")
+
+_ENDPOINT_OF: dict[Modality, str] = {modality: path for path, (_, modality) in ENDPOINTS.items()}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(content, status, headers, media_type="application/json")
+
+
+def error_response(exc: APIError) -> Response:
+    return json_response(exc.body(), exc.status, exc.headers)
+
+
+class RequestContext:
+    """ASGI middleware: a request id on every response, and the body size limit.
+
+    Pure ASGI (not BaseHTTPMiddleware) to keep it to a few microseconds per request.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(12)
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await error_response(_too_large(limit))(scope, receive, send_with_id)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _too_large(limit)
+            return message
+
+        await self.app(scope, limited_receive, send_with_id)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than this server accepts ({limit} bytes)")
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_error(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors()[0]
+    param = _param(err["loc"])
+    if err["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    return InvalidRequest(f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value")
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send a JSON object.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+async def read_multipart(request: Request) -> dict[str, Any]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("This endpoint takes multipart/form-data with a 'file' part.", param="file")
+    form = await request.form(max_files=1, max_fields=64)
+    try:
+        body: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "file":
+                    raise InvalidRequest(f"Unexpected file part {key!r}.", param=key)
+                body["file"] = await value.read()
+                body["filename"] = value.filename or "audio"
+                body["file_content_type"] = value.content_type or "application/octet-stream"
+            else:
+                body[key] = value
+        if "file" not in body:
+            raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+        return body
+    finally:
+        await form.close()
+
+
+class Frontend:
+    """The endpoints, bound to one assembled gateway and key store."""
+
+    def __init__(self, gateway: Gateway, keys: KeyStore) -> None:
+        self.gateway = gateway
+        self.keys = keys
+        self.models_body = json.dumps(self._models_list(), separators=(",", ":")).encode()
+
+    def _model_object(self, route: Route) -> dict[str, Any]:
+        m = route.model
+        return {
+            "id": m.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": m.provider,
+            "provider": m.provider,
+            "modality": m.modality.value,
+            "pricing": m.pricing.as_dict(),
+            "description": m.description,
+        }
+
+    def _models_list(self) -> dict[str, Any]:
+        routes = sorted(self.gateway.routes.values(), key=lambda r: r.model.id)
+        return {"object": "list", "data": [self._model_object(r) for r in routes]}
+
+    async def list_models(self, request: Request) -> Response:
+        self.keys.authenticate(request.headers.get("authorization"))
+        return Response(self.models_body, media_type="application/json")
+
+    async def get_model(self, request: Request) -> Response:
+        self.keys.authenticate(request.headers.get("authorization"))
+        model_id = request.path_params["model_id"]
+        route = self.gateway.routes.get(model_id)
+        if route is None:
+            raise _unknown_model(model_id)
+        return json_response(self._model_object(route))
+
+    def unified(self, path: str) -> Callable[[Request], Awaitable[Response]]:
+        schema, modality = ENDPOINTS[path]
+        multipart = modality is Modality.transcription
+
+        async def endpoint(request: Request) -> Response:
+            principal = self.keys.authenticate(request.headers.get("authorization"))
+            body = await (read_multipart(request) if multipart else read_json(request))
+            try:
+                unified = schema.model_validate(body)
+            except ValidationError as exc:
+                raise validation_error(exc) from None
+            route = self.gateway.routes.get(unified.model)
+            if route is None:
+                raise _unknown_model(unified.model)
+            if route.model.modality is not modality:
+                raise _wrong_modality(route, path)
+            route.provider.ensure_available()
+            dispatch.check_policy(self.gateway, route, unified, principal.account_id)
+            dispatch.estimate(route, unified)  # also refuses an unpriced variant before any I/O
+            if getattr(unified, "stream", False):
+                return await self._stream(route, unified)
+            started = time.perf_counter()
+            priced = await dispatch.call(route, unified)
+            return _priced_response(priced, started)
+
+        endpoint.__name__ = path.replace("/", "_")
+        return endpoint
+
+    async def _stream(self, route: Route, unified: UnifiedRequest) -> Response:
+        result = dispatch.StreamResult()
+        chunks = await dispatch.open_stream(route, unified, result)
+        return StreamingResponse(
+            chunks,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+
+def _priced_response(priced: dispatch.Priced, started: float) -> Response:
+    output = priced.output
+    cost = format_usd(priced.cost_micros)
+    headers = {
+        "x-apimodels-cost": cost,
+        "openai-processing-ms": str(int((time.perf_counter() - started) * 1000)),
+    }
+    if isinstance(output.body, dict):
+        usage = output.body.get("usage")
+        if not isinstance(usage, dict):
+            usage = output.body["usage"] = {}
+        usage["cost"] = cost
+        return json_response(output.body, headers=headers)
+    return Response(output.body, media_type=output.content_type, headers=headers)
+
+
+def _unknown_model(model_id: str) -> NotFound:
+    return NotFound(
+        f"The model '{model_id}' does not exist or is not served here. GET /v1/models lists the models.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def _wrong_modality(route: Route, path: str) -> InvalidRequest:
+    right = _ENDPOINT_OF.get(route.model.modality)
+    where = f"POST /v1/{right}" if right else "the tasks API"
+    return InvalidRequest(
+        f"'{route.model.id}' is a {route.model.modality.value} model and is not served by "
+        f"/v1/{path}; use {where}.",
+        code="wrong_modality",
+        param="model",
+    )
+
+
+def _with_errors(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except APIError as exc:
+            return error_response(exc)
+
+    wrapped.__name__ = endpoint.__name__
+    return wrapped
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url"))
+    err = InvalidRequest(exc.detail or "Bad request", code="method_not_allowed" if exc.status_code == 405 else None)
+    err.status = exc.status_code
+    return error_response(err)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id", "?")
+    # The class name only: a message or traceback could carry upstream details.
+    log.error("internal error in %s: %s", request_id, type(exc).__name__)
+    body = {
+        "error": {
+            "message": f"The server had an error processing your request ({request_id}).",
+            "type": "server_error",
+            "code": "internal_error",
+            "param": None,
+        }
+    }
+    return json_response(body, 500)
+
+
+def create_app(
+    gateway: Gateway,
+    keys: KeyStore,
+    *,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> ASGIApp:
+    frontend = Frontend(gateway, keys)
+    routes = [
+        HTTPRoute("/v1/models", _with_errors(frontend.list_models), methods=["GET"]),
+        HTTPRoute("/v1/models/{model_id:path}", _with_errors(frontend.get_model), methods=["GET"]),
+        *(
+            HTTPRoute(f"/v1/{path}", _with_errors(frontend.unified(path)), methods=["POST"])
+            for path in ENDPOINTS
+        ),
+        HTTPRoute("/health", lambda request: json_response({"status": "ok"}), methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        await gateway.open()
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+            await gateway.aclose()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.gateway = gateway
+    app.state.keys = keys
+    return RequestContext(app, gateway.catalog.gateway.max_body_bytes)

@@ -1,0 +1,180 @@
+"""The catalog: registry.toml, validated with pydantic at startup.
+
+A bad file stops startup with the file, the entry and the reason (``ConfigError``). Prices
+are decimal strings (floats are refused: 0.1 is not a price), and a model without a complete
+price for its modality is an error, never a free model.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+from .schemas import Modality
+
+
+def _decimal_string(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"write prices as decimal strings, e.g. \"0.15\" (got {value!r})")
+    try:
+        price = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"not a decimal number: {value!r}") from None
+    if not price.is_finite() or price < 0:
+        raise ValueError(f"a price must be a finite number >= 0 (got {value!r})")
+    return price
+
+
+Price = Annotated[Decimal, BeforeValidator(_decimal_string)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pricing(_Strict):
+    """Unit prices in USD. ``per_image`` is one price or a table keyed by variant
+    (for OpenAI images ``"QUALITY/SIZE"``, e.g. ``"hd/1024x1024"``). ``markup`` is a fraction
+    added on top of the upstream price (``"0.05"`` = 5 %)."""
+
+    input_per_1m: Price | None = None
+    cached_input_per_1m: Price | None = None
+    output_per_1m: Price | None = None
+    per_image: Price | dict[str, Price] | None = None
+    per_1k_chars: Price | None = None
+    per_second: Price | None = None
+    per_minute: Price | None = None
+    markup: Price = Decimal(0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly unit prices (decimal strings), as shown in /v1/models."""
+        out: dict[str, Any] = {}
+        for name, value in self:
+            if value is None or (name == "markup" and not value):
+                continue
+            out[name] = {k: str(v) for k, v in value.items()} if isinstance(value, dict) else str(value)
+        return out
+
+
+#: Which price fields make a price complete, per modality (any one of each group).
+REQUIRED_PRICES: dict[Modality, list[tuple[str, ...]]] = {
+    Modality.chat: [("input_per_1m",), ("output_per_1m",)],
+    Modality.embedding: [("input_per_1m",)],
+    Modality.image: [("per_image",)],
+    Modality.speech: [("per_1k_chars",)],
+    Modality.transcription: [("per_minute", "per_second")],
+    Modality.video: [("per_second", "per_image")],
+}
+
+
+class ProviderConfig(_Strict):
+    """``[providers.NAME]``: how the gateway reaches one upstream."""
+
+    package: str = Field(description="the distribution that provides the plugin, for pip/uv")
+    enabled: bool = True
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout: Annotated[float, Field(gt=0)] = 120.0
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    max_connections: Annotated[int, Field(ge=1)] = 256
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    """``[models."PROVIDER/NAME"]``: one public model. ``id`` is filled from the table key."""
+
+    id: str = ""
+    provider: str
+    upstream: str = Field(description="the model id the upstream knows")
+    modality: Modality
+    pricing: Pricing
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    description: str = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete_price(self) -> ModelConfig:
+        for group in REQUIRED_PRICES[self.modality]:
+            if all(getattr(self.pricing, name) is None for name in group):
+                wanted = " or ".join(f"pricing.{n}" for n in group)
+                raise ValueError(f"a {self.modality.value} model needs {wanted}")
+        return self
+
+
+class GatewayConfig(_Strict):
+    """``[gateway]``: the gateway's own settings."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
+    key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    key_rotation_grace_hours: Annotated[float, Field(ge=0)] = 24.0
+
+
+class Catalog(_Strict):
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_from_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            data = dict(data)
+            data["models"] = {
+                key: ({**value, "id": key} if isinstance(value, dict) else value)
+                for key, value in data["models"].items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _models_name_known_providers(self) -> Catalog:
+        for model_id, model in self.models.items():
+            if model.provider not in self.providers:
+                raise ValueError(
+                    f"model {model_id!r} names provider {model.provider!r}, "
+                    "which has no [providers] entry"
+                )
+        return self
+
+    def served_models(self) -> dict[str, ModelConfig]:
+        """Models whose provider is enabled: the ones the gateway serves."""
+        return {i: m for i, m in self.models.items() if self.providers[m.provider].enabled}
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = []
+    for p in loc:
+        text = str(p)
+        parts.append(f'"{text}"' if "/" in text or "." in text else text)
+    return ".".join(parts) or "(top level)"
+
+
+def parse_catalog(data: dict[str, Any], source: str = "registry.toml") -> Catalog:
+    """Validate catalog data; raise ``ConfigError`` naming the file, the entry and the reason."""
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid catalog"]
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {_location(err['loc'])}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and validate registry.toml."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: catalog file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_catalog(data, str(path))

@@ -1,0 +1,240 @@
+"""The ``apimodels`` command line: serve, inspect the catalog and plugins, manage accounts
+and keys. Every command has ``--help``. Errors print as one clean line (exit 1); set
+``APIMODELS_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from . import accounts as acc
+from .errors import APIError, ConfigError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Group(click.Group):
+    """Turns expected errors into a clean message instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, ValueError, APIError) as exc:
+            if os.environ.get("APIMODELS_DEBUG"):
+                raise
+            message = exc.message if isinstance(exc, APIError) else str(exc)
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+            sys.exit(1)
+
+
+def _db(ctx: click.Context) -> Any:
+    from .db import open_db
+
+    return open_db(ctx.obj["db"])
+
+
+def _catalog(ctx: click.Context) -> Any:
+    from .catalog import load_catalog
+
+    return load_catalog(ctx.obj["registry"])
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="apimodels")
+@click.option(
+    "--registry",
+    envvar="APIMODELS_REGISTRY",
+    default="registry.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The catalog file (env APIMODELS_REGISTRY).",
+)
+@click.option(
+    "--db",
+    envvar="APIMODELS_DB",
+    default="apimodels.db",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite database (env APIMODELS_DB).",
+)
+@click.pass_context
+def cli(ctx: click.Context, registry: Path, db: Path) -> None:
+    """apimodels: one endpoint and one API key for many AI model providers."""
+    ctx.obj = {"registry": registry, "db": db}
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--sandbox", is_flag=True, help="Serve every provider from its simulator (no upstream keys needed).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log each request line.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: bool) -> None:
+    """Run the gateway."""
+    import uvicorn
+
+    from .sandbox import demo_key
+    from .server import assemble
+
+    server = assemble(ctx.obj["registry"], ctx.obj["db"], sandbox=sandbox)
+    for notice in server.gateway.notices:
+        err_console.print(f"[yellow]warning:[/] {notice}", highlight=False)
+    url = f"http://{host}:{port}"
+    key = demo_key(server.db) if sandbox else None
+
+    def announce() -> None:
+        if key is None:
+            console.print(f"apimodels listening on {url}/v1", highlight=False)
+            return
+        curl = (
+            f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            "-H 'Content-Type: application/json' "
+            "-d '{\"model\": \"openai/gpt-4o-mini\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
+        )
+        body = (
+            "[bold yellow]SANDBOX MODE: every provider is a local simulator. "
+            "Outputs are simulated, nothing is sent upstream.[/]\n\n"
+            f"URL      {url}/v1\nAPI key  {key}\n\nTry it:\n{curl}"
+        )
+        console.print(Panel(body, title="apimodels sandbox", expand=False), soft_wrap=True, highlight=False)
+
+    server.started_hooks.append(announce)
+    uvicorn.run(server.app, host=host, port=port, access_log=access_log, log_level="info")
+
+
+@cli.command()
+@click.pass_context
+def plugins(ctx: click.Context) -> None:
+    """List installed plugins, the providers they serve and whether the catalog enables them."""
+    from .plugins import get_plugins, pm
+    from .runtime import registered_providers
+
+    providers = registered_providers(pm)
+    try:
+        catalog = _catalog(ctx)
+        enabled = {n for n, p in catalog.providers.items() if p.enabled}
+    except ConfigError:
+        enabled = set()
+    table = Table("plugin", "package", "version", "providers", "enabled", "hooks")
+    for p in get_plugins():
+        served = sorted(n for n, (_, owner) in providers.items() if pm.get_name(owner) == p["name"])
+        on = ", ".join(n for n in served if n in enabled) or "-"
+        table.add_row(
+            p["name"], p.get("package", "-"), p.get("version", "-"), ", ".join(served) or "-", on, ", ".join(p["hooks"])
+        )
+    console.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """Print the catalog's served models with their prices (USD)."""
+    catalog = _catalog(ctx)
+    served = catalog.served_models()
+    if as_json:
+        out = [
+            {"id": m.id, "provider": m.provider, "upstream": m.upstream, "modality": m.modality.value, "pricing": m.pricing.as_dict()}
+            for m in served.values()
+        ]
+        click.echo(json.dumps(out, indent=2))
+        return
+    table = Table("model", "modality", "upstream", "pricing (USD)")
+    for m in sorted(served.values(), key=lambda m: m.id):
+        prices = "; ".join(
+            f"{k}: " + (", ".join(f"{vk}={vv}" for vk, vv in v.items()) if isinstance(v, dict) else v)
+            for k, v in m.pricing.as_dict().items()
+        )
+        table.add_row(m.id, m.modality.value, m.upstream, prices)
+    console.print(table)
+
+
+@cli.group()
+def accounts() -> None:
+    """Manage accounts."""
+
+
+@accounts.command("create")
+@click.argument("email")
+@click.pass_context
+def accounts_create(ctx: click.Context, email: str) -> None:
+    """Create an account for EMAIL."""
+    row = acc.create_account(_db(ctx), email)
+    console.print(f"created account [bold]{row['id']}[/] for {row['email']}", highlight=False)
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys (shown once, stored hashed)."""
+
+
+def _show_new_key(row: dict[str, Any], key: str) -> None:
+    console.print(f"key [bold]{row['id']}[/] for account {row['account_id']}:", highlight=False)
+    click.echo(key)
+    err_console.print("Store it now: it is not shown again.", style="dim")
+
+
+@keys.command("create")
+@click.argument("account")
+@click.option("--name", default="", help="A label for the key.")
+@click.pass_context
+def keys_create(ctx: click.Context, account: str, name: str) -> None:
+    """Create a key for ACCOUNT (id or email) and print it once."""
+    row, key = acc.create_key(_db(ctx), account, name)
+    _show_new_key(row, key)
+
+
+@keys.command("list")
+@click.argument("account")
+@click.pass_context
+def keys_list(ctx: click.Context, account: str) -> None:
+    """List the keys of ACCOUNT (never the keys themselves)."""
+    table = Table("id", "name", "hint", "created", "expires", "revoked")
+    for k in acc.list_keys(_db(ctx), account):
+        table.add_row(k["id"], k["name"] or "", k["hint"], k["created_at"][:19], (k["expires_at"] or "")[:19], (k["revoked_at"] or "")[:19])
+    console.print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke KEY_ID now (running servers notice within gateway.key_cache_seconds)."""
+    row = acc.revoke_key(_db(ctx), key_id)
+    console.print(f"revoked {row['id']} at {row['revoked_at']}", highlight=False)
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option(
+    "--grace-hours",
+    type=float,
+    default=None,
+    help="How long the old key keeps working (default: gateway.key_rotation_grace_hours, 24).",
+)
+@click.pass_context
+def keys_rotate(ctx: click.Context, key_id: str, grace_hours: float | None) -> None:
+    """Replace KEY_ID with a new key; the old one expires after a grace period."""
+    if grace_hours is None:
+        try:
+            grace_hours = _catalog(ctx).gateway.key_rotation_grace_hours
+        except ConfigError:
+            grace_hours = 24.0
+    new, key, old = acc.rotate_key(_db(ctx), key_id, timedelta(hours=grace_hours))
+    _show_new_key(new, key)
+    err_console.print(f"old key {old['id']} works until {old['expires_at']}", highlight=False)
+
+
+if __name__ == "__main__":
+    cli()

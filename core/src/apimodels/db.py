@@ -1,0 +1,37 @@
+"""The embedded database: one SQLite file through sqlite-utils, in WAL mode, migrated on open.
+
+Every SQL statement of the project lives in the modules that own a table (accounts, ...),
+each taking a ``sqlite_utils.Database``, so another backend later replaces one layer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from .migrations import migrate
+
+
+def open_db(path: str | Path) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the database at ``path``."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # autocommit mode: each module opens its own transactions with ``with db.conn:``
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    db = sqlite_utils.Database(conn)
+    if str(path) != ":memory:":
+        db.enable_wal()
+        # NORMAL in WAL: a power cut can lose the last transactions, never corrupt the file.
+        conn.execute("PRAGMA synchronous = NORMAL")
+    migrate(db)
+    return db
+
+
+def utcnow() -> str:
+    """The current time as ISO-8601 UTC text, as stored in every table."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")

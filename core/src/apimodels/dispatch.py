@@ -1,0 +1,169 @@
+"""One call through the gateway, after authentication and validation:
+
+policy -> estimate -> build the upstream request -> send -> map errors -> normalize -> price.
+
+The plugin hooks do the provider-specific parts; this module owns the order and the rule
+that a failure anywhere costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from .errors import APIError, PermissionDenied, UpstreamError, UpstreamTimeout
+from .money import format_usd, to_micros
+from .provider import Output, Usage
+from .runtime import Gateway, Route
+from .schemas import UnifiedRequest
+from .upstream import send
+
+
+@dataclass(slots=True)
+class Priced:
+    output: Output
+    cost_micros: int
+
+
+def check_policy(gateway: Gateway, route: Route, request: UnifiedRequest, account_id: str) -> None:
+    """Ask every policy plugin; any deny wins (403 content_policy_violation)."""
+    if not gateway.policy_enabled:
+        return
+    verdicts = gateway.pm.hook.check_request(model=route.model, request=request, account_id=account_id)
+    for verdict in verdicts:
+        if verdict is not None and verdict.action == "deny":
+            raise PermissionDenied(
+                f"This request was refused by the content policy ({verdict.category}): {verdict.reason}",
+                code="content_policy_violation",
+                param=verdict.category,
+            )
+
+
+def price(route: Route, usage: Usage) -> int:
+    """Micro-USD for a usage at the route's catalog prices, rounded once."""
+    amount = route.provider.hooks.price_usage(model=route.model, pricing=route.model.pricing, usage=usage)
+    return to_micros(amount)
+
+
+def estimate(route: Route, request: UnifiedRequest) -> int:
+    """The hold for a request: the price of the most it can use."""
+    usage = route.provider.hooks.estimate_usage(model=route.model, request=request)
+    return price(route, usage if usage is not None else Usage())
+
+
+def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
+    provider = route.provider
+    built = provider.hooks.build_request(model=route.model, request=request, upstream=provider.upstream)
+    if built is None:
+        raise UpstreamError(f"provider {provider.name} cannot serve this request", code="not_supported")
+    return built
+
+
+async def _raise_for_status(route: Route, response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        await response.aread()
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()
+    raise route.provider.hooks.parse_error(model=route.model, response=response)
+
+
+async def call(route: Route, request: UnifiedRequest) -> Priced:
+    """A non-streaming call: the normalized output and its cost."""
+    provider = route.provider
+    upstream_request = _upstream_request(route, request)
+    assert provider.client is not None
+    response = await send(
+        provider.client, upstream_request, provider=provider.name, max_retries=provider.config.max_retries
+    )
+    await _raise_for_status(route, response)
+    try:
+        output = provider.hooks.parse_response(model=route.model, request=request, response=response)
+    except APIError:
+        raise
+    except Exception as exc:  # an answer the plugin cannot read is the upstream's failure
+        raise UpstreamError(f"{provider.name} sent a response that could not be read") from exc
+    if output is None:
+        raise UpstreamError(f"{provider.name} sent a response that could not be read")
+    return Priced(output, price(route, output.usage))
+
+
+def _sse(payload: str) -> bytes:
+    return f"data: {payload}\n\n".encode()
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """What a stream turned out to be, filled in as it runs (for billing and logs)."""
+
+    usage: Usage | None = None
+    cost_micros: int | None = None
+    chunks: int = 0
+    error: APIError | None = None
+
+
+async def open_stream(
+    route: Route, request: UnifiedRequest, result: StreamResult
+) -> AsyncIterator[bytes]:
+    """Start a streaming call. Errors before the first byte raise (and reach the client as a
+    normal error response); after that they end the stream with an error event."""
+    provider = route.provider
+    upstream_request = _upstream_request(route, request)
+    assert provider.client is not None
+    response = await send(
+        provider.client,
+        upstream_request,
+        provider=provider.name,
+        max_retries=provider.config.max_retries,
+        stream=True,
+    )
+    await _raise_for_status(route, response)
+    return _relay(route, request, response, result)
+
+
+async def _relay(
+    route: Route, request: UnifiedRequest, response: httpx.Response, result: StreamResult
+) -> AsyncIterator[bytes]:
+    hooks = route.provider.hooks
+    done = False
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # comments, event names, keep-alives
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                yield b"data: [DONE]\n\n"
+                break
+            try:
+                event = hooks.parse_stream_event(model=route.model, request=request, data=data)
+            except Exception as exc:
+                raise UpstreamError(f"{route.provider.name} sent a malformed stream event") from exc
+            if event is None:
+                continue
+            if event.usage is not None:
+                result.usage = event.usage
+                result.cost_micros = price(route, event.usage)
+                if event.chunk is not None and isinstance(event.chunk.get("usage"), dict):
+                    event.chunk["usage"]["cost"] = format_usd(result.cost_micros)
+            if event.chunk is not None:
+                result.chunks += 1
+                yield _sse(json.dumps(event.chunk, separators=(",", ":")))
+        if not done:
+            raise UpstreamError(f"{route.provider.name} ended the stream before it was complete")
+    except httpx.TimeoutException:
+        result.error = UpstreamTimeout(f"{route.provider.name} stopped sending in time")
+    except httpx.HTTPError:
+        result.error = UpstreamError(f"{route.provider.name} ended the stream before it was complete")
+    except APIError as exc:
+        result.error = exc
+    finally:
+        await response.aclose()
+    if result.error is not None:
+        yield _sse(json.dumps(result.error.body(), separators=(",", ":")))

@@ -1,0 +1,118 @@
+"""The errors apimodels answers with, all in OpenAI's error shape.
+
+    APIError                      base: an HTTP status and OpenAI's {"error": {...}} body
+    ├── InvalidRequest            400 bad input (names the field in ``param``)
+    ├── AuthenticationError       401 missing, unknown, revoked or expired key
+    ├── InsufficientCredits       402 balance minus holds is short
+    ├── PermissionDenied          403 suspended account or policy refusal
+    ├── NotFound                  404 unknown model, task or route
+    ├── PayloadTooLarge           413 body over the configured size
+    ├── RateLimited               429 too many requests (may carry Retry-After)
+    ├── ServiceUnavailable        503 provider not configured (missing upstream key)
+    ├── UpstreamError             502 the provider failed or answered nonsense
+    └── UpstreamTimeout           504 the provider did not answer in time
+
+Messages are written for the API consumer: never a stack trace, an internal path or an
+upstream key. Plugins raise these (or return ``UpstreamFailure``) to surface upstream errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class APIError(Exception):
+    """An error answered to the client as ``{"error": {message, type, code, param}}``."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.headers = headers or {}
+        if status is not None:
+            self.status = status  # type: ignore[misc]  # honest upstream 4xx mapping
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(APIError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class InsufficientCredits(APIError):
+    status = 402
+    type = "insufficient_credits"
+    default_code = "insufficient_credits"
+
+
+class PermissionDenied(APIError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "service_unavailable"
+    default_code = "provider_unavailable"
+
+
+class UpstreamError(APIError):
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class UpstreamTimeout(APIError):
+    status = 504
+    type = "upstream_error"
+    default_code = "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """The catalog or the installed plugins do not fit together: startup stops with this."""

@@ -1,0 +1,117 @@
+"""What passes between the core and a provider plugin's hooks.
+
+Plugins are sans-I/O: they receive these objects, build ``httpx.Request`` objects and read
+``httpx.Response`` objects; the core does the network I/O, retries, timeouts and billing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+#: An ASGI application (the simulator of an upstream).
+ASGIApp = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """A provider a plugin serves, registered through the ``register_providers`` hook.
+
+    :param name: the provider's name, as used in registry.toml (``[providers.NAME]``).
+    :param base_url: the upstream's real base URL, used unless registry.toml overrides it.
+    :param api_key_env: the environment variable that holds the upstream key by default.
+    :param simulator: a factory returning an ASGI app that imitates the upstream; called with
+        ``api_key=`` (the key the simulator should demand). Sandbox mode and the tests use it.
+    :param settings: a pydantic model for the provider's own settings in registry.toml
+        (the keys of ``[providers.NAME.settings]``), validated at startup.
+    """
+
+    name: str
+    base_url: str
+    api_key_env: str
+    simulator: Callable[..., ASGIApp] | None = None
+    settings: type[BaseModel] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """How to reach a provider at runtime: handed to ``build_request``."""
+
+    name: str
+    base_url: str
+    api_key: str | None
+    settings: BaseModel | None = None
+
+    def __repr__(self) -> str:  # never print the key
+        return f"Upstream(name={self.name!r}, base_url={self.base_url!r}, api_key=***)"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Billable quantities of one call; pricing multiplies them by the catalog's unit prices.
+
+    ``variant`` selects a row of a per-image price table (for example ``"hd/1024x1024"``).
+    """
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    images: int = 0
+    characters: int = 0
+    seconds: Decimal = field(default_factory=Decimal)
+    variant: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            k: getattr(self, k)
+            for k in ("input_tokens", "cached_input_tokens", "output_tokens", "images", "characters")
+            if getattr(self, k)
+        }
+        if self.seconds:
+            out["seconds"] = str(self.seconds)
+        if self.variant:
+            out["variant"] = self.variant
+        return out
+
+
+@dataclass(slots=True)
+class Output:
+    """A normalized upstream answer: the unified body and the usage that pricing needs.
+
+    ``body`` is a JSON-able dict (chat, embeddings, images, transcriptions) or raw bytes
+    (speech audio, plain-text transcripts) sent with ``content_type``.
+    """
+
+    body: dict[str, Any] | bytes
+    usage: Usage
+    content_type: str = "application/json"
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """One server-sent event of a stream, normalized.
+
+    ``chunk`` is forwarded to the client (None drops the event); ``usage`` is set on the
+    event that reports the final usage, which the core prices and annotates with the cost.
+    """
+
+    chunk: dict[str, Any] | None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A safety-policy verdict. ``allow`` or ``deny`` with a category and a reason."""
+
+    action: Literal["allow", "deny"]
+    category: str | None = None
+    reason: str = ""
+
+    @classmethod
+    def deny(cls, category: str, reason: str) -> Verdict:
+        return cls("deny", category, reason)

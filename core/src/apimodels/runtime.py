@@ -1,0 +1,177 @@
+"""Assembling the gateway at startup: catalog + installed plugins -> providers and routes.
+
+Everything a request needs is resolved here once: the route of each public model id, its
+provider's pooled client and upstream settings, and the provider's own hook callers (pluggy
+subset callers holding only that provider's plugin and the core fallbacks). A request then
+costs one dict lookup to dispatch, however many plugins are installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pluggy
+
+from . import default_hooks
+from .catalog import Catalog, ModelConfig, ProviderConfig
+from .errors import ConfigError, ServiceUnavailable
+from .provider import ProviderSpec, Upstream
+from .upstream import make_client
+
+log = logging.getLogger("apimodels")
+
+#: Hooks each provider answers for its own models.
+PROVIDER_HOOKS = (
+    "estimate_usage",
+    "build_request",
+    "parse_response",
+    "parse_stream_event",
+    "parse_error",
+    "price_usage",
+)
+
+
+class ProviderHooks:
+    """The hook callers of one provider, resolved once (attribute per hook)."""
+
+    def __init__(self, pm: pluggy.PluginManager, owner: object) -> None:
+        others = [p for p in pm.get_plugins() if p is not owner and p is not default_hooks]
+        for name in PROVIDER_HOOKS:
+            setattr(self, name, pm.subset_hook_caller(name, remove_plugins=others))
+
+    estimate_usage: Any
+    build_request: Any
+    parse_response: Any
+    parse_stream_event: Any
+    parse_error: Any
+    price_usage: Any
+
+
+@dataclass
+class Provider:
+    """A provider at runtime."""
+
+    name: str
+    spec: ProviderSpec
+    config: ProviderConfig
+    hooks: ProviderHooks
+    upstream: Upstream
+    client: httpx.AsyncClient | None = None
+    unavailable: str | None = None  # why its models answer 503, if they do
+
+    def ensure_available(self) -> None:
+        if self.unavailable:
+            raise ServiceUnavailable(self.unavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    model: ModelConfig
+    provider: Provider
+
+
+@dataclass
+class Gateway:
+    catalog: Catalog
+    providers: dict[str, Provider]
+    routes: dict[str, Route]
+    pm: pluggy.PluginManager
+    sandbox: bool = False
+    notices: list[str] = field(default_factory=list)
+    policy_enabled: bool = False  # any check_request implementation installed
+
+    async def open(self) -> None:
+        for provider in self.providers.values():
+            if provider.client is None:
+                provider.client = make_client(provider.config)
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            if provider.client is not None:
+                await provider.client.aclose()
+                provider.client = None
+
+    def point_at(self, name: str, base_url: str, api_key: str) -> None:
+        """Send a provider's traffic to ``base_url`` with ``api_key`` (sandbox simulators)."""
+        p = self.providers[name]
+        p.upstream = Upstream(name, base_url.rstrip("/"), api_key, p.upstream.settings)
+        p.unavailable = None
+
+
+def registered_providers(pm: pluggy.PluginManager) -> dict[str, tuple[ProviderSpec, object]]:
+    """Every provider the installed plugins register, with the plugin that owns it."""
+    found: dict[str, tuple[ProviderSpec, object]] = {}
+    for impl in pm.hook.register_providers.get_hookimpls():
+        specs: list[ProviderSpec] = []
+        impl.function(*[specs.append for _ in impl.argnames])
+        for spec in specs:
+            if spec.name in found:
+                raise ConfigError(
+                    f"provider {spec.name!r} is registered by two plugins: "
+                    f"{pm.get_name(found[spec.name][1])} and {impl.plugin_name}"
+                )
+            found[spec.name] = (spec, impl.plugin)
+    return found
+
+
+def sandbox_base_url(spec: ProviderSpec, origin: str) -> str:
+    """The simulator's URL for a provider: its real base URL's path on a local origin."""
+    return origin.rstrip("/") + urlsplit(spec.base_url).path.rstrip("/")
+
+
+def build_gateway(
+    catalog: Catalog,
+    pm: pluggy.PluginManager,
+    *,
+    sandbox: bool = False,
+    environ: dict[str, str] | None = None,
+) -> Gateway:
+    """Resolve the catalog against the installed plugins; raise ConfigError if they don't fit."""
+    env = os.environ if environ is None else environ
+    registered = registered_providers(pm)
+    providers: dict[str, Provider] = {}
+    notices: list[str] = []
+    for name, config in catalog.providers.items():
+        if not config.enabled:
+            continue
+        if name not in registered:
+            raise ConfigError(
+                f"provider {name!r} is enabled in the catalog but no installed plugin provides it: "
+                f"install it with `pip install {config.package}` (or `uv pip install "
+                f"{config.package}`), or set enabled = false"
+            )
+        spec, owner = registered[name]
+        settings = None
+        if spec.settings is not None:
+            try:
+                settings = spec.settings.model_validate(config.settings)
+            except Exception as exc:  # pydantic's message names the field
+                raise ConfigError(f"registry.toml: providers.{name}.settings: {exc}") from None
+        key_env = config.api_key_env or spec.api_key_env
+        api_key = env.get(key_env) or None
+        unavailable = None
+        if api_key is None and not sandbox:
+            unavailable = f"provider {name} is not configured on this server (its key {key_env} is not set)"
+            notices.append(f"provider {name}: {key_env} is not set; its models will answer 503")
+        upstream = Upstream(name, (config.base_url or spec.base_url).rstrip("/"), api_key, settings)
+        providers[name] = Provider(
+            name, spec, config, ProviderHooks(pm, owner), upstream, unavailable=unavailable
+        )
+    routes = {
+        model_id: Route(model, providers[model.provider])
+        for model_id, model in catalog.served_models().items()
+    }
+    return Gateway(
+        catalog,
+        providers,
+        routes,
+        pm,
+        sandbox=sandbox,
+        notices=notices,
+        policy_enabled=bool(pm.hook.check_request.get_hookimpls()),
+    )

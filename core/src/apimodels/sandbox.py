@@ -1,0 +1,73 @@
+"""Sandbox mode: every enabled provider served by its own simulator on 127.0.0.1.
+
+Each simulator runs as a uvicorn server inside the gateway's process, on a port of its own,
+so the gateway talks to it over a real socket exactly as it would to the upstream. A demo
+account gets a fresh key at every start (older sandbox keys of the demo account are
+revoked), so the key printed is always the one that works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+import sqlite_utils
+import uvicorn
+
+from .accounts import create_account, create_key, list_keys, revoke_key
+from .runtime import Gateway, sandbox_base_url
+
+DEMO_EMAIL = "demo@sandbox.apimodels"
+SANDBOX_KEY_NAME = "sandbox"
+
+
+@dataclass
+class Simulators:
+    """The running simulators of a sandboxed gateway."""
+
+    servers: list[uvicorn.Server] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    async def start(self, gateway: Gateway) -> None:
+        for name, provider in gateway.providers.items():
+            if provider.spec.simulator is None:
+                provider.unavailable = f"provider {name} has no simulator; it cannot run in sandbox mode"
+                gateway.notices.append(provider.unavailable)
+                continue
+            api_key = "sk-sim-" + secrets.token_hex(16)
+            app = provider.spec.simulator(api_key=api_key)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            server = uvicorn.Server(
+                uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+            )
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gateway owns signals
+            self.servers.append(server)
+            self.tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+            while not server.started:
+                await asyncio.sleep(0.01)
+            origin = f"http://127.0.0.1:{port}"
+            gateway.point_at(name, sandbox_base_url(provider.spec, origin), api_key)
+            self.urls[name] = origin
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.should_exit = True
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def demo_key(db: sqlite_utils.Database) -> str:
+    """A working key for the sandbox demo account, created if needed."""
+    rows = list(db.query("SELECT id FROM accounts WHERE email = ?", [DEMO_EMAIL]))
+    account_id = rows[0]["id"] if rows else create_account(db, DEMO_EMAIL)["id"]
+    for key in list_keys(db, account_id):
+        if key["name"] == SANDBOX_KEY_NAME and key["revoked_at"] is None:
+            revoke_key(db, key["id"])
+    _, key = create_key(db, account_id, SANDBOX_KEY_NAME)
+    return key

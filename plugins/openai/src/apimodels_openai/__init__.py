@@ -1,0 +1,294 @@
+"""apimodels provider plugin for the OpenAI API.
+
+Sans-I/O: these hooks build the upstream ``httpx.Request`` and read the upstream
+``httpx.Response``; the core sends, retries, streams and bills. Served endpoints: chat
+completions (with streaming), embeddings, image generation, speech and transcription.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import wave
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from apimodels import (
+    APIError,
+    ChatRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    InvalidRequest,
+    ModelConfig,
+    Output,
+    PermissionDenied,
+    ProviderSpec,
+    SpeechRequest,
+    StreamEvent,
+    TranscriptionRequest,
+    UnifiedRequest,
+    Upstream,
+    UpstreamError,
+    Usage,
+    hookimpl,
+)
+
+PROVIDER = "openai"
+
+# Image defaults of each model when the request leaves them out.
+_IMAGE_DEFAULTS = {
+    "dall-e-2": ("standard", "1024x1024"),
+    "dall-e-3": ("standard", "1024x1024"),
+}
+_GPT_IMAGE_DEFAULT = ("auto", "auto")
+
+_AUDIO_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+
+#: Per-message framing tokens OpenAI adds around each chat message (an upper bound).
+_MESSAGE_OVERHEAD = 8
+#: Default output ceiling for a chat model whose catalog entry has no max_output_tokens.
+_DEFAULT_MAX_OUTPUT = 4096
+#: Tokens allowed per non-text content part (an image in a chat message) in the estimate.
+_PART_ALLOWANCE = 2000
+#: Lowest audio bitrate assumed when estimating a transcription's length from its size.
+_MIN_BYTES_PER_SECOND = 2000  # 16 kbit/s
+
+
+def _simulator(**kwargs: Any) -> Any:
+    from .simulator import create_app  # imported only in sandbox mode and tests
+
+    return create_app(**kwargs)
+
+
+@hookimpl
+def register_providers(register: Any) -> None:
+    register(
+        ProviderSpec(
+            name=PROVIDER,
+            base_url="https://api.openai.com/v1",
+            api_key_env="OPENAI_API_KEY",
+            simulator=_simulator,
+            description="OpenAI: chat, embeddings, images, speech, transcription",
+        )
+    )
+
+
+# --- estimates (upper bounds, for the credit hold) -------------------------------------
+
+
+def _text_tokens_upper_bound(text: str) -> int:
+    # A BPE token is at least one byte, so the byte length bounds the token count.
+    return len(text.encode())
+
+
+def _image_variant(model: ModelConfig, request: ImageRequest) -> str:
+    quality, size = _IMAGE_DEFAULTS.get(model.upstream, _GPT_IMAGE_DEFAULT)
+    return f"{request.quality or quality}/{request.size or size}"
+
+
+def _worst_variant(model: ModelConfig, variant: str) -> str:
+    """For 'auto' quality or size, the most expensive priced variant that could result."""
+    table = model.pricing.per_image
+    quality, _, size = variant.partition("/")
+    if not isinstance(table, dict) or (quality != "auto" and size != "auto"):
+        return variant
+    candidates = [
+        v
+        for v in table
+        if (quality == "auto" or v.startswith(quality + "/"))
+        and (size == "auto" or v.endswith("/" + size))
+    ]
+    return max(candidates, key=lambda v: table[v]) if candidates else variant
+
+
+def _wav_seconds(data: bytes) -> Decimal | None:
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            return Decimal(w.getnframes()) / Decimal(w.getframerate())
+    except (wave.Error, EOFError, ZeroDivisionError):
+        return None
+
+
+@hookimpl
+def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
+    if isinstance(request, ChatRequest):
+        parts = sum(
+            1 for m in request.messages if isinstance(m.content, list) for p in m.content
+            if isinstance(p, dict) and p.get("type") not in (None, "text")
+        )
+        prompt = _text_tokens_upper_bound(request.text()) + _MESSAGE_OVERHEAD * len(request.messages)
+        prompt += _PART_ALLOWANCE * parts
+        out = request.max_completion_tokens or request.max_tokens or model.max_output_tokens
+        return Usage(input_tokens=prompt, output_tokens=(out or _DEFAULT_MAX_OUTPUT) * (request.n or 1))
+    if isinstance(request, EmbeddingRequest):
+        items = request.input if isinstance(request.input, list) else [request.input]
+        tokens = sum(len(i) if isinstance(i, list) else 1 if isinstance(i, int) else _text_tokens_upper_bound(i) for i in items)
+        return Usage(input_tokens=tokens)
+    if isinstance(request, ImageRequest):
+        return Usage(images=request.n, variant=_worst_variant(model, _image_variant(model, request)))
+    if isinstance(request, SpeechRequest):
+        return Usage(characters=len(request.input))
+    if isinstance(request, TranscriptionRequest):
+        seconds = _wav_seconds(request.file)
+        if seconds is None:
+            seconds = Decimal(len(request.file)) / _MIN_BYTES_PER_SECOND
+        return Usage(seconds=seconds)
+    return None
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+def _headers(upstream: Upstream) -> dict[str, str]:
+    return {"authorization": f"Bearer {upstream.api_key}"}
+
+
+@hookimpl
+def build_request(model: ModelConfig, request: UnifiedRequest, upstream: Upstream) -> httpx.Request | None:
+    url = upstream.base_url
+    headers = _headers(upstream)
+    if isinstance(request, TranscriptionRequest):
+        fields = request.model_dump(
+            exclude_none=True, exclude={"file", "filename", "file_content_type", "response_format"}
+        )
+        fields["model"] = model.upstream
+        # verbose_json carries the duration that billing needs; the client's format is
+        # rendered from it in parse_response.
+        fields["response_format"] = "verbose_json"
+        files = {"file": (request.filename, request.file, request.file_content_type)}
+        data = {k: str(v) for k, v in fields.items()}
+        return httpx.Request("POST", f"{url}/audio/transcriptions", headers=headers, data=data, files=files)
+    body = request.passthrough()
+    body["model"] = model.upstream
+    if isinstance(request, ChatRequest):
+        path = "/chat/completions"
+        if request.stream:
+            # Always ask for the final usage chunk: billing needs it even when the client
+            # did not ask (it is then dropped before reaching the client).
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    elif isinstance(request, EmbeddingRequest):
+        path = "/embeddings"
+    elif isinstance(request, ImageRequest):
+        path = "/images/generations"
+    elif isinstance(request, SpeechRequest):
+        path = "/audio/speech"
+    else:
+        return None
+    return httpx.Request("POST", url + path, headers=headers, json=body)
+
+
+# --- responses -------------------------------------------------------------------------
+
+
+def _chat_usage(usage: dict[str, Any] | None) -> Usage:
+    if not usage:
+        return Usage()
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        cached_input_tokens=int(details.get("cached_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+    )
+
+
+def _timestamp(seconds: float) -> tuple[int, int, int, int]:
+    ms = round(seconds * 1000)
+    return ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60, ms % 1000
+
+
+def _subtitles(segments: list[dict[str, Any]], vtt: bool) -> str:
+    sep = "." if vtt else ","
+    lines = ["WEBVTT", ""] if vtt else []
+    for i, seg in enumerate(segments, 1):
+        start = "{:02}:{:02}:{:02}{}{:03}".format(*_timestamp(seg["start"])[:3], sep, _timestamp(seg["start"])[3])
+        end = "{:02}:{:02}:{:02}{}{:03}".format(*_timestamp(seg["end"])[:3], sep, _timestamp(seg["end"])[3])
+        if not vtt:
+            lines.append(str(i))
+        lines += [f"{start} --> {end}", seg["text"].strip(), ""]
+    return "\n".join(lines)
+
+
+def _transcription(request: TranscriptionRequest, body: dict[str, Any]) -> Output:
+    seconds = Decimal(str(body.get("duration") or 0))
+    usage = Usage(seconds=seconds)
+    fmt = request.response_format
+    if fmt == "verbose_json":
+        return Output(body, usage)
+    if fmt == "json":
+        return Output({"text": body["text"]}, usage)
+    if fmt == "text":
+        return Output((body["text"] + "\n").encode(), usage, "text/plain; charset=utf-8")
+    text = _subtitles(body.get("segments") or [], vtt=fmt == "vtt")
+    return Output(text.encode(), usage, "text/vtt" if fmt == "vtt" else "application/x-subrip")
+
+
+@hookimpl
+def parse_response(model: ModelConfig, request: UnifiedRequest, response: httpx.Response) -> Output | None:
+    if isinstance(request, SpeechRequest):
+        content_type = response.headers.get("content-type") or _AUDIO_TYPES[request.response_format]
+        return Output(response.content, Usage(characters=len(request.input)), content_type)
+    body = json.loads(response.content)
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    if isinstance(request, TranscriptionRequest):
+        return _transcription(request, body)
+    if isinstance(request, ChatRequest):
+        body["model"] = model.id
+        return Output(body, _chat_usage(body.get("usage")))
+    if isinstance(request, EmbeddingRequest):
+        body["model"] = model.id
+        return Output(body, Usage(input_tokens=int(body["usage"]["prompt_tokens"])))
+    if isinstance(request, ImageRequest):
+        images = len(body["data"])
+        quality, size = body.get("quality"), body.get("size")
+        variant = f"{quality}/{size}" if quality and size else _image_variant(model, request)
+        return Output(body, Usage(images=images, variant=variant))
+    return None
+
+
+@hookimpl
+def parse_stream_event(model: ModelConfig, request: UnifiedRequest, data: str) -> StreamEvent | None:
+    chunk = json.loads(data)
+    if not isinstance(chunk, dict):
+        raise ValueError("not a JSON object")
+    if "error" in chunk:  # OpenAI reports mid-stream failures as an error event
+        raise UpstreamError("openai reported an error while streaming")
+    chunk["model"] = model.id
+    usage = chunk.get("usage")
+    if not usage:
+        return StreamEvent(chunk)
+    wanted = isinstance(request, ChatRequest) and request.stream_options is not None and request.stream_options.include_usage
+    if not wanted and not chunk.get("choices"):
+        return StreamEvent(None, _chat_usage(usage))  # billing-only chunk
+    return StreamEvent(chunk, _chat_usage(usage))
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+@hookimpl
+def parse_error(model: ModelConfig, response: httpx.Response) -> APIError | None:
+    try:
+        error = json.loads(response.content).get("error") or {}
+    except (ValueError, AttributeError):
+        return None  # the core's generic mapping
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    if code == "content_policy_violation" or error.get("type") == "content_policy_violation":
+        return PermissionDenied(
+            "The upstream provider refused this request under its content policy.",
+            code="content_policy_violation",
+        )
+    if response.status_code == 400:
+        return InvalidRequest(str(error.get("message") or "openai rejected the request"), code=code, param=error.get("param"))
+    return None
