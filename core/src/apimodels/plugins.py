@@ -36,19 +36,21 @@ def _load_installed() -> None:
             pm.register(ep.load(), name=ep.name)
 
 
-def _trace() -> None:
+def trace_hook_calls(manager: pluggy.PluginManager) -> None:
+    """Print every hook call of ``manager`` and its result to stderr."""
+
     def before(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
         print(f"[apimodels] {hook_name}({', '.join(kwargs)})", file=sys.stderr)
 
     def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
         print(f"[apimodels] {hook_name} -> {outcome.get_result()!r}", file=sys.stderr)
 
-    pm.add_hookcall_monitoring(before, after)
+    manager.add_hookcall_monitoring(before, after)
 
 
 _load_installed()
 if os.environ.get("APIMODELS_TRACE_PLUGINS"):
-    _trace()
+    trace_hook_calls(pm)
 
 
 def plugin_name(plugin: object) -> str | None:

@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 import httpx
 import pluggy
 
-from . import default_hooks
+from . import default_hooks, hookspecs
 from .catalog import Catalog, ModelConfig, ProviderConfig
 from .errors import ConfigError, ServiceUnavailable
+from .plugins import trace_hook_calls
 from .provider import ProviderSpec, Upstream
 from .upstream import make_client
 
@@ -37,12 +38,23 @@ PROVIDER_HOOKS = (
 
 
 class ProviderHooks:
-    """The hook callers of one provider, resolved once (attribute per hook)."""
+    """The hook callers of one provider, resolved once (attribute per hook).
+
+    A private plugin manager holding only the provider's own plugin and the core fallbacks:
+    calls never filter through other plugins, and a plugin registered later cannot answer
+    for this provider's models.
+    """
 
     def __init__(self, pm: pluggy.PluginManager, owner: object) -> None:
-        others = [p for p in pm.get_plugins() if p is not owner and p is not default_hooks]
+        own = pluggy.PluginManager(pm.project_name)
+        own.add_hookspecs(hookspecs)
+        own.register(owner, name=pm.get_name(owner))
+        own.register(default_hooks, name="apimodels.default_hooks")
+        if os.environ.get("APIMODELS_TRACE_PLUGINS"):
+            trace_hook_calls(own)
+        self.plugin_manager = own
         for name in PROVIDER_HOOKS:
-            setattr(self, name, pm.subset_hook_caller(name, remove_plugins=others))
+            setattr(self, name, getattr(own.hook, name))
 
     estimate_usage: Any
     build_request: Any

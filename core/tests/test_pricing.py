@@ -1,0 +1,50 @@
+"""Money: exact decimal prices, one rounding per request."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from apimodels.catalog import Pricing
+from apimodels.errors import InvalidRequest
+from apimodels.money import format_usd, from_micros, to_micros
+from apimodels.pricing import price_usage
+from apimodels.provider import Usage
+
+
+def test_rounding_is_half_up_to_the_micro_dollar() -> None:
+    assert to_micros(Decimal("0.0000005")) == 1
+    assert to_micros(Decimal("0.00000049")) == 0
+    assert to_micros(Decimal("1.2345675")) == 1_234_568
+    assert from_micros(135) == Decimal("0.000135")
+    assert format_usd(2_500_000) == "2.500000"
+
+
+def test_tokens_with_cached_input() -> None:
+    p = Pricing(input_per_1m="0.15", cached_input_per_1m="0.075", output_per_1m="0.60")
+    usage = Usage(input_tokens=1000, cached_input_tokens=400, output_tokens=500)
+    # 600 * 0.15/1M + 400 * 0.075/1M + 500 * 0.60/1M
+    assert price_usage(p, usage) == Decimal("0.00009") + Decimal("0.00003") + Decimal("0.0003")
+
+
+def test_cached_tokens_default_to_the_input_price() -> None:
+    p = Pricing(input_per_1m="2", output_per_1m="8")
+    assert price_usage(p, Usage(input_tokens=10, cached_input_tokens=10)) == Decimal("0.00002")
+
+
+def test_image_tables_characters_seconds_and_markup() -> None:
+    table = Pricing(per_image={"hd/1024x1024": "0.08", "standard/1024x1024": "0.04"}, markup="0.25")
+    assert price_usage(table, Usage(images=2, variant="hd/1024x1024")) == Decimal("0.2")
+    with pytest.raises(InvalidRequest, match="no price for 'hd/9x9'"):
+        price_usage(table, Usage(images=1, variant="hd/9x9"))
+    assert price_usage(Pricing(per_1k_chars="0.015"), Usage(characters=2000)) == Decimal("0.03")
+    assert price_usage(Pricing(per_minute="0.006"), Usage(seconds=Decimal(90))) == Decimal("0.009")
+    assert price_usage(Pricing(per_second="0.0001"), Usage(seconds=Decimal(3))) == Decimal("0.0003")
+
+
+def test_no_floats_reach_money() -> None:
+    p = Pricing(input_per_1m="0.1", output_per_1m="0.2")
+    cost = price_usage(p, Usage(input_tokens=3, output_tokens=3))
+    assert isinstance(cost, Decimal)
+    assert cost == Decimal("0.0000009")
