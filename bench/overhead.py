@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,19 +113,25 @@ def sequential(direct: tuple[str, dict], gateway: tuple[str, dict], rounds: int,
 
 
 async def _load(url: str, headers: dict, concurrency: int, seconds: float) -> tuple[float, float]:
+    """Closed-loop load: ``concurrency`` workers, each sending its next request on an answer.
+
+    The load client is aiohttp: httpx's own pool collapses at 32 concurrent connections and
+    would measure itself rather than the server.
+    """
     ok = failed = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
         stop = time.perf_counter() + seconds
 
         async def worker() -> None:
             nonlocal ok, failed
             while time.perf_counter() < stop:
                 try:
-                    r = await client.post(url, json=PAYLOAD, headers=headers)
-                    ok += r.status_code == 200
-                    failed += r.status_code != 200
-                except httpx.HTTPError:
+                    async with session.post(url, json=PAYLOAD, headers=headers) as r:
+                        await r.read()
+                        ok += r.status == 200
+                        failed += r.status != 200
+                except aiohttp.ClientError:
                     failed += 1
 
         t0 = time.perf_counter()
@@ -189,6 +197,7 @@ def main() -> None:
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from .catalog import ProviderConfig
 from .errors import UpstreamError, UpstreamTimeout
@@ -21,7 +23,13 @@ _IDEMPOTENT = {"GET", "HEAD"}
 
 
 def make_client(config: ProviderConfig) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+    """An ``httpx.AsyncClient`` on aiohttp's connection pool.
+
+    Plugins see plain httpx requests and responses; underneath, aiohttp's pool keeps its
+    speed at many concurrent requests, where httpx's own pool collapsed in our benchmark
+    (1,825 req/s at 4 connections, 430 at 32).
+    """
+    return HttpxAiohttpClient(
         timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
         limits=httpx.Limits(
             max_connections=config.max_connections,
@@ -31,6 +39,14 @@ def make_client(config: ProviderConfig) -> httpx.AsyncClient:
         follow_redirects=False,
         trust_env=False,  # never route upstream traffic through an ambient proxy setting
     )
+
+
+def _never_reached_upstream(exc: httpx.TransportError) -> bool:
+    """True when the connection was never made, so even a POST can be sent again."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectionError):
+        return isinstance(cause, aiohttp.ClientConnectorError)
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 
 
 async def send(
@@ -46,13 +62,13 @@ async def send(
     while True:
         try:
             response = await client.send(request, stream=stream)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except httpx.TransportError as exc:
+            if not _never_reached_upstream(exc):
+                if isinstance(exc, httpx.TimeoutException):
+                    raise UpstreamTimeout(f"{provider} did not answer in time") from exc
+                raise UpstreamError(f"connection to {provider} failed", code="upstream_connection_error") from exc
             if attempt >= max_retries:
                 raise UpstreamError(f"could not connect to {provider}", code="upstream_unreachable") from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"{provider} did not answer in time") from exc
-        except httpx.TransportError as exc:
-            raise UpstreamError(f"connection to {provider} failed", code="upstream_connection_error") from exc
         else:
             if (
                 response.status_code in _RETRY_STATUSES
