@@ -20,7 +20,8 @@ from rich.table import Table
 from . import accounts as acc
 from .errors import APIError, ConfigError
 
-console = Console()
+# Piped output is not cut to 80 columns: ids and keys must survive `| grep`.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 

@@ -1,0 +1,101 @@
+"""The command line: accounts and keys, catalog and plugin listings, clean errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from click.testing import CliRunner
+
+from apimodels.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def invoke(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(
+            cli, ["--registry", str(ROOT / "registry.toml"), "--db", str(tmp_path / "cli.db"), *args]
+        )
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return invoke
+
+
+def test_accounts_and_key_lifecycle(run) -> None:  # type: ignore[no-untyped-def]
+    assert "created account acct_" in run("accounts", "create", "ops@example.com")
+    out = run("keys", "create", "ops@example.com", "--name", "ci")
+    key = re.search(r"sk-am-\w+", out).group(0)  # type: ignore[union-attr]
+    key_id = re.search(r"key_\w+", out).group(0)  # type: ignore[union-attr]
+    listing = run("keys", "list", "ops@example.com")
+    assert key_id in listing and key not in listing
+    rotated = run("keys", "rotate", key_id, "--grace-hours", "1")
+    new_key = re.search(r"sk-am-\w+", rotated).group(0)  # type: ignore[union-attr]
+    assert new_key != key and "works until" in rotated
+    assert "revoked" in run("keys", "revoke", key_id)
+    assert "no key 'key_nope'" in run("keys", "revoke", "key_nope", code=1)
+    assert "already exists" in run("accounts", "create", "ops@example.com", code=1)
+
+
+def test_models_and_plugins(run) -> None:  # type: ignore[no-untyped-def]
+    out = run("models", "--json")
+    assert '"id": "openai/gpt-4o-mini"' in out and '"input_per_1m": "0.15"' in out
+    table = run("plugins")
+    assert "apimodels-openai" in table and "openai" in table
+
+
+def test_a_bad_catalog_is_one_clean_line(tmp_path: Path) -> None:
+    bad = tmp_path / "registry.toml"
+    bad.write_text('[models."x/y"]\nprovider = "x"\n')
+    result = CliRunner().invoke(cli, ["--registry", str(bad), "models"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert str(bad) in result.output
+
+
+def test_sandbox_serve_prints_a_working_key_and_curl_line(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apimodels.cli", "--registry", str(ROOT / "registry.toml"),
+         "--db", str(tmp_path / "sandbox.db"), "serve", "--sandbox", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"COLUMNS": "200"},
+    )
+    try:
+        output = ""
+        deadline = time.monotonic() + 30
+        while "curl" not in output and time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            output += line
+        assert "SANDBOX MODE" in output and "simulated" in output
+        key = re.search(r"sk-am-\w+", output).group(0)  # type: ignore[union-attr]
+        assert f"http://127.0.0.1:{port}/v1" in output
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0) as client:
+            reply = client.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content
+            assert float(reply.usage.cost) > 0  # type: ignore[union-attr]
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
