@@ -1,0 +1,141 @@
+"""The OpenAI plugin's hooks, sans-I/O: requests built, responses read, no server needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import wave
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+import apimodels_openai as plugin
+from apimodels import (
+    ChatRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    PermissionDenied,
+    SpeechRequest,
+    TranscriptionRequest,
+    Upstream,
+    UpstreamError,
+)
+from apimodels.catalog import load_catalog
+
+CATALOG = load_catalog(Path(__file__).parents[3] / "registry.toml")
+UPSTREAM = Upstream("openai", "https://api.openai.test/v1", "sk-test-secret")
+
+
+def model(model_id: str):  # type: ignore[no-untyped-def]
+    return CATALOG.models[model_id]
+
+
+def chat(**kw) -> ChatRequest:  # type: ignore[no-untyped-def]
+    return ChatRequest.model_validate({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "héllo"}], **kw})
+
+
+def test_chat_request_uses_the_upstream_id_and_passes_unknown_fields() -> None:
+    req = plugin.build_request(model("openai/gpt-4o-mini"), chat(temperature=0.2, seed=7), UPSTREAM)
+    assert req.url == "https://api.openai.test/v1/chat/completions"
+    assert req.headers["authorization"] == "Bearer sk-test-secret"
+    body = json.loads(req.content)
+    assert body["model"] == "gpt-4o-mini" and body["temperature"] == 0.2 and body["seed"] == 7
+    assert "stream_options" not in body
+
+
+def test_streams_always_ask_for_usage() -> None:
+    req = plugin.build_request(model("openai/gpt-4o-mini"), chat(stream=True), UPSTREAM)
+    assert json.loads(req.content)["stream_options"] == {"include_usage": True}
+
+
+def test_chat_estimate_is_an_upper_bound() -> None:
+    usage = plugin.estimate_usage(model("openai/gpt-4o-mini"), chat(max_tokens=50))
+    assert usage.input_tokens >= len("héllo".encode()) and usage.output_tokens == 50
+    default = plugin.estimate_usage(model("openai/gpt-4o-mini"), chat())
+    assert default.output_tokens == 16384  # the model's max_output_tokens from the catalog
+    two = plugin.estimate_usage(model("openai/gpt-4o-mini"), chat(max_tokens=10, n=2))
+    assert two.output_tokens == 20
+
+
+def test_image_estimate_prices_auto_at_the_dearest_variant() -> None:
+    req = ImageRequest(model="openai/gpt-image-1", prompt="x", n=2)
+    usage = plugin.estimate_usage(model("openai/gpt-image-1"), req)
+    assert usage.images == 2 and usage.variant in {"high/1024x1536", "high/1536x1024"}
+    sized = ImageRequest(model="openai/gpt-image-1", prompt="x", size="1024x1024", quality="auto")
+    assert plugin.estimate_usage(model("openai/gpt-image-1"), sized).variant == "high/1024x1024"
+    dalle = ImageRequest(model="openai/dall-e-3", prompt="x")
+    assert plugin.estimate_usage(model("openai/dall-e-3"), dalle).variant == "standard/1024x1024"
+
+
+def test_image_response_is_priced_by_what_was_made() -> None:
+    req = ImageRequest(model="openai/gpt-image-1", prompt="x")
+    body = {"created": 1, "data": [{"b64_json": "AA=="}], "quality": "low", "size": "1024x1024"}
+    out = plugin.parse_response(model("openai/gpt-image-1"), req, httpx.Response(200, json=body))
+    assert out.usage.images == 1 and out.usage.variant == "low/1024x1024"
+
+
+def test_chat_response_usage_and_public_model_id() -> None:
+    body = {
+        "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18", "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "prompt_tokens_details": {"cached_tokens": 6}},
+    }
+    out = plugin.parse_response(model("openai/gpt-4o-mini"), chat(), httpx.Response(200, json=body))
+    assert out.body["model"] == "openai/gpt-4o-mini"
+    assert (out.usage.input_tokens, out.usage.cached_input_tokens, out.usage.output_tokens) == (10, 6, 4)
+
+
+def test_stream_usage_chunk_dropped_unless_asked() -> None:
+    data = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+    silent = plugin.parse_stream_event(model("openai/gpt-4o-mini"), chat(stream=True), data)
+    assert silent.chunk is None and silent.usage.output_tokens == 2
+    asked = plugin.parse_stream_event(
+        model("openai/gpt-4o-mini"), chat(stream=True, stream_options={"include_usage": True}), data
+    )
+    assert asked.chunk["usage"]["total_tokens"] == 5 and asked.chunk["model"] == "openai/gpt-4o-mini"
+    with pytest.raises(UpstreamError):
+        plugin.parse_stream_event(model("openai/gpt-4o-mini"), chat(stream=True), '{"error": {"message": "boom"}}')
+
+
+def test_embeddings_and_speech() -> None:
+    emb = EmbeddingRequest(model="openai/text-embedding-3-small", input=["ab", "cd"])
+    assert plugin.estimate_usage(model("openai/text-embedding-3-small"), emb).input_tokens == 4
+    req = plugin.build_request(model("openai/text-embedding-3-small"), emb, UPSTREAM)
+    assert json.loads(req.content)["model"] == "text-embedding-3-small"
+    speech = SpeechRequest(model="openai/tts-1", input="Hello", voice="alloy", response_format="wav")
+    out = plugin.parse_response(model("openai/tts-1"), speech, httpx.Response(200, content=b"RIFF", headers={"content-type": "audio/wav"}))
+    assert out.body == b"RIFF" and out.usage.characters == 5 and out.content_type == "audio/wav"
+
+
+def _wav(seconds: float) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * int(8000 * seconds))
+    return buf.getvalue()
+
+
+def test_transcription_asks_verbose_json_and_renders_the_clients_format() -> None:
+    req = TranscriptionRequest(model="openai/whisper-1", file=_wav(2.5), filename="a.wav", response_format="srt")
+    assert plugin.estimate_usage(model("openai/whisper-1"), req).seconds == Decimal("2.5")
+    built = plugin.build_request(model("openai/whisper-1"), req, UPSTREAM)
+    content = built.read()
+    assert b'name="response_format"\r\n\r\nverbose_json' in content and b'name="model"\r\n\r\nwhisper-1' in content
+    verbose = {"task": "transcribe", "language": "english", "duration": 2.5, "text": "Hi there.",
+               "segments": [{"id": 0, "start": 0.0, "end": 2.5, "text": " Hi there."}]}
+    out = plugin.parse_response(model("openai/whisper-1"), req, httpx.Response(200, json=verbose))
+    assert out.usage.seconds == Decimal("2.5")
+    assert out.body == b"1\n00:00:00,000 --> 00:00:02,500\nHi there.\n"
+
+
+def test_error_mapping() -> None:
+    refusal = httpx.Response(400, json={"error": {"message": "no", "type": "invalid_request_error", "code": "content_policy_violation", "param": None}})
+    assert isinstance(plugin.parse_error(model("openai/dall-e-3"), refusal), PermissionDenied)
+    bad = httpx.Response(400, json={"error": {"message": "Invalid 'temperature'", "type": "invalid_request_error", "code": "invalid_value", "param": "temperature"}})
+    err = plugin.parse_error(model("openai/gpt-4o-mini"), bad)
+    assert (err.status, err.param, err.message) == (400, "temperature", "Invalid 'temperature'")
+    assert plugin.parse_error(model("openai/gpt-4o-mini"), httpx.Response(500, content=b"<html>")) is None
