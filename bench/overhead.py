@@ -32,7 +32,11 @@ import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-PAYLOAD = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+PAYLOAD = {
+    "model": "openai/gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "max_tokens": 16,
+}
 
 REGISTRY = """
 [gateway]
@@ -84,7 +88,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sequential(direct: tuple[str, dict], gateway: tuple[str, dict], rounds: int, per_round: int) -> dict:
+def sequential(
+    direct: tuple[str, dict], gateway: tuple[str, dict], rounds: int, per_round: int
+) -> dict:
     samples: dict[str, list[float]] = {"direct": [], "gateway": []}
     diffs = []
     with httpx.Client(timeout=10) as client:
@@ -107,8 +113,14 @@ def sequential(direct: tuple[str, dict], gateway: tuple[str, dict], rounds: int,
     return {
         "added_median_ms": statistics.median(diffs) * ms,
         "added_p99_ms": (pct(samples["gateway"], 0.99) - pct(samples["direct"], 0.99)) * ms,
-        "direct": {q: pct(samples["direct"], p) * ms for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
-        "gateway": {q: pct(samples["gateway"], p) * ms for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
+        "direct": {
+            q: pct(samples["direct"], p) * ms
+            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+        },
+        "gateway": {
+            q: pct(samples["gateway"], p) * ms
+            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+        },
     }
 
 
@@ -141,10 +153,14 @@ async def _load(url: str, headers: dict, concurrency: int, seconds: float) -> tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="duration of each throughput run"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.0, help="upstream latency in seconds")
     args = parser.parse_args()
@@ -165,27 +181,58 @@ def main() -> None:
     env = {**os.environ, "MOCK_LATENCY": str(args.latency), "OPENAI_API_KEY": "sk-bench"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "mock_upstream:app",
-             "--port", str(up_port), "--no-access-log", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(ROOT / "bench"),
+                "mock_upstream:app",
+                "--port",
+                str(up_port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
             env=env,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "apimodels.cli", "--registry", str(tmp / "registry.toml"), "--db",
-             str(tmp / "bench.db"), "serve", "--port", str(gw_port), "--no-access-log"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "apimodels.cli",
+                "--registry",
+                str(tmp / "registry.toml"),
+                "--db",
+                str(tmp / "bench.db"),
+                "serve",
+                "--port",
+                str(gw_port),
+                "--no-access-log",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         ),
     ]
     try:
         wait_ready(upstream + "/")
         wait_ready(f"http://127.0.0.1:{gw_port}/health")
         direct = (upstream + "/v1/chat/completions", {"authorization": "Bearer sk-bench"})
-        gateway = (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"authorization": f"Bearer {key}"})
+        gateway = (
+            f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            {"authorization": f"Bearer {key}"},
+        )
         seq = sequential(direct, gateway, args.rounds, args.per_round)
-        print(f"sequential, {args.rounds} rounds x {args.per_round} requests, upstream latency {args.latency * 1000:.0f} ms")
+        print(
+            f"sequential, {args.rounds} rounds x {args.per_round} requests, upstream latency {args.latency * 1000:.0f} ms"
+        )
         for side in ("direct", "gateway"):
             s = seq[side]
             print(f"  {side:8} p50 {s['p50']:.3f} ms  p90 {s['p90']:.3f} ms  p99 {s['p99']:.3f} ms")
-        print(f"  added latency: median of round medians {seq['added_median_ms']:.3f} ms, p99 {seq['added_p99_ms']:.3f} ms")
+        print(
+            f"  added latency: median of round medians {seq['added_median_ms']:.3f} ms, p99 {seq['added_p99_ms']:.3f} ms"
+        )
         d_rps, d_ok = asyncio.run(_load(*direct, args.concurrency, args.seconds))
         g_rps, g_ok = asyncio.run(_load(*gateway, args.concurrency, args.seconds))
         print(f"throughput at {args.concurrency} connections, {args.seconds:.0f} s each")

@@ -93,7 +93,9 @@ def _fresh_knobs(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=20) as c:
+    with openai.OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=20
+    ) as c:
         yield c
 
 
@@ -102,5 +104,3 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
     headers = {"authorization": f"Bearer {gateway.key}"}
     with httpx.Client(base_url=gateway.url, headers=headers, timeout=20) as c:
         yield c
-
-

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(tmp_path: Path):  # type: ignore[no-untyped-def]
     def invoke(*args: str, code: int = 0) -> str:
         result = CliRunner().invoke(
-            cli, ["--registry", str(ROOT / "registry.toml"), "--db", str(tmp_path / "cli.db"), *args]
+            cli,
+            ["--registry", str(ROOT / "registry.toml"), "--db", str(tmp_path / "cli.db"), *args],
         )
         assert result.exit_code == code, result.output
         return result.output
@@ -66,9 +67,22 @@ def test_a_bad_catalog_is_one_clean_line(tmp_path: Path) -> None:
 def test_sandbox_serve_prints_a_working_key_and_curl_line(tmp_path: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apimodels.cli", "--registry", str(ROOT / "registry.toml"),
-         "--db", str(tmp_path / "sandbox.db"), "serve", "--sandbox", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "apimodels.cli",
+            "--registry",
+            str(ROOT / "registry.toml"),
+            "--db",
+            str(tmp_path / "sandbox.db"),
+            "serve",
+            "--sandbox",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"COLUMNS": "200"},
     )
     try:
@@ -82,8 +96,12 @@ def test_sandbox_serve_prints_a_working_key_and_curl_line(tmp_path: Path) -> Non
         assert "SANDBOX MODE" in output and "simulated" in output
         key = re.search(r"sk-am-\w+", output).group(0)  # type: ignore[union-attr]
         assert f"http://127.0.0.1:{port}/v1" in output
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0) as client:
-            reply = client.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0
+        ) as client:
+            reply = client.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
             assert reply.choices[0].message.content
             assert float(reply.usage.cost) > 0  # type: ignore[union-attr]
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200

@@ -8,7 +8,6 @@ import io
 import struct
 import time
 import wave
-import zlib
 from decimal import Decimal
 
 import httpx
@@ -54,7 +53,10 @@ def test_chat_reports_usage_and_cost(client: openai.OpenAI) -> None:
     assert completion.choices[0].message.content
     usage = completion.usage
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
-    expected = (Decimal(usage.prompt_tokens) * Decimal("0.15") + Decimal(usage.completion_tokens) * Decimal("0.60")) / 1_000_000
+    expected = (
+        Decimal(usage.prompt_tokens) * Decimal("0.15")
+        + Decimal(usage.completion_tokens) * Decimal("0.60")
+    ) / 1_000_000
     cost = Decimal(usage.model_extra["cost"])
     assert cost == expected.quantize(Decimal("0.000001"))
     assert raw.headers["x-apimodels-cost"] == usage.model_extra["cost"]
@@ -98,7 +100,11 @@ def test_chat_stream_usage_chunk_carries_the_cost(client: openai.OpenAI) -> None
 
 
 def test_stream_ends_with_done(http: httpx.Client) -> None:
-    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+    }
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-request-id"].startswith("req_")
@@ -117,7 +123,11 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
 
 def test_images_b64_are_real_png(client: openai.OpenAI) -> None:
     raw = client.images.with_raw_response.generate(
-        model="openai/dall-e-3", prompt="a red bicycle", size="1024x1792", quality="hd", response_format="b64_json"
+        model="openai/dall-e-3",
+        prompt="a red bicycle",
+        size="1024x1792",
+        quality="hd",
+        response_format="b64_json",
     )
     image = raw.parse().data[0]
     width, height = png_size(base64.b64decode(image.b64_json))
@@ -136,12 +146,16 @@ def test_image_size_without_a_price_is_refused_before_any_upstream_call(
 
 
 def test_speech_returns_real_audio(client: openai.OpenAI) -> None:
-    mp3 = client.audio.speech.with_raw_response.create(model="openai/tts-1", voice="alloy", input="Hello there!")
+    mp3 = client.audio.speech.with_raw_response.create(
+        model="openai/tts-1", voice="alloy", input="Hello there!"
+    )
     assert mp3.headers["content-type"] == "audio/mpeg"
     data = mp3.read()
     assert data[:3] == b"ID3" or (data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
     assert mp3.headers["x-apimodels-cost"] == "0.000180"  # 12 characters at $0.015 / 1k
-    wav = client.audio.speech.create(model="openai/tts-1-hd", voice="alloy", input="Hi", response_format="wav")
+    wav = client.audio.speech.create(
+        model="openai/tts-1-hd", voice="alloy", input="Hi", response_format="wav"
+    )
     with wave.open(io.BytesIO(wav.read())) as w:
         assert w.getnframes() > 0
 
@@ -149,7 +163,9 @@ def test_speech_returns_real_audio(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize("fmt", ["json", "text", "verbose_json", "srt", "vtt"])
 def test_transcription_upload(client: openai.OpenAI, fmt: str) -> None:
     raw = client.audio.transcriptions.with_raw_response.create(
-        model="openai/whisper-1", file=("hello.wav", wav_bytes(30.0), "audio/wav"), response_format=fmt
+        model="openai/whisper-1",
+        file=("hello.wav", wav_bytes(30.0), "audio/wav"),
+        response_format=fmt,
     )
     # 30 s at $0.006 per minute
     assert raw.headers["x-apimodels-cost"] == "0.003000"
@@ -169,14 +185,18 @@ def test_transcription_upload(client: openai.OpenAI, fmt: str) -> None:
 
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="openai/gpt-99", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="openai/gpt-99", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.code == "model_not_found"
     assert info.value.response.headers["x-request-id"].startswith("req_")
 
 
 def test_invalid_body_names_the_field(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "wizard", "content": "x"}])
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "wizard", "content": "x"}]
+        )
     assert info.value.param == "messages[0].role"
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="openai/gpt-4o-mini", messages=[])
@@ -184,7 +204,9 @@ def test_invalid_body_names_the_field(client: openai.OpenAI) -> None:
 
 
 def test_malformed_json_and_missing_field(http: httpx.Client) -> None:
-    r = http.post("/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
+    r = http.post(
+        "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = http.post("/v1/embeddings", json={"model": "openai/text-embedding-3-small"})
     assert r.status_code == 400
@@ -198,16 +220,20 @@ def test_malformed_json_and_missing_field(http: httpx.Client) -> None:
 
 def test_wrong_modality_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="openai/dall-e-3", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="openai/dall-e-3", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.code == "wrong_modality"
     assert "/v1/images/generations" in info.value.message
 
 
 def test_bad_keys_are_401(gateway: Gateway) -> None:
     for key in ["sk-am-wrong", "sk-" + "x" * 40, SIM_KEY]:
-        with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0) as c:
-            with pytest.raises(openai.AuthenticationError) as info:
-                c.models.list()
+        with (
+            openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0) as c,
+            pytest.raises(openai.AuthenticationError) as info,
+        ):
+            c.models.list()
         assert key not in info.value.response.text
     r = httpx.post(f"{gateway.url}/v1/chat/completions", json={})
     assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
@@ -217,7 +243,11 @@ def test_bad_keys_are_401(gateway: Gateway) -> None:
     ("status", "exception", "expected_status"),
     [
         (400, openai.BadRequestError, 400),
-        (401, openai.InternalServerError, 502),  # the upstream refused *our* key: not the client's 401
+        (
+            401,
+            openai.InternalServerError,
+            502,
+        ),  # the upstream refused *our* key: not the client's 401
         (404, openai.NotFoundError, 404),
         (429, openai.RateLimitError, 429),
         (500, openai.InternalServerError, 502),
@@ -225,11 +255,17 @@ def test_bad_keys_are_401(gateway: Gateway) -> None:
     ],
 )
 def test_upstream_errors_map_honestly(
-    client: openai.OpenAI, simulator: Simulator, status: int, exception: type[Exception], expected_status: int
+    client: openai.OpenAI,
+    simulator: Simulator,
+    status: int,
+    exception: type[Exception],
+    expected_status: int,
 ) -> None:
     simulator.knobs(fail=[{"kind": "error", "status": status}])
     with pytest.raises(exception) as info:
-        client.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
     response = info.value.response  # type: ignore[attr-defined]
     assert response.status_code == expected_status
     assert set(response.json()["error"]) == {"message", "type", "code", "param"}
@@ -241,13 +277,19 @@ def test_upstream_errors_map_honestly(
 def test_malformed_upstream_body_is_502(client: openai.OpenAI, simulator: Simulator) -> None:
     simulator.knobs(fail=[{"kind": "malformed"}])
     with pytest.raises(openai.InternalServerError) as info:
-        client.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.response.status_code == 502
 
 
 def test_cut_stream_ends_with_an_error_event(http: httpx.Client, simulator: Simulator) -> None:
     simulator.knobs(fail=[{"kind": "cut_stream"}])
-    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Tell a story"}], "stream": True}
+    body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Tell a story"}],
+        "stream": True,
+    }
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = [line for line in response.iter_lines() if line]
     assert '"error"' in lines[-1] and "[DONE]" not in lines[-1]
@@ -255,7 +297,9 @@ def test_cut_stream_ends_with_an_error_event(http: httpx.Client, simulator: Simu
 
 def test_body_over_the_limit_is_413(http: httpx.Client, gateway: Gateway) -> None:
     limit = gateway.server.gateway.catalog.gateway.max_body_bytes
-    r = http.post("/v1/embeddings", content=b"x" * (limit + 1), headers={"content-type": "application/json"})
+    r = http.post(
+        "/v1/embeddings", content=b"x" * (limit + 1), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
     assert r.headers["x-request-id"].startswith("req_")
 
@@ -268,8 +312,12 @@ def test_unknown_path_and_method_are_openai_shaped(http: httpx.Client) -> None:
     assert r.status_code == 405 and "error" in r.json()
 
 
-def test_the_upstream_got_what_the_spec_describes(client: openai.OpenAI, simulator: Simulator) -> None:
-    client.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}], max_tokens=5)
+def test_the_upstream_got_what_the_spec_describes(
+    client: openai.OpenAI, simulator: Simulator
+) -> None:
+    client.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}], max_tokens=5
+    )
     sent = simulator.requests()[-1]
     assert sent["path"] == "/v1/chat/completions"
     assert sent["json"]["model"] == "gpt-4o-mini"  # the upstream id, not the public one

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import openai
@@ -47,11 +47,18 @@ def echo_upstream() -> Starlette:
 class EchoPlugin:
     """A throwaway provider plugin: nothing installed, registered only for this test."""
 
-    calls: list[str] = []
+    calls: ClassVar[list[str]] = []
 
     @hookimpl
     def register_providers(self, register: Any) -> None:
-        register(ProviderSpec("echo", "https://echo.invalid/api", "ECHO_KEY", simulator=lambda **_: echo_upstream()))
+        register(
+            ProviderSpec(
+                "echo",
+                "https://echo.invalid/api",
+                "ECHO_KEY",
+                simulator=lambda **_: echo_upstream(),
+            )
+        )
 
     @hookimpl
     def estimate_usage(self, request: ChatRequest) -> Usage:
@@ -59,11 +66,15 @@ class EchoPlugin:
         return Usage(input_tokens=100, output_tokens=3)
 
     @hookimpl
-    def build_request(self, model: ModelConfig, request: ChatRequest, upstream: Upstream) -> httpx.Request:
+    def build_request(
+        self, model: ModelConfig, request: ChatRequest, upstream: Upstream
+    ) -> httpx.Request:
         self.calls.append("build_request")
         say = request.messages[-1].content
         return httpx.Request(
-            "POST", f"{upstream.base_url}/echo", json={"say": say, "model": model.upstream},
+            "POST",
+            f"{upstream.base_url}/echo",
+            json={"say": say, "model": model.upstream},
             headers={"x-echo-key": upstream.api_key or ""},
         )
 
@@ -72,9 +83,22 @@ class EchoPlugin:
         self.calls.append("parse_response")
         data = response.json()
         body = {
-            "id": "echo-1", "object": "chat.completion", "created": 0, "model": model.id,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": data["said"]}}],
-            "usage": {"prompt_tokens": data["in"], "completion_tokens": data["out"], "total_tokens": data["in"] + data["out"]},
+            "id": "echo-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model.id,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": data["said"]},
+                }
+            ],
+            "usage": {
+                "prompt_tokens": data["in"],
+                "completion_tokens": data["out"],
+                "total_tokens": data["in"] + data["out"],
+            },
         }
         return Output(body, Usage(input_tokens=data["in"], output_tokens=data["out"]))
 
@@ -90,29 +114,53 @@ def echo_plugin() -> Any:
         pm.unregister(name="undo-echo")
 
 
-def test_dispatch_goes_through_the_registered_plugins_hooks(echo_plugin: EchoPlugin, tmp_path: Path) -> None:
+def test_dispatch_goes_through_the_registered_plugins_hooks(
+    echo_plugin: EchoPlugin, tmp_path: Path
+) -> None:
     (tmp_path / "registry.toml").write_text(ECHO_REGISTRY)
     with serve(echo_upstream()) as upstream_url:
         # Point the catalog at the local upstream, as a self-hoster would with base_url.
-        (tmp_path / "registry.toml").write_text(ECHO_REGISTRY.replace('package = "apimodels-echo"', f'package = "apimodels-echo"\nbase_url = "{upstream_url}/api"'))
-        server = assemble(tmp_path / "registry.toml", tmp_path / "db.sqlite", environ={"ECHO_KEY": "echo-secret"})
+        (tmp_path / "registry.toml").write_text(
+            ECHO_REGISTRY.replace(
+                'package = "apimodels-echo"',
+                f'package = "apimodels-echo"\nbase_url = "{upstream_url}/api"',
+            )
+        )
+        server = assemble(
+            tmp_path / "registry.toml", tmp_path / "db.sqlite", environ={"ECHO_KEY": "echo-secret"}
+        )
         acct = create_account(server.db, "echo@example.com")
         _, key = create_key(server.db, acct["id"])
-        with serve(server.app) as url, openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
-            done = client.chat.completions.create(model="echo/parrot", messages=[{"role": "user", "content": "polly"}])
+        with (
+            serve(server.app) as url,
+            openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client,
+        ):
+            done = client.chat.completions.create(
+                model="echo/parrot", messages=[{"role": "user", "content": "polly"}]
+            )
             assert done.choices[0].message.content == "polly"
             assert done.usage.model_extra["cost"] == "0.000011"  # 5 * 1/1M + 3 * 2/1M
             assert [m.id for m in client.models.list()] == ["echo/parrot"]
     assert EchoPlugin.calls == ["estimate_usage", "build_request", "parse_response"]
 
 
-def test_provider_hooks_only_see_their_own_provider(echo_plugin: EchoPlugin, tmp_path: Path) -> None:
+def test_provider_hooks_only_see_their_own_provider(
+    echo_plugin: EchoPlugin, tmp_path: Path
+) -> None:
     """The OpenAI plugin's hooks are not asked about echo models, and vice versa."""
     catalog = parse_catalog(
         {
-            "providers": {"echo": {"package": "apimodels-echo"}, "openai": {"package": "apimodels-openai"}},
+            "providers": {
+                "echo": {"package": "apimodels-echo"},
+                "openai": {"package": "apimodels-openai"},
+            },
             "models": {
-                "echo/parrot": {"provider": "echo", "upstream": "p", "modality": "chat", "pricing": {"input_per_1m": "1", "output_per_1m": "1"}},
+                "echo/parrot": {
+                    "provider": "echo",
+                    "upstream": "p",
+                    "modality": "chat",
+                    "pricing": {"input_per_1m": "1", "output_per_1m": "1"},
+                },
             },
         }
     )
@@ -133,7 +181,14 @@ def test_disabled_provider_needs_no_plugin_and_serves_nothing() -> None:
     catalog = parse_catalog(
         {
             "providers": {"acme": {"package": "apimodels-acme", "enabled": False}},
-            "models": {"acme/m": {"provider": "acme", "upstream": "m", "modality": "embedding", "pricing": {"input_per_1m": "1"}}},
+            "models": {
+                "acme/m": {
+                    "provider": "acme",
+                    "upstream": "m",
+                    "modality": "embedding",
+                    "pricing": {"input_per_1m": "1"},
+                }
+            },
         }
     )
     gw = build_gateway(catalog, pm, environ={})

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from apimodels.accounts import KeyStore, create_account, create_key, list_keys, revoke_key, rotate_key
+from apimodels.accounts import (
+    KeyStore,
+    create_account,
+    create_key,
+    list_keys,
+    revoke_key,
+    rotate_key,
+)
 from apimodels.db import open_db
 from apimodels.errors import AuthenticationError, PermissionDenied
 
@@ -75,7 +82,10 @@ def test_rotate_keeps_the_old_key_for_the_grace_period(db: sqlite_utils.Database
 def test_suspended_and_closed_accounts(db: sqlite_utils.Database) -> None:
     acct = create_account(db, "e@example.com")
     _, key = create_key(db, acct["id"])
-    db.execute("UPDATE accounts SET status = 'suspended', status_reason = 'abuse report' WHERE id = ?", [acct["id"]])
+    db.execute(
+        "UPDATE accounts SET status = 'suspended', status_reason = 'abuse report' WHERE id = ?",
+        [acct["id"]],
+    )
     with pytest.raises(PermissionDenied, match="abuse report") as info:
         KeyStore(db).authenticate(f"Bearer {key}")
     assert info.value.code == "account_suspended"

@@ -47,16 +47,27 @@ def test_good_minimal_catalog(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (('"0.15"', "0.15"), 'models."openai/gpt-4o-mini".pricing.input_per_1m: write prices as decimal strings'),
+        (
+            ('"0.15"', "0.15"),
+            'models."openai/gpt-4o-mini".pricing.input_per_1m: write prices as decimal strings',
+        ),
         (('"0.15"', '"cheap"'), "not a decimal number: 'cheap'"),
         (('"0.15"', '"-1"'), "a price must be a finite number >= 0"),
         (('modality = "chat"', 'modality = "telepathy"'), 'models."openai/gpt-4o-mini".modality'),
         ((', output_per_1m = "0.60"', ""), "a chat model needs pricing.output_per_1m"),
-        (('provider = "openai"', 'provider = "nobody"'), "names provider 'nobody', which has no [providers] entry"),
-        (('upstream = "gpt-4o-mini"', 'upstreem = "gpt-4o-mini"'), "upstreem: Extra inputs are not permitted"),
+        (
+            ('provider = "openai"', 'provider = "nobody"'),
+            "names provider 'nobody', which has no [providers] entry",
+        ),
+        (
+            ('upstream = "gpt-4o-mini"', 'upstreem = "gpt-4o-mini"'),
+            "upstreem: Extra inputs are not permitted",
+        ),
     ],
 )
-def test_bad_catalog_names_file_entry_and_reason(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+def test_bad_catalog_names_file_entry_and_reason(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
     path = write(tmp_path, GOOD.replace(*change))
     with pytest.raises(ConfigError) as info:
         load_catalog(path)
@@ -76,8 +87,18 @@ def test_models_of_a_disabled_provider_are_not_served() -> None:
     data = {
         "providers": {"a": {"package": "pkg-a"}, "b": {"package": "pkg-b", "enabled": False}},
         "models": {
-            "a/m": {"provider": "a", "upstream": "m", "modality": "embedding", "pricing": {"input_per_1m": "1"}},
-            "b/m": {"provider": "b", "upstream": "m", "modality": "embedding", "pricing": {"input_per_1m": "1"}},
+            "a/m": {
+                "provider": "a",
+                "upstream": "m",
+                "modality": "embedding",
+                "pricing": {"input_per_1m": "1"},
+            },
+            "b/m": {
+                "provider": "b",
+                "upstream": "m",
+                "modality": "embedding",
+                "pricing": {"input_per_1m": "1"},
+            },
         },
     }
     catalog = parse_catalog(data)

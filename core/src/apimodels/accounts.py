@@ -66,7 +66,9 @@ def get_account(db: sqlite_utils.Database, ref: str) -> dict[str, Any]:
     return rows[0]
 
 
-def create_key(db: sqlite_utils.Database, account: str, name: str = "") -> tuple[dict[str, Any], str]:
+def create_key(
+    db: sqlite_utils.Database, account: str, name: str = ""
+) -> tuple[dict[str, Any], str]:
     """Make a key for an account (id or email); return its row and the key, shown once."""
     acct = get_account(db, account)
     if acct["status"] == "closed":

@@ -102,8 +102,14 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     err = exc.errors()[0]
     param = _param(err["loc"])
     if err["type"] == "missing":
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    return InvalidRequest(f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value")
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    return InvalidRequest(
+        f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value"
+    )
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -122,7 +128,9 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 async def read_multipart(request: Request) -> dict[str, Any]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidRequest("This endpoint takes multipart/form-data with a 'file' part.", param="file")
+        raise InvalidRequest(
+            "This endpoint takes multipart/form-data with a 'file' part.", param="file"
+        )
     form = await request.form(max_files=1, max_fields=64)
     try:
         body: dict[str, Any] = {}
@@ -136,7 +144,11 @@ async def read_multipart(request: Request) -> dict[str, Any]:
             else:
                 body[key] = value
         if "file" not in body:
-            raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+            raise InvalidRequest(
+                "Missing required parameter: 'file'.",
+                param="file",
+                code="missing_required_parameter",
+            )
         return body
     finally:
         await form.close()
@@ -252,7 +264,9 @@ def _wrong_modality(route: Route, path: str) -> InvalidRequest:
     )
 
 
-def _with_errors(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def _with_errors(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
     async def wrapped(request: Request) -> Response:
         try:
             return await endpoint(request)
@@ -266,8 +280,12 @@ def _with_errors(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url"))
-    err = InvalidRequest(exc.detail or "Bad request", code="method_not_allowed" if exc.status_code == 405 else None)
+        return error_response(
+            NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
+        )
+    err = InvalidRequest(
+        exc.detail or "Bad request", code="method_not_allowed" if exc.status_code == 405 else None
+    )
     err.status = exc.status_code
     return error_response(err)
 

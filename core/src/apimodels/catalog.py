@@ -22,7 +22,7 @@ def _decimal_string(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"write prices as decimal strings, e.g. \"0.15\" (got {value!r})")
+        raise ValueError(f'write prices as decimal strings, e.g. "0.15" (got {value!r})')
     try:
         price = Decimal(value)
     except InvalidOperation:
@@ -59,7 +59,9 @@ class Pricing(_Strict):
         for name, value in self:
             if value is None or (name == "markup" and not value):
                 continue
-            out[name] = {k: str(v) for k, v in value.items()} if isinstance(value, dict) else str(value)
+            out[name] = (
+                {k: str(v) for k, v in value.items()} if isinstance(value, dict) else str(value)
+            )
         return out
 
 

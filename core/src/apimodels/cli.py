@@ -78,8 +78,14 @@ def cli(ctx: click.Context, registry: Path, db: Path) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
-@click.option("--sandbox", is_flag=True, help="Serve every provider from its simulator (no upstream keys needed).")
-@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log each request line.")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Serve every provider from its simulator (no upstream keys needed).",
+)
+@click.option(
+    "--access-log/--no-access-log", default=True, show_default=True, help="Log each request line."
+)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: bool) -> None:
     """Run the gateway."""
@@ -101,14 +107,16 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
         curl = (
             f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\": \"openai/gpt-4o-mini\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
+            '-d \'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}\''
         )
         body = (
             "[bold yellow]SANDBOX MODE: every provider is a local simulator. "
             "Outputs are simulated, nothing is sent upstream.[/]\n\n"
             f"URL      {url}/v1\nAPI key  {key}\n\nTry it:\n{curl}"
         )
-        console.print(Panel(body, title="apimodels sandbox", expand=False), soft_wrap=True, highlight=False)
+        console.print(
+            Panel(body, title="apimodels sandbox", expand=False), soft_wrap=True, highlight=False
+        )
 
     server.started_hooks.append(announce)
     uvicorn.run(server.app, host=host, port=port, access_log=access_log, log_level="info")
@@ -132,7 +140,12 @@ def plugins(ctx: click.Context) -> None:
         served = sorted(n for n, (_, owner) in providers.items() if pm.get_name(owner) == p["name"])
         on = ", ".join(n for n in served if n in enabled) or "-"
         table.add_row(
-            p["name"], p.get("package", "-"), p.get("version", "-"), ", ".join(served) or "-", on, ", ".join(p["hooks"])
+            p["name"],
+            p.get("package", "-"),
+            p.get("version", "-"),
+            ", ".join(served) or "-",
+            on,
+            ", ".join(p["hooks"]),
         )
     console.print(table)
 
@@ -146,7 +159,13 @@ def models(ctx: click.Context, as_json: bool) -> None:
     served = catalog.served_models()
     if as_json:
         out = [
-            {"id": m.id, "provider": m.provider, "upstream": m.upstream, "modality": m.modality.value, "pricing": m.pricing.as_dict()}
+            {
+                "id": m.id,
+                "provider": m.provider,
+                "upstream": m.upstream,
+                "modality": m.modality.value,
+                "pricing": m.pricing.as_dict(),
+            }
             for m in served.values()
         ]
         click.echo(json.dumps(out, indent=2))
@@ -154,7 +173,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
     table = Table("model", "modality", "upstream", "pricing (USD)")
     for m in sorted(served.values(), key=lambda m: m.id):
         prices = "; ".join(
-            f"{k}: " + (", ".join(f"{vk}={vv}" for vk, vv in v.items()) if isinstance(v, dict) else v)
+            f"{k}: "
+            + (", ".join(f"{vk}={vv}" for vk, vv in v.items()) if isinstance(v, dict) else v)
             for k, v in m.pricing.as_dict().items()
         )
         table.add_row(m.id, m.modality.value, m.upstream, prices)
@@ -203,7 +223,14 @@ def keys_list(ctx: click.Context, account: str) -> None:
     """List the keys of ACCOUNT (never the keys themselves)."""
     table = Table("id", "name", "hint", "created", "expires", "revoked")
     for k in acc.list_keys(_db(ctx), account):
-        table.add_row(k["id"], k["name"] or "", k["hint"], k["created_at"][:19], (k["expires_at"] or "")[:19], (k["revoked_at"] or "")[:19])
+        table.add_row(
+            k["id"],
+            k["name"] or "",
+            k["hint"],
+            k["created_at"][:19],
+            (k["expires_at"] or "")[:19],
+            (k["revoked_at"] or "")[:19],
+        )
     console.print(table)
 
 

@@ -41,13 +41,21 @@ def parse_error(model: ModelConfig, response: httpx.Response) -> APIError:
     name = model.provider
     if status in (401, 403):
         # The upstream refused the gateway's own credentials: not the client's fault.
-        return UpstreamError(f"{name} rejected the gateway's credentials", code="upstream_auth_error")
+        return UpstreamError(
+            f"{name} rejected the gateway's credentials", code="upstream_auth_error"
+        )
     if status == 404:
         return NotFound(upstream_message(response) or f"{name}: not found", code="model_not_found")
     if status == 429:
-        headers = {"retry-after": response.headers["retry-after"]} if "retry-after" in response.headers else {}
+        headers = (
+            {"retry-after": response.headers["retry-after"]}
+            if "retry-after" in response.headers
+            else {}
+        )
         return RateLimited(f"{name} is rate limiting requests; retry later", headers=headers)
     if 400 <= status < 500:
         message = upstream_message(response) or f"{name} rejected the request"
-        return InvalidRequest(message, code="upstream_rejected", status=status if status != 413 else 400)
+        return InvalidRequest(
+            message, code="upstream_rejected", status=status if status != 413 else 400
+        )
     return UpstreamError(f"{name} failed with HTTP {status}")

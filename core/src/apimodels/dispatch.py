@@ -32,7 +32,9 @@ def check_policy(gateway: Gateway, route: Route, request: UnifiedRequest, accoun
     """Ask every policy plugin; any deny wins (403 content_policy_violation)."""
     if not gateway.policy_enabled:
         return
-    verdicts = gateway.pm.hook.check_request(model=route.model, request=request, account_id=account_id)
+    verdicts = gateway.pm.hook.check_request(
+        model=route.model, request=request, account_id=account_id
+    )
     for verdict in verdicts:
         if verdict is not None and verdict.action == "deny":
             raise PermissionDenied(
@@ -44,7 +46,9 @@ def check_policy(gateway: Gateway, route: Route, request: UnifiedRequest, accoun
 
 def price(route: Route, usage: Usage) -> int:
     """Micro-USD for a usage at the route's catalog prices, rounded once."""
-    amount = route.provider.hooks.price_usage(model=route.model, pricing=route.model.pricing, usage=usage)
+    amount = route.provider.hooks.price_usage(
+        model=route.model, pricing=route.model.pricing, usage=usage
+    )
     return to_micros(amount)
 
 
@@ -56,9 +60,13 @@ def estimate(route: Route, request: UnifiedRequest) -> int:
 
 def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
     provider = route.provider
-    built = provider.hooks.build_request(model=route.model, request=request, upstream=provider.upstream)
+    built = provider.hooks.build_request(
+        model=route.model, request=request, upstream=provider.upstream
+    )
     if built is None:
-        raise UpstreamError(f"provider {provider.name} cannot serve this request", code="not_supported")
+        raise UpstreamError(
+            f"provider {provider.name} cannot serve this request", code="not_supported"
+        )
     return built
 
 
@@ -80,11 +88,16 @@ async def call(route: Route, request: UnifiedRequest) -> Priced:
     upstream_request = _upstream_request(route, request)
     assert provider.client is not None
     response = await send(
-        provider.client, upstream_request, provider=provider.name, max_retries=provider.config.max_retries
+        provider.client,
+        upstream_request,
+        provider=provider.name,
+        max_retries=provider.config.max_retries,
     )
     await _raise_for_status(route, response)
     try:
-        output = provider.hooks.parse_response(model=route.model, request=request, response=response)
+        output = provider.hooks.parse_response(
+            model=route.model, request=request, response=response
+        )
     except APIError:
         raise
     except Exception as exc:  # an answer the plugin cannot read is the upstream's failure
@@ -160,7 +173,9 @@ async def _relay(
     except httpx.TimeoutException:
         result.error = UpstreamTimeout(f"{route.provider.name} stopped sending in time")
     except httpx.HTTPError:
-        result.error = UpstreamError(f"{route.provider.name} ended the stream before it was complete")
+        result.error = UpstreamError(
+            f"{route.provider.name} ended the stream before it was complete"
+        )
     except APIError as exc:
         result.error = exc
     finally:

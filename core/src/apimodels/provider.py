@@ -69,7 +69,13 @@ class Usage:
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             k: getattr(self, k)
-            for k in ("input_tokens", "cached_input_tokens", "output_tokens", "images", "characters")
+            for k in (
+                "input_tokens",
+                "cached_input_tokens",
+                "output_tokens",
+                "images",
+                "characters",
+            )
             if getattr(self, k)
         }
         if self.seconds:

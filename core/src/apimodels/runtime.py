@@ -168,7 +168,9 @@ def build_gateway(
         api_key = env.get(key_env) or None
         unavailable = None
         if api_key is None and not sandbox:
-            unavailable = f"provider {name} is not configured on this server (its key {key_env} is not set)"
+            unavailable = (
+                f"provider {name} is not configured on this server (its key {key_env} is not set)"
+            )
             notices.append(f"provider {name}: {key_env} is not set; its models will answer 503")
         upstream = Upstream(name, (config.base_url or spec.base_url).rstrip("/"), api_key, settings)
         providers[name] = Provider(

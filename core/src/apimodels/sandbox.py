@@ -34,7 +34,9 @@ class Simulators:
     async def start(self, gateway: Gateway) -> None:
         for name, provider in gateway.providers.items():
             if provider.spec.simulator is None:
-                provider.unavailable = f"provider {name} has no simulator; it cannot run in sandbox mode"
+                provider.unavailable = (
+                    f"provider {name} has no simulator; it cannot run in sandbox mode"
+                )
                 gateway.notices.append(provider.unavailable)
                 continue
             api_key = "sk-sim-" + secrets.token_hex(16)

@@ -66,9 +66,13 @@ async def send(
             if not _never_reached_upstream(exc):
                 if isinstance(exc, httpx.TimeoutException):
                     raise UpstreamTimeout(f"{provider} did not answer in time") from exc
-                raise UpstreamError(f"connection to {provider} failed", code="upstream_connection_error") from exc
+                raise UpstreamError(
+                    f"connection to {provider} failed", code="upstream_connection_error"
+                ) from exc
             if attempt >= max_retries:
-                raise UpstreamError(f"could not connect to {provider}", code="upstream_unreachable") from exc
+                raise UpstreamError(
+                    f"could not connect to {provider}", code="upstream_unreachable"
+                ) from exc
         else:
             if (
                 response.status_code in _RETRY_STATUSES

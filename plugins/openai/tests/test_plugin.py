@@ -33,7 +33,9 @@ def model(model_id: str):  # type: ignore[no-untyped-def]
 
 
 def chat(**kw) -> ChatRequest:  # type: ignore[no-untyped-def]
-    return ChatRequest.model_validate({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "héllo"}], **kw})
+    return ChatRequest.model_validate(
+        {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "héllo"}], **kw}
+    )
 
 
 def test_chat_request_uses_the_upstream_id_and_passes_unknown_fields() -> None:
@@ -78,25 +80,50 @@ def test_image_response_is_priced_by_what_was_made() -> None:
 
 def test_chat_response_usage_and_public_model_id() -> None:
     body = {
-        "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18", "choices": [],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "prompt_tokens_details": {"cached_tokens": 6}},
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [],
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 4,
+            "total_tokens": 14,
+            "prompt_tokens_details": {"cached_tokens": 6},
+        },
     }
     out = plugin.parse_response(model("openai/gpt-4o-mini"), chat(), httpx.Response(200, json=body))
     assert out.body["model"] == "openai/gpt-4o-mini"
-    assert (out.usage.input_tokens, out.usage.cached_input_tokens, out.usage.output_tokens) == (10, 6, 4)
+    assert (out.usage.input_tokens, out.usage.cached_input_tokens, out.usage.output_tokens) == (
+        10,
+        6,
+        4,
+    )
 
 
 def test_stream_usage_chunk_dropped_unless_asked() -> None:
-    data = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-                       "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+    data = json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
+    )
     silent = plugin.parse_stream_event(model("openai/gpt-4o-mini"), chat(stream=True), data)
     assert silent.chunk is None and silent.usage.output_tokens == 2
     asked = plugin.parse_stream_event(
         model("openai/gpt-4o-mini"), chat(stream=True, stream_options={"include_usage": True}), data
     )
-    assert asked.chunk["usage"]["total_tokens"] == 5 and asked.chunk["model"] == "openai/gpt-4o-mini"
+    assert (
+        asked.chunk["usage"]["total_tokens"] == 5 and asked.chunk["model"] == "openai/gpt-4o-mini"
+    )
     with pytest.raises(UpstreamError):
-        plugin.parse_stream_event(model("openai/gpt-4o-mini"), chat(stream=True), '{"error": {"message": "boom"}}')
+        plugin.parse_stream_event(
+            model("openai/gpt-4o-mini"), chat(stream=True), '{"error": {"message": "boom"}}'
+        )
 
 
 def test_embeddings_and_speech() -> None:
@@ -104,8 +131,14 @@ def test_embeddings_and_speech() -> None:
     assert plugin.estimate_usage(model("openai/text-embedding-3-small"), emb).input_tokens == 4
     req = plugin.build_request(model("openai/text-embedding-3-small"), emb, UPSTREAM)
     assert json.loads(req.content)["model"] == "text-embedding-3-small"
-    speech = SpeechRequest(model="openai/tts-1", input="Hello", voice="alloy", response_format="wav")
-    out = plugin.parse_response(model("openai/tts-1"), speech, httpx.Response(200, content=b"RIFF", headers={"content-type": "audio/wav"}))
+    speech = SpeechRequest(
+        model="openai/tts-1", input="Hello", voice="alloy", response_format="wav"
+    )
+    out = plugin.parse_response(
+        model("openai/tts-1"),
+        speech,
+        httpx.Response(200, content=b"RIFF", headers={"content-type": "audio/wav"}),
+    )
     assert out.body == b"RIFF" and out.usage.characters == 5 and out.content_type == "audio/wav"
 
 
@@ -120,22 +153,55 @@ def _wav(seconds: float) -> bytes:
 
 
 def test_transcription_asks_verbose_json_and_renders_the_clients_format() -> None:
-    req = TranscriptionRequest(model="openai/whisper-1", file=_wav(2.5), filename="a.wav", response_format="srt")
+    req = TranscriptionRequest(
+        model="openai/whisper-1", file=_wav(2.5), filename="a.wav", response_format="srt"
+    )
     assert plugin.estimate_usage(model("openai/whisper-1"), req).seconds == Decimal("2.5")
     built = plugin.build_request(model("openai/whisper-1"), req, UPSTREAM)
     content = built.read()
-    assert b'name="response_format"\r\n\r\nverbose_json' in content and b'name="model"\r\n\r\nwhisper-1' in content
-    verbose = {"task": "transcribe", "language": "english", "duration": 2.5, "text": "Hi there.",
-               "segments": [{"id": 0, "start": 0.0, "end": 2.5, "text": " Hi there."}]}
+    assert (
+        b'name="response_format"\r\n\r\nverbose_json' in content
+        and b'name="model"\r\n\r\nwhisper-1' in content
+    )
+    verbose = {
+        "task": "transcribe",
+        "language": "english",
+        "duration": 2.5,
+        "text": "Hi there.",
+        "segments": [{"id": 0, "start": 0.0, "end": 2.5, "text": " Hi there."}],
+    }
     out = plugin.parse_response(model("openai/whisper-1"), req, httpx.Response(200, json=verbose))
     assert out.usage.seconds == Decimal("2.5")
     assert out.body == b"1\n00:00:00,000 --> 00:00:02,500\nHi there.\n"
 
 
 def test_error_mapping() -> None:
-    refusal = httpx.Response(400, json={"error": {"message": "no", "type": "invalid_request_error", "code": "content_policy_violation", "param": None}})
+    refusal = httpx.Response(
+        400,
+        json={
+            "error": {
+                "message": "no",
+                "type": "invalid_request_error",
+                "code": "content_policy_violation",
+                "param": None,
+            }
+        },
+    )
     assert isinstance(plugin.parse_error(model("openai/dall-e-3"), refusal), PermissionDenied)
-    bad = httpx.Response(400, json={"error": {"message": "Invalid 'temperature'", "type": "invalid_request_error", "code": "invalid_value", "param": "temperature"}})
+    bad = httpx.Response(
+        400,
+        json={
+            "error": {
+                "message": "Invalid 'temperature'",
+                "type": "invalid_request_error",
+                "code": "invalid_value",
+                "param": "temperature",
+            }
+        },
+    )
     err = plugin.parse_error(model("openai/gpt-4o-mini"), bad)
     assert (err.status, err.param, err.message) == (400, "temperature", "Invalid 'temperature'")
-    assert plugin.parse_error(model("openai/gpt-4o-mini"), httpx.Response(500, content=b"<html>")) is None
+    assert (
+        plugin.parse_error(model("openai/gpt-4o-mini"), httpx.Response(500, content=b"<html>"))
+        is None
+    )

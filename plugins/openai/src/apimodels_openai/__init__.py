@@ -122,19 +122,35 @@ def _wav_seconds(data: bytes) -> Decimal | None:
 def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
     if isinstance(request, ChatRequest):
         parts = sum(
-            1 for m in request.messages if isinstance(m.content, list) for p in m.content
+            1
+            for m in request.messages
+            if isinstance(m.content, list)
+            for p in m.content
             if isinstance(p, dict) and p.get("type") not in (None, "text")
         )
-        prompt = _text_tokens_upper_bound(request.text()) + _MESSAGE_OVERHEAD * len(request.messages)
+        prompt = _text_tokens_upper_bound(request.text()) + _MESSAGE_OVERHEAD * len(
+            request.messages
+        )
         prompt += _PART_ALLOWANCE * parts
         out = request.max_completion_tokens or request.max_tokens or model.max_output_tokens
-        return Usage(input_tokens=prompt, output_tokens=(out or _DEFAULT_MAX_OUTPUT) * (request.n or 1))
+        return Usage(
+            input_tokens=prompt, output_tokens=(out or _DEFAULT_MAX_OUTPUT) * (request.n or 1)
+        )
     if isinstance(request, EmbeddingRequest):
         items = request.input if isinstance(request.input, list) else [request.input]
-        tokens = sum(len(i) if isinstance(i, list) else 1 if isinstance(i, int) else _text_tokens_upper_bound(i) for i in items)
+        tokens = sum(
+            len(i)
+            if isinstance(i, list)
+            else 1
+            if isinstance(i, int)
+            else _text_tokens_upper_bound(i)
+            for i in items
+        )
         return Usage(input_tokens=tokens)
     if isinstance(request, ImageRequest):
-        return Usage(images=request.n, variant=_worst_variant(model, _image_variant(model, request)))
+        return Usage(
+            images=request.n, variant=_worst_variant(model, _image_variant(model, request))
+        )
     if isinstance(request, SpeechRequest):
         return Usage(characters=len(request.input))
     if isinstance(request, TranscriptionRequest):
@@ -153,7 +169,9 @@ def _headers(upstream: Upstream) -> dict[str, str]:
 
 
 @hookimpl
-def build_request(model: ModelConfig, request: UnifiedRequest, upstream: Upstream) -> httpx.Request | None:
+def build_request(
+    model: ModelConfig, request: UnifiedRequest, upstream: Upstream
+) -> httpx.Request | None:
     url = upstream.base_url
     headers = _headers(upstream)
     if isinstance(request, TranscriptionRequest):
@@ -166,7 +184,9 @@ def build_request(model: ModelConfig, request: UnifiedRequest, upstream: Upstrea
         fields["response_format"] = "verbose_json"
         files = {"file": (request.filename, request.file, request.file_content_type)}
         data = {k: str(v) for k, v in fields.items()}
-        return httpx.Request("POST", f"{url}/audio/transcriptions", headers=headers, data=data, files=files)
+        return httpx.Request(
+            "POST", f"{url}/audio/transcriptions", headers=headers, data=data, files=files
+        )
     body = request.passthrough()
     body["model"] = model.upstream
     if isinstance(request, ChatRequest):
@@ -209,8 +229,12 @@ def _subtitles(segments: list[dict[str, Any]], vtt: bool) -> str:
     sep = "." if vtt else ","
     lines = ["WEBVTT", ""] if vtt else []
     for i, seg in enumerate(segments, 1):
-        start = "{:02}:{:02}:{:02}{}{:03}".format(*_timestamp(seg["start"])[:3], sep, _timestamp(seg["start"])[3])
-        end = "{:02}:{:02}:{:02}{}{:03}".format(*_timestamp(seg["end"])[:3], sep, _timestamp(seg["end"])[3])
+        start = "{:02}:{:02}:{:02}{}{:03}".format(
+            *_timestamp(seg["start"])[:3], sep, _timestamp(seg["start"])[3]
+        )
+        end = "{:02}:{:02}:{:02}{}{:03}".format(
+            *_timestamp(seg["end"])[:3], sep, _timestamp(seg["end"])[3]
+        )
         if not vtt:
             lines.append(str(i))
         lines += [f"{start} --> {end}", seg["text"].strip(), ""]
@@ -232,7 +256,9 @@ def _transcription(request: TranscriptionRequest, body: dict[str, Any]) -> Outpu
 
 
 @hookimpl
-def parse_response(model: ModelConfig, request: UnifiedRequest, response: httpx.Response) -> Output | None:
+def parse_response(
+    model: ModelConfig, request: UnifiedRequest, response: httpx.Response
+) -> Output | None:
     if isinstance(request, SpeechRequest):
         content_type = response.headers.get("content-type") or _AUDIO_TYPES[request.response_format]
         return Output(response.content, Usage(characters=len(request.input)), content_type)
@@ -256,7 +282,9 @@ def parse_response(model: ModelConfig, request: UnifiedRequest, response: httpx.
 
 
 @hookimpl
-def parse_stream_event(model: ModelConfig, request: UnifiedRequest, data: str) -> StreamEvent | None:
+def parse_stream_event(
+    model: ModelConfig, request: UnifiedRequest, data: str
+) -> StreamEvent | None:
     chunk = json.loads(data)
     if not isinstance(chunk, dict):
         raise ValueError("not a JSON object")
@@ -266,7 +294,11 @@ def parse_stream_event(model: ModelConfig, request: UnifiedRequest, data: str) -
     usage = chunk.get("usage")
     if not usage:
         return StreamEvent(chunk)
-    wanted = isinstance(request, ChatRequest) and request.stream_options is not None and request.stream_options.include_usage
+    wanted = (
+        isinstance(request, ChatRequest)
+        and request.stream_options is not None
+        and request.stream_options.include_usage
+    )
     if not wanted and not chunk.get("choices"):
         return StreamEvent(None, _chat_usage(usage))  # billing-only chunk
     return StreamEvent(chunk, _chat_usage(usage))
@@ -290,5 +322,9 @@ def parse_error(model: ModelConfig, response: httpx.Response) -> APIError | None
             code="content_policy_violation",
         )
     if response.status_code == 400:
-        return InvalidRequest(str(error.get("message") or "openai rejected the request"), code=code, param=error.get("param"))
+        return InvalidRequest(
+            str(error.get("message") or "openai rejected the request"),
+            code=code,
+            param=error.get("param"),
+        )
     return None
