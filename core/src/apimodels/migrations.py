@@ -74,3 +74,73 @@ def m001_accounts_and_keys(db: sqlite_utils.Database) -> None:
     )
     db["api_keys"].create_index(["prefix"], unique=True)
     db["api_keys"].create_index(["account_id"])
+
+
+@migration
+def m002_ledger(db: sqlite_utils.Database) -> None:
+    # Running totals, changed only in the same transaction as the entry or hold they sum.
+    db["accounts"].add_column("balance_micros", int, not_null_default=0)
+    db["accounts"].add_column("held_micros", int, not_null_default=0)
+    db["ledger_entries"].create(
+        {
+            "id": int,
+            "account_id": str,
+            "kind": str,  # grant | topup | charge | refund | adjustment
+            "amount_micros": int,  # signed: credits > 0, debits < 0
+            "reason": str,
+            "actor": str,
+            "idempotency_key": str,
+            "hold_id": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "kind", "amount_micros", "created_at"},
+    )
+    db["ledger_entries"].create_index(["idempotency_key"], unique=True)
+    db["ledger_entries"].create_index(["account_id"])
+    db["holds"].create(
+        {
+            "id": str,  # the request id (or task id) it pays for
+            "account_id": str,
+            "key_id": str,
+            "amount_micros": int,
+            "state": str,  # pending -> captured | released | expired
+            "captured_micros": int,
+            "created_at": str,
+            "expires_at": str,
+            "settled_at": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "amount_micros", "state", "created_at", "expires_at"},
+    )
+    db["holds"].create_index(["state", "expires_at"])
+    db["usage"].create(
+        {
+            "request_id": str,
+            "account_id": str,
+            "key_id": str,
+            "model": str,
+            "provider": str,
+            "modality": str,
+            "status": str,  # succeeded | failed
+            "stream": int,
+            "input_tokens": int,
+            "cached_input_tokens": int,
+            "output_tokens": int,
+            "images": int,
+            "characters": int,
+            "seconds": str,  # decimal string
+            "unit_prices": str,  # JSON: the catalog prices in force for this request
+            "hold_micros": int,
+            "cost_micros": int,
+            "error_code": str,
+            "latency_ms": float,
+            "created_at": str,
+        },
+        pk="request_id",
+        not_null={"account_id", "model", "status", "cost_micros", "created_at"},
+    )
+    db["usage"].create_index(["account_id", "created_at"])
+    db["usage"].create_index(["key_id", "created_at"])
