@@ -47,9 +47,14 @@ class Gateway:
     def db(self) -> sqlite_utils.Database:
         return self.server.db
 
-    def new_key(self, email: str) -> str:
+    def new_account(self, email: str, credits_micros: int = 0) -> tuple[str, str]:
+        """A new account with ``credits_micros`` granted; returns (account id, key)."""
         account = create_account(self.db, email)
-        return create_key(self.db, account["id"])[1]
+        if credits_micros:
+            self.server.ledger.post(
+                account["id"], credits_micros, kind="grant", reason="test", actor="tests"
+            )
+        return account["id"], create_key(self.db, account["id"])[1]
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +80,7 @@ def gateway(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     account = create_account(server.db, "e2e@example.com")
     _, key = create_key(server.db, account["id"], "e2e")
+    server.ledger.post(account["id"], 1_000_000_000, kind="grant", reason="e2e", actor="tests")
     with serve(server.app) as url:
         yield Gateway(url, server, key, account["id"])
 

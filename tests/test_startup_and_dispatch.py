@@ -131,6 +131,7 @@ def test_dispatch_goes_through_the_registered_plugins_hooks(
         )
         acct = create_account(server.db, "echo@example.com")
         _, key = create_key(server.db, acct["id"])
+        server.ledger.post(acct["id"], 1_000_000, kind="grant", reason="test", actor="tests")
         with (
             serve(server.app) as url,
             openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client,

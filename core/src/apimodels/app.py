@@ -26,8 +26,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import dispatch
 from .accounts import KeyStore
+from .billing import Bill, Biller
 from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
 from .money import format_usd
+from .provider import Usage
+from .receipts import Receipts
 from .runtime import Gateway, Route
 from .schemas import ENDPOINTS, Modality, UnifiedRequest
 
@@ -157,9 +160,10 @@ async def read_multipart(request: Request) -> dict[str, Any]:
 class Frontend:
     """The endpoints, bound to one assembled gateway and key store."""
 
-    def __init__(self, gateway: Gateway, keys: KeyStore) -> None:
+    def __init__(self, gateway: Gateway, keys: KeyStore, biller: Biller) -> None:
         self.gateway = gateway
         self.keys = keys
+        self.biller = biller
         self.models_body = json.dumps(self._models_list(), separators=(",", ":")).encode()
 
     def _model_object(self, route: Route) -> dict[str, Any]:
@@ -209,24 +213,76 @@ class Frontend:
                 raise _wrong_modality(route, path)
             route.provider.ensure_available()
             dispatch.check_policy(self.gateway, route, unified, principal.account_id)
-            dispatch.estimate(route, unified)  # also refuses an unpriced variant before any I/O
-            if getattr(unified, "stream", False):
-                return await self._stream(route, unified)
-            started = time.perf_counter()
-            priced = await dispatch.call(route, unified)
-            return _priced_response(priced, started)
+            # The estimate also refuses an unpriced variant: all before any hold or I/O.
+            estimate, hold = dispatch.estimate(route, unified)
+            stream = bool(getattr(unified, "stream", False))
+            request_id = request.scope["state"]["request_id"]
+            bill = self.biller.open(request_id, principal, route, hold, stream=stream)
+            if stream:
+                return await self._stream(route, unified, bill, estimate)
+            try:
+                priced = await dispatch.call(route, unified)
+            except BaseException as exc:
+                bill.fail(exc if isinstance(exc, Exception) else None)
+                raise
+            bill.succeed(priced.output.usage, priced.cost_micros)
+            return _priced_response(priced, bill.started)
 
         endpoint.__name__ = path.replace("/", "_")
         return endpoint
 
-    async def _stream(self, route: Route, unified: UnifiedRequest) -> Response:
-        result = dispatch.StreamResult()
-        chunks = await dispatch.open_stream(route, unified, result)
-        return StreamingResponse(
-            chunks,
+    async def _stream(
+        self, route: Route, unified: UnifiedRequest, bill: Bill, estimate: Usage
+    ) -> Response:
+        def on_end(result: dispatch.StreamResult) -> None:
+            settle_stream(bill, route, estimate, result)
+
+        try:
+            relay = await dispatch.open_stream(route, unified, on_end)
+        except BaseException as exc:
+            bill.fail(exc if isinstance(exc, Exception) else None)
+            raise
+        return RelayResponse(relay)
+
+
+def settle_stream(bill: Bill, route: Route, estimate: Usage, result: dispatch.StreamResult) -> None:
+    """Bill a finished stream (see docs/api.md, "Streams"):
+
+    - the upstream reported usage: that usage, also when the client left early;
+    - the client left and no usage came: the estimate of what was delivered, namely the
+      estimated input and one output token per chunk relayed (capped by the hold);
+    - the upstream failed or cut the stream: nothing, like every failed call.
+    """
+    if (
+        result.usage is not None
+        and result.cost_micros is not None
+        and (result.error is None or result.client_gone)
+    ):
+        bill.succeed(result.usage, result.cost_micros)
+    elif result.client_gone and result.chunks:
+        delivered = Usage(input_tokens=estimate.input_tokens, output_tokens=result.chunks)
+        bill.succeed(delivered, min(dispatch.price(route, delivered), bill.hold_micros))
+    else:
+        bill.fail(result.error)
+
+
+class RelayResponse(StreamingResponse):
+    """A server-sent-event response that never strands its upstream stream or its hold:
+    if the client leaves before (or while) it is read, the relay finishes in the background."""
+
+    def __init__(self, relay: dispatch.Relay) -> None:
+        super().__init__(
+            relay,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.relay.abandon()  # a no-op when the relay finished
 
 
 def _priced_response(priced: dispatch.Priced, started: float) -> Response:
@@ -308,12 +364,19 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def create_app(
     gateway: Gateway,
     keys: KeyStore,
+    biller: Biller,
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> ASGIApp:
-    frontend = Frontend(gateway, keys)
+    frontend = Frontend(gateway, keys, biller)
+    receipts = Receipts(keys, biller.ledger)
     routes = [
+        HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),
+        HTTPRoute("/v1/usage", _with_errors(receipts.usage), methods=["GET"]),
+        HTTPRoute(
+            "/v1/generation/{request_id}", _with_errors(receipts.generation), methods=["GET"]
+        ),
         HTTPRoute("/v1/models", _with_errors(frontend.list_models), methods=["GET"]),
         HTTPRoute("/v1/models/{model_id:path}", _with_errors(frontend.get_model), methods=["GET"]),
         *(
@@ -342,4 +405,5 @@ def create_app(
     )
     app.state.gateway = gateway
     app.state.keys = keys
+    app.state.biller = biller
     return RequestContext(app, gateway.catalog.gateway.max_body_bytes)

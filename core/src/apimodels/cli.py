@@ -98,7 +98,7 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
     for notice in server.gateway.notices:
         err_console.print(f"[yellow]warning:[/] {notice}", highlight=False)
     url = f"http://{host}:{port}"
-    key = demo_key(server.db) if sandbox else None
+    key = demo_key(server.db, server.ledger) if sandbox else None
 
     def announce() -> None:
         if key is None:

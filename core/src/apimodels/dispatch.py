@@ -8,9 +8,11 @@ that a failure anywhere costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -52,10 +54,12 @@ def price(route: Route, usage: Usage) -> int:
     return to_micros(amount)
 
 
-def estimate(route: Route, request: UnifiedRequest) -> int:
-    """The hold for a request: the price of the most it can use."""
+def estimate(route: Route, request: UnifiedRequest) -> tuple[Usage, int]:
+    """The most a request can use, and its price: the hold."""
     usage = route.provider.hooks.estimate_usage(model=route.model, request=request)
-    return price(route, usage if usage is not None else Usage())
+    if usage is None:
+        usage = Usage()
+    return usage, price(route, usage)
 
 
 def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
@@ -111,6 +115,13 @@ def _sse(payload: str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
+#: How long the gateway keeps reading an upstream stream after its client left, to learn
+#: the final usage.
+DRAIN_SECONDS = 60.0
+
+_background: set[asyncio.Task[None]] = set()
+
+
 @dataclass(slots=True)
 class StreamResult:
     """What a stream turned out to be, filled in as it runs (for billing and logs)."""
@@ -119,11 +130,119 @@ class StreamResult:
     cost_micros: int | None = None
     chunks: int = 0
     error: APIError | None = None
+    client_gone: bool = False
+
+
+class Relay:
+    """Relays one upstream server-sent-event stream to the client, chunk by chunk.
+
+    ``on_end`` is called exactly once with the :class:`StreamResult`: when the stream ends,
+    fails, or, after the client went away, when the rest of the upstream stream has been
+    read (for at most ``DRAIN_SECONDS``) to learn its usage.
+    """
+
+    def __init__(
+        self,
+        route: Route,
+        request: UnifiedRequest,
+        response: httpx.Response,
+        on_end: Callable[[StreamResult], None],
+    ) -> None:
+        self.route = route
+        self.request = request
+        self.response = response
+        self.on_end = on_end
+        self.result = StreamResult()
+        self._finished = False
+        self._draining = False
+
+    def _event(self, data: str) -> dict[str, Any] | None:
+        try:
+            event = self.route.provider.hooks.parse_stream_event(
+                model=self.route.model, request=self.request, data=data
+            )
+        except APIError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(
+                f"{self.route.provider.name} sent a malformed stream event"
+            ) from exc
+        if event is None:
+            return None
+        if event.usage is not None:
+            self.result.usage = event.usage
+            self.result.cost_micros = price(self.route, event.usage)
+            if event.chunk is not None and isinstance(event.chunk.get("usage"), dict):
+                event.chunk["usage"]["cost"] = format_usd(self.result.cost_micros)
+        return event.chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        result = self.result
+        done = False
+        try:
+            async for line in self.response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # comments, event names, keep-alives
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = self._event(data)
+                if chunk is not None:
+                    result.chunks += 1
+                    yield _sse(json.dumps(chunk, separators=(",", ":")))
+            if not done:
+                raise UpstreamError(
+                    f"{self.route.provider.name} ended the stream before it was complete"
+                )
+        except (asyncio.CancelledError, GeneratorExit):
+            self.abandon()
+            raise
+        except httpx.TimeoutException:
+            result.error = UpstreamTimeout(f"{self.route.provider.name} stopped sending in time")
+        except httpx.HTTPError:
+            result.error = UpstreamError(
+                f"{self.route.provider.name} ended the stream before it was complete"
+            )
+        except APIError as exc:
+            result.error = exc
+        if self._draining:
+            return
+        self._finished = True
+        await self.response.aclose()
+        self.on_end(result)
+        if result.error is not None:
+            yield _sse(json.dumps(result.error.body(), separators=(",", ":")))
+        else:
+            yield b"data: [DONE]\n\n"
+
+    def abandon(self) -> None:
+        """The client is gone (or never read): finish reading upstream in the background."""
+        if self._finished or self._draining:
+            return
+        self._draining = True
+        self.result.client_gone = True
+        task = asyncio.get_running_loop().create_task(self._drain())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _drain(self) -> None:
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for line in self.response.aiter_lines():
+                    if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                        self._event(line[5:].strip())
+        except Exception:  # the usage, if any arrived, is what counts
+            pass
+        finally:
+            self._finished = True
+            await self.response.aclose()
+            self.on_end(self.result)
 
 
 async def open_stream(
-    route: Route, request: UnifiedRequest, result: StreamResult
-) -> AsyncIterator[bytes]:
+    route: Route, request: UnifiedRequest, on_end: Callable[[StreamResult], None]
+) -> Relay:
     """Start a streaming call. Errors before the first byte raise (and reach the client as a
     normal error response); after that they end the stream with an error event."""
     provider = route.provider
@@ -137,48 +256,4 @@ async def open_stream(
         stream=True,
     )
     await _raise_for_status(route, response)
-    return _relay(route, request, response, result)
-
-
-async def _relay(
-    route: Route, request: UnifiedRequest, response: httpx.Response, result: StreamResult
-) -> AsyncIterator[bytes]:
-    hooks = route.provider.hooks
-    done = False
-    try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue  # comments, event names, keep-alives
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                yield b"data: [DONE]\n\n"
-                break
-            try:
-                event = hooks.parse_stream_event(model=route.model, request=request, data=data)
-            except Exception as exc:
-                raise UpstreamError(f"{route.provider.name} sent a malformed stream event") from exc
-            if event is None:
-                continue
-            if event.usage is not None:
-                result.usage = event.usage
-                result.cost_micros = price(route, event.usage)
-                if event.chunk is not None and isinstance(event.chunk.get("usage"), dict):
-                    event.chunk["usage"]["cost"] = format_usd(result.cost_micros)
-            if event.chunk is not None:
-                result.chunks += 1
-                yield _sse(json.dumps(event.chunk, separators=(",", ":")))
-        if not done:
-            raise UpstreamError(f"{route.provider.name} ended the stream before it was complete")
-    except httpx.TimeoutException:
-        result.error = UpstreamTimeout(f"{route.provider.name} stopped sending in time")
-    except httpx.HTTPError:
-        result.error = UpstreamError(
-            f"{route.provider.name} ended the stream before it was complete"
-        )
-    except APIError as exc:
-        result.error = exc
-    finally:
-        await response.aclose()
-    if result.error is not None:
-        yield _sse(json.dumps(result.error.body(), separators=(",", ":")))
+    return Relay(route, request, response, on_end)

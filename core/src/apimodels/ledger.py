@@ -162,9 +162,7 @@ class Ledger:
                 ),
             )
 
-    def _settle(
-        self, c: Any, hold_id: str, state: str, captured: int
-    ) -> tuple[str, int] | None:
+    def _settle(self, c: Any, hold_id: str, state: str, captured: int) -> tuple[str, int] | None:
         """Compare-and-set a pending hold to ``state``; (account, held amount) or None."""
         row = c.execute(
             "UPDATE holds SET state = ?, captured_micros = ?, settled_at = ?"
@@ -199,7 +197,9 @@ class Ledger:
                 c.execute(_INSERT_USAGE, _usage_row(usage, settled[1], cost_micros))
             return True
 
-    def release(self, hold_id: str, usage: dict[str, Any] | None = None, *, state: str = "released") -> bool:
+    def release(
+        self, hold_id: str, usage: dict[str, Any] | None = None, *, state: str = "released"
+    ) -> bool:
         """Release a pending hold: the call costs nothing. False if already settled."""
         with self._tx() as c:
             settled = self._settle(c, hold_id, state, 0)
@@ -267,3 +267,60 @@ def _usage_row(usage: dict[str, Any], hold_micros: int, cost_micros: int) -> dic
         row["unit_prices"] = json.dumps(row["unit_prices"], separators=(",", ":"))
     row["created_at"] = row["created_at"] or utcnow()
     return row
+
+
+# --- receipts ----------------------------------------------------------------------------
+
+
+def list_usage(
+    db: sqlite_utils.Database,
+    account_id: str,
+    *,
+    limit: int = 20,
+    starting_after: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    model: str | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """An account's usage rows, newest first; (rows, has_more). ``starting_after`` is the
+    request id of the last row of the previous page."""
+    where = ["account_id = :account"]
+    params: dict[str, Any] = {"account": account_id, "limit": limit + 1}
+    if starting_after:
+        cursor = db.execute(
+            "SELECT created_at FROM usage WHERE request_id = ? AND account_id = ?",
+            (starting_after, account_id),
+        ).fetchone()
+        if cursor is None:
+            raise NotFound(f"no request {starting_after!r} to page after", param="starting_after")
+        where.append("(created_at, request_id) < (:c_at, :c_id)")
+        params.update(c_at=cursor[0], c_id=starting_after)
+    if since:
+        where.append("created_at >= :since")
+        params["since"] = since
+    if until:
+        where.append("created_at < :until")
+        params["until"] = until
+    if model:
+        where.append("model = :model")
+        params["model"] = model
+    rows = list(
+        db.query(
+            f"SELECT * FROM usage WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, request_id DESC LIMIT :limit",
+            params,
+        )
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def get_usage(db: sqlite_utils.Database, account_id: str, request_id: str) -> dict[str, Any]:
+    """One usage row of the account; another account's request id is simply not found."""
+    rows = list(
+        db.query(
+            "SELECT * FROM usage WHERE request_id = ? AND account_id = ?", (request_id, account_id)
+        )
+    )
+    if not rows:
+        raise NotFound(f"No request {request_id!r} on this account", code="generation_not_found")
+    return rows[0]

@@ -8,6 +8,7 @@ costs one dict lookup to dispatch, however many plugins are installed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class Provider:
 class Route:
     model: ModelConfig
     provider: Provider
+    prices_json: str  # the unit prices in force, as stored on each usage row
 
 
 @dataclass
@@ -177,7 +179,11 @@ def build_gateway(
             name, spec, config, ProviderHooks(pm, owner), upstream, unavailable=unavailable
         )
     routes = {
-        model_id: Route(model, providers[model.provider])
+        model_id: Route(
+            model,
+            providers[model.provider],
+            json.dumps(model.pricing.as_dict(), separators=(",", ":")),
+        )
         for model_id, model in catalog.served_models().items()
     }
     return Gateway(

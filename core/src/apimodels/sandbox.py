@@ -17,9 +17,11 @@ import sqlite_utils
 import uvicorn
 
 from .accounts import create_account, create_key, list_keys, revoke_key
+from .ledger import Ledger
 from .runtime import Gateway, sandbox_base_url
 
 DEMO_EMAIL = "demo@sandbox.apimodels"
+DEMO_CREDITS_MICROS = 10_000_000  # $10 of simulated calls, granted once
 SANDBOX_KEY_NAME = "sandbox"
 
 
@@ -64,10 +66,18 @@ class Simulators:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def demo_key(db: sqlite_utils.Database) -> str:
-    """A working key for the sandbox demo account, created if needed."""
+def demo_key(db: sqlite_utils.Database, ledger: Ledger) -> str:
+    """A working key for the sandbox demo account, created (with demo credits) if needed."""
     rows = list(db.query("SELECT id FROM accounts WHERE email = ?", [DEMO_EMAIL]))
     account_id = rows[0]["id"] if rows else create_account(db, DEMO_EMAIL)["id"]
+    ledger.post(
+        account_id,
+        DEMO_CREDITS_MICROS,
+        kind="grant",
+        reason="sandbox demo credits",
+        actor="sandbox",
+        idempotency_key=f"sandbox-demo:{account_id}",
+    )
     for key in list_keys(db, account_id):
         if key["name"] == SANDBOX_KEY_NAME and key["revoked_at"] is None:
             revoke_key(db, key["id"])

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -10,11 +14,15 @@ from starlette.types import ASGIApp
 
 from .accounts import KeyStore
 from .app import create_app
+from .billing import Biller
 from .catalog import load_catalog
 from .db import open_db
+from .ledger import Ledger
 from .plugins import pm
 from .runtime import Gateway, build_gateway
 from .sandbox import Simulators
+
+log = logging.getLogger("apimodels")
 
 
 @dataclass
@@ -23,6 +31,7 @@ class Server:
     gateway: Gateway
     db: sqlite_utils.Database
     keys: KeyStore
+    ledger: Ledger
     simulators: Simulators | None = None
     started_hooks: list = field(default_factory=list)
 
@@ -38,19 +47,40 @@ def assemble(
     catalog = load_catalog(registry)
     gateway = build_gateway(catalog, pm, sandbox=sandbox, environ=environ)
     db = open_db(database)
-    keys = KeyStore(db, catalog.gateway.key_cache_seconds)
+    settings = catalog.gateway
+    keys = KeyStore(db, settings.key_cache_seconds)
+    ledger = Ledger(db)
+    biller = Biller(ledger, timedelta(seconds=settings.hold_ttl_seconds))
     simulators = Simulators() if sandbox else None
-    server = Server(app=None, gateway=gateway, db=db, keys=keys, simulators=simulators)  # type: ignore[arg-type]
+    server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def sweep() -> None:
+        # Holds left by a crash (this process or another) are released after their expiry.
+        while True:
+            await asyncio.sleep(settings.expiry_sweep_seconds)
+            try:
+                if n := ledger.expire():
+                    log.warning("released %d expired holds", n)
+            except Exception as exc:  # keep sweeping; never crash the server over it
+                log.error("expiry sweep failed: %s", type(exc).__name__)
 
     async def on_startup() -> None:
+        if n := ledger.expire():
+            log.warning("released %d expired holds at startup", n)
+        sweeper.append(asyncio.create_task(sweep()))
         if simulators is not None:
             await simulators.start(gateway)
         for hook in server.started_hooks:
             hook()
 
     async def on_shutdown() -> None:
+        for task in sweeper:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if simulators is not None:
             await simulators.stop()
 
-    server.app = create_app(gateway, keys, on_startup=on_startup, on_shutdown=on_shutdown)
+    server.app = create_app(gateway, keys, biller, on_startup=on_startup, on_shutdown=on_shutdown)
     return server

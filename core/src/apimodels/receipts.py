@@ -1,0 +1,111 @@
+"""What a call cost: the account's credits, usage rows and single generations over HTTP.
+
+Amounts are USD decimal strings with six places (``"0.000135"``), as everywhere in the API.
+An account sees only its own rows: another account's request id answers 404.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .accounts import KeyStore
+from .errors import InvalidRequest
+from .ledger import Ledger, get_usage, list_usage
+from .money import format_usd
+
+_QUANTITIES = ("input_tokens", "cached_input_tokens", "output_tokens", "images", "characters")
+
+
+def render_usage(row: dict[str, Any]) -> dict[str, Any]:
+    usage = {k: row[k] for k in _QUANTITIES if row.get(k)}
+    if row.get("seconds"):
+        usage["seconds"] = row["seconds"]
+    return {
+        "id": row["request_id"],
+        "object": "generation",
+        "created_at": row["created_at"],
+        "model": row["model"],
+        "provider": row["provider"],
+        "modality": row["modality"],
+        "key_id": row["key_id"],
+        "status": row["status"],
+        "stream": bool(row["stream"]),
+        "usage": usage,
+        "unit_prices": json.loads(row["unit_prices"]) if row.get("unit_prices") else {},
+        "cost": format_usd(row["cost_micros"]),
+        "hold": format_usd(row["hold_micros"] or 0),
+        "error_code": row["error_code"],
+        "latency_ms": row["latency_ms"],
+    }
+
+
+def _time(value: str | None, name: str) -> str | None:
+    """A Unix timestamp or an ISO-8601 time -> the stored ISO form (UTC)."""
+    if value is None:
+        return None
+    try:
+        moment = (
+            datetime.fromtimestamp(float(value), UTC)
+            if value.replace(".", "", 1).isdigit()
+            else datetime.fromisoformat(value)
+        )
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            f"'{name}' must be a Unix timestamp or an ISO-8601 time", param=name
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _json(body: Any) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+class Receipts:
+    def __init__(self, keys: KeyStore, ledger: Ledger) -> None:
+        self.keys = keys
+        self.ledger = ledger
+
+    async def credits(self, request: Request) -> Response:
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        b = self.ledger.balance(principal.account_id)
+        return _json(
+            {
+                "object": "credits",
+                "currency": "USD",
+                "balance": format_usd(b.balance_micros),
+                "pending_holds": format_usd(b.held_micros),
+                "available": format_usd(b.available_micros),
+            }
+        )
+
+    async def usage(self, request: Request) -> Response:
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+        rows, more = list_usage(
+            self.ledger.db,
+            principal.account_id,
+            limit=limit,
+            starting_after=q.get("starting_after"),
+            since=_time(q.get("since"), "since"),
+            until=_time(q.get("until"), "until"),
+            model=q.get("model"),
+        )
+        return _json({"object": "list", "data": [render_usage(r) for r in rows], "has_more": more})
+
+    async def generation(self, request: Request) -> Response:
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        row = get_usage(self.ledger.db, principal.account_id, request.path_params["request_id"])
+        return _json(render_usage(row))
