@@ -140,6 +140,15 @@ def rotate_key(
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """A key's optional limits (None: no limit)."""
+
+    rpm: int | None
+    daily_cap_micros: int | None
+    total_cap_micros: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the account and key behind a valid Authorization header."""
 
@@ -149,6 +158,7 @@ class Principal:
     status_reason: str | None
     expires_at: float | None
     checked_at: float
+    limits: KeyLimits | None = None
 
 
 class KeyStore:
@@ -192,7 +202,8 @@ class KeyStore:
             raise invalid
         prefix = key[len(KEY_PREFIX) : len(KEY_PREFIX) + _PREFIX_LEN]
         row = self.db.execute(
-            "SELECT k.id, k.hash, k.expires_at, k.revoked_at, a.id, a.status, a.status_reason"
+            "SELECT k.id, k.hash, k.expires_at, k.revoked_at, a.id, a.status, a.status_reason,"
+            " k.rpm_limit, k.daily_cap_micros, k.total_cap_micros"
             " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.prefix = ?",
             [prefix],
         ).fetchone()
@@ -202,10 +213,74 @@ class KeyStore:
         if row[3] is not None:
             self._cache.pop(digest, None)
             raise AuthenticationError("This API key has been revoked", code="revoked_api_key")
-        principal = Principal(row[4], row[0], row[5], row[6], _epoch(row[2]), now)
+        limits = KeyLimits(row[7], row[8], row[9]) if any(v is not None for v in row[7:10]) else None
+        principal = Principal(row[4], row[0], row[5], row[6], _epoch(row[2]), now, limits)
         self._cache[digest] = principal
         return principal
 
     def forget(self) -> None:
         """Drop the cache (after a revoke in this process)."""
         self._cache.clear()
+
+
+# --- status ------------------------------------------------------------------------------
+
+STATUSES = ("active", "suspended", "closed")
+
+
+def set_status(db: sqlite_utils.Database, account: str, status: str, reason: str) -> dict[str, Any]:
+    """Suspend, unsuspend (active) or close an account. Closing revokes every key and is final."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    if not reason:
+        raise ValueError("give a --reason")
+    acct = get_account(db, account)
+    if acct["status"] == "closed":
+        raise ValueError(f"account {acct['id']} is closed")
+    now = utcnow()
+    with db.conn:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "UPDATE accounts SET status = ?, status_reason = ? WHERE id = ?", [status, reason, acct["id"]]
+        )
+        if status == "closed":
+            db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL",
+                [now, acct["id"]],
+            )
+    return get_account(db, acct["id"])
+
+
+def set_key_limits(
+    db: sqlite_utils.Database,
+    key_id: str,
+    *,
+    rpm: int | None,
+    daily_cap_micros: int | None,
+    total_cap_micros: int | None,
+) -> dict[str, Any]:
+    """Set (or, with None, remove) a key's rate limit and spending caps."""
+    _key_row(db, key_id)
+    db.execute(
+        "UPDATE api_keys SET rpm_limit = ?, daily_cap_micros = ?, total_cap_micros = ? WHERE id = ?",
+        [rpm, daily_cap_micros, total_cap_micros, key_id],
+    )
+    return _public(_key_row(db, key_id))
+
+
+def export_account(db: sqlite_utils.Database, account: str) -> dict[str, Any]:
+    """Everything stored about an account, as JSON-able data (never key hashes)."""
+    acct = get_account(db, account)
+    aid = acct["id"]
+
+    def rows(sql: str) -> list[dict[str, Any]]:
+        return list(db.query(sql, [aid]))
+
+    return {
+        "account": acct,
+        "keys": [_public(k) for k in rows("SELECT * FROM api_keys WHERE account_id = ? ORDER BY created_at")],
+        "ledger_entries": rows("SELECT * FROM ledger_entries WHERE account_id = ? ORDER BY id"),
+        "holds": rows("SELECT * FROM holds WHERE account_id = ? ORDER BY created_at"),
+        "usage": rows("SELECT * FROM usage WHERE account_id = ? ORDER BY created_at"),
+        "exported_at": utcnow(),
+    }

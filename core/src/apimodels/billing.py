@@ -17,6 +17,7 @@ from typing import Any
 from .accounts import Principal
 from .errors import APIError
 from .ledger import Ledger
+from .limits import Limiter
 from .provider import Usage
 from .runtime import Route
 
@@ -31,6 +32,7 @@ class Bill:
     route: Route
     hold_micros: int
     stream: bool
+    limiter: Limiter
     started: float = field(default_factory=time.perf_counter)
     settled: bool = False
 
@@ -68,6 +70,7 @@ class Bill:
         done = self.ledger.capture(
             self.request_id, cost_micros, self._row("succeeded", usage, None)
         )
+        self.limiter.settled(self.principal, self.hold_micros, cost_micros if done else 0)
         if not done:
             log.warning("request %s: hold already settled, not charged", self.request_id)
         return done
@@ -77,6 +80,7 @@ class Bill:
         if self.settled:
             return False
         self.settled = True
+        self.limiter.settled(self.principal, self.hold_micros, 0)
         code = (
             error.code
             if isinstance(error, APIError)
@@ -88,17 +92,23 @@ class Bill:
 
 
 class Biller:
-    """Opens bills for one gateway: one ledger, one hold lifetime."""
+    """Opens bills for one gateway: one ledger, one hold lifetime, the keys' limits."""
 
-    def __init__(self, ledger: Ledger, hold_ttl: timedelta) -> None:
+    def __init__(self, ledger: Ledger, hold_ttl: timedelta, limiter: Limiter) -> None:
         self.ledger = ledger
         self.hold_ttl = hold_ttl
+        self.limiter = limiter
 
     def open(
         self, request_id: str, principal: Principal, route: Route, hold_micros: int, *, stream: bool
     ) -> Bill:
-        """Reserve ``hold_micros`` (402 when the account cannot cover it)."""
-        self.ledger.hold(
-            request_id, principal.account_id, principal.key_id, hold_micros, self.hold_ttl
-        )
-        return Bill(self.ledger, request_id, principal, route, hold_micros, stream)
+        """Check the key's limits (429), then reserve ``hold_micros`` (402 when short)."""
+        self.limiter.admit(principal, hold_micros)
+        try:
+            self.ledger.hold(
+                request_id, principal.account_id, principal.key_id, hold_micros, self.hold_ttl
+            )
+        except BaseException:
+            self.limiter.settled(principal, hold_micros, 0)
+            raise
+        return Bill(self.ledger, request_id, principal, route, hold_micros, stream, self.limiter)

@@ -144,3 +144,10 @@ def m002_ledger(db: sqlite_utils.Database) -> None:
     )
     db["usage"].create_index(["account_id", "created_at"])
     db["usage"].create_index(["key_id", "created_at"])
+
+
+@migration
+def m003_key_limits(db: sqlite_utils.Database) -> None:
+    db["api_keys"].add_column("rpm_limit", int)  # requests per minute
+    db["api_keys"].add_column("daily_cap_micros", int)  # USD per UTC day
+    db["api_keys"].add_column("total_cap_micros", int)  # USD over the key's life

@@ -18,6 +18,7 @@ from .billing import Biller
 from .catalog import load_catalog
 from .db import open_db
 from .ledger import Ledger
+from .limits import Limiter
 from .plugins import pm
 from .runtime import Gateway, build_gateway
 from .sandbox import Simulators
@@ -50,7 +51,8 @@ def assemble(
     settings = catalog.gateway
     keys = KeyStore(db, settings.key_cache_seconds)
     ledger = Ledger(db)
-    biller = Biller(ledger, timedelta(seconds=settings.hold_ttl_seconds))
+    limiter = Limiter(db, settings.key_cache_seconds)
+    biller = Biller(ledger, timedelta(seconds=settings.hold_ttl_seconds), limiter)
     simulators = Simulators() if sandbox else None
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     sweeper: list[asyncio.Task[None]] = []
