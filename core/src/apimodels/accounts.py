@@ -213,7 +213,9 @@ class KeyStore:
         if row[3] is not None:
             self._cache.pop(digest, None)
             raise AuthenticationError("This API key has been revoked", code="revoked_api_key")
-        limits = KeyLimits(row[7], row[8], row[9]) if any(v is not None for v in row[7:10]) else None
+        limits = (
+            KeyLimits(row[7], row[8], row[9]) if any(v is not None for v in row[7:10]) else None
+        )
         principal = Principal(row[4], row[0], row[5], row[6], _epoch(row[2]), now, limits)
         self._cache[digest] = principal
         return principal
@@ -241,7 +243,8 @@ def set_status(db: sqlite_utils.Database, account: str, status: str, reason: str
     with db.conn:
         db.execute("BEGIN IMMEDIATE")
         db.execute(
-            "UPDATE accounts SET status = ?, status_reason = ? WHERE id = ?", [status, reason, acct["id"]]
+            "UPDATE accounts SET status = ?, status_reason = ? WHERE id = ?",
+            [status, reason, acct["id"]],
         )
         if status == "closed":
             db.execute(
@@ -278,7 +281,10 @@ def export_account(db: sqlite_utils.Database, account: str) -> dict[str, Any]:
 
     return {
         "account": acct,
-        "keys": [_public(k) for k in rows("SELECT * FROM api_keys WHERE account_id = ? ORDER BY created_at")],
+        "keys": [
+            _public(k)
+            for k in rows("SELECT * FROM api_keys WHERE account_id = ? ORDER BY created_at")
+        ],
         "ledger_entries": rows("SELECT * FROM ledger_entries WHERE account_id = ? ORDER BY id"),
         "holds": rows("SELECT * FROM holds WHERE account_id = ? ORDER BY created_at"),
         "usage": rows("SELECT * FROM usage WHERE account_id = ? ORDER BY created_at"),

@@ -264,5 +264,211 @@ def keys_rotate(ctx: click.Context, key_id: str, grace_hours: float | None) -> N
     err_console.print(f"old key {old['id']} works until {old['expires_at']}", highlight=False)
 
 
+def _usd(value: str, *, signed: bool = False) -> int:
+    """A USD amount typed by an operator -> micro-USD, exactly (no rounding allowed)."""
+    from decimal import Decimal, InvalidOperation
+
+    from .money import MICROS_PER_USD
+
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise click.BadParameter(f"not an amount: {value!r}") from None
+    micros = amount * MICROS_PER_USD
+    if not amount.is_finite() or micros != micros.to_integral_value():
+        raise click.BadParameter(f"{value} is not a whole number of micro-dollars")
+    if not signed and amount <= 0:
+        raise click.BadParameter("the amount must be positive")
+    if amount == 0:
+        raise click.BadParameter("the amount must not be zero")
+    return int(micros)
+
+
+def _ledger(ctx: click.Context) -> Any:
+    from .ledger import Ledger
+
+    return Ledger(_db(ctx))
+
+
+def _show_balance(ledger: Any, account_id: str) -> None:
+    from .money import format_usd
+
+    b = ledger.balance(account_id)
+    console.print(
+        f"{account_id}: balance {format_usd(b.balance_micros)} USD, pending holds "
+        f"{format_usd(b.held_micros)}, available {format_usd(b.available_micros)}",
+        highlight=False,
+    )
+
+
+@cli.group()
+def credits() -> None:
+    """Grant, adjust and show USD credits."""
+
+
+@credits.command("grant")
+@click.argument("account")
+@click.argument("usd")
+@click.option("--reason", required=True, help="Why (kept on the ledger entry).")
+@click.option("--idempotency-key", default=None, help="Makes a repeated grant a no-op.")
+@click.pass_context
+def credits_grant(
+    ctx: click.Context, account: str, usd: str, reason: str, idempotency_key: str | None
+) -> None:
+    """Grant USD credits to ACCOUNT (id or email)."""
+    ledger = _ledger(ctx)
+    acct = acc.get_account(ledger.db, account)
+    entry = ledger.post(
+        acct["id"],
+        _usd(usd),
+        kind="grant",
+        reason=reason,
+        actor=_actor(),
+        idempotency_key=idempotency_key,
+    )
+    if entry is None:
+        err_console.print(
+            "already granted (same idempotency key): nothing changed", highlight=False
+        )
+    _show_balance(ledger, acct["id"])
+
+
+@credits.command("adjust", context_settings={"ignore_unknown_options": True})
+@click.argument("account")
+@click.argument("usd")
+@click.option("--reason", required=True, help="Why (kept on the ledger entry).")
+@click.pass_context
+def credits_adjust(ctx: click.Context, account: str, usd: str, reason: str) -> None:
+    """Add (+USD) or remove (-USD) credits from ACCOUNT to correct a billing error."""
+    ledger = _ledger(ctx)
+    acct = acc.get_account(ledger.db, account)
+    ledger.post(
+        acct["id"], _usd(usd, signed=True), kind="adjustment", reason=reason, actor=_actor()
+    )
+    _show_balance(ledger, acct["id"])
+
+
+@credits.command("show")
+@click.argument("account")
+@click.pass_context
+def credits_show(ctx: click.Context, account: str) -> None:
+    """Show ACCOUNT's balance, pending holds and latest ledger entries."""
+    from .money import format_usd
+
+    ledger = _ledger(ctx)
+    acct = acc.get_account(ledger.db, account)
+    _show_balance(ledger, acct["id"])
+    table = Table("entry", "time", "kind", "amount (USD)", "reason", "actor")
+    for e in ledger.db.query(
+        "SELECT * FROM ledger_entries WHERE account_id = ? ORDER BY id DESC LIMIT 20", [acct["id"]]
+    ):
+        table.add_row(
+            str(e["id"]),
+            e["created_at"][:19],
+            e["kind"],
+            format_usd(e["amount_micros"]),
+            e["reason"],
+            e["actor"] or "",
+        )
+    console.print(table)
+
+
+def _actor() -> str:
+    return os.environ.get("APIMODELS_ACTOR") or f"cli:{os.environ.get('USER', 'unknown')}"
+
+
+@cli.group()
+def ledger() -> None:
+    """Check the credits ledger."""
+
+
+@ledger.command("check")
+@click.pass_context
+def ledger_check(ctx: click.Context) -> None:
+    """Recompute every balance from the entries and check every hold; exit 1 on any problem."""
+    problems = _ledger(ctx).check()
+    for p in problems:
+        err_console.print(f"[red]problem:[/] {p}", highlight=False)
+    if problems:
+        sys.exit(1)
+    console.print(
+        "ledger ok: balances match their entries, every hold settled at most once", highlight=False
+    )
+
+
+def _set_status(ctx: click.Context, account: str, status: str, reason: str) -> None:
+    row = acc.set_status(_db(ctx), account, status, reason)
+    console.print(f"{row['id']} is now {row['status']} ({row['status_reason']})", highlight=False)
+
+
+@accounts.command("suspend")
+@click.argument("account")
+@click.option("--reason", required=True, help="Shown to the account's API calls.")
+@click.pass_context
+def accounts_suspend(ctx: click.Context, account: str, reason: str) -> None:
+    """Suspend ACCOUNT: every call answers 403 account_suspended; the balance is kept."""
+    _set_status(ctx, account, "suspended", reason)
+
+
+@accounts.command("unsuspend")
+@click.argument("account")
+@click.option("--reason", required=True, help="Why the suspension is lifted.")
+@click.pass_context
+def accounts_unsuspend(ctx: click.Context, account: str, reason: str) -> None:
+    """Lift ACCOUNT's suspension."""
+    _set_status(ctx, account, "active", reason)
+
+
+@accounts.command("close")
+@click.argument("account")
+@click.option("--reason", required=True, help="Why the account is closed.")
+@click.pass_context
+def accounts_close(ctx: click.Context, account: str, reason: str) -> None:
+    """Close ACCOUNT for good: all keys revoked, no more calls (export its data first)."""
+    _set_status(ctx, account, "closed", reason)
+
+
+@accounts.command("export")
+@click.argument("account")
+@click.pass_context
+def accounts_export(ctx: click.Context, account: str) -> None:
+    """Print everything stored about ACCOUNT as JSON (keys without their hashes)."""
+    click.echo(json.dumps(acc.export_account(_db(ctx), account), indent=2))
+
+
+@keys.command("limit")
+@click.argument("key_id")
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute.")
+@click.option("--daily-usd", default=None, help="Spending cap per UTC day, in USD.")
+@click.option("--total-usd", default=None, help="Spending cap over the key's life, in USD.")
+@click.option("--clear", is_flag=True, help="Remove every limit of the key.")
+@click.pass_context
+def keys_limit(
+    ctx: click.Context,
+    key_id: str,
+    rpm: int | None,
+    daily_usd: str | None,
+    total_usd: str | None,
+    clear: bool,
+) -> None:
+    """Set KEY_ID's rate limit and spending caps (over a limit: 429 with Retry-After)."""
+    if clear and (rpm or daily_usd or total_usd):
+        raise click.UsageError("--clear takes no other option")
+    if not clear and not (rpm or daily_usd or total_usd):
+        raise click.UsageError("give --rpm, --daily-usd, --total-usd or --clear")
+    row = acc.set_key_limits(
+        _db(ctx),
+        key_id,
+        rpm=rpm,
+        daily_cap_micros=_usd(daily_usd) if daily_usd else None,
+        total_cap_micros=_usd(total_usd) if total_usd else None,
+    )
+    console.print(
+        f"{row['id']}: rpm {row['rpm_limit'] or '-'}, daily cap {daily_usd or '-'} USD, total cap {total_usd or '-'} USD",
+        highlight=False,
+    )
+    err_console.print("Running servers apply it within gateway.key_cache_seconds.", style="dim")
+
+
 if __name__ == "__main__":
     cli()
