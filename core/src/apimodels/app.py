@@ -25,9 +25,11 @@ from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import dispatch
-from .accounts import KeyStore
+from .accounts import KeyStore, Principal
 from .billing import Bill, Biller
 from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import Idempotency
 from .money import format_usd
 from .provider import Usage
 from .receipts import Receipts
@@ -160,10 +162,13 @@ async def read_multipart(request: Request) -> dict[str, Any]:
 class Frontend:
     """The endpoints, bound to one assembled gateway and key store."""
 
-    def __init__(self, gateway: Gateway, keys: KeyStore, biller: Biller) -> None:
+    def __init__(
+        self, gateway: Gateway, keys: KeyStore, biller: Biller, idempotency: Idempotency
+    ) -> None:
         self.gateway = gateway
         self.keys = keys
         self.biller = biller
+        self.idempotency = idempotency
         self.models_body = json.dumps(self._models_list(), separators=(",", ":")).encode()
 
     def _model_object(self, route: Route) -> dict[str, Any]:
@@ -201,6 +206,14 @@ class Frontend:
 
         async def endpoint(request: Request) -> Response:
             principal = self.keys.authenticate(request.headers.get("authorization"))
+            idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+            if idempotency_key is None:
+                return await call(request, principal)
+            return await self.idempotency.run(
+                request, principal.account_id, idempotency_key, lambda: call(request, principal)
+            )
+
+        async def call(request: Request, principal: Principal) -> Response:
             body = await (read_multipart(request) if multipart else read_json(request))
             try:
                 unified = schema.model_validate(body)
@@ -365,11 +378,12 @@ def create_app(
     gateway: Gateway,
     keys: KeyStore,
     biller: Biller,
+    idempotency: Idempotency,
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> ASGIApp:
-    frontend = Frontend(gateway, keys, biller)
+    frontend = Frontend(gateway, keys, biller, idempotency)
     receipts = Receipts(keys, biller.ledger)
     routes = [
         HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),

@@ -151,3 +151,22 @@ def m003_key_limits(db: sqlite_utils.Database) -> None:
     db["api_keys"].add_column("rpm_limit", int)  # requests per minute
     db["api_keys"].add_column("daily_cap_micros", int)  # USD per UTC day
     db["api_keys"].add_column("total_cap_micros", int)  # USD over the key's life
+
+
+@migration
+def m004_idempotency(db: sqlite_utils.Database) -> None:
+    db["idempotency_keys"].create(
+        {
+            "account_id": str,
+            "key": str,
+            "request_hash": str,  # method, path and body of the first request
+            "state": str,  # in_flight | done
+            "status": int,
+            "headers": str,  # JSON
+            "body": bytes,
+            "created_at": str,
+        },
+        pk=("account_id", "key"),
+        not_null={"request_hash", "state", "created_at"},
+    )
+    db["idempotency_keys"].create_index(["created_at"])

@@ -17,6 +17,7 @@ from .app import create_app
 from .billing import Biller
 from .catalog import load_catalog
 from .db import open_db
+from .idempotency import Idempotency
 from .ledger import Ledger
 from .limits import Limiter
 from .plugins import pm
@@ -64,6 +65,7 @@ def assemble(
             try:
                 if n := ledger.expire():
                     log.warning("released %d expired holds", n)
+                idempotency.purge()
             except Exception as exc:  # keep sweeping; never crash the server over it
                 log.error("expiry sweep failed: %s", type(exc).__name__)
 
@@ -84,5 +86,8 @@ def assemble(
         if simulators is not None:
             await simulators.stop()
 
-    server.app = create_app(gateway, keys, biller, on_startup=on_startup, on_shutdown=on_shutdown)
+    idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
+    server.app = create_app(
+        gateway, keys, biller, idempotency, on_startup=on_startup, on_shutdown=on_shutdown
+    )
     return server
