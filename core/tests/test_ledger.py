@@ -1,0 +1,189 @@
+"""The ledger: exact money, holds settled at most once, totals always derivable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+from apimodels.accounts import create_account
+from apimodels.db import open_db
+from apimodels.errors import InsufficientCredits, NotFound
+from apimodels.ledger import Ledger
+
+TTL = timedelta(minutes=10)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> sqlite_utils.Database:
+    return open_db(tmp_path / "ledger.db")
+
+
+def test_hold_capture_release_and_check(db: sqlite_utils.Database) -> None:
+    ledger = Ledger(db)
+    acct = create_account(db, "l@example.com")["id"]
+    ledger.post(acct, 1_000, kind="grant", reason="welcome", actor="test")
+    ledger.hold("r1", acct, None, 600, TTL)
+    assert ledger.balance(acct).available_micros == 400
+    with pytest.raises(InsufficientCredits):
+        ledger.hold("r2", acct, None, 401, TTL)
+    assert ledger.capture("r1", 250) is True
+    assert ledger.capture("r1", 250) is False  # settled once
+    assert ledger.release("r1") is False
+    assert ledger.balance(acct).balance_micros == 750
+    ledger.hold("r3", acct, None, 700, TTL)
+    assert ledger.release("r3") is True and ledger.capture("r3", 10) is False
+    assert ledger.balance(acct).balance_micros == 750
+    assert ledger.check() == []
+
+
+def test_capture_above_the_hold_is_charged_in_full(db: sqlite_utils.Database) -> None:
+    """Documented rule: the actual cost is charged even above the hold; the balance may go
+    below zero by at most the overrun."""
+    ledger = Ledger(db)
+    acct = create_account(db, "o@example.com")["id"]
+    ledger.post(acct, 100, kind="grant", reason="r", actor="t")
+    ledger.hold("r1", acct, None, 100, TTL)
+    assert ledger.capture("r1", 130)
+    assert ledger.balance(acct).balance_micros == -30
+    with pytest.raises(InsufficientCredits):
+        ledger.hold("r2", acct, None, 1, TTL)
+    assert ledger.check() == []
+
+
+def test_entries_are_idempotent_by_key(db: sqlite_utils.Database) -> None:
+    ledger = Ledger(db)
+    acct = create_account(db, "i@example.com")["id"]
+    assert ledger.post(acct, 500, kind="topup", reason="stripe", actor="webhook", idempotency_key="evt_1")
+    assert ledger.post(acct, 500, kind="topup", reason="stripe", actor="webhook", idempotency_key="evt_1") is None
+    assert ledger.balance(acct).balance_micros == 500
+    with pytest.raises(NotFound):
+        ledger.post("acct_nobody", 1, kind="grant", reason="x", actor="t")
+    with pytest.raises(ValueError, match="kind"):
+        ledger.post(acct, 1, kind="gift", reason="x", actor="t")
+
+
+def test_expired_holds_are_released_and_check_flags_them(db: sqlite_utils.Database) -> None:
+    ledger = Ledger(db)
+    acct = create_account(db, "e@example.com")["id"]
+    ledger.post(acct, 1_000, kind="grant", reason="r", actor="t")
+    ledger.hold("crashed", acct, None, 800, timedelta(seconds=60))
+    later = datetime.now(UTC) + timedelta(seconds=61)
+    assert ledger.check(now=later) == ["hold crashed: expired but still pending"]
+    assert ledger.expire(now=later) == 1
+    assert ledger.balance(acct).available_micros == 1_000
+    assert ledger.capture("crashed", 10) is False  # too late: never charged
+    assert ledger.check() == []
+
+
+def test_check_finds_tampering(db: sqlite_utils.Database) -> None:
+    ledger = Ledger(db)
+    acct = create_account(db, "t@example.com")["id"]
+    ledger.post(acct, 1_000, kind="grant", reason="r", actor="t")
+    db.execute("UPDATE accounts SET balance_micros = 5000 WHERE id = ?", [acct])
+    assert any("entries sum to 1000" in p for p in ledger.check())
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Random grant / hold / capture / release / expire / refund sequences."""
+
+    holds = Bundle("holds")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db = open_db(":memory:")
+        self.ledger = Ledger(self.db)
+        self.acct = create_account(self.db, "p@example.com")["id"]
+        self.n = 0
+        self.settled: dict[str, int] = {}  # hold -> times settled
+        self.model_balance = 0
+        self.pending: dict[str, int] = {}
+        self.max_overrun = 0
+
+    @rule(amount=st.integers(1, 10_000))
+    def grant(self, amount: int) -> None:
+        self.ledger.post(self.acct, amount, kind="grant", reason="g", actor="t")
+        self.model_balance += amount
+
+    @rule(target=holds, amount=st.integers(0, 5_000))
+    def hold(self, amount: int) -> str:
+        self.n += 1
+        hold_id = f"h{self.n}"
+        available = self.model_balance - sum(self.pending.values())
+        try:
+            self.ledger.hold(hold_id, self.acct, None, amount, TTL)
+        except InsufficientCredits:
+            assert available < amount
+            return hold_id
+        assert available >= amount
+        self.pending[hold_id] = amount
+        return hold_id
+
+    @rule(hold_id=holds, cost=st.integers(0, 6_000))
+    def capture(self, hold_id: str, cost: int) -> None:
+        done = self.ledger.capture(hold_id, cost)
+        assert done == (hold_id in self.pending)
+        if done:
+            held = self.pending.pop(hold_id)
+            self.model_balance -= cost
+            self.max_overrun = max(self.max_overrun, cost - held)
+            self.settled[hold_id] = self.settled.get(hold_id, 0) + 1
+
+    @rule(hold_id=holds)
+    def release(self, hold_id: str) -> None:
+        done = self.ledger.release(hold_id)
+        assert done == (hold_id in self.pending)
+        if done:
+            self.pending.pop(hold_id)
+            self.settled[hold_id] = self.settled.get(hold_id, 0) + 1
+
+    @rule()
+    def expire_all(self) -> None:
+        n = self.ledger.expire(now=datetime.now(UTC) + TTL + timedelta(seconds=1))
+        assert n == len(self.pending)
+        for h in self.pending:
+            self.settled[h] = self.settled.get(h, 0) + 1
+        self.pending.clear()
+
+    @rule(amount=st.integers(1, 3_000))
+    def refund(self, amount: int) -> None:
+        self.ledger.post(self.acct, -amount, kind="refund", reason="refund", actor="t")
+        self.model_balance -= amount
+
+    @invariant()
+    def sound(self) -> None:
+        b = self.ledger.balance(self.acct)
+        assert b.balance_micros == self.model_balance
+        assert b.held_micros == sum(self.pending.values())
+        assert all(n == 1 for n in self.settled.values())
+        assert self.ledger.check(now=datetime.now(UTC)) == []
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestLedgerProperties = LedgerMachine.TestCase
+
+
+@given(st.lists(st.integers(0, 2_000), min_size=1, max_size=20))
+@settings(max_examples=30, deadline=None)
+def test_the_floor_is_the_overrun_of_captures(costs: list[int]) -> None:
+    """Only captures above their holds and refunds can take a balance below zero."""
+    db = open_db(":memory:")
+    ledger = Ledger(db)
+    acct = create_account(db, "f@example.com")["id"]
+    ledger.post(acct, 5_000, kind="grant", reason="g", actor="t")
+    overrun = 0
+    for i, cost in enumerate(costs):
+        try:
+            ledger.hold(f"h{i}", acct, None, 1_000, TTL)
+        except InsufficientCredits:
+            continue
+        ledger.capture(f"h{i}", cost)
+        overrun += max(0, cost - 1_000)
+    assert ledger.balance(acct).balance_micros >= -overrun
