@@ -28,15 +28,15 @@ def test_hold_capture_release_and_check(db: sqlite_utils.Database) -> None:
     ledger = Ledger(db)
     acct = create_account(db, "l@example.com")["id"]
     ledger.post(acct, 1_000, kind="grant", reason="welcome", actor="test")
-    ledger.hold("r1", acct, None, 600, TTL)
+    ledger.hold("r1", acct, 600, TTL)
     assert ledger.balance(acct).available_micros == 400
     with pytest.raises(InsufficientCredits):
-        ledger.hold("r2", acct, None, 401, TTL)
+        ledger.hold("r2", acct, 401, TTL)
     assert ledger.capture("r1", 250) is True
     assert ledger.capture("r1", 250) is False  # settled once
     assert ledger.release("r1") is False
     assert ledger.balance(acct).balance_micros == 750
-    ledger.hold("r3", acct, None, 700, TTL)
+    ledger.hold("r3", acct, 700, TTL)
     assert ledger.release("r3") is True and ledger.capture("r3", 10) is False
     assert ledger.balance(acct).balance_micros == 750
     assert ledger.check() == []
@@ -48,19 +48,26 @@ def test_capture_above_the_hold_is_charged_in_full(db: sqlite_utils.Database) ->
     ledger = Ledger(db)
     acct = create_account(db, "o@example.com")["id"]
     ledger.post(acct, 100, kind="grant", reason="r", actor="t")
-    ledger.hold("r1", acct, None, 100, TTL)
+    ledger.hold("r1", acct, 100, TTL)
     assert ledger.capture("r1", 130)
     assert ledger.balance(acct).balance_micros == -30
     with pytest.raises(InsufficientCredits):
-        ledger.hold("r2", acct, None, 1, TTL)
+        ledger.hold("r2", acct, 1, TTL)
     assert ledger.check() == []
 
 
 def test_entries_are_idempotent_by_key(db: sqlite_utils.Database) -> None:
     ledger = Ledger(db)
     acct = create_account(db, "i@example.com")["id"]
-    assert ledger.post(acct, 500, kind="topup", reason="stripe", actor="webhook", idempotency_key="evt_1")
-    assert ledger.post(acct, 500, kind="topup", reason="stripe", actor="webhook", idempotency_key="evt_1") is None
+    assert ledger.post(
+        acct, 500, kind="topup", reason="stripe", actor="webhook", idempotency_key="evt_1"
+    )
+    assert (
+        ledger.post(
+            acct, 500, kind="topup", reason="stripe", actor="webhook", idempotency_key="evt_1"
+        )
+        is None
+    )
     assert ledger.balance(acct).balance_micros == 500
     with pytest.raises(NotFound):
         ledger.post("acct_nobody", 1, kind="grant", reason="x", actor="t")
@@ -72,7 +79,7 @@ def test_expired_holds_are_released_and_check_flags_them(db: sqlite_utils.Databa
     ledger = Ledger(db)
     acct = create_account(db, "e@example.com")["id"]
     ledger.post(acct, 1_000, kind="grant", reason="r", actor="t")
-    ledger.hold("crashed", acct, None, 800, timedelta(seconds=60))
+    ledger.hold("crashed", acct, 800, timedelta(seconds=60))
     later = datetime.now(UTC) + timedelta(seconds=61)
     assert ledger.check(now=later) == ["hold crashed: expired but still pending"]
     assert ledger.expire(now=later) == 1
@@ -116,7 +123,7 @@ class LedgerMachine(RuleBasedStateMachine):
         hold_id = f"h{self.n}"
         available = self.model_balance - sum(self.pending.values())
         try:
-            self.ledger.hold(hold_id, self.acct, None, amount, TTL)
+            self.ledger.hold(hold_id, self.acct, amount, TTL)
         except InsufficientCredits:
             assert available < amount
             return hold_id
@@ -165,7 +172,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 TestLedgerProperties = LedgerMachine.TestCase
 
@@ -181,7 +191,7 @@ def test_the_floor_is_the_overrun_of_captures(costs: list[int]) -> None:
     overrun = 0
     for i, cost in enumerate(costs):
         try:
-            ledger.hold(f"h{i}", acct, None, 1_000, TTL)
+            ledger.hold(f"h{i}", acct, 1_000, TTL)
         except InsufficientCredits:
             continue
         ledger.capture(f"h{i}", cost)

@@ -286,7 +286,6 @@ def export_account(db: sqlite_utils.Database, account: str) -> dict[str, Any]:
             for k in rows("SELECT * FROM api_keys WHERE account_id = ? ORDER BY created_at")
         ],
         "ledger_entries": rows("SELECT * FROM ledger_entries WHERE account_id = ? ORDER BY id"),
-        "holds": rows("SELECT * FROM holds WHERE account_id = ? ORDER BY created_at"),
         "usage": rows("SELECT * FROM usage WHERE account_id = ? ORDER BY created_at"),
         "exported_at": utcnow(),
     }

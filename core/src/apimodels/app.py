@@ -7,6 +7,7 @@ answer carries ``x-request-id``; every error is in OpenAI's shape.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -230,7 +231,7 @@ class Frontend:
             estimate, hold = dispatch.estimate(route, unified)
             stream = bool(getattr(unified, "stream", False))
             request_id = request.scope["state"]["request_id"]
-            bill = self.biller.open(request_id, principal, route, hold, stream=stream)
+            bill = await self.biller.open(request_id, principal, route, hold, stream=stream)
             if stream:
                 return await self._stream(route, unified, bill, estimate)
             try:
@@ -238,7 +239,10 @@ class Frontend:
             except BaseException as exc:
                 bill.fail(exc if isinstance(exc, Exception) else None)
                 raise
-            bill.succeed(priced.output.usage, priced.cost_micros)
+            charged = bill.succeed(priced.output.usage, priced.cost_micros)
+            if charged is not None:
+                # Answer once the charge is committed; a client leaving now must not undo it.
+                await asyncio.shield(charged)
             return _priced_response(priced, bill.started)
 
         endpoint.__name__ = path.replace("/", "_")
@@ -384,7 +388,7 @@ def create_app(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> ASGIApp:
     frontend = Frontend(gateway, keys, biller, idempotency)
-    receipts = Receipts(keys, biller.ledger)
+    receipts = Receipts(keys, biller.ledger.ledger)
     routes = [
         HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),
         HTTPRoute("/v1/usage", _with_errors(receipts.usage), methods=["GET"]),

@@ -18,9 +18,10 @@ requests), never corrupt the file, and never leave an entry without its running 
 
 from __future__ import annotations
 
-import json
+import asyncio
+import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,32 +34,178 @@ from .errors import InsufficientCredits, NotFound
 
 ENTRY_KINDS = ("grant", "topup", "charge", "refund", "adjustment")
 
-_USAGE_COLUMNS = (
-    "request_id",
-    "account_id",
-    "key_id",
-    "model",
-    "provider",
-    "modality",
-    "status",
-    "stream",
+#: What a request's row records when it settles.
+SETTLE_FIELDS = (
     "input_tokens",
     "cached_input_tokens",
     "output_tokens",
     "images",
     "characters",
     "seconds",
-    "unit_prices",
-    "hold_micros",
-    "cost_micros",
     "error_code",
     "latency_ms",
-    "created_at",
 )
-_INSERT_USAGE = (
-    f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in _USAGE_COLUMNS)})"
+_SETTLE = (
+    "UPDATE usage SET hold_state = :state, status = :status, cost_micros = :cost, settled_at = :now, "
+    + ", ".join(f"{f} = :{f}" for f in SETTLE_FIELDS)
+    + " WHERE request_id = :id AND hold_state = 'pending' RETURNING account_id, hold_micros"
 )
+
+
+def hold_op(
+    c: sqlite3.Connection,
+    request_id: str,
+    account_id: str,
+    amount_micros: int,
+    ttl: timedelta,
+    request: dict[str, Any] | None,
+) -> None:
+    """The hold, inside a caller's transaction (see :meth:`Ledger.hold`)."""
+    now = datetime.now(UTC)
+    row = dict(request or {})
+    row.update(
+        request_id=request_id,
+        account_id=account_id,
+        hold_micros=amount_micros,
+        hold_state="pending",
+        hold_expires_at=(now + ttl).isoformat(timespec="microseconds"),
+        status="pending",
+        created_at=now.isoformat(timespec="microseconds"),
+    )
+    cur = c.execute(
+        "UPDATE accounts SET held_micros = held_micros + ?1"
+        " WHERE id = ?2 AND balance_micros - held_micros >= ?1",
+        (amount_micros, account_id),
+    )
+    if cur.rowcount == 0:
+        raise InsufficientCredits(
+            "Your credit balance is too low for this request. Add credits and try again."
+        )
+    columns = ", ".join(row)
+    values = ", ".join(f":{k}" for k in row)
+    c.execute(f"INSERT INTO usage ({columns}) VALUES ({values})", row)
+
+
+def _settle(
+    c: sqlite3.Connection, request_id: str, state: str, cost: int, fields: dict[str, Any] | None
+) -> tuple[str, int] | None:
+    """Compare-and-set a pending hold to ``state``; (account, held amount) or None."""
+    params = dict.fromkeys(SETTLE_FIELDS)
+    if fields:
+        params.update((k, v) for k, v in fields.items() if k in params)
+    params.update(
+        id=request_id,
+        state=state,
+        status="succeeded" if state == "captured" else "failed",
+        cost=cost,
+        now=utcnow(),
+    )
+    row = c.execute(_SETTLE, params).fetchone()
+    if row is None:
+        return None
+    c.execute(
+        "UPDATE accounts SET held_micros = held_micros - ?, balance_micros = balance_micros - ?"
+        " WHERE id = ?",
+        (row[1], cost, row[0]),
+    )
+    return row[0], row[1]
+
+
+def capture_op(
+    c: sqlite3.Connection, request_id: str, cost_micros: int, fields: dict[str, Any] | None
+) -> bool:
+    """The capture, inside a caller's transaction (see :meth:`Ledger.capture`)."""
+    settled = _settle(c, request_id, "captured", cost_micros, fields)
+    if settled is None:
+        return False
+    if cost_micros:
+        c.execute(
+            "INSERT INTO ledger_entries (account_id, kind, amount_micros, reason, actor,"
+            " hold_id, created_at) VALUES (?, 'charge', ?, 'usage', 'gateway', ?, ?)",
+            (settled[0], -cost_micros, request_id, utcnow()),
+        )
+    return True
+
+
+def release_op(
+    c: sqlite3.Connection, request_id: str, fields: dict[str, Any] | None, state: str = "released"
+) -> bool:
+    """The release, inside a caller's transaction (see :meth:`Ledger.release`)."""
+    return _settle(c, request_id, state, 0, fields) is not None
+
+
+class GroupCommit:
+    """Ledger operations of concurrent requests committed together, on the event loop.
+
+    Each operation is queued and awaited; the first one queued in a loop iteration schedules
+    a flush for the end of that iteration, which runs every queued operation in one SQLite
+    transaction (each in its own savepoint, so one refused hold does not undo the others)
+    and then answers them. A request goes on only after its operation is committed, so
+    durability is that of one transaction per request; what batching saves is the commit's
+    page writes, shared by every request in the batch.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+
+    def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((op, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            with self.ledger._tx() as c:
+                for op, future in batch:
+                    if future.cancelled():  # its request is gone: do not hold for it
+                        continue
+                    c.execute("SAVEPOINT op")
+                    try:
+                        result = op(c)
+                    except Exception as exc:
+                        c.execute("ROLLBACK TO op")
+                        c.execute("RELEASE op")
+                        outcomes.append((future, None, exc))
+                    else:
+                        c.execute("RELEASE op")
+                        outcomes.append((future, result, None))
+        except Exception as exc:  # the commit itself failed: nothing of the batch happened
+            outcomes = [(future, None, exc) for _, future in batch]
+        for future, result, error in outcomes:
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    async def hold(
+        self,
+        request_id: str,
+        account_id: str,
+        amount_micros: int,
+        ttl: timedelta,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        await self._submit(
+            lambda c: hold_op(c, request_id, account_id, amount_micros, ttl, request)
+        )
+
+    def capture(
+        self, request_id: str, cost_micros: int, fields: dict[str, Any] | None = None
+    ) -> asyncio.Future[bool]:
+        return self._submit(lambda c: capture_op(c, request_id, cost_micros, fields))
+
+    def release(
+        self, request_id: str, fields: dict[str, Any] | None = None, *, state: str = "released"
+    ) -> asyncio.Future[bool]:
+        return self._submit(lambda c: release_op(c, request_id, fields, state))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +260,7 @@ class Ledger:
             cur = c.execute(
                 "INSERT INTO ledger_entries (account_id, kind, amount_micros, reason, actor,"
                 " idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (idempotency_key) DO NOTHING",
+                " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
                 (account_id, kind, amount_micros, reason, actor, idempotency_key, utcnow()),
             )
             if cur.rowcount == 0:
@@ -135,79 +282,34 @@ class Ledger:
     # --- holds -------------------------------------------------------------------------
 
     def hold(
-        self, hold_id: str, account_id: str, key_id: str | None, amount_micros: int, ttl: timedelta
+        self,
+        request_id: str,
+        account_id: str,
+        amount_micros: int,
+        ttl: timedelta,
+        request: dict[str, Any] | None = None,
     ) -> None:
-        """Reserve ``amount_micros`` if balance minus pending holds covers it, atomically."""
-        now = datetime.now(UTC)
+        """Reserve ``amount_micros`` if balance minus pending holds covers it, atomically,
+        and open the request's usage row (``request`` gives its key, model, prices...)."""
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE accounts SET held_micros = held_micros + ?1"
-                " WHERE id = ?2 AND balance_micros - held_micros >= ?1",
-                (amount_micros, account_id),
-            )
-            if cur.rowcount == 0:
-                raise InsufficientCredits(
-                    "Your credit balance is too low for this request. Add credits and try again."
-                )
-            c.execute(
-                "INSERT INTO holds (id, account_id, key_id, amount_micros, state, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (
-                    hold_id,
-                    account_id,
-                    key_id,
-                    amount_micros,
-                    now.isoformat(timespec="microseconds"),
-                    (now + ttl).isoformat(timespec="microseconds"),
-                ),
-            )
+            hold_op(c, request_id, account_id, amount_micros, ttl, request)
 
-    def _settle(self, c: Any, hold_id: str, state: str, captured: int) -> tuple[str, int] | None:
-        """Compare-and-set a pending hold to ``state``; (account, held amount) or None."""
-        row = c.execute(
-            "UPDATE holds SET state = ?, captured_micros = ?, settled_at = ?"
-            " WHERE id = ? AND state = 'pending' RETURNING account_id, amount_micros",
-            (state, captured, utcnow(), hold_id),
-        ).fetchone()
-        if row is None:
-            return None
-        c.execute(
-            "UPDATE accounts SET held_micros = held_micros - ?, balance_micros = balance_micros - ?"
-            " WHERE id = ?",
-            (row[1], captured, row[0]),
-        )
-        return row[0], row[1]
-
-    def capture(self, hold_id: str, cost_micros: int, usage: dict[str, Any] | None = None) -> bool:
-        """Charge ``cost_micros`` against a pending hold (and record the usage row) at once.
+    def capture(
+        self, request_id: str, cost_micros: int, fields: dict[str, Any] | None = None
+    ) -> bool:
+        """Charge ``cost_micros`` against a pending hold and record the usage, at once.
 
         False when the hold was already settled (or expired): nothing is charged then.
         """
         with self._tx() as c:
-            settled = self._settle(c, hold_id, "captured", cost_micros)
-            if settled is None:
-                return False
-            if cost_micros:
-                c.execute(
-                    "INSERT INTO ledger_entries (account_id, kind, amount_micros, reason, actor,"
-                    " idempotency_key, hold_id, created_at) VALUES (?, 'charge', ?, ?, 'gateway', ?, ?, ?)",
-                    (settled[0], -cost_micros, "usage", "charge:" + hold_id, hold_id, utcnow()),
-                )
-            if usage is not None:
-                c.execute(_INSERT_USAGE, _usage_row(usage, settled[1], cost_micros))
-            return True
+            return capture_op(c, request_id, cost_micros, fields)
 
     def release(
-        self, hold_id: str, usage: dict[str, Any] | None = None, *, state: str = "released"
+        self, request_id: str, fields: dict[str, Any] | None = None, *, state: str = "released"
     ) -> bool:
         """Release a pending hold: the call costs nothing. False if already settled."""
         with self._tx() as c:
-            settled = self._settle(c, hold_id, state, 0)
-            if settled is None:
-                return False
-            if usage is not None:
-                c.execute(_INSERT_USAGE, _usage_row(usage, settled[1], 0))
-            return True
+            return release_op(c, request_id, fields, state)
 
     def expire(self, now: datetime | None = None) -> int:
         """Release every pending hold past its expiry (left by a crash). Returns how many."""
@@ -215,10 +317,12 @@ class Ledger:
         ids = [
             r[0]
             for r in self.conn.execute(
-                "SELECT id FROM holds WHERE state = 'pending' AND expires_at <= ?", (cutoff,)
+                "SELECT request_id FROM usage WHERE hold_state = 'pending' AND hold_expires_at <= ?",
+                (cutoff,),
             ).fetchall()
         ]
-        return sum(self.release(hold_id, state="expired") for hold_id in ids)
+        expired = {"error_code": "hold_expired"}
+        return sum(self.release(i, expired, state="expired") for i in ids)
 
     # --- audit -------------------------------------------------------------------------
 
@@ -233,40 +337,32 @@ class Ledger:
         ):
             problems.append(f"account {acct}: balance {stored} but its entries sum to {summed}")
         for acct, stored, summed in c.execute(
-            "SELECT a.id, a.held_micros, COALESCE(SUM(h.amount_micros), 0) FROM accounts a"
-            " LEFT JOIN holds h ON h.account_id = a.id AND h.state = 'pending' GROUP BY a.id"
-            " HAVING a.held_micros != COALESCE(SUM(h.amount_micros), 0)"
+            "SELECT a.id, a.held_micros, COALESCE(SUM(u.hold_micros), 0) FROM accounts a"
+            " LEFT JOIN usage u ON u.account_id = a.id AND u.hold_state = 'pending' GROUP BY a.id"
+            " HAVING a.held_micros != COALESCE(SUM(u.hold_micros), 0)"
         ):
             problems.append(f"account {acct}: held {stored} but its pending holds sum to {summed}")
-        for hold_id, n in c.execute(
-            "SELECT hold_id, COUNT(*) FROM ledger_entries WHERE hold_id IS NOT NULL"
-            " GROUP BY hold_id HAVING COUNT(*) > 1"
+        # A charge entry exists exactly for captured requests that cost something, and for
+        # the amount captured (the unique index on hold_id already forbids two).
+        for request_id, state, cost, charged in c.execute(
+            "SELECT u.request_id, u.hold_state, u.cost_micros, -e.amount_micros FROM usage u"
+            " LEFT JOIN ledger_entries e ON e.hold_id = u.request_id"
+            " WHERE (u.hold_state = 'captured' AND COALESCE(u.cost_micros, 0) != COALESCE(-e.amount_micros, 0))"
+            " OR (u.hold_state != 'captured' AND e.id IS NOT NULL)"
         ):
-            problems.append(f"hold {hold_id}: charged {n} times")
-        for hold_id, state, captured, charged in c.execute(
-            "SELECT h.id, h.state, h.captured_micros, COALESCE(-SUM(e.amount_micros), 0) FROM holds h"
-            " LEFT JOIN ledger_entries e ON e.hold_id = h.id GROUP BY h.id"
-            " HAVING (h.state = 'captured' AND COALESCE(h.captured_micros, 0) != COALESCE(-SUM(e.amount_micros), 0))"
-            " OR (h.state != 'captured' AND COUNT(e.id) > 0)"
+            problems.append(f"request {request_id} ({state}): cost {cost} but charged {charged}")
+        for (entry_id,) in c.execute(
+            "SELECT e.id FROM ledger_entries e LEFT JOIN usage u ON u.request_id = e.hold_id"
+            " WHERE e.hold_id IS NOT NULL AND u.request_id IS NULL"
         ):
-            problems.append(f"hold {hold_id} ({state}): captured {captured} but charged {charged}")
+            problems.append(f"entry {entry_id}: a charge for no known request")
         cutoff = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
-        for (hold_id,) in c.execute(
-            "SELECT id FROM holds WHERE state = 'pending' AND expires_at <= ?", (cutoff,)
+        for (request_id,) in c.execute(
+            "SELECT request_id FROM usage WHERE hold_state = 'pending' AND hold_expires_at <= ?",
+            (cutoff,),
         ):
-            problems.append(f"hold {hold_id}: expired but still pending")
+            problems.append(f"hold {request_id}: expired but still pending")
         return problems
-
-
-def _usage_row(usage: dict[str, Any], hold_micros: int, cost_micros: int) -> dict[str, Any]:
-    row = dict.fromkeys(_USAGE_COLUMNS)
-    row.update(usage)
-    row["hold_micros"] = hold_micros
-    row["cost_micros"] = cost_micros
-    if isinstance(row["unit_prices"], dict):
-        row["unit_prices"] = json.dumps(row["unit_prices"], separators=(",", ":"))
-    row["created_at"] = row["created_at"] or utcnow()
-    return row
 
 
 # --- receipts ----------------------------------------------------------------------------

@@ -89,33 +89,24 @@ def m002_ledger(db: sqlite_utils.Database) -> None:
             "amount_micros": int,  # signed: credits > 0, debits < 0
             "reason": str,
             "actor": str,
-            "idempotency_key": str,
-            "hold_id": str,
+            "idempotency_key": str,  # Stripe event id, order id, ...
+            "hold_id": str,  # the request a charge settles
             "created_at": str,
         },
         pk="id",
         foreign_keys=[("account_id", "accounts", "id")],
         not_null={"account_id", "kind", "amount_micros", "created_at"},
     )
-    db["ledger_entries"].create_index(["idempotency_key"], unique=True)
-    db["ledger_entries"].create_index(["account_id"])
-    db["holds"].create(
-        {
-            "id": str,  # the request id (or task id) it pays for
-            "account_id": str,
-            "key_id": str,
-            "amount_micros": int,
-            "state": str,  # pending -> captured | released | expired
-            "captured_micros": int,
-            "created_at": str,
-            "expires_at": str,
-            "settled_at": str,
-        },
-        pk="id",
-        foreign_keys=[("account_id", "accounts", "id")],
-        not_null={"account_id", "amount_micros", "state", "created_at", "expires_at"},
+    # Partial unique indexes: only rows that have a key pay for the index.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_entries_idempotency ON ledger_entries (idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL"
     )
-    db["holds"].create_index(["state", "expires_at"])
+    db.execute(
+        "CREATE UNIQUE INDEX idx_entries_hold ON ledger_entries (hold_id) WHERE hold_id IS NOT NULL"
+    )
+    db["ledger_entries"].create_index(["account_id"])
+    # One row per billable request: its hold while it runs, its usage and cost after.
     db["usage"].create(
         {
             "request_id": str,
@@ -124,26 +115,33 @@ def m002_ledger(db: sqlite_utils.Database) -> None:
             "model": str,
             "provider": str,
             "modality": str,
-            "status": str,  # succeeded | failed
             "stream": int,
+            "unit_prices": str,  # JSON: the catalog prices in force for this request
+            "hold_micros": int,
+            "hold_state": str,  # pending -> captured | released | expired
+            "hold_expires_at": str,
+            "status": str,  # pending -> succeeded | failed
             "input_tokens": int,
             "cached_input_tokens": int,
             "output_tokens": int,
             "images": int,
             "characters": int,
             "seconds": str,  # decimal string
-            "unit_prices": str,  # JSON: the catalog prices in force for this request
-            "hold_micros": int,
             "cost_micros": int,
             "error_code": str,
             "latency_ms": float,
             "created_at": str,
+            "settled_at": str,
         },
         pk="request_id",
-        not_null={"account_id", "model", "status", "cost_micros", "created_at"},
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "hold_micros", "hold_state", "status", "created_at"},
     )
     db["usage"].create_index(["account_id", "created_at"])
     db["usage"].create_index(["key_id", "created_at"])
+    db.execute(
+        "CREATE INDEX idx_usage_pending ON usage (hold_expires_at) WHERE hold_state = 'pending'"
+    )
 
 
 @migration

@@ -18,7 +18,7 @@ from .billing import Biller
 from .catalog import load_catalog
 from .db import open_db
 from .idempotency import Idempotency
-from .ledger import Ledger
+from .ledger import GroupCommit, Ledger
 from .limits import Limiter
 from .plugins import pm
 from .runtime import Gateway, build_gateway
@@ -53,7 +53,7 @@ def assemble(
     keys = KeyStore(db, settings.key_cache_seconds)
     ledger = Ledger(db)
     limiter = Limiter(db, settings.key_cache_seconds)
-    biller = Biller(ledger, timedelta(seconds=settings.hold_ttl_seconds), limiter)
+    biller = Biller(GroupCommit(ledger), timedelta(seconds=settings.hold_ttl_seconds), limiter)
     simulators = Simulators() if sandbox else None
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     sweeper: list[asyncio.Task[None]] = []
