@@ -30,7 +30,7 @@ from typing import Any
 import sqlite_utils
 
 from .db import utcnow
-from .errors import InsufficientCredits, NotFound
+from .errors import APIError, InsufficientCredits, NotFound
 
 ENTRY_KINDS = ("grant", "topup", "charge", "refund", "adjustment")
 
@@ -139,8 +139,10 @@ class GroupCommit:
 
     Each operation is queued and awaited; the first one queued in a loop iteration schedules
     a flush for the end of that iteration, which runs every queued operation in one SQLite
-    transaction (each in its own savepoint, so one refused hold does not undo the others)
-    and then answers them. A request goes on only after its operation is committed, so
+    transaction and then answers them. An operation refuses (a hold the balance cannot
+    cover) only before it writes anything, so a refusal needs no rollback; any other error
+    rolls the whole batch back and fails every operation in it. A request goes on only
+    after its operation is committed, so
     durability is that of one transaction per request; what batching saves is the commit's
     page writes, shared by every request in the batch.
     """
@@ -165,17 +167,11 @@ class GroupCommit:
                 for op, future in batch:
                     if future.cancelled():  # its request is gone: do not hold for it
                         continue
-                    c.execute("SAVEPOINT op")
                     try:
-                        result = op(c)
-                    except Exception as exc:
-                        c.execute("ROLLBACK TO op")
-                        c.execute("RELEASE op")
+                        outcomes.append((future, op(c), None))
+                    except APIError as exc:  # a refusal; the op wrote nothing (see above)
                         outcomes.append((future, None, exc))
-                    else:
-                        c.execute("RELEASE op")
-                        outcomes.append((future, result, None))
-        except Exception as exc:  # the commit itself failed: nothing of the batch happened
+        except Exception as exc:  # a database failure: nothing of the batch happened
             outcomes = [(future, None, exc) for _, future in batch]
         for future, result, error in outcomes:
             if future.cancelled():
