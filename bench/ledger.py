@@ -24,7 +24,6 @@ from apimodels.accounts import create_account
 from apimodels.db import open_db
 from apimodels.ledger import GroupCommit, Ledger
 
-
 REQUEST = {
     "key_id": "key_bench",
     "model": "openai/gpt-4o-mini",
@@ -70,7 +69,9 @@ async def grouped(ledger: Ledger, acct: str, pairs: int, concurrency: int) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
@@ -78,12 +79,16 @@ def main() -> None:
         ledger, acct = fresh(tmp, "sequential")
         elapsed = sequential(ledger, acct, args.pairs)
         ok = ledger.check() == []
-        print(f"one at a time: {args.pairs / elapsed:,.0f} pairs/s ({elapsed / args.pairs * 1e6:.1f} us per pair), ledger check {'ok' if ok else 'FAILED'}")
+        print(
+            f"one at a time: {args.pairs / elapsed:,.0f} pairs/s ({elapsed / args.pairs * 1e6:.1f} us per pair), ledger check {'ok' if ok else 'FAILED'}"
+        )
         ledger, acct = fresh(tmp, "grouped")
         pairs = args.pairs - args.pairs % args.concurrency
         elapsed = asyncio.run(grouped(ledger, acct, pairs, args.concurrency))
         ok = ledger.check() == []
-        print(f"group commit, {args.concurrency} concurrent: {pairs / elapsed:,.0f} pairs/s ({elapsed / pairs * 1e6:.1f} us per pair), ledger check {'ok' if ok else 'FAILED'}")
+        print(
+            f"group commit, {args.concurrency} concurrent: {pairs / elapsed:,.0f} pairs/s ({elapsed / pairs * 1e6:.1f} us per pair), ledger check {'ok' if ok else 'FAILED'}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx
@@ -15,21 +15,29 @@ import openai
 import pytest
 
 from apimodels import ChatRequest, dispatch
-from apimodels.accounts import create_account, create_key, set_key_limits, set_status
+from apimodels.accounts import KeyStore, create_account, create_key, set_key_limits, set_status
 from apimodels.server import assemble
 from apimodels.testing import serve
-from conftest import SIM_KEY, Gateway, Simulator, registry_for
+from support import SIM_KEY, Gateway, Simulator, registry_for
 
-CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+CHAT = {
+    "model": "openai/gpt-4o-mini",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 10,
+}
 
 
 def balance(gateway: Gateway, account_id: str) -> tuple[int, int]:
-    b = gateway.server.ledger.balance(account_id)
+    b = gateway.ledger.balance(account_id)
     return b.balance_micros, b.held_micros
 
 
 def rows(gateway: Gateway, account_id: str) -> list[dict]:
-    return list(gateway.db.query("SELECT * FROM usage WHERE account_id = ? ORDER BY created_at", [account_id]))
+    return list(
+        gateway.db.query(
+            "SELECT * FROM usage WHERE account_id = ? ORDER BY created_at", [account_id]
+        )
+    )
 
 
 def hold_for(gateway: Gateway, body: dict) -> int:
@@ -39,7 +47,10 @@ def hold_for(gateway: Gateway, body: dict) -> int:
 
 def post(gateway: Gateway, key: str, body: dict, **headers: str) -> httpx.Response:
     return httpx.post(
-        f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}", **headers}, timeout=30
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key}", **headers},
+        timeout=30,
     )
 
 
@@ -62,7 +73,7 @@ def test_concurrent_calls_never_overspend(gateway: Gateway, simulator: Simulator
     assert final >= 0 and held == 0
     charges = sum(r["cost_micros"] for r in rows(gateway, account))
     assert hold_for(gateway, CHAT) * k - final == charges
-    assert gateway.server.ledger.check() == []
+    assert gateway.ledger.check() == []
 
 
 def test_402_is_openai_shaped_and_sends_nothing(gateway: Gateway, simulator: Simulator) -> None:
@@ -77,7 +88,9 @@ def test_402_is_openai_shaped_and_sends_nothing(gateway: Gateway, simulator: Sim
 
 
 @pytest.mark.parametrize("kind", ["error", "malformed", "cut_stream"])
-def test_failed_calls_cost_nothing_and_leave_a_failed_row(gateway: Gateway, simulator: Simulator, kind: str) -> None:
+def test_failed_calls_cost_nothing_and_leave_a_failed_row(
+    gateway: Gateway, simulator: Simulator, kind: str
+) -> None:
     account, key = gateway.new_account(f"fail-{kind}@example.com", 1_000_000)
     simulator.knobs(fail=[{"kind": kind, "status": 500}])
     body = CHAT | {"stream": True} if kind == "cut_stream" else CHAT
@@ -93,12 +106,16 @@ def test_failed_calls_cost_nothing_and_leave_a_failed_row(gateway: Gateway, simu
 
 
 def test_receipts_match_the_ledger(gateway: Gateway) -> None:
-    account, key = gateway.new_account("receipts@example.com", 5_000_000)
+    _account, key = gateway.new_account("receipts@example.com", 5_000_000)
     headers = {"authorization": f"Bearer {key}"}
     with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(**CHAT)
         done = raw.parse()
-        chunks = list(client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                **CHAT, stream=True, stream_options={"include_usage": True}
+            )
+        )
     request_id = raw.headers["x-request-id"]
     cost = Decimal(done.usage.model_extra["cost"])
     generation = httpx.get(f"{gateway.url}/v1/generation/{request_id}", headers=headers).json()
@@ -112,19 +129,35 @@ def test_receipts_match_the_ledger(gateway: Gateway) -> None:
     page = httpx.get(f"{gateway.url}/v1/usage", headers=headers, params={"limit": 1}).json()
     assert page["has_more"] is True and page["data"][0]["stream"] is True
     rest = httpx.get(
-        f"{gateway.url}/v1/usage", headers=headers, params={"limit": 1, "starting_after": page["data"][0]["id"]}
+        f"{gateway.url}/v1/usage",
+        headers=headers,
+        params={"limit": 1, "starting_after": page["data"][0]["id"]},
     ).json()
     assert rest["data"][0]["id"] == request_id and rest["has_more"] is False
-    empty = httpx.get(f"{gateway.url}/v1/usage", headers=headers, params={"model": "openai/gpt-4o"}).json()
+    empty = httpx.get(
+        f"{gateway.url}/v1/usage", headers=headers, params={"model": "openai/gpt-4o"}
+    ).json()
     assert empty["data"] == []
-    future = httpx.get(f"{gateway.url}/v1/usage", headers=headers, params={"since": str(time.time() + 60)}).json()
+    future = httpx.get(
+        f"{gateway.url}/v1/usage", headers=headers, params={"since": str(time.time() + 60)}
+    ).json()
     assert future["data"] == []
     # another account sees none of it
     _, other = gateway.new_account("nosy@example.com")
-    r = httpx.get(f"{gateway.url}/v1/generation/{request_id}", headers={"authorization": f"Bearer {other}"})
+    r = httpx.get(
+        f"{gateway.url}/v1/generation/{request_id}", headers={"authorization": f"Bearer {other}"}
+    )
     assert r.status_code == 404 and request_id in r.json()["error"]["message"]
-    assert httpx.get(f"{gateway.url}/v1/usage", headers={"authorization": f"Bearer {other}"}).json()["data"] == []
-    assert httpx.get(f"{gateway.url}/v1/usage", headers=headers, params={"limit": 0}).status_code == 400
+    assert (
+        httpx.get(f"{gateway.url}/v1/usage", headers={"authorization": f"Bearer {other}"}).json()[
+            "data"
+        ]
+        == []
+    )
+    assert (
+        httpx.get(f"{gateway.url}/v1/usage", headers=headers, params={"limit": 0}).status_code
+        == 400
+    )
 
 
 def test_idempotent_retries_are_charged_once(gateway: Gateway, simulator: Simulator) -> None:
@@ -140,7 +173,9 @@ def test_idempotent_retries_are_charged_once(gateway: Gateway, simulator: Simula
     # a repeat while the first is in flight answers 409
     simulator.knobs(latency=0.6)
     slow: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: slow.append(post(gateway, key, CHAT, **{"Idempotency-Key": "order-2"})))
+    t = threading.Thread(
+        target=lambda: slow.append(post(gateway, key, CHAT, **{"Idempotency-Key": "order-2"}))
+    )
     t.start()
     time.sleep(0.3)
     busy = post(gateway, key, CHAT, **{"Idempotency-Key": "order-2"})
@@ -153,19 +188,27 @@ def test_idempotent_retries_are_charged_once(gateway: Gateway, simulator: Simula
     assert post(gateway, key, CHAT, **{"Idempotency-Key": "order-3"}).status_code == 200
     succeeded = [r for r in rows(gateway, account) if r["status"] == "succeeded"]
     assert len(succeeded) == 3
-    assert gateway.server.ledger.check() == []
+    assert gateway.ledger.check() == []
 
 
 def test_key_limits(gateway: Gateway) -> None:
     account, key = gateway.new_account("limited@example.com", 5_000_000)
-    key_id = gateway.server.keys.authenticate(f"Bearer {key}").key_id
+    key_id = KeyStore(gateway.db).authenticate(f"Bearer {key}").key_id
     set_key_limits(gateway.db, key_id, rpm=2, daily_cap_micros=None, total_cap_micros=None)
     gateway.server.keys.forget()
     codes = [post(gateway, key, CHAT).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
     r = post(gateway, key, CHAT)
     assert r.json()["error"]["code"] == "key_rate_limit" and int(r.headers["retry-after"]) >= 1
-    set_key_limits(gateway.db, key_id, rpm=None, daily_cap_micros=hold_for(gateway, CHAT) + 1, total_cap_micros=None)
+    set_key_limits(
+        gateway.db,
+        key_id,
+        rpm=None,
+        daily_cap_micros=sum(r["cost_micros"] for r in rows(gateway, account))
+        + hold_for(gateway, CHAT)
+        + 1,
+        total_cap_micros=None,
+    )
     gateway.server.keys.forget()
     assert post(gateway, key, CHAT).status_code == 200
     capped = post(gateway, key, CHAT)  # spent + the next hold exceed the daily cap
@@ -193,9 +236,16 @@ def test_client_that_leaves_a_stream_is_charged_for_what_the_upstream_produced(
 ) -> None:
     account, key = gateway.new_account("leaver@example.com", 5_000_000)
     simulator.knobs(stream_delay=0.05)
-    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Tell me a long story."}], "stream": True}
+    body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "stream": True,
+    }
     with httpx.stream(
-        "POST", f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key}"},
     ) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
@@ -212,7 +262,9 @@ def test_client_that_leaves_a_stream_is_charged_for_what_the_upstream_produced(
 
 
 @pytest.fixture(scope="module")
-def short_timeout_gateway(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def short_timeout_gateway(
+    simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("short")
     registry = registry_for(simulator.url, tmp)
     registry.write_text(registry.read_text().replace("timeout = 120", "timeout = 1"))
@@ -224,7 +276,9 @@ def short_timeout_gateway(simulator: Simulator, tmp_path_factory: pytest.TempPat
         yield Gateway(url, server, key, account["id"])
 
 
-def test_upstream_timeout_is_504_and_free(short_timeout_gateway: Gateway, simulator: Simulator) -> None:
+def test_upstream_timeout_is_504_and_free(
+    short_timeout_gateway: Gateway, simulator: Simulator
+) -> None:
     gw = short_timeout_gateway
     simulator.knobs(fail=[{"kind": "timeout"}])
     r = post(gw, gw.key, CHAT)
@@ -241,16 +295,25 @@ def test_a_price_change_applies_to_new_requests_only(simulator: Simulator, tmp_p
     first.ledger.post(account, 5_000_000, kind="grant", reason="t", actor="t")
     with serve(first.app) as url:
         before = post(Gateway(url, first, key, account), key, CHAT)
-    registry.write_text(registry.read_text().replace('output_per_1m = "0.60"', 'output_per_1m = "6.00"', 1))
+    registry.write_text(
+        registry.read_text().replace('output_per_1m = "0.60"', 'output_per_1m = "6.00"', 1)
+    )
     second = assemble(registry, tmp_path / "prices.db", environ={"OPENAI_API_KEY": SIM_KEY})
     with serve(second.app) as url:
         after = post(Gateway(url, second, key, account), key, CHAT)
     old, new = (second.db["usage"].get(r.headers["x-request-id"]) for r in (before, after))
     assert json.loads(old["unit_prices"])["output_per_1m"] == "0.60"
     assert json.loads(new["unit_prices"])["output_per_1m"] == "6.00"
-    out_old, out_new = before.json()["usage"]["completion_tokens"], after.json()["usage"]["completion_tokens"]
+    out_old, out_new = (
+        before.json()["usage"]["completion_tokens"],
+        after.json()["usage"]["completion_tokens"],
+    )
     assert old["cost_micros"] < new["cost_micros"]
-    assert Decimal(after.headers["x-apimodels-cost"]) == (
-        Decimal(after.json()["usage"]["prompt_tokens"]) * Decimal("0.15") + Decimal(out_new) * Decimal("6.00")
+    exact = (
+        Decimal(after.json()["usage"]["prompt_tokens"]) * Decimal("0.15")
+        + Decimal(out_new) * Decimal("6.00")
     ) / 1_000_000
+    assert Decimal(after.headers["x-apimodels-cost"]) == exact.quantize(
+        Decimal("0.000001"), ROUND_HALF_UP
+    )
     assert out_old > 0

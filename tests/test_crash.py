@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import httpx
 from apimodels.accounts import create_account, create_key
 from apimodels.db import open_db
 from apimodels.ledger import Ledger
-from conftest import SIM_KEY, Simulator, registry_for
+from support import SIM_KEY, Simulator, registry_for
 
 
 def _port() -> int:
@@ -27,8 +28,19 @@ def _port() -> int:
 
 def _start(registry: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apimodels.cli", "--registry", str(registry), "--db", str(db),
-         "serve", "--port", str(port), "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "apimodels.cli",
+            "--registry",
+            str(registry),
+            "--db",
+            str(db),
+            "serve",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
         env=os.environ | {"OPENAI_API_KEY": SIM_KEY},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -46,14 +58,27 @@ def _start(registry: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
 
 def _cli(registry: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "apimodels.cli", "--registry", str(registry), "--db", str(db), *args],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "apimodels.cli",
+            "--registry",
+            str(registry),
+            "--db",
+            str(db),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_kill_9_mid_request_then_restart(simulator: Simulator, tmp_path: Path) -> None:
     registry = registry_for(simulator.url, tmp_path, "")
-    text = registry.read_text().replace("[gateway]\n", "[gateway]\nhold_ttl_seconds = 2\nexpiry_sweep_seconds = 0.5\n")
+    text = registry.read_text().replace(
+        "[gateway]\n", "[gateway]\nhold_ttl_seconds = 2\nexpiry_sweep_seconds = 0.5\n"
+    )
     registry.write_text(text)
     db_path = tmp_path / "crash.db"
     db = open_db(db_path)
@@ -68,11 +93,13 @@ def test_kill_9_mid_request_then_restart(simulator: Simulator, tmp_path: Path) -
     body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
     def doomed() -> None:
-        try:
-            httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
-                       headers={"authorization": f"Bearer {key}"}, timeout=20)
-        except httpx.HTTPError:
-            pass
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {key}"},
+                timeout=20,
+            )
 
     caller = threading.Thread(target=doomed)
     caller.start()

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import SIM_KEY, Gateway, Simulator
+from support import SIM_KEY, Gateway, Simulator
 
 
 def wav_bytes(seconds: float = 1.5, rate: int = 16000) -> bytes:
@@ -150,7 +150,7 @@ def test_speech_returns_real_audio(client: openai.OpenAI) -> None:
         model="openai/tts-1", voice="alloy", input="Hello there!"
     )
     assert mp3.headers["content-type"] == "audio/mpeg"
-    data = mp3.read()
+    data = mp3.content
     assert data[:3] == b"ID3" or (data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
     assert mp3.headers["x-apimodels-cost"] == "0.000180"  # 12 characters at $0.015 / 1k
     wav = client.audio.speech.create(

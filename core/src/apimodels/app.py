@@ -236,13 +236,14 @@ class Frontend:
                 return await self._stream(route, unified, bill, estimate)
             try:
                 priced = await dispatch.call(route, unified)
-            except BaseException as exc:
-                bill.fail(exc if isinstance(exc, Exception) else None)
+            except Exception as exc:
+                await _settled(bill.fail(exc))
                 raise
-            charged = bill.succeed(priced.output.usage, priced.cost_micros)
-            if charged is not None:
-                # Answer once the charge is committed; a client leaving now must not undo it.
-                await asyncio.shield(charged)
+            except BaseException:
+                bill.fail(None)  # cancelled: the client left; release without waiting
+                raise
+            # Answer once the charge is committed; a client leaving now must not undo it.
+            await _settled(bill.succeed(priced.output.usage, priced.cost_micros))
             return _priced_response(priced, bill.started)
 
         endpoint.__name__ = path.replace("/", "_")
@@ -251,18 +252,29 @@ class Frontend:
     async def _stream(
         self, route: Route, unified: UnifiedRequest, bill: Bill, estimate: Usage
     ) -> Response:
-        def on_end(result: dispatch.StreamResult) -> None:
-            settle_stream(bill, route, estimate, result)
+        def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
+            return settle_stream(bill, route, estimate, result)
 
         try:
             relay = await dispatch.open_stream(route, unified, on_end)
-        except BaseException as exc:
-            bill.fail(exc if isinstance(exc, Exception) else None)
+        except Exception as exc:
+            await _settled(bill.fail(exc))
+            raise
+        except BaseException:
+            bill.fail(None)
             raise
         return RelayResponse(relay)
 
 
-def settle_stream(bill: Bill, route: Route, estimate: Usage, result: dispatch.StreamResult) -> None:
+async def _settled(future: asyncio.Future[bool] | None) -> None:
+    """Wait until a settle is committed (shielded: a leaving client cannot cancel it)."""
+    if future is not None:
+        await asyncio.shield(future)
+
+
+def settle_stream(
+    bill: Bill, route: Route, estimate: Usage, result: dispatch.StreamResult
+) -> asyncio.Future[bool] | None:
     """Bill a finished stream (see docs/api.md, "Streams"):
 
     - the upstream reported usage: that usage, also when the client left early;
@@ -275,12 +287,11 @@ def settle_stream(bill: Bill, route: Route, estimate: Usage, result: dispatch.St
         and result.cost_micros is not None
         and (result.error is None or result.client_gone)
     ):
-        bill.succeed(result.usage, result.cost_micros)
-    elif result.client_gone and result.chunks:
+        return bill.succeed(result.usage, result.cost_micros)
+    if result.client_gone and result.chunks:
         delivered = Usage(input_tokens=estimate.input_tokens, output_tokens=result.chunks)
-        bill.succeed(delivered, min(dispatch.price(route, delivered), bill.hold_micros))
-    else:
-        bill.fail(result.error)
+        return bill.succeed(delivered, min(dispatch.price(route, delivered), bill.hold_micros))
+    return bill.fail(result.error)
 
 
 class RelayResponse(StreamingResponse):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +122,7 @@ def _sse(payload: str) -> bytes:
 DRAIN_SECONDS = 60.0
 
 _background: set[asyncio.Task[None]] = set()
+log = logging.getLogger("apimodels")
 
 
 @dataclass(slots=True)
@@ -136,9 +139,11 @@ class StreamResult:
 class Relay:
     """Relays one upstream server-sent-event stream to the client, chunk by chunk.
 
-    ``on_end`` is called exactly once with the :class:`StreamResult`: when the stream ends,
-    fails, or, after the client went away, when the rest of the upstream stream has been
-    read (for at most ``DRAIN_SECONDS``) to learn its usage.
+    A pump task reads the upstream and queues each normalized chunk for the client. The
+    pump, not the client's request, owns the upstream stream: if the client leaves (or
+    its task is cancelled), the pump keeps reading for at most ``DRAIN_SECONDS`` to learn
+    the final usage. ``on_end`` is called exactly once, by the pump, with the
+    :class:`StreamResult`; the client's last event is sent after it is settled.
     """
 
     def __init__(
@@ -146,15 +151,18 @@ class Relay:
         route: Route,
         request: UnifiedRequest,
         response: httpx.Response,
-        on_end: Callable[[StreamResult], None],
+        on_end: Callable[[StreamResult], asyncio.Future[bool] | None],
     ) -> None:
         self.route = route
         self.request = request
         self.response = response
         self.on_end = on_end
         self.result = StreamResult()
-        self._finished = False
-        self._draining = False
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._drain_until: float | None = None
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+        _background.add(self._pump)
+        self._pump.add_done_callback(_background.discard)
 
     def _event(self, data: str) -> dict[str, Any] | None:
         try:
@@ -176,11 +184,13 @@ class Relay:
                 event.chunk["usage"]["cost"] = format_usd(self.result.cost_micros)
         return event.chunk
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        result = self.result
+    async def _run(self) -> None:
+        result, name = self.result, self.route.provider.name
         done = False
         try:
             async for line in self.response.aiter_lines():
+                if self._drain_until is not None and time.monotonic() > self._drain_until:
+                    break  # the client left long ago; stop waiting for the usage
                 if not line.startswith("data:"):
                     continue  # comments, event names, keep-alives
                 data = line[5:].strip()
@@ -188,60 +198,51 @@ class Relay:
                     done = True
                     break
                 chunk = self._event(data)
-                if chunk is not None:
+                if chunk is not None and not result.client_gone:
                     result.chunks += 1
-                    yield _sse(json.dumps(chunk, separators=(",", ":")))
-            if not done:
-                raise UpstreamError(
-                    f"{self.route.provider.name} ended the stream before it was complete"
-                )
+                    self._queue.put_nowait(_sse(json.dumps(chunk, separators=(",", ":"))))
+            if not done and not result.client_gone:
+                raise UpstreamError(f"{name} ended the stream before it was complete")
+        except httpx.TimeoutException:
+            result.error = UpstreamTimeout(f"{name} stopped sending in time")
+        except httpx.HTTPError:
+            result.error = UpstreamError(f"{name} ended the stream before it was complete")
+        except APIError as exc:
+            result.error = exc
+        except Exception as exc:  # never leave a stream unsettled
+            log.error("relay of %s failed: %s", name, type(exc).__name__)
+            result.error = UpstreamError(f"{name} stream could not be relayed")
+        finally:
+            await self.response.aclose()
+            settled = self.on_end(result)
+            if settled is not None:  # the last event goes out once the bill is committed
+                await asyncio.shield(settled)
+            if result.error is not None:
+                self._queue.put_nowait(_sse(json.dumps(result.error.body(), separators=(",", ":"))))
+            else:
+                self._queue.put_nowait(b"data: [DONE]\n\n")
+            self._queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            while (item := await self._queue.get()) is not None:
+                yield item
         except (asyncio.CancelledError, GeneratorExit):
             self.abandon()
             raise
-        except httpx.TimeoutException:
-            result.error = UpstreamTimeout(f"{self.route.provider.name} stopped sending in time")
-        except httpx.HTTPError:
-            result.error = UpstreamError(
-                f"{self.route.provider.name} ended the stream before it was complete"
-            )
-        except APIError as exc:
-            result.error = exc
-        if self._draining:
-            return
-        self._finished = True
-        await self.response.aclose()
-        self.on_end(result)
-        if result.error is not None:
-            yield _sse(json.dumps(result.error.body(), separators=(",", ":")))
-        else:
-            yield b"data: [DONE]\n\n"
 
     def abandon(self) -> None:
-        """The client is gone (or never read): finish reading upstream in the background."""
-        if self._finished or self._draining:
+        """The client is gone (or never read): the pump drains the upstream, bounded."""
+        if self._pump.done() or self.result.client_gone:
             return
-        self._draining = True
         self.result.client_gone = True
-        task = asyncio.get_running_loop().create_task(self._drain())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _drain(self) -> None:
-        try:
-            async with asyncio.timeout(DRAIN_SECONDS):
-                async for line in self.response.aiter_lines():
-                    if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                        self._event(line[5:].strip())
-        except Exception:  # the usage, if any arrived, is what counts
-            pass
-        finally:
-            self._finished = True
-            await self.response.aclose()
-            self.on_end(self.result)
+        self._drain_until = time.monotonic() + DRAIN_SECONDS
 
 
 async def open_stream(
-    route: Route, request: UnifiedRequest, on_end: Callable[[StreamResult], None]
+    route: Route,
+    request: UnifiedRequest,
+    on_end: Callable[[StreamResult], asyncio.Future[bool] | None],
 ) -> Relay:
     """Start a streaming call. Errors before the first byte raise (and reach the client as a
     normal error response); after that they end the stream with an error event."""

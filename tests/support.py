@@ -1,0 +1,70 @@
+"""What the end-to-end tests share: handles on the simulator and the gateway under test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlite_utils
+
+from apimodels.accounts import create_account, create_key
+from apimodels.db import open_db
+from apimodels.ledger import Ledger
+from apimodels.server import Server
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM_KEY = "sk-sim-e2e-0123456789abcdef"
+
+
+@dataclass
+class Simulator:
+    url: str
+
+    def knobs(self, **values: Any) -> None:
+        httpx.post(f"{self.url}/_sim/knobs", json=values).raise_for_status()
+
+    def reset(self) -> None:
+        httpx.delete(f"{self.url}/_sim/knobs").raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/_sim/requests").json()
+
+
+@dataclass
+class Gateway:
+    """A gateway under test. ``db`` and ``ledger`` are the test's own connection to the
+    server's database file: the server's connection belongs to its event-loop thread."""
+
+    url: str
+    server: Server
+    key: str
+    account_id: str
+
+    @cached_property
+    def db(self) -> sqlite_utils.Database:
+        return open_db(self.server.db.conn.execute("PRAGMA database_list").fetchone()[2])
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.db)
+
+    def new_account(self, email: str, credits_micros: int = 0) -> tuple[str, str]:
+        """A new account with ``credits_micros`` granted; returns (account id, key)."""
+        account = create_account(self.db, email)
+        if credits_micros:
+            self.ledger.post(
+                account["id"], credits_micros, kind="grant", reason="test", actor="tests"
+            )
+        return account["id"], create_key(self.db, account["id"])[1]
+
+
+def registry_for(upstream: str, tmp: Path, extra: str = "") -> Path:
+    """The repository's registry.toml with the OpenAI provider pointed at ``upstream``."""
+    text = (ROOT / "registry.toml").read_text()
+    text = text.replace('# base_url = "https://api.openai.com/v1"', f'base_url = "{upstream}/v1"')
+    path = tmp / "registry.toml"
+    path.write_text(text + extra)
+    return path
