@@ -1,12 +1,13 @@
 """Gateway overhead benchmark: the same client against a fixed-latency upstream, directly and
 through the gateway.
 
-Measures in one run:
-  (a) sequential added latency for non-streaming chat: interleaved rounds (direct, then
-      gateway), the median of each round's per-request medians, difference reported as the
-      median of round differences, plus p90/p99 of each side;
-  (b) requests per second at 32 concurrent connections, direct vs through the gateway, and
-      the success rate.
+Three targets: the upstream directly, the gateway with billing (holds, charges and usage
+rows in SQLite), and the same gateway with ``gateway.billing = false``. Measures in one run:
+  (a) sequential added latency for non-streaming chat: interleaved rounds over the targets,
+      the median of each round's per-request medians, the added latency reported as the
+      median of round differences against direct, plus p50/p90/p99 of each target;
+  (b) requests per second at 32 concurrent connections for each target, the success rate,
+      and the gateway's RSS.
 
 The upstream, the gateway and the client each run in their own process. Numbers on a shared
 2-core machine are ratios, not absolutes.
@@ -41,6 +42,7 @@ PAYLOAD = {
 REGISTRY = """
 [gateway]
 key_cache_seconds = 5
+billing = {billing}
 
 [providers.openai]
 package = "apimodels-openai"
@@ -88,18 +90,21 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sequential(
-    direct: tuple[str, dict], gateway: tuple[str, dict], rounds: int, per_round: int
-) -> dict:
-    samples: dict[str, list[float]] = {"direct": [], "gateway": []}
-    diffs = []
+def _summary(times: list[float]) -> dict[str, float]:
+    return {q: pct(times, p) * 1000 for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+
+
+def sequential(targets: dict[str, tuple[str, dict]], rounds: int, per_round: int) -> dict:
+    """Interleaved rounds over every target; added latency of each against ``direct``."""
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    diffs: dict[str, list[float]] = {name: [] for name in targets if name != "direct"}
     with httpx.Client(timeout=10) as client:
-        for _ in range(20):  # warm both paths and their connection pools
-            client.post(direct[0], json=PAYLOAD, headers=direct[1])
-            client.post(gateway[0], json=PAYLOAD, headers=gateway[1])
+        for _ in range(20):  # warm every path and its connection pools
+            for url, headers in targets.values():
+                client.post(url, json=PAYLOAD, headers=headers)
         for _ in range(rounds):
             medians = {}
-            for name, (url, headers) in (("direct", direct), ("gateway", gateway)):
+            for name, (url, headers) in targets.items():
                 times = []
                 for _ in range(per_round):
                     t0 = time.perf_counter()
@@ -108,19 +113,15 @@ def sequential(
                     assert r.status_code == 200, r.text
                 samples[name] += times
                 medians[name] = statistics.median(times)
-            diffs.append(medians["gateway"] - medians["direct"])
-    ms = 1000
+            for name in diffs:
+                diffs[name].append(medians[name] - medians["direct"])
     return {
-        "added_median_ms": statistics.median(diffs) * ms,
-        "added_p99_ms": (pct(samples["gateway"], 0.99) - pct(samples["direct"], 0.99)) * ms,
-        "direct": {
-            q: pct(samples["direct"], p) * ms
-            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-        },
-        "gateway": {
-            q: pct(samples["gateway"], p) * ms
-            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-        },
+        name: {
+            **_summary(samples[name]),
+            "added_median": statistics.median(diffs[name]) * 1000 if name in diffs else 0.0,
+            "added_p99": (pct(samples[name], 0.99) - pct(samples["direct"], 0.99)) * 1000,
+        }
+        for name in targets
     }
 
 
@@ -168,81 +169,63 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "core" / "src"))
     from apimodels.accounts import create_account, create_key
     from apimodels.db import open_db
+    from apimodels.ledger import Ledger
 
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-"))
-    up_port, gw_port = free_port(), free_port()
+    up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
-    (tmp / "registry.toml").write_text(REGISTRY.format(upstream=upstream))
-    db = open_db(tmp / "bench.db")
-    create_account(db, "bench@example.com")
-    _, key = create_key(db, "bench@example.com")
-    db.conn.close()
-
     env = {**os.environ, "MOCK_LATENCY": str(args.latency), "OPENAI_API_KEY": "sk-bench"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(ROOT / "bench"),
-                "mock_upstream:app",
-                "--port",
-                str(up_port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        ),
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "apimodels.cli",
-                "--registry",
-                str(tmp / "registry.toml"),
-                "--db",
-                str(tmp / "bench.db"),
-                "serve",
-                "--port",
-                str(gw_port),
-                "--no-access-log",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-    ]
-    try:
-        wait_ready(upstream + "/")
-        wait_ready(f"http://127.0.0.1:{gw_port}/health")
-        direct = (upstream + "/v1/chat/completions", {"authorization": "Bearer sk-bench"})
-        gateway = (
-            f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+    mock = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "mock_upstream:app",
+            "--port", str(up_port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    procs = {"upstream": subprocess.Popen(mock, env=env)}
+    targets: dict[str, tuple[str, dict]] = {
+        "direct": (upstream + "/v1/chat/completions", {"authorization": "Bearer sk-bench"})
+    }
+    for name, billing in (("billing", True), ("no-billing", False)):
+        folder = tmp / name
+        folder.mkdir()
+        (folder / "registry.toml").write_text(
+            REGISTRY.format(upstream=upstream, billing=str(billing).lower())
+        )
+        db = open_db(folder / "bench.db")
+        account = create_account(db, "bench@example.com")["id"]
+        _, key = create_key(db, account)
+        Ledger(db).post(account, 10**12, kind="grant", reason="bench", actor="bench")
+        db.conn.close()
+        port = free_port()
+        serve = [sys.executable, "-m", "apimodels.cli", "--registry", str(folder / "registry.toml"),
+                 "--db", str(folder / "bench.db"), "serve", "--port", str(port), "--no-access-log"]  # fmt: skip
+        procs[name] = subprocess.Popen(
+            serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        targets[name] = (
+            f"http://127.0.0.1:{port}/v1/chat/completions",
             {"authorization": f"Bearer {key}"},
         )
-        seq = sequential(direct, gateway, args.rounds, args.per_round)
-        print(
-            f"sequential, {args.rounds} rounds x {args.per_round} requests, upstream latency {args.latency * 1000:.0f} ms"
-        )
-        for side in ("direct", "gateway"):
-            s = seq[side]
-            print(f"  {side:8} p50 {s['p50']:.3f} ms  p90 {s['p90']:.3f} ms  p99 {s['p99']:.3f} ms")
-        print(
-            f"  added latency: median of round medians {seq['added_median_ms']:.3f} ms, p99 {seq['added_p99_ms']:.3f} ms"
-        )
-        d_rps, d_ok = asyncio.run(_load(*direct, args.concurrency, args.seconds))
-        g_rps, g_ok = asyncio.run(_load(*gateway, args.concurrency, args.seconds))
-        print(f"throughput at {args.concurrency} connections, {args.seconds:.0f} s each")
-        print(f"  direct   {d_rps:8.0f} req/s  success {d_ok:.2%}")
-        print(f"  gateway  {g_rps:8.0f} req/s  success {g_ok:.2%}  ({g_rps / d_rps:.0%} of direct)")
-        print(f"  gateway RSS {rss_mb(procs[1].pid):.0f} MB")
+    try:
+        wait_ready(upstream + "/")
+        for url, _ in targets.values():
+            wait_ready(url.replace("/v1/chat/completions", "/health"))
+        seq = sequential(targets, args.rounds, args.per_round)
+        print(f"sequential: {args.rounds} interleaved rounds x {args.per_round} requests per target, "
+              f"upstream latency {args.latency * 1000:.0f} ms")  # fmt: skip
+        for name, s in seq.items():
+            added = "" if name == "direct" else (
+                f"  added: median {s['added_median']:.3f} ms, p99 {s['added_p99']:.3f} ms")  # fmt: skip
+            print(
+                f"  {name:10} p50 {s['p50']:.3f}  p90 {s['p90']:.3f}  p99 {s['p99']:.3f} ms{added}"
+            )
+        print(f"throughput: {args.concurrency} connections, {args.seconds:.0f} s per target")
+        rps = {}
+        for name, (url, headers) in targets.items():
+            rps[name], ok = asyncio.run(_load(url, headers, args.concurrency, args.seconds))
+            rss = f", RSS {rss_mb(procs[name].pid):.0f} MB" if name != "direct" else ""
+            print(f"  {name:10} {rps[name]:8.0f} req/s, success {ok:.2%}{rss}")
+        print(f"  billing on / off: {rps['billing'] / rps['no-billing']:.1%}")
     finally:
-        for p in procs:
+        for p in procs.values():
             p.terminate()
-        for p in procs:
+        for p in procs.values():
             p.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -212,3 +212,35 @@ def test_provider_without_its_key_answers_503(tmp_path: Path) -> None:
     assert json.loads(r.text)["error"]["message"] == (
         "provider openai is not configured on this server (its key OPENAI_API_KEY is not set)"
     )
+
+
+def test_billing_off_serves_free_unrecorded_calls(tmp_path: Path) -> None:
+    """``gateway.billing = false``: no credits needed, nothing held or recorded."""
+    from apimodels_openai.simulator import create_app
+    from support import SIM_KEY, registry_for
+
+    with serve(create_app(api_key=SIM_KEY)) as sim:
+        registry = registry_for(sim, tmp_path)
+        registry.write_text(
+            registry.read_text().replace("[gateway]\n", "[gateway]\nbilling = false\n")
+        )
+        server = assemble(registry, tmp_path / "free.db", environ={"OPENAI_API_KEY": SIM_KEY})
+        acct = create_account(server.db, "free@example.com")
+        _, key = create_key(server.db, acct["id"])
+        with (
+            serve(server.app) as url,
+            openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client,
+        ):
+            done = client.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert done.usage.model_extra["cost"] != "0.000000"  # the price is still reported
+            streamed = list(
+                client.chat.completions.create(
+                    model="openai/gpt-4o-mini",
+                    messages=[{"role": "user", "content": "hi"}],
+                    stream=True,
+                )
+            )
+            assert streamed
+        assert list(server.db.query("SELECT * FROM usage")) == []

@@ -45,7 +45,14 @@ def test_authenticate_and_bad_keys(db: sqlite_utils.Database) -> None:
     store = KeyStore(db, cache_seconds=5)
     principal = store.authenticate(f"Bearer {key}")
     assert principal.account_id == acct["id"]
-    for header in [None, "", "Bearer", f"Basic {key}", "Bearer sk-am-nope", f"Bearer {key[:-1]}{'y' if key[-1] == 'x' else 'x'}"]:
+    for header in [
+        None,
+        "",
+        "Bearer",
+        f"Basic {key}",
+        "Bearer sk-am-nope",
+        f"Bearer {key[:-1]}{'y' if key[-1] == 'x' else 'x'}",
+    ]:
         with pytest.raises(AuthenticationError) as info:
             store.authenticate(header)
         assert key not in info.value.message

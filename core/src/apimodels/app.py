@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import dispatch
 from .accounts import KeyStore, Principal
-from .billing import Bill, Biller
+from .billing import Bill, Biller, FreeBill
 from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency
@@ -215,6 +215,7 @@ class Frontend:
             )
 
         async def call(request: Request, principal: Principal) -> Response:
+            started = time.perf_counter()
             body = await (read_multipart(request) if multipart else read_json(request))
             try:
                 unified = schema.model_validate(body)
@@ -244,13 +245,13 @@ class Frontend:
                 raise
             # Answer once the charge is committed; a client leaving now must not undo it.
             await _settled(bill.succeed(priced.output.usage, priced.cost_micros))
-            return _priced_response(priced, bill.started)
+            return _priced_response(priced, started)
 
         endpoint.__name__ = path.replace("/", "_")
         return endpoint
 
     async def _stream(
-        self, route: Route, unified: UnifiedRequest, bill: Bill, estimate: Usage
+        self, route: Route, unified: UnifiedRequest, bill: Bill | FreeBill, estimate: Usage
     ) -> Response:
         def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
             return settle_stream(bill, route, estimate, result)
@@ -273,7 +274,7 @@ async def _settled(future: asyncio.Future[bool] | None) -> None:
 
 
 def settle_stream(
-    bill: Bill, route: Route, estimate: Usage, result: dispatch.StreamResult
+    bill: Bill | FreeBill, route: Route, estimate: Usage, result: dispatch.StreamResult
 ) -> asyncio.Future[bool] | None:
     """Bill a finished stream (see docs/api.md, "Streams"):
 

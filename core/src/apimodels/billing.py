@@ -90,18 +90,37 @@ class Bill:
         return future
 
 
+@dataclass(slots=True)
+class FreeBill:
+    """The bill of a gateway that runs with ``gateway.billing = false``: nothing is held,
+    charged or recorded."""
+
+    hold_micros: int = 0
+
+    def succeed(self, usage: Usage, cost_micros: int) -> None:
+        return None
+
+    def fail(self, error: BaseException | None, usage: Usage | None = None) -> None:
+        return None
+
+
 class Biller:
     """Opens bills for one gateway: one ledger, one hold lifetime, the keys' limits."""
 
-    def __init__(self, ledger: GroupCommit, hold_ttl: timedelta, limiter: Limiter) -> None:
+    def __init__(
+        self, ledger: GroupCommit, hold_ttl: timedelta, limiter: Limiter, *, enabled: bool = True
+    ) -> None:
         self.ledger = ledger
         self.hold_ttl = hold_ttl
         self.limiter = limiter
+        self.enabled = enabled
 
     async def open(
         self, request_id: str, principal: Principal, route: Route, hold_micros: int, *, stream: bool
-    ) -> Bill:
+    ) -> Bill | FreeBill:
         """Check the key's limits (429), then reserve ``hold_micros`` (402 when short)."""
+        if not self.enabled:
+            return FreeBill()
         self.limiter.admit(principal, hold_micros)
         model = route.model
         request = {

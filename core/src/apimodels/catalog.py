@@ -117,6 +117,7 @@ class GatewayConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
     key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
     key_rotation_grace_hours: Annotated[float, Field(ge=0)] = 24.0
+    billing: bool = True  # false: every call is free and unrecorded (internal deployments)
     hold_ttl_seconds: Annotated[float, Field(ge=1)] = 900.0
     expiry_sweep_seconds: Annotated[float, Field(gt=0)] = 60.0
 

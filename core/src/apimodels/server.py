@@ -53,7 +53,12 @@ def assemble(
     keys = KeyStore(db, settings.key_cache_seconds)
     ledger = Ledger(db)
     limiter = Limiter(db, settings.key_cache_seconds)
-    biller = Biller(GroupCommit(ledger), timedelta(seconds=settings.hold_ttl_seconds), limiter)
+    biller = Biller(
+        GroupCommit(ledger),
+        timedelta(seconds=settings.hold_ttl_seconds),
+        limiter,
+        enabled=settings.billing,
+    )
     simulators = Simulators() if sandbox else None
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     sweeper: list[asyncio.Task[None]] = []
