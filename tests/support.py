@@ -11,7 +11,7 @@ import httpx
 import sqlite_utils
 
 from apimodels.accounts import create_account, create_key
-from apimodels.db import open_db
+from apimodels.db import database_path, open_db
 from apimodels.ledger import Ledger
 from apimodels.server import Server
 
@@ -45,7 +45,7 @@ class Gateway:
 
     @cached_property
     def db(self) -> sqlite_utils.Database:
-        return open_db(self.server.db.conn.execute("PRAGMA database_list").fetchone()[2])
+        return open_db(database_path(self.server.db))
 
     @cached_property
     def ledger(self) -> Ledger:

@@ -35,3 +35,26 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
 def utcnow() -> str:
     """The current time as ISO-8601 UTC text, as stored in every table."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def database_path(db: sqlite_utils.Database) -> str:
+    """The file behind a database connection ('' for an in-memory one)."""
+    return db.conn.execute("PRAGMA database_list").fetchone()[2]
+
+
+class Checkpointer:
+    """Copies WAL pages into the database file from a worker thread, off the event loop.
+
+    The server's own connection turns automatic checkpoints off (they fsync the file and
+    would stall a request now and then); this keeps the WAL short instead, once a second.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA busy_timeout = 5000")
+
+    def checkpoint(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def close(self) -> None:
+        self.conn.close()

@@ -64,7 +64,7 @@ class Limiter:
                     headers={"retry-after": str(wait)},
                 )
         if limits.daily_cap_micros is not None or limits.total_cap_micros is not None:
-            self._sync(principal.key_id, state)
+            self._sync(principal.account_id, principal.key_id, state)
             day, seconds_left = _today()
             if state.day != day:
                 state.day, state.spent_day = day, 0
@@ -103,7 +103,7 @@ class Limiter:
         state.spent_day += cost_micros
         state.spent_total += cost_micros
 
-    def _sync(self, key_id: str, state: _KeyState) -> None:
+    def _sync(self, account_id: str, key_id: str, state: _KeyState) -> None:
         now = time.monotonic()
         if now - state.synced < self.sync_seconds:
             return
@@ -111,7 +111,7 @@ class Limiter:
         total, today = self.db.execute(
             "SELECT COALESCE(SUM(cost_micros), 0),"
             " COALESCE(SUM(CASE WHEN created_at >= ? THEN cost_micros END), 0)"
-            " FROM usage WHERE key_id = ?",
-            (day, key_id),
+            " FROM usage WHERE account_id = ? AND key_id = ?",
+            (day, account_id, key_id),
         ).fetchone()
         state.spent_total, state.spent_day, state.day, state.synced = total, today, day, now

@@ -90,7 +90,7 @@ def m002_ledger(db: sqlite_utils.Database) -> None:
             "reason": str,
             "actor": str,
             "idempotency_key": str,  # Stripe event id, order id, ...
-            "hold_id": str,  # the request a charge settles
+            "hold_id": str,  # the request a charge settles (once: see usage.hold_state)
             "created_at": str,
         },
         pk="id",
@@ -102,11 +102,9 @@ def m002_ledger(db: sqlite_utils.Database) -> None:
         "CREATE UNIQUE INDEX idx_entries_idempotency ON ledger_entries (idempotency_key)"
         " WHERE idempotency_key IS NOT NULL"
     )
-    db.execute(
-        "CREATE UNIQUE INDEX idx_entries_hold ON ledger_entries (hold_id) WHERE hold_id IS NOT NULL"
-    )
     db["ledger_entries"].create_index(["account_id"])
     # One row per billable request: its hold while it runs, its usage and cost after.
+    # Few indexes on purpose: every index is one more page written per request.
     db["usage"].create(
         {
             "request_id": str,
@@ -138,7 +136,6 @@ def m002_ledger(db: sqlite_utils.Database) -> None:
         not_null={"account_id", "hold_micros", "hold_state", "status", "created_at"},
     )
     db["usage"].create_index(["account_id", "created_at"])
-    db["usage"].create_index(["key_id", "created_at"])
     db.execute(
         "CREATE INDEX idx_usage_pending ON usage (hold_expires_at) WHERE hold_state = 'pending'"
     )

@@ -16,7 +16,7 @@ from .accounts import KeyStore
 from .app import create_app
 from .billing import Biller
 from .catalog import load_catalog
-from .db import open_db
+from .db import Checkpointer, database_path, open_db
 from .idempotency import Idempotency
 from .ledger import GroupCommit, Ledger
 from .limits import Limiter
@@ -74,10 +74,24 @@ def assemble(
             except Exception as exc:  # keep sweeping; never crash the server over it
                 log.error("expiry sweep failed: %s", type(exc).__name__)
 
+    checkpointer = Checkpointer(database_path(db)) if database_path(db) else None
+
+    async def checkpoints() -> None:
+        assert checkpointer is not None
+        db.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(checkpointer.checkpoint)
+            except Exception as exc:  # a busy database: try again next time
+                log.warning("checkpoint failed: %s", type(exc).__name__)
+
     async def on_startup() -> None:
         if n := ledger.expire():
             log.warning("released %d expired holds at startup", n)
         sweeper.append(asyncio.create_task(sweep()))
+        if checkpointer is not None:
+            sweeper.append(asyncio.create_task(checkpoints()))
         if simulators is not None:
             await simulators.start(gateway)
         for hook in server.started_hooks:
@@ -90,6 +104,8 @@ def assemble(
                 await task
         if simulators is not None:
             await simulators.stop()
+        if checkpointer is not None:
+            checkpointer.close()
 
     idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
     server.app = create_app(
