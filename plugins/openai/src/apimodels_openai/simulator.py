@@ -45,7 +45,15 @@ from starlette.types import Receive, Scope, Send
 
 from . import media
 
-CHAT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano")
+CHAT_MODELS = (
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+)
 EMBEDDING_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
 IMAGE_SIZES = {
     "dall-e-2": ("256x256", "512x512", "1024x1024"),
