@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -117,3 +118,43 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_credits_ledger_and_account_status(run) -> None:  # type: ignore[no-untyped-def]
+    run("accounts", "create", "money@example.com")
+    assert "balance 25.000000 USD" in run("credits", "grant", "money@example.com", "25", "--reason", "welcome")
+    out = run("credits", "adjust", "money@example.com", "-1.5", "--reason", "duplicate charge")
+    assert "balance 23.500000 USD" in out
+    assert "not a whole number of micro-dollars" in run(
+        "credits", "grant", "money@example.com", "0.0000001", "--reason", "dust", code=2
+    )
+    assert "Missing option '--reason'" in run("credits", "grant", "money@example.com", "5", code=2)
+    shown = run("credits", "show", "money@example.com")
+    assert "adjustment" in shown and "-1.500000" in shown and "welcome" in shown
+    assert "ledger ok" in run("ledger", "check")
+    assert "suspended" in run("accounts", "suspend", "money@example.com", "--reason", "abuse report 17")
+    assert "active" in run("accounts", "unsuspend", "money@example.com", "--reason", "resolved")
+    keyed = run("keys", "create", "money@example.com")
+    key_id = re.search(r"key_\w+", keyed).group(0)  # type: ignore[union-attr]
+    assert "rpm 60" in run("keys", "limit", key_id, "--rpm", "60", "--daily-usd", "5")
+    assert "give --rpm" in run("keys", "limit", key_id, code=2)
+    exported = json.loads(run("accounts", "export", "money@example.com"))
+    assert exported["account"]["email"] == "money@example.com"
+    assert [e["amount_micros"] for e in exported["ledger_entries"]] == [25_000_000, -1_500_000]
+    assert exported["keys"][0]["rpm_limit"] == 60 and "hash" not in exported["keys"][0]
+    run("accounts", "close", "money@example.com", "--reason", "asked to leave")
+    closed = json.loads(run("accounts", "export", "money@example.com"))
+    assert closed["account"]["status"] == "closed" and all(k["revoked_at"] for k in closed["keys"])
+    assert "is closed" in run("accounts", "suspend", "money@example.com", "--reason", "x", code=1)
+
+
+def test_ledger_check_fails_on_a_tampered_balance(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run("accounts", "create", "tamper@example.com")
+    run("credits", "grant", "tamper@example.com", "10", "--reason", "t")
+    from apimodels.db import open_db
+
+    db = open_db(tmp_path / "cli.db")
+    db.execute("UPDATE accounts SET balance_micros = balance_micros + 1")
+    db.conn.close()
+    out = run("ledger", "check", code=1)
+    assert "entries sum to 10000000" in out

@@ -22,7 +22,7 @@ from .errors import APIError, ConfigError
 
 # Piped output is not cut to 80 columns: ids and keys must survive `| grep`.
 console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 class _Group(click.Group):
