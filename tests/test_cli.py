@@ -122,7 +122,9 @@ def _free_port() -> int:
 
 def test_credits_ledger_and_account_status(run) -> None:  # type: ignore[no-untyped-def]
     run("accounts", "create", "money@example.com")
-    assert "balance 25.000000 USD" in run("credits", "grant", "money@example.com", "25", "--reason", "welcome")
+    assert "balance 25.000000 USD" in run(
+        "credits", "grant", "money@example.com", "25", "--reason", "welcome"
+    )
     out = run("credits", "adjust", "money@example.com", "-1.5", "--reason", "duplicate charge")
     assert "balance 23.500000 USD" in out
     assert "not a whole number of micro-dollars" in run(
@@ -132,7 +134,9 @@ def test_credits_ledger_and_account_status(run) -> None:  # type: ignore[no-unty
     shown = run("credits", "show", "money@example.com")
     assert "adjustment" in shown and "-1.500000" in shown and "welcome" in shown
     assert "ledger ok" in run("ledger", "check")
-    assert "suspended" in run("accounts", "suspend", "money@example.com", "--reason", "abuse report 17")
+    assert "suspended" in run(
+        "accounts", "suspend", "money@example.com", "--reason", "abuse report 17"
+    )
     assert "active" in run("accounts", "unsuspend", "money@example.com", "--reason", "resolved")
     keyed = run("keys", "create", "money@example.com")
     key_id = re.search(r"key_\w+", keyed).group(0)  # type: ignore[union-attr]

@@ -1,7 +1,7 @@
 """Assembling the gateway at startup: catalog + installed plugins -> providers and routes.
 
 Everything a request needs is resolved here once: the route of each public model id, its
-provider's pooled client and upstream settings, and the provider's own hook callers (pluggy
+provider's connection pool and upstream settings, and the provider's own hook callers (pluggy
 subset callers holding only that provider's plugin and the core fallbacks). A request then
 costs one dict lookup to dispatch, however many plugins are installed.
 """
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pluggy
 
 from . import default_hooks, hookspecs
@@ -23,7 +22,7 @@ from .catalog import Catalog, ModelConfig, ProviderConfig
 from .errors import ConfigError, ServiceUnavailable
 from .plugins import trace_hook_calls
 from .provider import ProviderSpec, Upstream
-from .upstream import make_client
+from .upstream import UpstreamClient
 
 log = logging.getLogger("apimodels")
 
@@ -74,7 +73,7 @@ class Provider:
     config: ProviderConfig
     hooks: ProviderHooks
     upstream: Upstream
-    client: httpx.AsyncClient | None = None
+    client: UpstreamClient | None = None
     unavailable: str | None = None  # why its models answer 503, if they do
 
     def ensure_available(self) -> None:
@@ -102,7 +101,7 @@ class Gateway:
     async def open(self) -> None:
         for provider in self.providers.values():
             if provider.client is None:
-                provider.client = make_client(provider.config)
+                provider.client = UpstreamClient(provider.config)
 
     async def aclose(self) -> None:
         for provider in self.providers.values():
