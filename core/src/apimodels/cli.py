@@ -112,11 +112,11 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
         body = (
             "[bold yellow]SANDBOX MODE: every provider is a local simulator. "
             "Outputs are simulated, nothing is sent upstream.[/]\n\n"
-            f"URL      {url}/v1\nAPI key  {key}\n\nTry it:\n{curl}"
+            f"URL      {url}/v1\nAPI key  {key}  (demo account, $10 of simulated credit)"
         )
-        console.print(
-            Panel(body, title="apimodels sandbox", expand=False), soft_wrap=True, highlight=False
-        )
+        console.print(Panel(body, title="apimodels sandbox", expand=False), highlight=False)
+        # Plain lines, so the command can be copied whole from any terminal.
+        click.echo(f"Try it:\n{curl}\n")
 
     server.started_hooks.append(announce)
     uvicorn.run(server.app, host=host, port=port, access_log=access_log, log_level="info")
