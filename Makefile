@@ -20,6 +20,7 @@ test: sync
 
 bench: sync
 	$(UV) run --no-sync python bench/overhead.py
+	$(UV) run --no-sync python bench/ledger.py
 
 lint: sync
 	$(UV) run --no-sync ruff check .
