@@ -53,7 +53,10 @@ class Simulators:
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gateway owns signals
             self.servers.append(server)
             self.tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+            deadline = asyncio.get_running_loop().time() + 10
             while not server.started:
+                if self.tasks[-1].done() or asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"the {name} simulator did not start")
                 await asyncio.sleep(0.01)
             origin = f"http://127.0.0.1:{port}"
             gateway.point_at(name, sandbox_base_url(provider.spec, origin), api_key)
