@@ -32,6 +32,11 @@ class Simulator:
     def requests(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.url}/_sim/requests").json()
 
+    def received(self) -> int:
+        """How many /v1 requests the simulator has received so far (a counter, not the log's length)."""
+        log = self.requests()
+        return log[-1]["seq"] if log else 0
+
 
 @dataclass
 class Gateway:

@@ -78,14 +78,14 @@ def test_concurrent_calls_never_overspend(gateway: Gateway, simulator: Simulator
 
 def test_402_is_openai_shaped_and_sends_nothing(gateway: Gateway, simulator: Simulator) -> None:
     account, key = gateway.new_account("poor@example.com", 1)
-    before = len(simulator.requests())
+    before = simulator.received()
     with (
         openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0) as client,
         pytest.raises(openai.APIStatusError) as info,
     ):
         client.chat.completions.create(**CHAT)
     assert info.value.status_code == 402 and info.value.code == "insufficient_credits"
-    assert len(simulator.requests()) == before
+    assert simulator.received() == before
     assert balance(gateway, account) == (1, 0) and rows(gateway, account) == []
 
 

@@ -205,3 +205,17 @@ def test_error_mapping() -> None:
         plugin.parse_error(model("openai/gpt-4o-mini"), httpx.Response(500, content=b"<html>"))
         is None
     )
+
+
+def test_reasoning_models_get_max_completion_tokens() -> None:
+    req = ChatRequest.model_validate(
+        {
+            "model": "openai/gpt-5-mini",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 64,
+        }
+    )
+    body = json.loads(plugin.build_request(model("openai/gpt-5-mini"), req, UPSTREAM).content)
+    assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
+    older = plugin.build_request(model("openai/gpt-4o"), chat(max_tokens=64), UPSTREAM)
+    assert json.loads(older.content)["max_tokens"] == 64

@@ -53,6 +53,8 @@ _AUDIO_TYPES = {
     "pcm": "audio/pcm",
 }
 
+#: Upstream ids of reasoning models, which take max_completion_tokens and not max_tokens.
+_REASONING_PREFIXES = ("gpt-5", "o1", "o3", "o4")
 #: Per-message framing tokens OpenAI adds around each chat message (an upper bound).
 _MESSAGE_OVERHEAD = 8
 #: Default output ceiling for a chat model whose catalog entry has no max_output_tokens.
@@ -191,6 +193,9 @@ def build_request(
     body["model"] = model.upstream
     if isinstance(request, ChatRequest):
         path = "/chat/completions"
+        if model.upstream.startswith(_REASONING_PREFIXES) and "max_tokens" in body:
+            # Reasoning models refuse max_tokens; clients written for older models send it.
+            body.setdefault("max_completion_tokens", body.pop("max_tokens"))
         if request.stream:
             # Always ask for the final usage chunk: billing needs it even when the client
             # did not ask (it is then dropped before reaching the client).

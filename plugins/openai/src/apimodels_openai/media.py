@@ -111,20 +111,21 @@ class _Crc16:
 
     def __init__(self) -> None:
         self.body = b""
-        self.basis: tuple[int, ...] = ()
-        self.base = 0
+        self.fast: tuple[int, tuple[int, ...]] | None = None  # crc(0, body), basis of Z
 
     def frame(self, header: bytes, body: bytes) -> int:
         state = _crc(header, 0x8005, 16)
-        if body != self.body:
-            if len(body) != len(self.body):  # Z depends only on the body's length
-                zeros = bytes(len(body))
-                self.basis = tuple(_crc(zeros, 0x8005, 16, 1 << b) for b in range(16))
-            self.body, self.base = body, _crc(body, 0x8005, 16)
-        crc = self.base
+        if body != self.body:  # a new body: walk it, and keep it in case it repeats
+            self.body, self.fast = body, None
+            return _crc(body, 0x8005, 16, state)
+        if self.fast is None:
+            zeros = bytes(len(body))
+            basis = tuple(_crc(zeros, 0x8005, 16, 1 << b) for b in range(16))
+            self.fast = _crc(body, 0x8005, 16), basis
+        crc, basis = self.fast
         for bit in range(16):
             if state >> bit & 1:
-                crc ^= self.basis[bit]
+                crc ^= basis[bit]
         return crc
 
 
@@ -185,7 +186,7 @@ def _ogg_page(
 def opus_silence(seconds: float, serial: int = 0x51AB) -> bytes:
     """An Ogg Opus file of silent 20 ms CELT frames (TOC 0xF8: full band, mono)."""
     pre_skip, frame = 312, 960  # samples at 48 kHz
-    frames = max(1, math.ceil(seconds * 50))
+    frames = max(1, math.ceil((seconds * 48000 + pre_skip) / frame))  # pre-skip is decoded too
     head = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, pre_skip, 24000, 0, 0)
     vendor = b"apimodels simulator"
     tags = b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
