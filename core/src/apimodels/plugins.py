@@ -53,10 +53,6 @@ if os.environ.get("APIMODELS_TRACE_PLUGINS"):
     trace_hook_calls(pm)
 
 
-def plugin_name(plugin: object) -> str | None:
-    return pm.get_name(plugin)
-
-
 def get_plugins() -> list[dict[str, Any]]:
     """Installed plugins: name, hooks implemented, and the distribution's name and version."""
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
