@@ -374,11 +374,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return error_response(
             NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
         )
-    err = InvalidRequest(
-        exc.detail or "Bad request", code="method_not_allowed" if exc.status_code == 405 else None
+    code = "method_not_allowed" if exc.status_code == 405 else None
+    return error_response(
+        InvalidRequest(exc.detail or "Bad request", code=code, status=exc.status_code)
     )
-    err.status = exc.status_code
-    return error_response(err)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

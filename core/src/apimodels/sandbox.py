@@ -9,6 +9,7 @@ revoked), so the key printed is always the one that works.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class Simulators:
             server = uvicorn.Server(
                 uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
             )
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gateway owns signals
+            # The gateway owns the process's signals; a simulator must not take Ctrl+C.
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             self.servers.append(server)
             self.tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
             deadline = asyncio.get_running_loop().time() + 10
@@ -81,8 +83,8 @@ def demo_key(db: sqlite_utils.Database, ledger: Ledger) -> str:
         actor="sandbox",
         idempotency_key=f"sandbox-demo:{account_id}",
     )
-    for key in list_keys(db, account_id):
-        if key["name"] == SANDBOX_KEY_NAME and key["revoked_at"] is None:
-            revoke_key(db, key["id"])
+    for row in list_keys(db, account_id):
+        if row["name"] == SANDBOX_KEY_NAME and row["revoked_at"] is None:
+            revoke_key(db, row["id"])
     _, key = create_key(db, account_id, SANDBOX_KEY_NAME)
     return key
