@@ -9,6 +9,7 @@ that a failure anywhere costs nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -213,7 +214,8 @@ class Relay:
             log.error("relay of %s failed: %s", name, type(exc).__name__)
             result.error = UpstreamError(f"{name} stream could not be relayed")
         finally:
-            await self.response.aclose()
+            with contextlib.suppress(Exception):  # closing must not keep the bill open
+                await self.response.aclose()
             settled = self.on_end(result)
             if settled is not None:  # the last event goes out once the bill is committed
                 await asyncio.shield(settled)
