@@ -40,7 +40,10 @@ def test_model_list_has_modality_provider_and_pricing(client: openai.OpenAI) -> 
     extra = mini.model_extra or {}
     assert extra["modality"] == "chat" and extra["provider"] == "openai"
     assert extra["pricing"]["input_per_1m"] == "0.15"
-    assert models["openai/dall-e-3"].model_extra["pricing"]["per_image"]["hd/1024x1024"] == "0.080"
+    assert (
+        models["openai/gpt-image-1.5"].model_extra["pricing"]["per_image"]["high/1024x1024"]
+        == "0.133"
+    )
     assert client.models.retrieve("openai/whisper-1").model_extra["modality"] == "transcription"
 
 
@@ -123,16 +126,21 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
 
 def test_images_b64_are_real_png(client: openai.OpenAI) -> None:
     raw = client.images.with_raw_response.generate(
-        model="openai/dall-e-3",
-        prompt="a red bicycle",
-        size="1024x1792",
-        quality="hd",
-        response_format="b64_json",
+        model="openai/gpt-image-1.5", prompt="a red bicycle", size="1024x1536", quality="high", n=2
     )
-    image = raw.parse().data[0]
-    width, height = png_size(base64.b64decode(image.b64_json))
-    assert width > 0 and height > 0
-    assert raw.headers["x-apimodels-cost"] == "0.120000"
+    result = raw.parse()
+    width, height = png_size(base64.b64decode(result.data[0].b64_json))
+    assert height > width > 0  # portrait, as asked
+    assert raw.headers["x-apimodels-cost"] == "0.400000"  # 2 x high/1024x1536 at $0.200
+    # quality "auto": held at the dearest variant, charged for the one the upstream made
+    auto = client.images.with_raw_response.generate(
+        model="openai/gpt-image-1.5", prompt="a cat", size="1024x1024"
+    )
+    made = auto.parse()
+    assert (
+        auto.headers["x-apimodels-cost"]
+        == {"low": "0.009000", "medium": "0.034000", "high": "0.133000"}[made.quality]
+    )
 
 
 def test_image_size_without_a_price_is_refused_before_any_upstream_call(
@@ -140,7 +148,7 @@ def test_image_size_without_a_price_is_refused_before_any_upstream_call(
 ) -> None:
     before = simulator.received()
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(model="openai/dall-e-2", prompt="x", size="1792x1024")
+        client.images.generate(model="openai/gpt-image-1.5", prompt="x", size="1792x1024")
     assert "no price" in info.value.message
     assert simulator.received() == before
 
@@ -221,7 +229,7 @@ def test_malformed_json_and_missing_field(http: httpx.Client) -> None:
 def test_wrong_modality_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="openai/dall-e-3", messages=[{"role": "user", "content": "x"}]
+            model="openai/gpt-image-1.5", messages=[{"role": "user", "content": "x"}]
         )
     assert info.value.code == "wrong_modality"
     assert "/v1/images/generations" in info.value.message

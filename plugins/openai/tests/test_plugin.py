@@ -62,19 +62,19 @@ def test_chat_estimate_is_an_upper_bound() -> None:
 
 
 def test_image_estimate_prices_auto_at_the_dearest_variant() -> None:
-    req = ImageRequest(model="openai/gpt-image-1", prompt="x", n=2)
-    usage = plugin.estimate_usage(model("openai/gpt-image-1"), req)
+    req = ImageRequest(model="openai/gpt-image-1.5", prompt="x", n=2)
+    usage = plugin.estimate_usage(model("openai/gpt-image-1.5"), req)
     assert usage.images == 2 and usage.variant in {"high/1024x1536", "high/1536x1024"}
-    sized = ImageRequest(model="openai/gpt-image-1", prompt="x", size="1024x1024", quality="auto")
-    assert plugin.estimate_usage(model("openai/gpt-image-1"), sized).variant == "high/1024x1024"
-    dalle = ImageRequest(model="openai/dall-e-3", prompt="x")
-    assert plugin.estimate_usage(model("openai/dall-e-3"), dalle).variant == "standard/1024x1024"
+    sized = ImageRequest(model="openai/gpt-image-1.5", prompt="x", size="1024x1024", quality="auto")
+    assert plugin.estimate_usage(model("openai/gpt-image-1.5"), sized).variant == "high/1024x1024"
+    low = ImageRequest(model="openai/gpt-image-1.5", prompt="x", size="1536x1024", quality="low")
+    assert plugin.estimate_usage(model("openai/gpt-image-1.5"), low).variant == "low/1536x1024"
 
 
 def test_image_response_is_priced_by_what_was_made() -> None:
-    req = ImageRequest(model="openai/gpt-image-1", prompt="x")
+    req = ImageRequest(model="openai/gpt-image-1.5", prompt="x")
     body = {"created": 1, "data": [{"b64_json": "AA=="}], "quality": "low", "size": "1024x1024"}
-    out = plugin.parse_response(model("openai/gpt-image-1"), req, httpx.Response(200, json=body))
+    out = plugin.parse_response(model("openai/gpt-image-1.5"), req, httpx.Response(200, json=body))
     assert out.usage.images == 1 and out.usage.variant == "low/1024x1024"
 
 
@@ -187,7 +187,7 @@ def test_error_mapping() -> None:
             }
         },
     )
-    assert isinstance(plugin.parse_error(model("openai/dall-e-3"), refusal), PermissionDenied)
+    assert isinstance(plugin.parse_error(model("openai/gpt-image-1.5"), refusal), PermissionDenied)
     bad = httpx.Response(
         400,
         json={

@@ -98,7 +98,7 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "/images/generations",
-        {"model": "gpt-image-1", "prompt": "a fox", "quality": "low", "size": "1024x1024"},
+        {"model": "gpt-image-1.5", "prompt": "a fox", "quality": "low", "size": "1024x1024"},
     ),
     (
         "/moderations",
@@ -217,11 +217,7 @@ UNIFIED = [
     ),
     EmbeddingRequest(model="openai/text-embedding-3-small", input=["a", "b"], dimensions=8),
     ImageRequest(
-        model="openai/dall-e-3",
-        prompt="a fox",
-        size="1792x1024",
-        quality="hd",
-        response_format="b64_json",
+        model="openai/gpt-image-1.5", prompt="a fox", size="1536x1024", quality="high", n=2
     ),
     SpeechRequest(
         model="openai/tts-1-hd", input="Hello", voice="nova", response_format="flac", speed=1.25

@@ -37,7 +37,8 @@ from apimodels import (
 
 PROVIDER = "openai"
 
-# Image defaults of each model when the request leaves them out.
+# Image defaults of the DALL-E models (retired upstream, still mapped for catalogs that
+# list them) when the request leaves them out; GPT Image models default to "auto".
 _IMAGE_DEFAULTS = {
     "dall-e-2": ("standard", "1024x1024"),
     "dall-e-3": ("standard", "1024x1024"),

@@ -94,13 +94,15 @@ IMAGE_SIZES = {
     "dall-e-2": ("256x256", "512x512", "1024x1024"),
     "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
     "gpt-image-1": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+    "gpt-image-1.5": ("1024x1024", "1536x1024", "1024x1536", "auto"),
 }
 IMAGE_QUALITIES = {
     "dall-e-2": ("standard", "auto"),
     "dall-e-3": ("standard", "hd", "auto"),
     "gpt-image-1": ("low", "medium", "high", "auto"),
+    "gpt-image-1.5": ("low", "medium", "high", "auto"),
 }
-#: gpt-image-1 output tokens per image, by quality and size (OpenAI's published table).
+#: GPT Image output tokens per image, by quality and size (OpenAI's published table).
 IMAGE_TOKENS = {
     "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
     "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
@@ -680,7 +682,7 @@ async def embeddings(request: Request, body: dict[str, Any]) -> Response:
 
 # --- images ----------------------------------------------------------------------------------
 
-_PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image-1": 32000}
+_PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image-1": 32000, "gpt-image-1.5": 32000}
 
 
 def _thumbnail(size: str) -> tuple[int, int]:
@@ -693,7 +695,7 @@ def _thumbnail(size: str) -> tuple[int, int]:
 async def images(request: Request, body: dict[str, Any]) -> Response:
     model = _model(body, IMAGE_SIZES, default="dall-e-2")
     prompt = _text(body, "prompt", _PROMPT_LIMITS[model])
-    gpt = model == "gpt-image-1"
+    gpt = model.startswith("gpt-image-")
     n = _integer(body, "n", 1, 1, 1 if model == "dall-e-3" else 10) or 1
     size = _choice(body, "size", IMAGE_SIZES[model], "auto" if gpt else "1024x1024")
     quality = _choice(body, "quality", IMAGE_QUALITIES[model], "auto")
