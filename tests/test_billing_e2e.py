@@ -319,3 +319,43 @@ def test_a_price_change_applies_to_new_requests_only(simulator: Simulator, tmp_p
         Decimal("0.000001"), ROUND_HALF_UP
     )
     assert out_old > 0
+
+
+def test_inputs_that_once_gave_500s(gateway: Gateway, simulator: Simulator) -> None:
+    """Review findings: each of these must be a clear 4xx (or work), never a 500."""
+    _, key = gateway.new_account("odd@example.com", 5_000_000)
+    huge = post(gateway, key, CHAT | {"max_tokens": 10**20})
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "max_tokens"
+    odd_part = CHAT | {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}
+    assert post(gateway, key, odd_part).status_code in (200, 400)
+    deep = "[" * 100_000 + "]" * 100_000
+    r = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=deep,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    assert r.status_code == 400
+    r = httpx.get(
+        f"{gateway.url}/v1/usage",
+        params={"since": "0001-01-01T00:00:00+14:00"},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "since"
+    streamed = post(gateway, key, CHAT | {"stream": 1}, **{"Idempotency-Key": "s-1"})
+    assert (
+        streamed.status_code == 400
+        and streamed.json()["error"]["code"] == "idempotency_not_supported"
+    )
+
+
+def test_receipts_while_a_call_is_in_flight(gateway: Gateway, simulator: Simulator) -> None:
+    _, key = gateway.new_account("inflight@example.com", 5_000_000)
+    simulator.knobs(latency=0.8)
+    slow = threading.Thread(target=lambda: post(gateway, key, CHAT))
+    slow.start()
+    time.sleep(0.3)
+    page = httpx.get(f"{gateway.url}/v1/usage", headers={"authorization": f"Bearer {key}"})
+    slow.join()
+    assert page.status_code == 200
+    [row] = page.json()["data"]
+    assert row["status"] == "pending" and row["cost"] is None

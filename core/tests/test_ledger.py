@@ -197,3 +197,41 @@ def test_the_floor_is_the_overrun_of_captures(costs: list[int]) -> None:
         ledger.capture(f"h{i}", cost)
         overrun += max(0, cost - 1_000)
     assert ledger.balance(acct).balance_micros >= -overrun
+
+
+def test_a_failing_operation_in_a_batch_undoes_only_itself(db: sqlite_utils.Database) -> None:
+    """Review finding: one request's database error must not roll back its neighbours."""
+    import asyncio
+
+    from apimodels.ledger import GroupCommit
+
+    ledger = Ledger(db)
+    a = create_account(db, "a@example.com")["id"]
+    b = create_account(db, "b@example.com")["id"]
+    ledger.post(a, 1_000, kind="grant", reason="g", actor="t")
+    ledger.post(b, 1_000, kind="grant", reason="g", actor="t")
+    ledger.hold("ra", a, 100, TTL)
+
+    async def batch() -> list[object]:
+        group = GroupCommit(ledger)
+        return await asyncio.gather(
+            group.capture("ra", 40),
+            group.hold("rb", b, 10**30, TTL),  # too large for SQLite: OverflowError
+            return_exceptions=True,
+        )
+
+    captured, failed = asyncio.run(batch())
+    assert captured is True and isinstance(failed, OverflowError)
+    assert ledger.balance(a).balance_micros == 960 and ledger.balance(b).held_micros == 0
+    assert ledger.check() == []
+
+
+def test_the_sweep_leaves_running_requests_alone(db: sqlite_utils.Database) -> None:
+    ledger = Ledger(db)
+    acct = create_account(db, "r@example.com")["id"]
+    ledger.post(acct, 1_000, kind="grant", reason="g", actor="t")
+    ledger.hold("long-stream", acct, 500, timedelta(seconds=1))
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    assert ledger.expire(now=later, running={"long-stream"}) == 0
+    assert ledger.capture("long-stream", 300)  # still charged when it ends
+    assert ledger.balance(acct).balance_micros == 700

@@ -128,7 +128,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object.",
             code="invalid_json",
@@ -237,6 +237,12 @@ class Frontend:
             # The estimate also refuses an unpriced variant: all before any hold or I/O.
             estimate, hold = dispatch.estimate(route, unified)
             stream = bool(getattr(unified, "stream", False))
+            if stream and IDEMPOTENCY_HEADER in request.headers:
+                raise InvalidRequest(
+                    "Streaming requests cannot be replayed: send them without Idempotency-Key",
+                    param="Idempotency-Key",
+                    code="idempotency_not_supported",
+                )
             request_id = request.scope["state"]["request_id"]
             bill = await self.biller.open(request_id, principal, route, hold, stream=stream)
             if stream:
@@ -363,6 +369,8 @@ def _with_errors(
             return await endpoint(request)
         except APIError as exc:
             return error_response(exc)
+        except Exception as exc:  # answered here, so no traceback reaches any log
+            return await _internal_error(request, exc)
 
     wrapped.__name__ = endpoint.__name__
     return wrapped

@@ -44,6 +44,7 @@ class Bill:
     principal: Principal
     route: Route
     hold_micros: int
+    running: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)
     settled: bool = False
 
@@ -68,6 +69,7 @@ class Bill:
         if self.settled:
             return None
         self.settled = True
+        self.running.discard(self.request_id)
         self.limiter.settled(self.principal, self.hold_micros, cost_micros)
         future = self.ledger.capture(self.request_id, cost_micros, self._fields(usage, None))
         future.add_done_callback(lambda f: _settled(self.request_id, f))
@@ -80,6 +82,7 @@ class Bill:
         if self.settled:
             return None
         self.settled = True
+        self.running.discard(self.request_id)
         self.limiter.settled(self.principal, self.hold_micros, 0)
         if isinstance(error, APIError):
             code = error.code
@@ -114,6 +117,8 @@ class Biller:
         self.hold_ttl = hold_ttl
         self.limiter = limiter
         self.enabled = enabled
+        #: Requests holding credits in this process: the expiry sweep leaves them alone.
+        self.running: set[str] = set()
 
     async def open(
         self, request_id: str, principal: Principal, route: Route, hold_micros: int, *, stream: bool
@@ -138,4 +143,7 @@ class Biller:
         except BaseException:
             self.limiter.settled(principal, hold_micros, 0)
             raise
-        return Bill(self.ledger, self.limiter, request_id, principal, route, hold_micros)
+        self.running.add(request_id)
+        return Bill(
+            self.ledger, self.limiter, request_id, principal, route, hold_micros, self.running
+        )

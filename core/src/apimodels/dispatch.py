@@ -218,7 +218,10 @@ class Relay:
                 await self.response.aclose()
             settled = self.on_end(result)
             if settled is not None:  # the last event goes out once the bill is committed
-                await asyncio.shield(settled)
+                try:
+                    await asyncio.shield(settled)
+                except Exception as exc:  # logged by the bill; the stream must still end
+                    log.error("settling a stream of %s failed: %s", name, type(exc).__name__)
             if result.error is not None:
                 self._queue.put_nowait(_sse(json.dumps(result.error.body(), separators=(",", ":"))))
             else:

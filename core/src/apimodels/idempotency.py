@@ -58,12 +58,6 @@ class Idempotency:
         digest = hashlib.sha256(
             request.method.encode() + request.url.path.encode() + b"\0" + raw
         ).hexdigest()
-        if b'"stream":true' in raw.replace(b" ", b""):
-            raise InvalidRequest(
-                "Streaming requests cannot be replayed: send them without Idempotency-Key",
-                param="Idempotency-Key",
-                code="idempotency_not_supported",
-            )
         stored = self._claim(account_id, key, digest)
         if stored is not None:
             return stored

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +30,7 @@ from typing import Any
 import sqlite_utils
 
 from .db import utcnow
-from .errors import APIError, InsufficientCredits, NotFound
+from .errors import InsufficientCredits, NotFound
 
 ENTRY_KINDS = ("grant", "topup", "charge", "refund", "adjustment")
 
@@ -139,10 +139,8 @@ class GroupCommit:
 
     Each operation is queued and awaited; the first one queued in a loop iteration schedules
     a flush for the end of that iteration, which runs every queued operation in one SQLite
-    transaction and then answers them. An operation refuses (a hold the balance cannot
-    cover) only before it writes anything, so a refusal needs no rollback; any other error
-    rolls the whole batch back and fails every operation in it. A request goes on only
-    after its operation is committed, so
+    transaction (each operation in a savepoint of its own) and then answers them. A request
+    goes on only after its operation is committed, so
     durability is that of one transaction per request; what batching saves is the commit's
     page writes, shared by every request in the batch.
     """
@@ -167,11 +165,16 @@ class GroupCommit:
                 for op, future in batch:
                     if future.cancelled():  # its request is gone: do not hold for it
                         continue
+                    # Each operation in its own savepoint: one that fails (a refused hold,
+                    # a value SQLite cannot store) is undone alone, never its neighbours.
+                    c.execute("SAVEPOINT op")
                     try:
                         outcomes.append((future, op(c), None))
-                    except APIError as exc:  # a refusal; the op wrote nothing (see above)
+                    except Exception as exc:
+                        c.execute("ROLLBACK TO op")
                         outcomes.append((future, None, exc))
-        except Exception as exc:  # a database failure: nothing of the batch happened
+                    c.execute("RELEASE op")
+        except Exception as exc:  # the commit itself failed: nothing of the batch happened
             outcomes = [(future, None, exc) for _, future in batch]
         for future, result, error in outcomes:
             if future.cancelled():
@@ -307,8 +310,9 @@ class Ledger:
         with self._tx() as c:
             return release_op(c, request_id, fields, state)
 
-    def expire(self, now: datetime | None = None) -> int:
-        """Release every pending hold past its expiry (left by a crash). Returns how many."""
+    def expire(self, now: datetime | None = None, *, running: Collection[str] = ()) -> int:
+        """Release every pending hold past its expiry (left by a crash), except those of
+        requests still ``running`` in this process. Returns how many."""
         cutoff = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
         ids = [
             r[0]
@@ -318,7 +322,7 @@ class Ledger:
             ).fetchall()
         ]
         expired = {"error_code": "hold_expired"}
-        return sum(self.release(i, expired, state="expired") for i in ids)
+        return sum(self.release(i, expired, state="expired") for i in ids if i not in running)
 
     # --- audit -------------------------------------------------------------------------
 

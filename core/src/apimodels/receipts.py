@@ -37,7 +37,7 @@ def render_usage(row: dict[str, Any]) -> dict[str, Any]:
         "stream": bool(row["stream"]),
         "usage": usage,
         "unit_prices": json.loads(row["unit_prices"]) if row.get("unit_prices") else {},
-        "cost": format_usd(row["cost_micros"]),
+        "cost": None if row["cost_micros"] is None else format_usd(row["cost_micros"]),
         "hold": format_usd(row["hold_micros"] or 0),
         "error_code": row["error_code"],
         "latency_ms": row["latency_ms"],
@@ -54,13 +54,13 @@ def _time(value: str | None, name: str) -> str | None:
             if value.replace(".", "", 1).isdigit()
             else datetime.fromisoformat(value)
         )
-    except (ValueError, OverflowError):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError, OSError):
         raise InvalidRequest(
             f"'{name}' must be a Unix timestamp or an ISO-8601 time", param=name
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _json(body: Any) -> Response:

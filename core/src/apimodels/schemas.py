@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: The largest output a request may ask for (no model comes near it).
+MAX_OUTPUT_TOKENS = 10_000_000
+
 
 class Modality(StrEnum):
     chat = "chat"
@@ -50,8 +53,9 @@ class ChatRequest(UnifiedRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    # Bounded so that an estimate always fits the ledger's integers (and any real model).
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     n: Annotated[int, Field(ge=1, le=8)] | None = None
 
     def text(self) -> str:
@@ -61,7 +65,11 @@ class ChatRequest(UnifiedRequest):
             if isinstance(m.content, str):
                 parts.append(m.content)
             elif m.content:
-                parts.extend(p.get("text", "") for p in m.content if isinstance(p, dict))
+                parts.extend(
+                    p["text"]
+                    for p in m.content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
         return "\n".join(parts)
 
 

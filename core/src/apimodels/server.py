@@ -68,7 +68,7 @@ def assemble(
         while True:
             await asyncio.sleep(settings.expiry_sweep_seconds)
             try:
-                if n := ledger.expire():
+                if n := ledger.expire(running=biller.running):
                     log.warning("released %d expired holds", n)
                 idempotency.purge()
             except Exception as exc:  # keep sweeping; never crash the server over it
