@@ -26,21 +26,23 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _apimodels(registry: Path, db: Path, *args: str) -> list[str]:
+    """The command line of the ``apimodels`` CLI on this registry and database."""
+    return [
+        sys.executable,
+        "-m",
+        "apimodels.cli",
+        "--registry",
+        str(registry),
+        "--db",
+        str(db),
+        *args,
+    ]
+
+
 def _start(registry: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "apimodels.cli",
-            "--registry",
-            str(registry),
-            "--db",
-            str(db),
-            "serve",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
+        _apimodels(registry, db, "serve", "--port", str(port), "--no-access-log"),
         env=os.environ | {"OPENAI_API_KEY": SIM_KEY},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -58,19 +60,7 @@ def _start(registry: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
 
 def _cli(registry: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "apimodels.cli",
-            "--registry",
-            str(registry),
-            "--db",
-            str(db),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        _apimodels(registry, db, *args), capture_output=True, text=True, timeout=60
     )
 
 
