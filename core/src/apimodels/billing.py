@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -70,10 +71,19 @@ class Bill:
             return None
         self.settled = True
         self.running.discard(self.request_id)
-        self.limiter.settled(self.principal, self.hold_micros, cost_micros)
         future = self.ledger.capture(self.request_id, cost_micros, self._fields(usage, None))
         future.add_done_callback(lambda f: _settled(self.request_id, f))
+        future.add_done_callback(self._count_spend(cost_micros))
         return future
+
+    def _count_spend(self, cost_micros: int) -> Callable[[asyncio.Future[bool]], None]:
+        """A key's spending grows by what was actually charged, once the charge is saved."""
+
+        def count(future: asyncio.Future[bool]) -> None:
+            charged = not future.cancelled() and future.exception() is None and future.result()
+            self.limiter.settled(self.principal, self.hold_micros, cost_micros if charged else 0)
+
+        return count
 
     def fail(
         self, error: BaseException | None, usage: Usage | None = None
