@@ -29,8 +29,8 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
+from apimodels import media
 from apimodels.testing import serve
-from apimodels_openai import media
 from apimodels_openai.simulator import (
     EMBEDDING_DIMENSIONS,
     IMAGE_SIZES,

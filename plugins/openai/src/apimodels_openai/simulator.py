@@ -73,7 +73,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import media
+from apimodels import media
 
 # --- what the simulator knows ------------------------------------------------------------
 

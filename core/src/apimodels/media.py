@@ -1,4 +1,4 @@
-"""Small but real media files, made from scratch with the standard library, for the simulator.
+"""Small but real media files, made from scratch with the standard library, for the simulators.
 
 Every file opens in ordinary tools (checked once against FFmpeg's decoders):
 
