@@ -49,8 +49,10 @@ class Pricing(_Strict):
     output_per_1m: Price | None = None
     per_image: Price | dict[str, Price] | None = None
     per_1k_chars: Price | None = None
-    per_second: Price | None = None
+    per_second: Price | None = None  # of audio in (transcription) or of video out
     per_minute: Price | None = None
+    per_output: Price | None = None  # per file a task produces (a video, a song)
+    per_run_second: Price | None = None  # per second of upstream hardware time
     markup: Price = Decimal(0)
 
     def as_dict(self) -> dict[str, Any]:
@@ -69,10 +71,10 @@ class Pricing(_Strict):
 REQUIRED_PRICES: dict[Modality, list[tuple[str, ...]]] = {
     Modality.chat: [("input_per_1m",), ("output_per_1m",)],
     Modality.embedding: [("input_per_1m",)],
-    Modality.image: [("per_image",)],
-    Modality.speech: [("per_1k_chars",)],
-    Modality.transcription: [("per_minute", "per_second")],
-    Modality.video: [("per_second", "per_image")],
+    Modality.image: [("per_image", "per_run_second")],
+    Modality.speech: [("per_1k_chars", "per_run_second")],
+    Modality.transcription: [("per_minute", "per_second", "per_run_second")],
+    Modality.video: [("per_second", "per_output", "per_run_second")],
 }
 
 
@@ -87,6 +89,7 @@ class ProviderConfig(_Strict):
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     max_connections: Annotated[int, Field(ge=1)] = 256
+    webhook_secret_env: str | None = None  # overrides the plugin's default variable name
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -99,6 +102,12 @@ class ModelConfig(_Strict):
     modality: Modality
     pricing: Pricing
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    # The most one task can produce, for its hold (estimate from the maximum, not the
+    # typical case): files, seconds of video or audio, seconds of upstream run time.
+    max_outputs: Annotated[int, Field(ge=1, le=100)] = 1
+    max_output_seconds: Annotated[Decimal, Field(ge=0)] | None = None
+    max_run_seconds: Annotated[Decimal, Field(ge=0)] | None = None
+    task_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
     description: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -122,8 +131,26 @@ class GatewayConfig(_Strict):
     expiry_sweep_seconds: Annotated[float, Field(gt=0)] = 60.0
 
 
+class TasksConfig(_Strict):
+    """``[tasks]``: long-running tasks, their worker and the clients' webhooks."""
+
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = 1.0  # first poll of a job
+    max_poll_interval_seconds: Annotated[float, Field(gt=0)] = 15.0  # backoff cap
+    timeout_seconds: Annotated[float, Field(gt=0)] = 3600.0  # then canceled, cost 0
+    lease_seconds: Annotated[float, Field(gt=0)] = 60.0  # a crashed worker's tasks wait this
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32  # tasks advanced at once
+    sync_wait_seconds: Annotated[float, Field(ge=0, le=600)] = 60.0  # sync images via jobs
+    # The gateway's own public URL: upstream webhooks are sent to {public_base_url}/webhooks/…
+    # Without it, jobs are only polled.
+    public_base_url: str | None = None
+    allow_private_webhooks: bool = False  # client webhooks to http/private hosts (tests)
+    webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    webhook_retry_hours: Annotated[float, Field(gt=0)] = 72.0  # give up after this
+
+
 class Catalog(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 

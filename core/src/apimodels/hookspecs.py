@@ -2,7 +2,10 @@
 
 A provider plugin implements ``register_providers`` plus the per-call hooks for its own
 models: ``estimate_usage``, ``build_request``, ``parse_response``, ``parse_stream_event`` and
-``parse_error``; ``price_usage`` only when the catalog's unit prices are not enough. A policy
+``parse_error``; ``price_usage`` only when the catalog's unit prices are not enough. A
+provider whose upstream runs long jobs (predictions, video renders) also implements the job
+hooks: ``input_schema``, ``build_job_request``, ``build_job_poll``, ``build_job_cancel``,
+``parse_job`` and, if the upstream sends signed webhooks, ``verify_webhook``. A policy
 plugin implements ``check_request``. The core resolves model -> provider -> hook callers
 once at startup, so a provider's hooks are only ever called for that provider's models.
 
@@ -12,9 +15,9 @@ so specs can gain arguments without breaking published plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pluggy import HookimplMarker, HookspecMarker
 
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 
     from .catalog import ModelConfig, Pricing
     from .errors import APIError
-    from .provider import Output, ProviderSpec, StreamEvent, Upstream, Usage, Verdict
+    from .provider import Job, Output, ProviderSpec, StreamEvent, Upstream, Usage, Verdict
     from .schemas import UnifiedRequest
 
 hookspec = HookspecMarker("apimodels")
@@ -151,4 +154,102 @@ def check_request(model: ModelConfig, request: UnifiedRequest, account_id: str) 
     :param request: the validated unified request (all user content is in it).
     :param account_id: the calling account.
     :return: ``Verdict.deny(category, reason)``, ``Verdict("allow")`` or None (no opinion).
+    """
+
+
+@hookspec(firstresult=True)
+def input_schema(model: ModelConfig) -> dict[str, Any] | None:
+    """The JSON Schema of a model's task input (the ``input`` of ``POST /v1/tasks``).
+
+    Called once per model at startup; every task's input is validated against it before
+    anything is held or sent. Models of the built-in modalities without a schema take the
+    fields of their unified request (chat takes ``messages``, images take ``prompt``...).
+
+    :param model: the catalog entry.
+    :return: a JSON Schema (draft 2020-12) as a dict, or None.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def build_job_request(
+    model: ModelConfig,
+    input: dict[str, Any],
+    upstream: Upstream,
+    webhook_url: str | None,
+    wait_seconds: int | None,
+) -> httpx.Request | None:
+    """Start a long-running upstream job for a task. No I/O here.
+
+    Implement it for models the upstream runs as jobs; for the others the core runs a task
+    as the model's ordinary call, in the background.
+
+    :param model: the catalog entry.
+    :param input: the task's validated input.
+    :param upstream: the provider's base URL, key and settings.
+    :param webhook_url: where the upstream should send job events (the gateway's
+        ``/webhooks/{provider}``), or None: the core then polls.
+    :param wait_seconds: ask the upstream to hold the answer up to this long for short jobs
+        (Replicate's ``Prefer: wait``), or None.
+    :return: the ``httpx.Request`` that creates the job; its answer goes to ``parse_job``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def build_job_poll(model: ModelConfig, job_id: str, upstream: Upstream) -> httpx.Request | None:
+    """The request that reads a job's current state; its answer goes to ``parse_job``.
+
+    :param model: the catalog entry.
+    :param job_id: the upstream's id of the job (``Job.id``).
+    :param upstream: the provider's base URL, key and settings.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def build_job_cancel(model: ModelConfig, job_id: str, upstream: Upstream) -> httpx.Request | None:
+    """The request that cancels a job upstream (a canceled or timed-out task).
+
+    :param model: the catalog entry.
+    :param job_id: the upstream's id of the job.
+    :param upstream: the provider's base URL, key and settings.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def parse_job(model: ModelConfig, data: dict[str, Any], upstream: Upstream) -> Job | None:
+    """Normalize an upstream job, as answered to a create or a poll or sent by a webhook.
+
+    :param model: the catalog entry.
+    :param data: the upstream's JSON description of the job.
+    :param upstream: the provider's base URL, key and settings (to build the requests that
+        download output files, with whatever authorization they need).
+    :return: a :class:`apimodels.provider.Job`. Map the upstream's states onto queued,
+        running, succeeded, failed and canceled; report failures in words fit for the API
+        consumer (never a key or an internal host).
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def verify_webhook(
+    headers: Mapping[str, str], body: bytes, upstream: Upstream
+) -> dict[str, Any] | None:
+    """Check the signature of a webhook the upstream sent to ``/webhooks/{provider}``.
+
+    :param headers: the request's headers (lower-case names).
+    :param body: the raw body, exactly as received.
+    :param upstream: the provider's settings and ``webhook_secret``.
+    :return: the job's JSON (then given to ``parse_job``). Raise
+        :class:`apimodels.errors.PermissionDenied` for a bad signature or a stale timestamp:
+        the core answers 400 and changes nothing.
+
+    Stops at the first non-None result.
     """

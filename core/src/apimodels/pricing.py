@@ -46,7 +46,7 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
         total += usage.cached_input_tokens * cached_price / _MILLION
     if usage.output_tokens and pricing.output_per_1m is not None:
         total += usage.output_tokens * pricing.output_per_1m / _MILLION
-    if usage.images:
+    if usage.images and pricing.per_image is not None:
         total += usage.images * image_unit_price(pricing, usage.variant, model_id)
     if usage.characters and pricing.per_1k_chars is not None:
         total += usage.characters * pricing.per_1k_chars / _THOUSAND
@@ -55,6 +55,10 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
             total += usage.seconds * pricing.per_second
         elif pricing.per_minute is not None:
             total += usage.seconds * pricing.per_minute / _SIXTY
+    if usage.outputs and pricing.per_output is not None:
+        total += usage.outputs * pricing.per_output
+    if usage.run_seconds and pricing.per_run_second is not None:
+        total += usage.run_seconds * pricing.per_run_second
     if pricing.markup:
         total += total * pricing.markup
     return total

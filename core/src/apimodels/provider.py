@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import httpx
 
 #: An ASGI application (the simulator of an upstream).
 ASGIApp = Callable[..., Any]
@@ -36,6 +39,7 @@ class ProviderSpec:
     simulator: Callable[..., ASGIApp] | None = None
     settings: type[BaseModel] | None = None
     description: str = ""
+    webhook_secret_env: str | None = None  # the secret that signs the upstream's webhooks
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,7 @@ class Upstream:
     base_url: str
     api_key: str | None
     settings: BaseModel | None = None
+    webhook_secret: str | None = None  # checks the upstream's signed webhooks
 
     def __repr__(self) -> str:  # never print the key
         return f"Upstream(name={self.name!r}, base_url={self.base_url!r}, api_key=***)"
@@ -64,6 +69,8 @@ class Usage:
     images: int = 0
     characters: int = 0
     seconds: Decimal = field(default_factory=Decimal)
+    outputs: int = 0  # files a task produced (videos, songs), for ``per_output`` prices
+    run_seconds: Decimal = field(default_factory=Decimal)  # upstream hardware time of a job
     variant: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,11 +82,14 @@ class Usage:
                 "output_tokens",
                 "images",
                 "characters",
+                "outputs",
             )
             if getattr(self, k)
         }
         if self.seconds:
             out["seconds"] = str(self.seconds)
+        if self.run_seconds:
+            out["run_seconds"] = str(self.run_seconds)
         if self.variant:
             out["variant"] = self.variant
         return out
@@ -121,3 +131,33 @@ class Verdict:
     @classmethod
     def deny(cls, category: str, reason: str) -> Verdict:
         return cls("deny", category, reason)
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+@dataclass(slots=True)
+class Job:
+    """A long-running upstream job (a Replicate prediction), normalized by ``parse_job``.
+
+    :param id: the upstream's id of the job.
+    :param status: one of queued, running, succeeded, failed, canceled.
+    :param files: on success, one request per output file; the core sends them and copies
+        the bytes into its storage before the task succeeds (upstream URLs expire).
+    :param text: on success, the output of a text model.
+    :param usage: what the job used that the upstream reports (``run_seconds``); the core
+        adds what it measures from the files (images, outputs, seconds of video or audio).
+    :param error_code, error_message: why it failed, in words fit for the API consumer.
+    """
+
+    id: str
+    status: JobStatus
+    files: list[httpx.Request] = field(default_factory=list)
+    text: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed", "canceled")

@@ -8,6 +8,7 @@ costs one dict lookup to dispatch, however many plugins are installed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,12 @@ PROVIDER_HOOKS = (
     "parse_stream_event",
     "parse_error",
     "price_usage",
+    "input_schema",
+    "build_job_request",
+    "build_job_poll",
+    "build_job_cancel",
+    "parse_job",
+    "verify_webhook",
 )
 
 
@@ -62,6 +69,17 @@ class ProviderHooks:
     parse_stream_event: Any
     parse_error: Any
     price_usage: Any
+    input_schema: Any
+    build_job_request: Any
+    build_job_poll: Any
+    build_job_cancel: Any
+    parse_job: Any
+    verify_webhook: Any
+
+    @property
+    def runs_jobs(self) -> bool:
+        """Whether the provider's upstream runs long jobs (it implements the job hooks)."""
+        return bool(self.build_job_request.get_hookimpls())
 
 
 @dataclass
@@ -86,6 +104,8 @@ class Route:
     model: ModelConfig
     provider: Provider
     prices_json: str  # the unit prices in force, as stored on each usage row
+    jobs: bool = False  # the upstream runs this model as long jobs (tasks, polled)
+    input_schema: dict[str, Any] | None = None  # of task inputs, from the plugin
 
 
 @dataclass
@@ -112,8 +132,15 @@ class Gateway:
     def point_at(self, name: str, base_url: str, api_key: str) -> None:
         """Send a provider's traffic to ``base_url`` with ``api_key`` (sandbox simulators)."""
         p = self.providers[name]
-        p.upstream = Upstream(name, base_url.rstrip("/"), api_key, p.upstream.settings)
+        p.upstream = Upstream(
+            name, base_url.rstrip("/"), api_key, p.upstream.settings, p.upstream.webhook_secret
+        )
         p.unavailable = None
+
+    def take_webhook_secret(self, name: str, secret: str) -> None:
+        """Check ``name``'s webhooks with ``secret`` (a sandbox simulator's own)."""
+        p = self.providers[name]
+        p.upstream = dataclasses.replace(p.upstream, webhook_secret=secret)
 
 
 def registered_providers(pm: pluggy.PluginManager) -> dict[str, tuple[ProviderSpec, object]]:
@@ -173,18 +200,27 @@ def build_gateway(
                 f"provider {name} is not configured on this server (its key {key_env} is not set)"
             )
             notices.append(f"provider {name}: {key_env} is not set; its models will answer 503")
-        upstream = Upstream(name, (config.base_url or spec.base_url).rstrip("/"), api_key, settings)
+        secret_env = config.webhook_secret_env or spec.webhook_secret_env
+        upstream = Upstream(
+            name,
+            (config.base_url or spec.base_url).rstrip("/"),
+            api_key,
+            settings,
+            env.get(secret_env) if secret_env else None,
+        )
         providers[name] = Provider(
             name, spec, config, ProviderHooks(pm, owner), upstream, unavailable=unavailable
         )
-    routes = {
-        model_id: Route(
+    routes = {}
+    for model_id, model in catalog.served_models().items():
+        hooks = providers[model.provider].hooks
+        routes[model_id] = Route(
             model,
             providers[model.provider],
             json.dumps(model.pricing.as_dict(), separators=(",", ":")),
+            jobs=hooks.runs_jobs,
+            input_schema=hooks.input_schema(model=model),
         )
-        for model_id, model in catalog.served_models().items()
-    }
     return Gateway(
         catalog,
         providers,
