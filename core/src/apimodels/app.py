@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -28,14 +28,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import dispatch
 from .accounts import KeyStore, Principal
 from .billing import Bill, Biller, FreeBill
-from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
+from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge, UpstreamError
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency
 from .money import format_usd
 from .provider import Usage
 from .receipts import Receipts
 from .runtime import Gateway, Route
-from .schemas import ENDPOINTS, Modality, UnifiedRequest
+from .schemas import ENDPOINTS, ImageRequest, Modality, UnifiedRequest
+
+if TYPE_CHECKING:
+    from .tasks import TasksAPI
 
 log = logging.getLogger("apimodels")
 
@@ -170,12 +173,18 @@ class Frontend:
     """The endpoints, bound to one assembled gateway and key store."""
 
     def __init__(
-        self, gateway: Gateway, keys: KeyStore, biller: Biller, idempotency: Idempotency
+        self,
+        gateway: Gateway,
+        keys: KeyStore,
+        biller: Biller,
+        idempotency: Idempotency,
+        tasks: TasksAPI | None = None,
     ) -> None:
         self.gateway = gateway
         self.keys = keys
         self.biller = biller
         self.idempotency = idempotency
+        self.tasks = tasks
         self.models_body = json.dumps(self._models_list(), separators=(",", ":")).encode()
 
     def _model_object(self, route: Route) -> dict[str, Any]:
@@ -233,6 +242,8 @@ class Frontend:
             if route.model.modality is not modality:
                 raise _wrong_modality(route, path)
             route.provider.ensure_available()
+            if route.jobs:
+                return await self._through_task(principal, route, unified, started)
             dispatch.check_policy(self.gateway, route, unified, principal.account_id)
             # The estimate also refuses an unpriced variant: all before any hold or I/O.
             estimate, hold = dispatch.estimate(route, unified)
@@ -261,6 +272,33 @@ class Frontend:
 
         endpoint.__name__ = path.replace("/", "_")
         return endpoint
+
+    async def _through_task(
+        self, principal: Principal, route: Route, unified: UnifiedRequest, started: float
+    ) -> Response:
+        """An image model its upstream runs as jobs, on the synchronous endpoint: run it as
+        a task and wait (``tasks.sync_wait_seconds``), then answer like any image call."""
+        if self.tasks is None or not isinstance(unified, ImageRequest):
+            raise _wrong_modality(route, "images/generations")
+        task = await self.tasks.run_sync(principal, route, image_task_input(route, unified))
+        if task["status"] != "succeeded":
+            raise UpstreamError(
+                task["error_message"] or "the image could not be made",
+                code=task["error_code"] or "upstream_failed",
+            )
+        rendered = self.tasks.render(task)
+        cost = rendered["cost"]
+        body = {
+            "created": int(time.time()),
+            "data": [{"url": item["url"]} for item in rendered["output"] or []],
+            "usage": {"cost": cost},
+            "task_id": task["id"],
+        }
+        headers = {
+            "x-apimodels-cost": cost,
+            "openai-processing-ms": str(int((time.perf_counter() - started) * 1000)),
+        }
+        return json_response(body, headers=headers)
 
     async def _stream(
         self, route: Route, unified: UnifiedRequest, bill: Bill | FreeBill, estimate: Usage
@@ -342,6 +380,27 @@ def _priced_response(priced: dispatch.Priced, started: float) -> Response:
     return Response(output.body, media_type=output.content_type, headers=headers)
 
 
+def image_task_input(route: Route, request: ImageRequest) -> dict[str, Any]:
+    """An images request as a job's input: the prompt, the count when the model takes one,
+    and any extra field the model's input schema names (``aspect_ratio``, ``seed``...)."""
+    properties = (route.input_schema or {}).get("properties", {})
+    task_input: dict[str, Any] = {"prompt": request.prompt}
+    if request.n > 1:
+        if "num_outputs" not in properties:
+            raise InvalidRequest(f"{route.model.id} makes one image per request", param="n")
+        task_input["num_outputs"] = request.n
+    for name, value in (request.model_extra or {}).items():
+        if name in properties:
+            task_input[name] = value
+    if request.size is not None and "size" not in properties:
+        raise InvalidRequest(
+            f"{route.model.id} does not take 'size'; send its own fields "
+            f"({', '.join(sorted(properties)) or 'none'})",
+            param="size",
+        )
+    return task_input
+
+
 def _unknown_model(model_id: str) -> NotFound:
     return NotFound(
         f"The model '{model_id}' does not exist or is not served here. GET /v1/models lists the models.",
@@ -411,8 +470,9 @@ def create_app(
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    tasks: TasksAPI | None = None,
 ) -> ASGIApp:
-    frontend = Frontend(gateway, keys, biller, idempotency)
+    frontend = Frontend(gateway, keys, biller, idempotency, tasks)
     receipts = Receipts(keys, biller.ledger.ledger)
     routes = [
         HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),
@@ -428,6 +488,16 @@ def create_app(
         ),
         HTTPRoute("/health", lambda request: json_response({"status": "ok"}), methods=["GET"]),
     ]
+    if tasks is not None:
+        routes += [
+            HTTPRoute("/v1/tasks", _with_errors(tasks.submit), methods=["POST"]),
+            HTTPRoute("/v1/tasks", _with_errors(tasks.list), methods=["GET"]),
+            HTTPRoute("/v1/tasks/{id}", _with_errors(tasks.get), methods=["GET"]),
+            HTTPRoute("/v1/tasks/{id}/cancel", _with_errors(tasks.cancel), methods=["POST"]),
+            HTTPRoute(
+                "/webhooks/{provider}/{id}", _with_errors(tasks.upstream_webhook), methods=["POST"]
+            ),
+        ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

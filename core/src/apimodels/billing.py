@@ -37,6 +37,20 @@ def _settled(request_id: str, future: asyncio.Future[bool]) -> None:
         log.warning("request %s: hold was already settled; not charged again", request_id)
 
 
+def usage_fields(usage: Usage) -> dict[str, Any]:
+    """A usage as the columns of its request's usage row."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+        "images": usage.images,
+        "characters": usage.characters,
+        "seconds": str(usage.seconds) if usage.seconds else None,
+        "outputs": usage.outputs or None,
+        "run_seconds": str(usage.run_seconds) if usage.run_seconds else None,
+    }
+
+
 @dataclass(slots=True)
 class Bill:
     ledger: GroupCommit
@@ -55,14 +69,7 @@ class Bill:
             "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
         }
         if usage is not None:
-            fields.update(
-                input_tokens=usage.input_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                output_tokens=usage.output_tokens,
-                images=usage.images,
-                characters=usage.characters,
-                seconds=str(usage.seconds) if usage.seconds else None,
-            )
+            fields.update(usage_fields(usage))
         return fields
 
     def succeed(self, usage: Usage, cost_micros: int) -> asyncio.Future[bool] | None:

@@ -12,6 +12,20 @@ from .errors import APIError, InvalidRequest, NotFound, RateLimited, UpstreamErr
 from .hookspecs import hookimpl
 from .pricing import price_usage as _price_usage
 from .provider import Usage
+from .schemas import TaskRequest, UnifiedRequest
+
+
+@hookimpl(trylast=True)
+def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
+    """A job's hold from the model's catalog maxima, when its plugin has no estimate."""
+    if not isinstance(request, TaskRequest):
+        return None
+    return Usage(
+        images=model.max_outputs if model.pricing.per_image is not None else 0,
+        outputs=model.max_outputs,
+        seconds=(model.max_output_seconds or Decimal(0)) * model.max_outputs,
+        run_seconds=model.max_run_seconds or Decimal(0),
+    )
 
 
 @hookimpl(trylast=True)

@@ -42,6 +42,8 @@ SETTLE_FIELDS = (
     "images",
     "characters",
     "seconds",
+    "outputs",
+    "run_seconds",
     "error_code",
     "latency_ms",
 )

@@ -165,3 +165,54 @@ def m004_idempotency(db: sqlite_utils.Database) -> None:
         not_null={"request_hash", "state", "created_at"},
     )
     db["idempotency_keys"].create_index(["created_at"])
+
+
+@migration
+def m005_tasks(db: sqlite_utils.Database) -> None:
+    db["usage"].add_column("outputs", int)
+    db["usage"].add_column("run_seconds", str)  # decimal string
+    # Signs the account's task webhooks (Standard Webhooks: "whsec_" + base64 secret).
+    db["accounts"].add_column("webhook_secret", str)
+    db["tasks"].create(
+        {
+            "id": str,  # also the request id of its usage row, which holds its credits
+            "account_id": str,
+            "key_id": str,
+            "model": str,
+            "provider": str,
+            "status": str,  # queued -> running -> succeeded | failed | canceled
+            "input": str,  # JSON
+            "webhook_url": str,
+            "upstream_id": str,  # the upstream's job id, once submitted
+            "created_at": str,
+            "started_at": str,
+            "completed_at": str,
+            "deadline_at": str,  # past it, the task is canceled (cost 0)
+            "output": str,  # JSON: [{key, content_type, bytes}] or {"text": ...}
+            "error_code": str,
+            "error_message": str,
+            "cost_micros": int,
+            "next_poll_at": str,
+            "polls": int,
+            "lease_until": str,  # a worker owns the task until then
+            "webhook_state": str,  # pending -> delivered | failed
+            "webhook_attempts": int,
+            "webhook_next_at": str,
+            "webhook_error": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "model", "provider", "status", "input", "created_at"},
+        defaults={"polls": 0, "webhook_attempts": 0},
+    )
+    db["tasks"].create_index(["account_id", "created_at"])
+    db.execute(
+        "CREATE UNIQUE INDEX idx_tasks_upstream ON tasks (provider, upstream_id)"
+        " WHERE upstream_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX idx_tasks_due ON tasks (next_poll_at) WHERE status IN ('queued', 'running')"
+    )
+    db.execute(
+        "CREATE INDEX idx_tasks_webhooks ON tasks (webhook_next_at) WHERE webhook_state = 'pending'"
+    )

@@ -18,13 +18,21 @@ from .errors import InvalidRequest
 from .ledger import Ledger, get_usage, list_usage
 from .money import format_usd
 
-_QUANTITIES = ("input_tokens", "cached_input_tokens", "output_tokens", "images", "characters")
+_QUANTITIES = (
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "images",
+    "characters",
+    "outputs",
+)
 
 
 def render_usage(row: dict[str, Any]) -> dict[str, Any]:
     usage = {k: row[k] for k in _QUANTITIES if row.get(k)}
-    if row.get("seconds"):
-        usage["seconds"] = row["seconds"]
+    for name in ("seconds", "run_seconds"):
+        if row.get(name):
+            usage[name] = row[name]
     return {
         "id": row["request_id"],
         "object": "generation",

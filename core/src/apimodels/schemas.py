@@ -106,6 +106,12 @@ class TranscriptionRequest(UnifiedRequest):
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+class TaskRequest(UnifiedRequest):
+    """A task for a model its upstream runs as jobs: ``input`` follows the model's schema."""
+
+    input: dict[str, Any]
+
+
 #: The request model and the modality each unified endpoint accepts.
 ENDPOINTS: dict[str, tuple[type[UnifiedRequest], Modality]] = {
     "chat/completions": (ChatRequest, Modality.chat),

@@ -1,0 +1,246 @@
+"""The tasks API over HTTP, and the endpoint that takes upstream job webhooks.
+
+    POST /v1/tasks                  {"model", "input", "webhook"?} -> 202 task
+    GET  /v1/tasks                  the account's tasks, newest first (limit, starting_after, status)
+    GET  /v1/tasks/{id}             one task (another account's id is 404)
+    POST /v1/tasks/{id}/cancel      cancel a queued or running task: cost 0
+    POST /webhooks/{provider}/{id}  an upstream's signed job event
+
+Before anything is held or sent, a task's input is validated (against the model's input
+schema from its plugin, or as the unified request of its modality), the content policy is
+asked, and the webhook URL is checked. Output files are listed with signed URLs that expire:
+fetch the task again for fresh ones.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import dispatch
+from ..accounts import KeyStore, Principal
+from ..app import read_json, validation_error
+from ..billing import Biller
+from ..catalog import TasksConfig
+from ..errors import InvalidRequest, NotFound, PermissionDenied
+from ..idempotency import HEADER as IDEMPOTENCY_HEADER
+from ..idempotency import Idempotency
+from ..runtime import Gateway, Route
+from ..schemas import TaskRequest
+from .notify import check_resolves_public, check_url
+from .render import render_task
+from .runner import TaskRunner, unified_request
+from .store import STATUSES, TERMINAL, TaskStore, new_task_id
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    input: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = None
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        status,
+        media_type="application/json",
+    )
+
+
+def _schema_error(route: Route, error: Any) -> InvalidRequest:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return InvalidRequest(
+        f"Invalid task input for {route.model.id}: {error.message}"
+        + (f" (at input{path})" if path else ""),
+        param=f"input{path}",
+        code="invalid_input",
+    )
+
+
+class TasksAPI:
+    def __init__(
+        self,
+        gateway: Gateway,
+        keys: KeyStore,
+        biller: Biller,
+        idempotency: Idempotency,
+        store: TaskStore,
+        runner: TaskRunner,
+        config: TasksConfig,
+    ) -> None:
+        self.gateway = gateway
+        self.keys = keys
+        self.biller = biller
+        self.idempotency = idempotency
+        self.store = store
+        self.runner = runner
+        self.config = config
+        # Compiled once: validating an input is then a walk of the schema, no parsing.
+        self.validators = {
+            model_id: Draft202012Validator(route.input_schema)
+            for model_id, route in gateway.routes.items()
+            if route.input_schema is not None
+        }
+
+    def render(self, task: dict[str, Any]) -> dict[str, Any]:
+        return render_task(task, self.runner.storage)
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Response:
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return await self._submit(request, principal)
+        return await self.idempotency.run(
+            request, principal.account_id, key, lambda: self._submit(request, principal)
+        )
+
+    async def _submit(self, request: Request, principal: Principal) -> Response:
+        try:
+            body = TaskCreate.model_validate(await read_json(request))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        route = self.gateway.routes.get(body.model)
+        if route is None:
+            raise NotFound(
+                f"The model '{body.model}' does not exist or is not served here.",
+                code="model_not_found",
+                param="model",
+            )
+        route.provider.ensure_available()
+        hold = self.validate(route, body.input, principal)
+        webhook = None
+        if body.webhook is not None:
+            allow = self.config.allow_private_webhooks
+            webhook = check_url(body.webhook, allow_private=allow)
+            if not allow:
+                await check_resolves_public(webhook)
+        task = self._create(principal, route, body.input, webhook, hold)
+        self.runner.kick()
+        return _json(self.render(task), 202)
+
+    def validate(self, route: Route, input: dict[str, Any], principal: Principal) -> int:
+        """Check a task's input and ask the policy; return its hold (all before any I/O)."""
+        if route.jobs:
+            validator = self.validators.get(route.model.id)
+            if validator is not None:
+                error = next(iter(validator.iter_errors(input)), None)
+                if error is not None:
+                    raise _schema_error(route, error)
+            unified: Any = TaskRequest(model=route.model.id, input=input)
+        else:
+            try:
+                unified = unified_request(route, input)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+                raise InvalidRequest(
+                    f"Invalid task input for {route.model.id}: {err['msg']} (at input{path})",
+                    param=f"input{path}",
+                    code="invalid_input",
+                ) from None
+        dispatch.check_policy(self.gateway, route, unified, principal.account_id)
+        return dispatch.estimate(route, unified)[1]
+
+    def _create(
+        self,
+        principal: Principal,
+        route: Route,
+        input: dict[str, Any],
+        webhook: str | None,
+        hold: int,
+    ) -> dict[str, Any]:
+        billing = self.biller.enabled
+        if billing:
+            self.biller.limiter.admit(principal, hold)
+        try:
+            return self.store.create(
+                new_task_id(),
+                account_id=principal.account_id,
+                key_id=principal.key_id,
+                model=route.model.id,
+                provider=route.provider.name,
+                modality=route.model.modality.value,
+                input=input,
+                webhook_url=webhook,
+                hold_micros=hold,
+                unit_prices=route.prices_json,
+                timeout_seconds=route.model.task_timeout_seconds or self.config.timeout_seconds,
+                billing=billing,
+            )
+        finally:
+            if billing:
+                # Its spend is counted from the ledger once captured (limits sync).
+                self.biller.limiter.settled(principal, hold, 0)
+
+    async def get(self, request: Request) -> Response:
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        return _json(self.render(self.store.get(principal.account_id, request.path_params["id"])))
+
+    async def list(self, request: Request) -> Response:
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+        status = q.get("status")
+        if status is not None and status not in STATUSES:
+            raise InvalidRequest(f"'status' must be one of {', '.join(STATUSES)}", param="status")
+        tasks, more = self.store.list(
+            principal.account_id, limit=limit, status=status, starting_after=q.get("starting_after")
+        )
+        return _json({"object": "list", "data": [self.render(t) for t in tasks], "has_more": more})
+
+    async def cancel(self, request: Request) -> Response:
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        task = self.store.get(principal.account_id, request.path_params["id"])
+        if task["status"] == "canceled":
+            return _json(self.render(task))
+        if task["status"] in TERMINAL:
+            raise InvalidRequest(
+                f"Task {task['id']} has already {task['status']}; it cannot be canceled.",
+                code="task_not_cancelable",
+                status=409,
+            )
+        await self.runner.cancel(task)
+        return _json(self.render(self.store.get(principal.account_id, task["id"])))
+
+    async def upstream_webhook(self, request: Request) -> Response:
+        """An upstream's job event: verified, then the task is looked at once more."""
+        provider = self.gateway.providers.get(request.path_params["provider"])
+        task = self.store.load(request.path_params["id"])
+        if provider is None or task is None or task["provider"] != provider.name:
+            raise NotFound("Unknown webhook target", code="not_found")
+        body = await request.body()
+        try:
+            data = provider.hooks.verify_webhook(
+                headers=request.headers, body=body, upstream=provider.upstream
+            )
+        except PermissionDenied as exc:
+            raise InvalidRequest(exc.message, code="invalid_signature") from None
+        if data is None:
+            raise NotFound(f"{provider.name} sends no webhooks here", code="not_found")
+        await self.runner.on_webhook(task, data)
+        return _json({"received": True})
+
+    # --- images through jobs: the synchronous endpoint waits a while ------------------------
+
+    async def run_sync(
+        self, principal: Principal, route: Route, input: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run a task and wait for it up to ``tasks.sync_wait_seconds`` (then 504 naming the
+        task, which goes on and is billed when it ends)."""
+        hold = self.validate(route, input, principal)
+        task = self._create(principal, route, input, None, hold)
+        return await self.runner.wait_for(task, self.config.sync_wait_seconds)

@@ -1,0 +1,44 @@
+"""The task object, as the API and the client webhooks show it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..money import format_usd
+from .store import TERMINAL
+
+
+def render_task(task: dict[str, Any], storage: Any) -> dict[str, Any]:
+    """A task row as the API's task object; output files get fresh signed URLs."""
+    output = json.loads(task["output"]) if task["output"] else None
+    if isinstance(output, list):
+        output = [
+            {
+                "url": storage.url(item["key"]),
+                "content_type": item["content_type"],
+                "bytes": item["bytes"],
+            }
+            for item in output
+        ]
+    elif isinstance(output, dict):
+        output = output.get("text")
+    status = task["status"]
+    return {
+        "id": task["id"],
+        "object": "task",
+        "model": task["model"],
+        "status": status,
+        "created_at": task["created_at"],
+        "started_at": task["started_at"],
+        "completed_at": task["completed_at"],
+        "input": json.loads(task["input"]),
+        "output": output,
+        "error": (
+            {"code": task["error_code"], "message": task["error_message"]}
+            if task["error_code"]
+            else None
+        ),
+        "cost": format_usd(task["cost_micros"] or 0) if status in TERMINAL else None,
+        "webhook": task["webhook_url"],
+    }

@@ -1,0 +1,477 @@
+"""The task worker: moves every unfinished task forward, inside the server process.
+
+One loop per server claims due tasks with a lease (see ``store``), then for each task:
+
+- a model the upstream runs as jobs: submit the job (once), then poll it with backoff (an
+  upstream webhook makes the next poll due at once) until it ends;
+- any other model: run its ordinary call, in the background;
+- on success copy every output file into storage *before* the task succeeds (upstream URLs
+  expire), price the usage (the upstream's own figures plus what the files measure: images,
+  outputs, seconds of video or audio), and finish: status and capture in one transaction;
+- on failure, cancel or timeout finish with the hold released: the task costs nothing.
+
+Transient trouble (the upstream or the storage briefly unreachable) keeps the task running
+and retries at the next poll, until the task's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import mimetypes
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from .. import dispatch, media
+from ..catalog import TasksConfig
+from ..errors import APIError, InvalidRequest, UpstreamError, UpstreamTimeout
+from ..provider import Job, Usage
+from ..runtime import Gateway, Route
+from ..schemas import ENDPOINTS, ChatRequest, ImageRequest, Modality, UnifiedRequest
+from ..upstream import send
+from .notify import Notifier, account_webhook_secret
+from .render import render_task
+from .store import Finish, TaskStore
+
+log = logging.getLogger("apimodels")
+
+_REQUEST_OF: dict[Modality, type[UnifiedRequest]] = {m: s for s, m in ENDPOINTS.values()}
+_MILLI = Decimal("0.001")
+
+
+class Transient(Exception):
+    """Trouble worth retrying at the next poll (the task stays running)."""
+
+
+@dataclass(slots=True)
+class Stored:
+    """An output file in storage, as recorded on the task."""
+
+    key: str
+    content_type: str
+    bytes: int
+    seconds: Decimal = Decimal(0)  # of audio or video, for per-second prices
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "content_type": self.content_type, "bytes": self.bytes}
+
+
+def unified_request(route: Route, input: dict[str, Any]) -> UnifiedRequest:
+    """A task's input as the unified request of its model's modality (validated)."""
+    schema = _REQUEST_OF.get(route.model.modality)
+    if schema is None or route.model.modality is Modality.transcription:
+        raise APIError(f"'{route.model.id}' cannot run as a task", code="not_supported", status=400)
+    body: dict[str, Any] = {**input, "model": route.model.id}
+    if schema is ChatRequest:
+        body["stream"] = False
+    if schema is ImageRequest:
+        body["response_format"] = "b64_json"  # bytes to store, not an upstream URL
+    return schema.model_validate(body)
+
+
+def _ext(content_type: str) -> str:
+    if content_type.startswith("text/plain"):
+        return "txt"
+    return (mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin").lstrip(".")
+
+
+def _seconds(content_type: str, data: bytes) -> Decimal:
+    """Seconds of audio or video in a file, read from its headers (0 when unknown)."""
+    if content_type.startswith("video/"):
+        length = media.mp4_duration(data)
+    elif content_type.startswith("audio/"):
+        length = media.duration(data)
+    else:
+        return Decimal(0)
+    return Decimal(0) if length is None else Decimal(str(length)).quantize(_MILLI)
+
+
+class TaskRunner:
+    """Advances tasks; one per server process (several on one database are safe)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        store: TaskStore,
+        storage: Any,
+        config: TasksConfig,
+        *,
+        billing: bool,
+    ) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.storage = storage
+        self.config = config
+        self.billing = billing
+        self.notifier = Notifier(
+            allow_private=config.allow_private_webhooks,
+            timeout=config.webhook_timeout_seconds,
+            retry_hours=config.webhook_retry_hours,
+        )
+        self.wake = asyncio.Event()
+        self.active: set[asyncio.Task[None]] = set()
+        self.finished: dict[str, asyncio.Event] = {}  # task id -> set when it ends here
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        tick = min(self.config.poll_interval_seconds, 0.5)
+        while True:
+            try:
+                self._claim()
+            except Exception as exc:  # a busy database: try again at the next tick
+                log.error("task worker: %s", type(exc).__name__)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), tick)
+
+    def _claim(self) -> None:
+        free = self.config.concurrency - len(self.active)
+        if free > 0:
+            for task in self.store.claim_due(free, self.config.lease_seconds):
+                self._spawn(self.advance(task))
+        for task in self.store.claim_webhooks(16, self.config.webhook_timeout_seconds * 2):
+            self._spawn(self.notify(task))
+
+    def _spawn(self, coro: Any) -> None:
+        job = asyncio.create_task(coro)
+        self.active.add(job)
+        job.add_done_callback(self.active.discard)
+
+    def kick(self) -> None:
+        """Look for due work now (a task was submitted, a webhook arrived)."""
+        self.wake.set()
+
+    async def aclose(self) -> None:
+        for job in list(self.active):
+            job.cancel()
+        await asyncio.gather(*self.active, return_exceptions=True)
+        await self.notifier.aclose()
+
+    # --- one task ------------------------------------------------------------------------
+
+    async def advance(self, task: dict[str, Any], job: Job | None = None) -> None:
+        """One step of a leased task; never raises (a failure ends or reschedules it)."""
+        task_id = task["id"]
+        try:
+            route = self.gateway.routes.get(task["model"])
+            if route is None:
+                await self._finish(
+                    task,
+                    Finish(
+                        "failed",
+                        error_code="model_unavailable",
+                        error_message="this model is no longer served",
+                    ),
+                )
+                return
+            if datetime.fromisoformat(task["deadline_at"]) <= datetime.now(UTC):
+                await self._cancel_upstream(route, task)
+                await self._finish(
+                    task,
+                    Finish(
+                        "failed",
+                        error_code="timeout",
+                        error_message="the task did not finish in time",
+                    ),
+                )
+                return
+            if route.jobs:
+                await self._advance_job(route, task, job)
+            else:
+                await self._run_call(route, task)
+        except Transient as exc:
+            log.warning("task %s: will retry: %s", task_id, exc)
+            self.store.release_lease(task_id, self._backoff(task))
+        except APIError as exc:
+            await self._finish(
+                task, Finish("failed", error_code=exc.code, error_message=exc.message)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or unreadable upstream answer: fail, cost nothing
+            log.error("task %s failed: %s", task_id, type(exc).__name__)
+            await self._finish(
+                task,
+                Finish(
+                    "failed",
+                    error_code="internal_error",
+                    error_message="the task failed on the server",
+                ),
+            )
+
+    def _backoff(self, task: dict[str, Any]) -> float:
+        first = self.config.poll_interval_seconds
+        return min(first * 1.5 ** min(task["polls"], 30), self.config.max_poll_interval_seconds)
+
+    async def _send(self, route: Route, request: httpx.Request) -> httpx.Response:
+        provider = route.provider
+        provider.ensure_available()
+        assert provider.client is not None
+        try:
+            return await send(
+                provider.client,
+                request,
+                provider=provider.name,
+                max_retries=provider.config.max_retries,
+            )
+        except (UpstreamTimeout, UpstreamError) as exc:
+            raise Transient(exc.message) from None
+
+    async def _advance_job(self, route: Route, task: dict[str, Any], job: Job | None) -> None:
+        hooks, upstream = route.provider.hooks, route.provider.upstream
+        if job is None:
+            if task["upstream_id"] is None:
+                request = hooks.build_job_request(
+                    model=route.model,
+                    input=json.loads(task["input"]),
+                    upstream=upstream,
+                    webhook_url=self._webhook_url(route, task),
+                    wait_seconds=task.get("_wait"),
+                )
+                response = await self._send_create(route, request)
+            else:
+                request = hooks.build_job_poll(
+                    model=route.model, job_id=task["upstream_id"], upstream=upstream
+                )
+                response = await self._send(route, request)
+                if response.status_code >= 500:
+                    raise Transient(f"poll answered HTTP {response.status_code}")
+            await dispatch.raise_for_status(route, response)
+            job = self._parse(route, response.json())
+            if task["upstream_id"] is None:
+                self.store.started(task["id"], job.id)
+                task["upstream_id"] = job.id
+        if job.done:
+            await self._complete(route, task, job)
+        else:
+            if task["status"] == "queued" and job.status == "running":
+                self.store.started(task["id"], None)
+            self.store.release_lease(task["id"], self._backoff(task))
+
+    async def _send_create(self, route: Route, request: httpx.Request) -> httpx.Response:
+        provider = route.provider
+        provider.ensure_available()
+        assert provider.client is not None
+        # A create is never re-sent once it may have reached the upstream (send's rule).
+        return await send(
+            provider.client,
+            request,
+            provider=provider.name,
+            max_retries=provider.config.max_retries,
+        )
+
+    def _parse(self, route: Route, data: Any) -> Job:
+        try:
+            job = route.provider.hooks.parse_job(
+                model=route.model, data=data, upstream=route.provider.upstream
+            )
+        except APIError:
+            raise
+        except Exception:
+            job = None
+        if job is None:
+            raise UpstreamError(f"{route.provider.name} sent a job that could not be read")
+        return job
+
+    def _webhook_url(self, route: Route, task: dict[str, Any]) -> str | None:
+        base = self.config.public_base_url
+        if not base or route.provider.upstream.webhook_secret is None:
+            return None
+        return f"{base.rstrip('/')}/webhooks/{route.provider.name}/{task['id']}"
+
+    async def _cancel_upstream(self, route: Route, task: dict[str, Any]) -> None:
+        if not route.jobs or not task["upstream_id"]:
+            return
+        request = route.provider.hooks.build_job_cancel(
+            model=route.model, job_id=task["upstream_id"], upstream=route.provider.upstream
+        )
+        if request is None:
+            return
+        try:
+            response = await self._send(route, request)
+            await response.aclose()
+        except (Transient, APIError) as exc:  # best effort: the task ends either way
+            log.warning("task %s: cancel upstream failed: %s", task["id"], exc)
+
+    async def _complete(self, route: Route, task: dict[str, Any], job: Job) -> None:
+        if job.status != "succeeded":
+            await self._finish(
+                task,
+                Finish(
+                    job.status,
+                    error_code=job.error_code
+                    or ("canceled" if job.status == "canceled" else "upstream_failed"),
+                    error_message=job.error_message or f"the task {job.status} upstream",
+                ),
+            )
+            return
+        usage = job.usage
+        output: Any
+        if job.files:
+            stored = []
+            for index, request in enumerate(job.files):
+                response = await self._send(route, request)
+                if response.status_code >= 400:
+                    raise Transient(f"output download answered HTTP {response.status_code}")
+                stored.append(
+                    await self._store(
+                        task, index, response.content, response.headers.get("content-type")
+                    )
+                )
+            self._measure(usage, stored)
+            output = [s.as_dict() for s in stored]
+        else:
+            output = {"text": job.text or ""}
+        cost = dispatch.price(route, usage)
+        await self._finish(task, Finish("succeeded", output=output, usage=usage, cost_micros=cost))
+
+    @staticmethod
+    def _measure(usage: Usage, stored: list[Stored]) -> None:
+        """Add what the files show to what the upstream reported (never count twice)."""
+        if not usage.images:
+            usage.images = sum(s.content_type.startswith("image/") for s in stored)
+        timed = [s for s in stored if s.content_type.startswith(("video/", "audio/"))]
+        if not usage.outputs:
+            usage.outputs = len(timed)
+        if not usage.seconds:
+            usage.seconds = sum((s.seconds for s in timed), Decimal(0))
+
+    async def _store(
+        self, task: dict[str, Any], index: int, data: bytes, content_type: str | None
+    ) -> Stored:
+        content_type = (content_type or "application/octet-stream").split(";")[0].strip()
+        key = self.storage.object_key(task["account_id"], task["id"], index, _ext(content_type))
+        try:
+            await self.storage.put(key, data, content_type)
+        except Exception as exc:
+            raise Transient(f"storage failed: {type(exc).__name__}") from None
+        return Stored(key, content_type, len(data), _seconds(content_type, data))
+
+    async def _run_call(self, route: Route, task: dict[str, Any]) -> None:
+        try:
+            unified = unified_request(route, json.loads(task["input"]))
+        except ValidationError as exc:
+            raise APIError(str(exc.errors()[0]["msg"]), code="invalid_input", status=400) from None
+        self.store.started(task["id"], None)
+        try:
+            priced = await dispatch.call(route, unified)
+        except (UpstreamTimeout, UpstreamError) as exc:
+            raise Transient(exc.message) from None
+        body = priced.output.body
+        output: Any
+        if isinstance(body, bytes):
+            output = [(await self._store(task, 0, body, priced.output.content_type)).as_dict()]
+        elif "choices" in body:
+            message = (body["choices"] or [{}])[0].get("message") or {}
+            output = {"text": message.get("content") or ""}
+        elif route.model.modality is Modality.image:
+            files = []
+            for i, item in enumerate(body.get("data") or []):
+                data = base64.b64decode(item["b64_json"])
+                files.append((await self._store(task, i, data, "image/png")).as_dict())
+            output = files
+        else:
+            raw = json.dumps(body, separators=(",", ":")).encode()
+            output = [(await self._store(task, 0, raw, "application/json")).as_dict()]
+        await self._finish(
+            task,
+            Finish(
+                "succeeded",
+                output=output,
+                usage=priced.output.usage,
+                cost_micros=priced.cost_micros,
+            ),
+        )
+
+    async def _finish(self, task: dict[str, Any], end: Finish) -> None:
+        if self.store.finish(task["id"], end, billing=self.billing):
+            log.info("task %s %s", task["id"], end.status)
+            self.kick()  # its webhook is due
+        if (event := self.finished.get(task["id"])) is not None:
+            event.set()
+
+    # --- from the API --------------------------------------------------------------------
+
+    async def cancel(self, task: dict[str, Any]) -> None:
+        """The client cancels: stop the job upstream (best effort), release the hold."""
+        route = self.gateway.routes.get(task["model"])
+        if route is not None:
+            await self._cancel_upstream(route, task)
+        await self._finish(task, Finish("canceled"))
+
+    async def on_webhook(self, task: dict[str, Any], data: dict[str, Any]) -> None:
+        """A verified upstream event for ``task``: finish it now if it ended and no worker
+        holds it; otherwise make its next poll due (the poll then sees the end)."""
+        if task["status"] not in ("queued", "running"):
+            return  # a duplicate, or a late event: the task was settled already
+        route = self.gateway.routes.get(task["model"])
+        if route is None:
+            return
+        job = self._parse(route, data)
+        if task["upstream_id"] is not None and job.id != task["upstream_id"]:
+            raise InvalidRequest("This event is about another job", code="job_mismatch")
+        if not job.done:
+            return
+        leased = self.store.lease(task["id"], self.config.lease_seconds)
+        if leased is not None and leased["upstream_id"] == job.id:
+            self._spawn(self.advance(leased, job))
+        else:
+            if leased is not None:
+                self.store.release_lease(task["id"], 0)
+            self.store.poll_now(task["id"])
+            self.kick()
+
+    async def wait_for(self, task: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """Start ``task`` now and wait up to ``seconds`` for it to end (504 after that)."""
+        ended = self.finished.setdefault(task["id"], asyncio.Event())
+        try:
+            leased = self.store.lease(task["id"], self.config.lease_seconds)
+            if leased is not None:
+                leased["_wait"] = min(60, int(seconds)) or None  # Replicate's Prefer: wait
+                self._spawn(self.advance(leased))
+            try:
+                await asyncio.wait_for(ended.wait(), seconds)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"The task is still running after {seconds:g} s; it goes on, and is billed "
+                    f"when it ends. Follow it at GET /v1/tasks/{task['id']}",
+                    code="task_still_running",
+                ) from None
+        finally:
+            self.finished.pop(task["id"], None)
+        done = self.store.load(task["id"])
+        assert done is not None
+        return done
+
+    # --- client webhooks ---------------------------------------------------------------
+
+    async def notify(self, task: dict[str, Any]) -> None:
+        attempts = task["webhook_attempts"]
+        try:
+            secret = account_webhook_secret(self.store.db, task["account_id"])
+            body = json.dumps(render_task(task, self.storage), separators=(",", ":")).encode()
+            error = await self.notifier.deliver(task["webhook_url"], secret, task["id"], body)
+        except Exception as exc:
+            error = type(exc).__name__
+        if error is None:
+            self.store.webhook_attempted(
+                task["id"], attempts, state="delivered", retry_in=0, error=None
+            )
+            return
+        completed = datetime.fromisoformat(task["completed_at"])
+        age = (datetime.now(UTC) - completed).total_seconds()
+        retry_in = self.notifier.retry_in(attempts)
+        state = "failed" if age + retry_in > self.notifier.retry_seconds else "pending"
+        log.warning("task %s: webhook delivery failed (%s)", task["id"], error)
+        self.store.webhook_attempted(
+            task["id"], attempts, state=state, retry_in=retry_in, error=error
+        )

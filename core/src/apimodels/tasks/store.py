@@ -1,0 +1,297 @@
+"""Tasks in the database: every SQL statement about the ``tasks`` table.
+
+A task's credits are held in the usage row that shares its id, so creating a task is one
+transaction (hold + row), and finishing it is one transaction too: a compare-and-set of the
+task's status from queued/running to its terminal status, and in the same transaction the
+capture or release of its hold. Whoever finishes a task first (the poller, an upstream
+webhook, a cancel, the timeout, a second worker after a restart) wins; the others change
+nothing. That is how a task is charged exactly once.
+
+Workers claim due tasks with a lease (``lease_until``): a compare-and-set, so two workers on
+one database never advance the same task at once, and a crashed worker's tasks are taken
+over when its leases run out.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+import sqlite_utils
+
+from ..billing import usage_fields
+from ..errors import NotFound
+from ..ledger import Ledger, capture_op, hold_op, release_op
+from ..provider import Usage
+
+TERMINAL = ("succeeded", "failed", "canceled")
+STATUSES = ("queued", "running", *TERMINAL)
+
+
+def new_task_id() -> str:
+    """``task_`` + time (hex microseconds) + 64 random bits: unique and in time order."""
+    return f"task_{time.time_ns() // 1000:013x}{secrets.token_hex(8)}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")
+
+
+def now_iso(delay_seconds: float = 0.0) -> str:
+    return _iso(datetime.now(UTC) + timedelta(seconds=delay_seconds))
+
+
+@dataclass(slots=True)
+class Finish:
+    """How a task ends: its status, output or error, and what it used."""
+
+    status: str
+    output: Any = None  # [{key, content_type, bytes}] or {"text": ...}
+    usage: Usage | None = None
+    cost_micros: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class TaskStore:
+    def __init__(self, db: sqlite_utils.Database, ledger: Ledger) -> None:
+        self.db = db
+        self.ledger = ledger
+
+    # --- creating -----------------------------------------------------------------------
+
+    def create(
+        self,
+        task_id: str,
+        *,
+        account_id: str,
+        key_id: str,
+        model: str,
+        provider: str,
+        modality: str,
+        input: dict[str, Any],
+        webhook_url: str | None,
+        hold_micros: int,
+        unit_prices: str,
+        timeout_seconds: float,
+        billing: bool = True,
+    ) -> dict[str, Any]:
+        """Hold the estimate (402 when short) and queue the task, in one transaction."""
+        now = datetime.now(UTC)
+        row = {
+            "id": task_id,
+            "account_id": account_id,
+            "key_id": key_id,
+            "model": model,
+            "provider": provider,
+            "status": "queued",
+            "input": json.dumps(input, separators=(",", ":")),
+            "webhook_url": webhook_url,
+            "created_at": _iso(now),
+            "deadline_at": _iso(now + timedelta(seconds=timeout_seconds)),
+            "next_poll_at": _iso(now),
+            "polls": 0,
+            "webhook_attempts": 0,
+        }
+        with self.ledger._tx() as c:
+            if billing:
+                # The hold outlives the deadline: the worker settles the task before the
+                # expiry sweep would (a day of margin for a gateway that was down).
+                hold_op(
+                    c,
+                    task_id,
+                    account_id,
+                    hold_micros,
+                    timedelta(seconds=timeout_seconds + 86_400),
+                    {
+                        "key_id": key_id,
+                        "model": model,
+                        "provider": provider,
+                        "modality": modality,
+                        "stream": 0,
+                        "unit_prices": unit_prices,
+                    },
+                )
+            columns = ", ".join(row)
+            c.execute(
+                f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+        return row
+
+    # --- reading ------------------------------------------------------------------------
+
+    def get(self, account_id: str, task_id: str) -> dict[str, Any]:
+        """One of the account's tasks; another account's id is 404, like an unknown one."""
+        row = self.db.execute(
+            "SELECT * FROM tasks WHERE id = ? AND account_id = ?", (task_id, account_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"No task found with id '{task_id}'.", code="task_not_found")
+        return self._row(row)
+
+    def load(self, task_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else self._row(row)
+
+    def by_upstream(self, provider: str, upstream_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT * FROM tasks WHERE provider = ? AND upstream_id = ?", (provider, upstream_id)
+        ).fetchone()
+        return None if row is None else self._row(row)
+
+    def list(
+        self,
+        account_id: str,
+        *,
+        limit: int,
+        status: str | None = None,
+        starting_after: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The account's tasks, newest first; ``starting_after`` is the last id of a page."""
+        where = ["account_id = ?"]
+        params: list[Any] = [account_id]
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if starting_after:
+            where.append("id < ?")  # ids are in time order
+            params.append(starting_after)
+        rows = self.db.execute(
+            f"SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        tasks = [self._row(r) for r in rows[:limit]]
+        return tasks, len(rows) > limit
+
+    def _row(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        return dict(zip(self._columns, row, strict=True))
+
+    @cached_property
+    def _columns(self) -> list[str]:
+        return [c.name for c in self.db["tasks"].columns]
+
+    # --- the worker's side ----------------------------------------------------------------
+
+    def claim_due(self, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` unfinished tasks whose next poll is due."""
+        now = now_iso()
+        ids = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM tasks WHERE status IN ('queued', 'running') AND next_poll_at <= ?"
+                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_poll_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+        ]
+        return [t for i in ids if (t := self.lease(i, lease_seconds)) is not None]
+
+    def lease(self, task_id: str, lease_seconds: float) -> dict[str, Any] | None:
+        """Take a task for ``lease_seconds`` unless a live lease holds it (compare-and-set)."""
+        now = now_iso()
+        with self.ledger._tx() as c:
+            row = c.execute(
+                "UPDATE tasks SET lease_until = ? WHERE id = ?"
+                " AND status IN ('queued', 'running') AND (lease_until IS NULL OR lease_until <= ?)"
+                " RETURNING *",
+                (now_iso(lease_seconds), task_id, now),
+            ).fetchone()
+        return None if row is None else self._row(row)
+
+    def started(self, task_id: str, upstream_id: str | None) -> None:
+        with self.ledger._tx() as c:
+            c.execute(
+                "UPDATE tasks SET status = 'running', upstream_id = COALESCE(?, upstream_id),"
+                " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN ('queued', 'running')",
+                (upstream_id, now_iso(), task_id),
+            )
+
+    def release_lease(self, task_id: str, next_poll_in: float) -> None:
+        """Give the task back, to be looked at again in ``next_poll_in`` seconds."""
+        with self.ledger._tx() as c:
+            c.execute(
+                "UPDATE tasks SET lease_until = NULL, next_poll_at = ?, polls = polls + 1"
+                " WHERE id = ?",
+                (now_iso(next_poll_in), task_id),
+            )
+
+    def poll_now(self, task_id: str) -> None:
+        """Ask for the task to be looked at at once (an upstream webhook said it changed)."""
+        with self.ledger._tx() as c:
+            c.execute(
+                "UPDATE tasks SET next_poll_at = ? WHERE id = ? AND status IN ('queued', 'running')",
+                (now_iso(), task_id),
+            )
+
+    def finish(self, task_id: str, end: Finish, *, billing: bool = True) -> bool:
+        """End a task and settle its hold in one transaction; False if it had ended already."""
+        fields = usage_fields(end.usage) if end.usage is not None else {}
+        fields["error_code"] = end.error_code
+        with self.ledger._tx() as c:
+            row = c.execute(
+                "UPDATE tasks SET status = ?, completed_at = ?, output = ?, error_code = ?,"
+                " error_message = ?, cost_micros = ?, lease_until = NULL,"
+                " webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END,"
+                " webhook_next_at = ?"
+                " WHERE id = ? AND status IN ('queued', 'running') RETURNING created_at",
+                (
+                    end.status,
+                    now_iso(),
+                    None if end.output is None else json.dumps(end.output, separators=(",", ":")),
+                    end.error_code,
+                    end.error_message,
+                    end.cost_micros if end.status == "succeeded" else 0,
+                    now_iso(),
+                    task_id,
+                ),
+            ).fetchone()
+            if row is None:
+                return False
+            if billing:
+                created = datetime.fromisoformat(row[0])
+                fields["latency_ms"] = round(
+                    (datetime.now(UTC) - created).total_seconds() * 1000, 3
+                )
+                if end.status == "succeeded":
+                    capture_op(c, task_id, end.cost_micros, fields)
+                else:
+                    release_op(c, task_id, fields)
+        return True
+
+    # --- client webhooks ----------------------------------------------------------------
+
+    def claim_webhooks(self, limit: int, hold_seconds: float) -> list[dict[str, Any]]:
+        """Due webhook deliveries, each pushed ``hold_seconds`` ahead (compare-and-set) so
+        that a second worker does not send it at the same time."""
+        now = now_iso()
+        due = self.db.execute(
+            "SELECT id, webhook_next_at FROM tasks WHERE webhook_state = 'pending'"
+            " AND webhook_next_at <= ? ORDER BY webhook_next_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        claimed = []
+        for task_id, next_at in due:
+            with self.ledger._tx() as c:
+                row = c.execute(
+                    "UPDATE tasks SET webhook_next_at = ? WHERE id = ? AND webhook_next_at = ?"
+                    " AND webhook_state = 'pending' RETURNING *",
+                    (now_iso(hold_seconds), task_id, next_at),
+                ).fetchone()
+            if row is not None:
+                claimed.append(self._row(row))
+        return claimed
+
+    def webhook_attempted(
+        self, task_id: str, attempts: int, *, state: str, retry_in: float, error: str | None
+    ) -> None:
+        with self.ledger._tx() as c:
+            c.execute(
+                "UPDATE tasks SET webhook_state = ?, webhook_attempts = ?, webhook_next_at = ?,"
+                " webhook_error = ? WHERE id = ? AND webhook_attempts = ?",
+                (state, attempts + 1, now_iso(retry_in), error, task_id, attempts),
+            )
