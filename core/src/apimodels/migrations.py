@@ -165,3 +165,11 @@ def m004_idempotency(db: sqlite_utils.Database) -> None:
         not_null={"request_hash", "state", "created_at"},
     )
     db["idempotency_keys"].create_index(["created_at"])
+
+
+@migration
+def m008_storage(db: sqlite_utils.Database) -> None:
+    # Server-wide secrets (the storage signing secret), generated once, shared by every process.
+    db["server_secrets"].create(
+        {"name": str, "value": str, "created_at": str}, pk="name", not_null={"value", "created_at"}
+    )

@@ -23,6 +23,7 @@ from .limits import Limiter
 from .plugins import pm
 from .runtime import Gateway, build_gateway
 from .sandbox import Simulators
+from .storage import Storage, load_secret, open_storage
 
 log = logging.getLogger("apimodels")
 
@@ -36,6 +37,7 @@ class Server:
     ledger: Ledger
     simulators: Simulators | None = None
     started_hooks: list = field(default_factory=list)
+    storage: Storage | None = None
 
 
 def assemble(
@@ -60,7 +62,14 @@ def assemble(
         enabled=settings.billing,
     )
     simulators = Simulators() if sandbox else None
+    storage = open_storage(
+        catalog.storage,
+        load_secret(db, catalog.storage, environ),
+        base_dir=Path(database_path(db) or ".").parent,
+        environ=environ,
+    )
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
+    server.storage = storage
     sweeper: list[asyncio.Task[None]] = []
 
     async def sweep() -> None:
@@ -106,9 +115,16 @@ def assemble(
             await simulators.stop()
         if checkpointer is not None:
             checkpointer.close()
+        await storage.aclose()
 
     idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
     server.app = create_app(
-        gateway, keys, biller, idempotency, on_startup=on_startup, on_shutdown=on_shutdown
+        gateway,
+        keys,
+        biller,
+        idempotency,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        storage=storage,
     )
     return server
