@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,6 +36,7 @@ from .provider import Usage
 from .receipts import Receipts
 from .runtime import Gateway, Route
 from .schemas import ENDPOINTS, ImageRequest, Modality, UnifiedRequest
+from .storage import FILES_PATH, LocalStorage, Storage, content_type_for
 
 if TYPE_CHECKING:
     from .tasks import TasksAPI
@@ -471,6 +472,7 @@ def create_app(
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     tasks: TasksAPI | None = None,
+    storage: Storage | None = None,
 ) -> ASGIApp:
     frontend = Frontend(gateway, keys, biller, idempotency, tasks)
     receipts = Receipts(keys, biller.ledger.ledger)
@@ -498,6 +500,8 @@ def create_app(
                 "/webhooks/{provider}/{id}", _with_errors(tasks.upstream_webhook), methods=["POST"]
             ),
         ]
+    if isinstance(storage, LocalStorage):
+        routes.append(files_route(storage))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -519,4 +523,27 @@ def create_app(
     app.state.gateway = gateway
     app.state.keys = keys
     app.state.biller = biller
+    app.state.storage = storage
     return RequestContext(app, gateway.catalog.gateway.max_body_bytes)
+
+
+def files_route(storage: LocalStorage) -> HTTPRoute:
+    """``GET /v1/files/{key}?expires=&signature=``: a stored output, streamed from disk.
+
+    No API key: the URL's signature is the credential (403 if tampered or expired)."""
+
+    async def get_file(request: Request) -> Response:
+        query = request.query_params
+        path, st = await storage.open(
+            request.path_params["key"], query.get("expires"), query.get("signature")
+        )
+        left = max(0, int(query["expires"]) - int(time.time()))
+        headers = {
+            "cache-control": f"private, max-age={left}",
+            "x-content-type-options": "nosniff",
+        }
+        return FileResponse(
+            path, headers=headers, media_type=content_type_for(path.name), stat_result=st
+        )
+
+    return HTTPRoute(f"{FILES_PATH}{{key:path}}", _with_errors(get_file), methods=["GET"])

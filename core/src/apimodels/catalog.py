@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -146,6 +146,41 @@ class TasksConfig(_Strict):
     allow_private_webhooks: bool = False  # client webhooks to http/private hosts (tests)
     webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     webhook_retry_hours: Annotated[float, Field(gt=0)] = 72.0  # give up after this
+#: An http(s) origin, optionally with a path: no query, no fragment.
+BaseURL = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+
+
+class StorageConfig(_Strict):
+    """``[storage]``: where task outputs are kept, and for how long their URLs work.
+
+    ``local`` (the default) keeps files under ``path`` (relative to the database's folder) and
+    the gateway serves them at ``/v1/files/...`` with signed, expiring URLs. ``s3`` keeps them
+    in an S3-compatible bucket (Cloudflare R2, ...) and hands out presigned GET URLs. Secrets
+    never live in this file: the ``*_env`` settings name environment variables.
+    """
+
+    backend: Literal["local", "s3"] = "local"
+    url_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
+    max_object_bytes: Annotated[int, Field(ge=1)] = 5 * 1024**3
+    secret_env: str | None = None  # signs local URLs and names keys; default: kept in the database
+    # local
+    path: str = "outputs"
+    public_base_url: BaseURL | None = None
+    # s3
+    endpoint_url: BaseURL | None = None
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] | None = None
+    region: str = "auto"
+    addressing_style: Literal["path", "virtual"] = "path"
+    access_key_id_env: str = "APIMODELS_STORAGE_ACCESS_KEY_ID"
+    secret_access_key_env: str = "APIMODELS_STORAGE_SECRET_ACCESS_KEY"
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> StorageConfig:
+        if self.backend == "s3":
+            for name in ("endpoint_url", "bucket"):
+                if getattr(self, name) is None:
+                    raise ValueError(f'backend "s3" needs storage.{name}')
+        return self
 
 
 class Catalog(_Strict):
@@ -153,6 +188,7 @@ class Catalog(_Strict):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -216,3 +216,11 @@ def m005_tasks(db: sqlite_utils.Database) -> None:
     db.execute(
         "CREATE INDEX idx_tasks_webhooks ON tasks (webhook_next_at) WHERE webhook_state = 'pending'"
     )
+
+
+@migration
+def m008_storage(db: sqlite_utils.Database) -> None:
+    # Server-wide secrets (the storage signing secret), generated once, shared by every process.
+    db["server_secrets"].create(
+        {"name": str, "value": str, "created_at": str}, pk="name", not_null={"value", "created_at"}
+    )

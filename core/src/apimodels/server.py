@@ -23,6 +23,8 @@ from .limits import Limiter
 from .plugins import pm
 from .runtime import Gateway, build_gateway
 from .sandbox import Simulators
+from .storage import Storage, load_secret, open_storage
+from .tasks import TaskRunner, TasksAPI, TaskStore
 
 log = logging.getLogger("apimodels")
 
@@ -36,6 +38,8 @@ class Server:
     ledger: Ledger
     simulators: Simulators | None = None
     started_hooks: list = field(default_factory=list)
+    storage: Storage | None = None
+    tasks: TaskRunner | None = None
 
 
 def assemble(
@@ -60,7 +64,19 @@ def assemble(
         enabled=settings.billing,
     )
     simulators = Simulators() if sandbox else None
+    storage = open_storage(
+        catalog.storage,
+        load_secret(db, catalog.storage, environ),
+        base_dir=Path(database_path(db) or ".").parent,
+        environ=environ,
+    )
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
+    server.storage = storage
+    task_store = TaskStore(db, ledger)
+    runner = TaskRunner(gateway, task_store, storage, catalog.tasks, billing=settings.billing)
+    idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
+    tasks = TasksAPI(gateway, keys, biller, idempotency, task_store, runner, catalog.tasks)
+    server.tasks = runner
     sweeper: list[asyncio.Task[None]] = []
 
     async def sweep() -> None:
@@ -94,10 +110,12 @@ def assemble(
             sweeper.append(asyncio.create_task(checkpoints()))
         if simulators is not None:
             await simulators.start(gateway)
+        sweeper.append(asyncio.create_task(runner.run()))
         for hook in server.started_hooks:
             hook()
 
     async def on_shutdown() -> None:
+        await runner.aclose()
         for task in sweeper:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -106,9 +124,16 @@ def assemble(
             await simulators.stop()
         if checkpointer is not None:
             checkpointer.close()
+        await storage.aclose()
 
-    idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
     server.app = create_app(
-        gateway, keys, biller, idempotency, on_startup=on_startup, on_shutdown=on_shutdown
+        gateway,
+        keys,
+        biller,
+        idempotency,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        storage=storage,
+        tasks=tasks,
     )
     return server
