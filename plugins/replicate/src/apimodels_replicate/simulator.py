@@ -543,7 +543,7 @@ async def _create(
     error = _marker_error(model, given) or (
         str(failure.get("error") or "Prediction failed: simulated failure") if failure else None
     )
-    now = time.time()
+    now = round(time.time(), 6)  # what created_at shows, so list filters match it exactly
     state.seq += 1
     prediction = Prediction(
         id=_prediction_id(),
