@@ -305,3 +305,43 @@ def _mp3_duration(data: bytes) -> float | None:
     version = (data[pos + 1] >> 3) & 0x03  # 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
     kbps = _MP3_BITRATES[1 if version == 3 else 2][data[pos + 2] >> 4]
     return (len(data) - pos) * 8 / (kbps * 1000) if kbps else None
+
+
+# --- MP4 -------------------------------------------------------------------------------
+
+
+def _mp4_boxes(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    """The boxes between ``start`` and ``end``: type -> (payload start, payload end)."""
+    boxes, pos = {}, start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if size == 1:  # a 64-bit size follows the type
+            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:  # the box runs to the end of its parent
+            size = end - pos
+        if size < header or pos + size > end:
+            break
+        boxes.setdefault(kind, (pos + header, pos + size))
+        pos += size
+    return boxes
+
+
+def mp4_duration(data: bytes) -> float | None:
+    """The length in seconds of an MP4 (ISO BMFF) file, from its movie header (``moov/mvhd``);
+    None when the file has none (or is unreadable). Billing video per second uses it."""
+    try:
+        moov = _mp4_boxes(data, 0, len(data)).get(b"moov")
+        if moov is None:
+            return None
+        mvhd = _mp4_boxes(data, *moov).get(b"mvhd")
+        if mvhd is None:
+            return None
+        pos = mvhd[0]
+        if data[pos] == 1:  # version 1: 64-bit creation and modification times and duration
+            timescale, length = struct.unpack_from(">IQ", data, pos + 20)
+        else:
+            timescale, length = struct.unpack_from(">II", data, pos + 12)
+        return length / timescale if timescale else None
+    except (IndexError, struct.error):
+        return None
