@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from .tasks import TasksAPI
 
 log = logging.getLogger("apimodels")
+DEBUG = bool(os.environ.get("APIMODELS_DEBUG"))
 
 _ENDPOINT_OF: dict[Modality, str] = {modality: path for path, (_, modality) in ENDPOINTS.items()}
 
@@ -244,7 +246,7 @@ class Frontend:
                 raise _wrong_modality(route, path)
             route.provider.ensure_available()
             if route.jobs:
-                return await self._through_task(principal, route, unified, started)
+                return await self._through_task(request, principal, route, unified, started)
             dispatch.check_policy(self.gateway, route, unified, principal.account_id)
             # The estimate also refuses an unpriced variant: all before any hold or I/O.
             estimate, hold = dispatch.estimate(route, unified)
@@ -275,19 +277,28 @@ class Frontend:
         return endpoint
 
     async def _through_task(
-        self, principal: Principal, route: Route, unified: UnifiedRequest, started: float
+        self,
+        request: Request,
+        principal: Principal,
+        route: Route,
+        unified: UnifiedRequest,
+        started: float,
     ) -> Response:
         """An image model its upstream runs as jobs, on the synchronous endpoint: run it as
         a task and wait (``tasks.sync_wait_seconds``), then answer like any image call."""
         if self.tasks is None or not isinstance(unified, ImageRequest):
-            raise _wrong_modality(route, "images/generations")
+            raise InvalidRequest(
+                f"'{route.model.id}' runs as a long job upstream: use POST /v1/tasks",
+                code="use_tasks",
+                param="model",
+            )
         task = await self.tasks.run_sync(principal, route, image_task_input(route, unified))
         if task["status"] != "succeeded":
             raise UpstreamError(
                 task["error_message"] or "the image could not be made",
                 code=task["error_code"] or "upstream_failed",
             )
-        rendered = self.tasks.render(task)
+        rendered = self.tasks.render(task, request)
         cost = rendered["cost"]
         body = {
             "created": int(time.time()),
@@ -450,8 +461,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     request_id = request.scope.get("state", {}).get("request_id", "?")
-    # The class name only: a message or traceback could carry upstream details.
-    log.error("internal error in %s: %s", request_id, type(exc).__name__)
+    # The class name only: a message or traceback could carry upstream details
+    # (APIMODELS_DEBUG=1 logs the traceback, for a developer's own machine).
+    log.error(
+        "internal error in %s: %s",
+        request_id,
+        type(exc).__name__,
+        exc_info=exc if DEBUG else None,
+    )
     body = {
         "error": {
             "message": f"The server had an error processing your request ({request_id}).",

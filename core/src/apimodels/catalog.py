@@ -117,6 +117,15 @@ class ModelConfig(_Strict):
             if all(getattr(self.pricing, name) is None for name in group):
                 wanted = " or ".join(f"pricing.{n}" for n in group)
                 raise ValueError(f"a {self.modality.value} model needs {wanted}")
+        # A hold is sized from the model's maxima: a per-second price needs its bound.
+        if self.pricing.per_run_second is not None and self.max_run_seconds is None:
+            raise ValueError("a model priced per_run_second needs max_run_seconds (for its hold)")
+        if (
+            self.modality is Modality.video
+            and self.pricing.per_second is not None
+            and self.max_output_seconds is None
+        ):
+            raise ValueError("a video model priced per_second needs max_output_seconds")
         return self
 
 
@@ -129,6 +138,10 @@ class GatewayConfig(_Strict):
     billing: bool = True  # false: every call is free and unrecorded (internal deployments)
     hold_ttl_seconds: Annotated[float, Field(ge=1)] = 900.0
     expiry_sweep_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Where clients and upstreams reach this gateway (https://api.example.com): upstream job
+    # webhooks go to {public_url}/webhooks/..., and output URLs in client webhooks start with
+    # it. Without it jobs are only polled, and the API makes URLs from each request's host.
+    public_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
 
 
 class TasksConfig(_Strict):
@@ -140,9 +153,6 @@ class TasksConfig(_Strict):
     lease_seconds: Annotated[float, Field(gt=0)] = 60.0  # a crashed worker's tasks wait this
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 32  # tasks advanced at once
     sync_wait_seconds: Annotated[float, Field(ge=0, le=600)] = 60.0  # sync images via jobs
-    # The gateway's own public URL: upstream webhooks are sent to {public_base_url}/webhooks/…
-    # Without it, jobs are only polled.
-    public_base_url: str | None = None
     allow_private_webhooks: bool = False  # client webhooks to http/private hosts (tests)
     webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     webhook_retry_hours: Annotated[float, Field(gt=0)] = 72.0  # give up after this

@@ -62,6 +62,9 @@ class Simulators:
                 await asyncio.sleep(0.01)
             origin = f"http://127.0.0.1:{port}"
             gateway.point_at(name, sandbox_base_url(provider.spec, origin), api_key)
+            secret = getattr(getattr(app, "state", None), "webhook_secret", None)
+            if isinstance(secret, str):  # the simulator signs its webhooks with its own
+                gateway.take_webhook_secret(name, secret)
             self.urls[name] = origin
 
     async def stop(self) -> None:

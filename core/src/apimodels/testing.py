@@ -19,12 +19,24 @@ from typing import Any, Literal
 import uvicorn
 
 
-@contextmanager
-def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "on") -> Iterator[str]:
-    """Serve ``app`` on an ephemeral port of 127.0.0.1; yield its origin ``http://127.0.0.1:PORT``."""
+def bound_socket() -> socket.socket:
+    """A socket bound to an ephemeral port of 127.0.0.1 (its URL is known before serving)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serve(
+    app: Any,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "on",
+    sock: socket.socket | None = None,
+) -> Iterator[str]:
+    """Serve ``app`` on an ephemeral port of 127.0.0.1 (or on ``sock``); yield its origin
+    ``http://127.0.0.1:PORT``."""
+    sock = sock or bound_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan)
     server = uvicorn.Server(config)

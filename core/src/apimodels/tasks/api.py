@@ -89,8 +89,9 @@ class TasksAPI:
             if route.input_schema is not None
         }
 
-    def render(self, task: dict[str, Any]) -> dict[str, Any]:
-        return render_task(task, self.runner.storage)
+    def render(self, task: dict[str, Any], request: Request | None = None) -> dict[str, Any]:
+        origin = str(request.base_url) if request is not None else ""
+        return render_task(task, self.runner.storage, origin)
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class TasksAPI:
                 await check_resolves_public(webhook)
         task = self._create(principal, route, body.input, webhook, hold)
         self.runner.kick()
-        return _json(self.render(task), 202)
+        return _json(self.render(task, request), 202)
 
     def validate(self, route: Route, input: dict[str, Any], principal: Principal) -> int:
         """Check a task's input and ask the policy; return its hold (all before any I/O)."""
@@ -183,7 +184,8 @@ class TasksAPI:
 
     async def get(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
-        return _json(self.render(self.store.get(principal.account_id, request.path_params["id"])))
+        task = self.store.get(principal.account_id, request.path_params["id"])
+        return _json(self.render(task, request))
 
     async def list(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
@@ -200,13 +202,15 @@ class TasksAPI:
         tasks, more = self.store.list(
             principal.account_id, limit=limit, status=status, starting_after=q.get("starting_after")
         )
-        return _json({"object": "list", "data": [self.render(t) for t in tasks], "has_more": more})
+        return _json(
+            {"object": "list", "data": [self.render(t, request) for t in tasks], "has_more": more}
+        )
 
     async def cancel(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
         task = self.store.get(principal.account_id, request.path_params["id"])
         if task["status"] == "canceled":
-            return _json(self.render(task))
+            return _json(self.render(task, request))
         if task["status"] in TERMINAL:
             raise InvalidRequest(
                 f"Task {task['id']} has already {task['status']}; it cannot be canceled.",
@@ -214,7 +218,7 @@ class TasksAPI:
                 status=409,
             )
         await self.runner.cancel(task)
-        return _json(self.render(self.store.get(principal.account_id, task["id"])))
+        return _json(self.render(self.store.get(principal.account_id, task["id"]), request))
 
     async def upstream_webhook(self, request: Request) -> Response:
         """An upstream's job event: verified, then the task is looked at once more."""

@@ -9,13 +9,14 @@ from ..money import format_usd
 from .store import TERMINAL
 
 
-def render_task(task: dict[str, Any], storage: Any) -> dict[str, Any]:
-    """A task row as the API's task object; output files get fresh signed URLs."""
+def render_task(task: dict[str, Any], storage: Any, origin: str = "") -> dict[str, Any]:
+    """A task row as the API's task object; output files get fresh signed URLs (a local
+    storage's relative URLs made absolute with ``origin``, the gateway's own URL)."""
     output = json.loads(task["output"]) if task["output"] else None
     if isinstance(output, list):
         output = [
             {
-                "url": storage.url(item["key"]),
+                "url": _absolute(storage.url(item["key"]), origin),
                 "content_type": item["content_type"],
                 "bytes": item["bytes"],
             }
@@ -42,3 +43,7 @@ def render_task(task: dict[str, Any], storage: Any) -> dict[str, Any]:
         "cost": format_usd(task["cost_micros"] or 0) if status in TERMINAL else None,
         "webhook": task["webhook_url"],
     }
+
+
+def _absolute(url: str, origin: str) -> str:
+    return origin.rstrip("/") + url if url.startswith("/") else url

@@ -116,6 +116,7 @@ class TaskRunner:
             timeout=config.webhook_timeout_seconds,
             retry_hours=config.webhook_retry_hours,
         )
+        self.public_url = gateway.catalog.gateway.public_url or ""
         self.wake = asyncio.Event()
         self.active: set[asyncio.Task[None]] = set()
         self.finished: dict[str, asyncio.Event] = {}  # task id -> set when it ends here
@@ -283,7 +284,7 @@ class TaskRunner:
         return job
 
     def _webhook_url(self, route: Route, task: dict[str, Any]) -> str | None:
-        base = self.config.public_base_url
+        base = self.gateway.catalog.gateway.public_url
         if not base or route.provider.upstream.webhook_secret is None:
             return None
         return f"{base.rstrip('/')}/webhooks/{route.provider.name}/{task['id']}"
@@ -458,7 +459,9 @@ class TaskRunner:
         attempts = task["webhook_attempts"]
         try:
             secret = account_webhook_secret(self.store.db, task["account_id"])
-            body = json.dumps(render_task(task, self.storage), separators=(",", ":")).encode()
+            body = json.dumps(
+                render_task(task, self.storage, self.public_url), separators=(",", ":")
+            ).encode()
             error = await self.notifier.deliver(task["webhook_url"], secret, task["id"], body)
         except Exception as exc:
             error = type(exc).__name__

@@ -122,7 +122,7 @@ class TaskStore:
                 f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(row))})",
                 tuple(row.values()),
             )
-        return row
+        return {**dict.fromkeys(self._columns), **row}
 
     # --- reading ------------------------------------------------------------------------
 
