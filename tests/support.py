@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,43 @@ from apimodels.server import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_KEY = "sk-sim-e2e-0123456789abcdef"
+
+REPLICATE_KEY = "r8_sim_" + "k" * 32
+REPLICATE_SECRET = "whsec_" + base64.b64encode(b"replicate-simulator-secret-0123").decode()
+
+REPLICATE_CATALOG = """
+[providers.replicate]
+package = "apimodels-replicate"
+base_url = "{replicate}/v1"
+
+[models."replicate/flux-schnell"]
+provider = "replicate"
+upstream = "black-forest-labs/flux-schnell"
+modality = "image"
+max_outputs = 4
+pricing = {{ per_image = "0.003" }}
+
+[models."replicate/veo-3.1-fast"]
+provider = "replicate"
+upstream = "google/veo-3.1-fast"
+modality = "video"
+max_output_seconds = "8"
+pricing = {{ per_second = "0.10" }}
+
+[models."replicate/llama-3.1-405b"]
+provider = "replicate"
+upstream = "meta/meta-llama-3.1-405b-instruct"
+modality = "chat"
+max_output_tokens = 4096
+pricing = {{ input_per_1m = "9.50", output_per_1m = "9.50" }}
+
+[tasks]
+poll_interval_seconds = 0.05
+max_poll_interval_seconds = 0.2
+lease_seconds = 2
+sync_wait_seconds = 10
+allow_private_webhooks = true
+"""
 
 
 @dataclass

@@ -29,44 +29,15 @@ from apimodels.tasks.notify import account_webhook_secret
 from apimodels.testing import bound_socket, serve
 from apimodels_replicate import webhooks
 from apimodels_replicate.simulator import create_app as create_replicate
-from support import SIM_KEY, Gateway, Simulator, registry_for
-
-REPLICATE_KEY = "r8_sim_" + "k" * 32
-REPLICATE_SECRET = webhooks.new_secret()
-
-REPLICATE_CATALOG = """
-[providers.replicate]
-package = "apimodels-replicate"
-base_url = "{replicate}/v1"
-
-[models."replicate/flux-schnell"]
-provider = "replicate"
-upstream = "black-forest-labs/flux-schnell"
-modality = "image"
-max_outputs = 4
-pricing = {{ per_image = "0.003" }}
-
-[models."replicate/veo-3.1-fast"]
-provider = "replicate"
-upstream = "google/veo-3.1-fast"
-modality = "video"
-max_output_seconds = "8"
-pricing = {{ per_second = "0.10" }}
-
-[models."replicate/llama-3.1-405b"]
-provider = "replicate"
-upstream = "meta/meta-llama-3.1-405b-instruct"
-modality = "chat"
-max_output_tokens = 4096
-pricing = {{ input_per_1m = "9.50", output_per_1m = "9.50" }}
-
-[tasks]
-poll_interval_seconds = 0.05
-max_poll_interval_seconds = 0.2
-lease_seconds = 2
-sync_wait_seconds = 10
-allow_private_webhooks = true
-"""
+from support import (
+    REPLICATE_CATALOG,
+    REPLICATE_KEY,
+    REPLICATE_SECRET,
+    SIM_KEY,
+    Gateway,
+    Simulator,
+    registry_for,
+)
 
 
 @dataclass
