@@ -398,8 +398,10 @@ async def _send(app: Starlette, prediction: Prediction, events: list[str]) -> No
 
 async def _until(prediction: Prediction, when: Callable[[], float]) -> None:
     """Sleep until ``when()`` (re-read whenever the prediction changes, e.g. is canceled)."""
-    while (left := when() - time.time()) > 0:
+    while True:
         prediction.changed.clear()
+        if (left := when() - time.time()) <= 0:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(prediction.changed.wait(), left)
 
