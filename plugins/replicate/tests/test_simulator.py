@@ -111,8 +111,9 @@ def test_prefer_wait_n_gives_up_after_n_seconds_with_202(
     started = time.monotonic()
     answer = sim.post(FLUX, json={"input": {"prompt": "slow"}}, headers={"prefer": "wait=1"})
     elapsed = time.monotonic() - started
-    assert answer.status_code == 202 and answer.json()["status"] == "processing"
+    assert answer.status_code == 202 and answer.json()["status"] == "starting"
     assert 0.95 <= elapsed < 5
+    assert sim.get(answer.json()["urls"]["get"]).json()["status"] == "processing"
     sim.post(answer.json()["urls"]["cancel"])
 
 
