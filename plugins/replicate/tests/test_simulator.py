@@ -21,12 +21,15 @@ import httpx
 import pytest
 
 from apimodels import media
+from apimodels.testing import serve
 from apimodels_replicate.models import MODELS
 from apimodels_replicate.simulator import (
     FAIL_ERROR,
     NSFW_ERROR,
+    SANDBOX_STEP_SECONDS,
     Prediction,
     create_app,
+    sandbox_app,
 )
 from apimodels_replicate.webhooks import sign, verify
 
@@ -108,8 +111,9 @@ def test_prefer_wait_n_gives_up_after_n_seconds_with_202(
     started = time.monotonic()
     answer = sim.post(FLUX, json={"input": {"prompt": "slow"}}, headers={"prefer": "wait=1"})
     elapsed = time.monotonic() - started
-    assert answer.status_code == 202 and answer.json()["status"] == "processing"
+    assert answer.status_code == 202 and answer.json()["status"] == "starting"
     assert 0.95 <= elapsed < 5
+    assert sim.get(answer.json()["urls"]["get"]).json()["status"] == "processing"
     sim.post(answer.json()["urls"]["cancel"])
 
 
@@ -569,9 +573,22 @@ def test_verify_checks_signature_and_age() -> None:
     assert not verify("whsec_!!notbase64", headers, body, now=now)
 
 
-def test_sandbox_factory_takes_api_key() -> None:
-    from apimodels_replicate.simulator import SANDBOX_STEP_SECONDS, sandbox_app
-
-    app = sandbox_app(api_key="sk-sim-x")
+def test_the_sandbox_factory_serves_and_stops_promptly_with_webhooks_pending(
+    receiver: Any,
+) -> None:
+    """``sandbox_app(api_key=...)`` is what ``ProviderSpec.simulator`` is called as; a
+    simulator with deliveries still waiting must not hold up the gateway's shutdown."""
+    app = sandbox_app(api_key="sk-sim-sandbox")
     assert app.state.knobs["step_seconds"] == SANDBOX_STEP_SECONDS
+    with serve(app) as url:
+        answer = httpx.post(
+            f"{url}{FLUX}",
+            json={"input": {"prompt": "x"}, "webhook": receiver.url},
+            headers={"authorization": "Bearer sk-sim-sandbox"},
+        )
+        assert answer.status_code == 202 and answer.json()["status"] == "starting"
+        assert len(app.state.tasks) == 1
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 3
+    assert not app.state.tasks and app.state.http.is_closed
     assert create_app("t", webhook_secret="whsec_abc").state.webhook_secret == "whsec_abc"

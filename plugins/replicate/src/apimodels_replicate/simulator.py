@@ -21,7 +21,8 @@ The models are those of ``models.MODELS``; inputs are checked against their sche
 ``succeeded`` / ``failed`` / ``canceled`` on the clock: ``step_seconds`` in each of the first
 two states (plus ``slow_seconds`` of processing), fixed when it is created. ``Prefer: wait``
 or ``wait=N`` (1 to 60 s) holds the create request until the prediction ends or N seconds
-pass: 201 with a finished prediction, else 202 (the project's NOTES.md). ``Cancel-After``
+pass: 201 with a finished prediction, else 202 showing it ``starting`` as it was created (as
+the real API does, per the project's NOTES.md and the official client's comments). ``Cancel-After``
 (``30s``, ``5m``, ``1h30m``, at least 5 s) cancels it at that age (``aborted`` if it had not
 started). Finished predictions carry ``completed_at``, ``metrics.predict_time`` (seconds of
 processing: the published description only declares ``total_time``, but Replicate's real
@@ -59,7 +60,7 @@ restores the defaults):
 - ``webhook_bad_signature``: sign webhooks with a wrong key;
 - ``fail``: a queue of one-shot failures: ``{"kind": "error", "status": 500}`` answers the
   next ``/v1`` request whose path matches ``path`` (any when absent) with that status
-  (429 with ``Retry-After``); ``{"kind": "prediction", "error": "..."}`` fails the next
+  (429 with ``Retry-After``: ``retry_after`` seconds, 1 by default); ``{"kind": "prediction", "error": "..."}`` fails the next
   prediction created with that error string.
 
 ``GET /_sim/requests`` lists the last requests received under ``/v1`` (method, path,
@@ -170,11 +171,12 @@ def _invalid(detail: str, **extra: Any) -> ReplicateError:
     return ReplicateError(422, "Input validation failed", detail, **extra)
 
 
-def canned_error(status: int) -> ReplicateError:
+def canned_error(status: int, retry_after: int = 1) -> ReplicateError:
     """Replicate's error for ``status``, as the ``fail`` knob answers it."""
     if status == 429:
-        detail = "Request was throttled. Expected available in 1 second."
-        return ReplicateError(429, "Request was throttled", detail, headers={"retry-after": "1"})
+        detail = f"Request was throttled. Expected available in {retry_after} second(s)."
+        headers = {"retry-after": str(retry_after)}
+        return ReplicateError(429, "Request was throttled", detail, headers=headers)
     if status == 401:
         return ReplicateError(
             401, "Unauthenticated", "You did not pass a valid authentication token"
@@ -398,8 +400,10 @@ async def _send(app: Starlette, prediction: Prediction, events: list[str]) -> No
 
 async def _until(prediction: Prediction, when: Callable[[], float]) -> None:
     """Sleep until ``when()`` (re-read whenever the prediction changes, e.g. is canceled)."""
-    while (left := when() - time.time()) > 0:
+    while True:
         prediction.changed.clear()
+        if (left := when() - time.time()) <= 0:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(prediction.changed.wait(), left)
 
@@ -571,8 +575,12 @@ async def _create(
             if await request.is_disconnected():
                 break
             await asyncio.sleep(min(0.02, max(0.0, min(prediction.end(), limit) - time.time())))
-    answer = prediction.as_json()
-    return JSONResponse(answer, 201 if answer["status"] in TERMINAL else 202)
+    now = time.time()
+    if prediction.status(now) in TERMINAL:
+        return JSONResponse(prediction.as_json(now), 201)
+    # Unfinished, it is shown as it was created (starting), as Replicate answers a create
+    # whose wait ran out, even while it is processing.
+    return JSONResponse(prediction.as_json(prediction.created), 202)
 
 
 async def create_official(request: Request, body: dict[str, Any]) -> Response:
@@ -733,7 +741,9 @@ def _endpoint(handler: Handler, token: str) -> Callable[[Request], Awaitable[Res
             _check_token(request, token)
             failure = _take_failure(state.knobs, "error", request.url.path)
             if failure is not None:
-                raise canned_error(int(failure.get("status", 500)))
+                raise canned_error(
+                    int(failure.get("status", 500)), int(failure.get("retry_after", 1))
+                )
             if not isinstance(body, dict):
                 raise ReplicateError(400, "Bad request", "The request body must be a JSON object.")
             return await handler(request, body)
