@@ -22,32 +22,8 @@ SIM_KEY = "sk-sim-e2e-0123456789abcdef"
 REPLICATE_KEY = "r8_sim_" + "k" * 32
 REPLICATE_SECRET = "whsec_" + base64.b64encode(b"replicate-simulator-secret-0123").decode()
 
-REPLICATE_CATALOG = """
-[providers.replicate]
-package = "apimodels-replicate"
-base_url = "{replicate}/v1"
-
-[models."replicate/flux-schnell"]
-provider = "replicate"
-upstream = "black-forest-labs/flux-schnell"
-modality = "image"
-max_outputs = 4
-pricing = {{ per_image = "0.003" }}
-
-[models."replicate/veo-3.1-fast"]
-provider = "replicate"
-upstream = "google/veo-3.1-fast"
-modality = "video"
-max_output_seconds = "8"
-pricing = {{ per_second = "0.10" }}
-
-[models."replicate/llama-3.1-405b"]
-provider = "replicate"
-upstream = "meta/meta-llama-3.1-405b-instruct"
-modality = "chat"
-max_output_tokens = 4096
-pricing = {{ input_per_1m = "9.50", output_per_1m = "9.50" }}
-
+#: Task settings for tests: fast polls, short leases, webhooks to 127.0.0.1 allowed.
+TASKS_SETTINGS = """
 [tasks]
 poll_interval_seconds = 0.05
 max_poll_interval_seconds = 0.2
@@ -104,10 +80,17 @@ class Gateway:
         return account["id"], create_key(self.db, account["id"])[1]
 
 
-def registry_for(upstream: str, tmp: Path, extra: str = "") -> Path:
-    """The repository's registry.toml with the OpenAI provider pointed at ``upstream``."""
+def registry_for(
+    upstream: str, tmp: Path, extra: str = "", *, replicate: str | None = None
+) -> Path:
+    """The repository's registry.toml with the OpenAI provider pointed at ``upstream`` (and
+    Replicate at ``replicate``, when given)."""
     text = (ROOT / "registry.toml").read_text()
     text = text.replace('# base_url = "https://api.openai.com/v1"', f'base_url = "{upstream}/v1"')
+    if replicate is not None:
+        text = text.replace(
+            '# base_url = "https://api.replicate.com/v1"', f'base_url = "{replicate}/v1"'
+        )
     path = tmp / "registry.toml"
     path.write_text(text + extra)
     return path

@@ -20,7 +20,7 @@ from apimodels.db import open_db
 from apimodels.ledger import Ledger
 from apimodels.testing import serve
 from apimodels_replicate.simulator import create_app as create_replicate
-from support import REPLICATE_CATALOG, REPLICATE_KEY, SIM_KEY, Simulator, registry_for
+from support import REPLICATE_KEY, SIM_KEY, TASKS_SETTINGS, Simulator, registry_for
 
 
 def _port() -> int:
@@ -130,9 +130,7 @@ def test_kill_9_with_a_task_running_then_restart(simulator: Simulator, tmp_path:
     finishes it, and it is charged exactly once."""
     with serve(create_replicate(REPLICATE_KEY)) as replicate_url:
         replicate = Simulator(replicate_url)
-        registry = registry_for(
-            simulator.url, tmp_path, REPLICATE_CATALOG.format(replicate=replicate_url)
-        )
+        registry = registry_for(simulator.url, tmp_path, TASKS_SETTINGS, replicate=replicate_url)
         db_path = tmp_path / "tasks.db"
         db = open_db(db_path)
         account = create_account(db, "restart@example.com")["id"]

@@ -30,10 +30,10 @@ from apimodels.testing import bound_socket, serve
 from apimodels_replicate import webhooks
 from apimodels_replicate.simulator import create_app as create_replicate
 from support import (
-    REPLICATE_CATALOG,
     REPLICATE_KEY,
     REPLICATE_SECRET,
     SIM_KEY,
+    TASKS_SETTINGS,
     Gateway,
     Simulator,
     registry_for,
@@ -86,8 +86,7 @@ def tasks_gateway(
     tmp = tmp_path_factory.mktemp("tasks")
     sock = bound_socket()
     origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    extra = REPLICATE_CATALOG.format(replicate=replicate.url)
-    registry = registry_for(simulator.url, tmp, extra)
+    registry = registry_for(simulator.url, tmp, TASKS_SETTINGS, replicate=replicate.url)
     text = registry.read_text().replace("[gateway]\n", f'[gateway]\npublic_url = "{origin}"\n', 1)
     registry.write_text(text)
     server = assemble(
@@ -194,7 +193,7 @@ def test_video_task_is_billed_per_second_of_stored_video(
     data = httpx.get(video["url"]).content
     seconds = Decimal(str(media.mp4_duration(data))).quantize(Decimal("0.001"))
     assert seconds > 0
-    expected = (seconds * Decimal("0.10")).quantize(Decimal("0.000001"))
+    expected = (seconds * Decimal("0.15")).quantize(Decimal("0.000001"))
     assert Decimal(task["cost"]) == expected
     assert charges(tasks_gateway, task["id"]) == [-int(expected * 1_000_000)]
 
@@ -208,7 +207,10 @@ def test_video_models_run_only_as_tasks(api: httpx.Client, tasks_gateway: Gatewa
 def test_language_model_task_returns_text(api: httpx.Client, tasks_gateway: Gateway) -> None:
     r = api.post(
         "/v1/tasks",
-        json={"model": "replicate/llama-3.1-405b", "input": {"prompt": "Say hi", "max_tokens": 20}},
+        json={
+            "model": "replicate/llama-3.1-405b-instruct",
+            "input": {"prompt": "Say hi", "max_tokens": 20},
+        },
     )
     assert r.status_code == 202, r.text
     task = finished(api, r.json()["id"])
