@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from apimodels.catalog import StorageConfig, parse_catalog
+from apimodels.cli import cli
 from apimodels.errors import ConfigError
 from apimodels.media import png
 from apimodels.storage import StorageError, extension_for, open_storage
@@ -244,3 +246,34 @@ def test_missing_credentials_stop_startup(s3_endpoint: str) -> None:
         match=r"storage\.secret_access_key_env: the variable R2_SECRET_ACCESS_KEY is not set",
     ):
         open_storage(r2_config(s3_endpoint), SECRET, environ={"R2_ACCESS_KEY_ID": ACCESS_KEY_ID})
+
+
+def test_storage_check_command(
+    storage: S3Storage, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("check")
+    storage_table = f"""
+[storage]
+backend = "s3"
+endpoint_url = "{s3_endpoint}"
+bucket = "{BUCKET}"
+region = "auto"
+access_key_id_env = "R2_ACCESS_KEY_ID"
+secret_access_key_env = "R2_SECRET_ACCESS_KEY"
+"""
+    (tmp / "registry.toml").write_text(storage_table)
+    args = ["--registry", str(tmp / "registry.toml"), "--db", str(tmp / "a.db"), "storage", "check"]
+    result = CliRunner().invoke(cli, args, env=CREDENTIALS)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"ok: stored, read back and deleted a 1024-byte object in the bucket at {s3_endpoint}/{BUCKET}/"
+        in result.output
+    )
+    listed = storage.client.list_objects_v2(Bucket=BUCKET, Prefix="apimodels-check/")
+    assert listed["KeyCount"] == 0
+    bad = CliRunner().invoke(cli, args, env={**CREDENTIALS, "R2_SECRET_ACCESS_KEY": "wrong"})
+    assert bad.exit_code == 1
+    assert (
+        "storage check failed: the object was stored, but its signed URL answered 403" in bad.output
+    )
+    assert "wrong" not in bad.output.replace("storage check", "")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from apimodels.catalog import parse_catalog
+from apimodels.cli import cli
 from apimodels.db import open_db
 from apimodels.errors import ConfigError
 from apimodels.storage import LocalStorage, load_secret, open_storage
@@ -98,3 +100,12 @@ def test_an_unusable_folder_stops_startup(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError, match=r"storage\.path: cannot create the folder"):
         open_storage(storage(path="file/outputs"), b"s" * 32, base_dir=tmp_path)
+
+
+def test_storage_check_command_on_the_local_folder(tmp_path: Path) -> None:
+    (tmp_path / "registry.toml").write_text('[storage]\npath = "media"\n')
+    args = ["--registry", str(tmp_path / "registry.toml"), "--db", str(tmp_path / "a.db")]
+    result = CliRunner().invoke(cli, [*args, "storage", "check"])
+    assert result.exit_code == 0, result.output
+    assert "ok: stored, read back and deleted a 1024-byte object in the folder" in result.output
+    assert [p for p in (tmp_path / "media").rglob("*") if p.is_file()] == []

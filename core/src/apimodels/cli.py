@@ -472,3 +472,29 @@ def keys_limit(
 
 if __name__ == "__main__":
     cli()
+
+
+@cli.group()
+def storage() -> None:
+    """Where task outputs are kept (the [storage] table of the catalog)."""
+
+
+@storage.command("check")
+@click.pass_context
+def storage_check(ctx: click.Context) -> None:
+    """Store, download and delete a test object with the configured storage (local or R2/S3)."""
+    import asyncio
+
+    from .storage import StorageError, load_secret, open_storage
+    from .storage.check import check
+
+    config = _catalog(ctx).storage
+    db = _db(ctx)
+    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    try:
+        console.print(f"ok: {asyncio.run(check(store))}", highlight=False)
+    except StorageError as exc:
+        err_console.print(f"[bold red]error:[/] storage check failed: {exc}", highlight=False)
+        sys.exit(1)
+    finally:
+        asyncio.run(store.aclose())
