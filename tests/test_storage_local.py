@@ -51,6 +51,8 @@ def test_put_then_download_through_the_gateway(gateway: Gateway, storage: LocalS
     assert r.headers["cache-control"].startswith("private, max-age=")
     head = httpx.head(gateway.url + url)
     assert (head.status_code, head.headers["content-length"]) == (200, str(len(image)))
+    part = httpx.get(gateway.url + url, headers={"range": "bytes=0-7"})  # players seek in video
+    assert (part.status_code, part.content) == (206, image[:8])
 
 
 def test_a_streamed_body_is_written_whole_and_atomically(

@@ -464,7 +464,7 @@ def files_route(storage: LocalStorage) -> HTTPRoute:
 
     async def get_file(request: Request) -> Response:
         query = request.query_params
-        path, st = await storage.open(
+        path, st = await storage.locate(
             request.path_params["key"], query.get("expires"), query.get("signature")
         )
         left = max(0, int(query["expires"]) - int(time.time()))

@@ -74,7 +74,7 @@ class LocalStorage(Storage):
                         raise self.too_large()
                     await asyncio.to_thread(f.write, chunk)
                 await asyncio.to_thread(_sync, f)
-            await asyncio.to_thread(os.replace, tmp, path)
+            await asyncio.to_thread(_rename_durably, tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -97,7 +97,7 @@ class LocalStorage(Storage):
         mac = hmac.new(self._url_key, f"GET\n{key}\n{expires}".encode(), hashlib.sha256)
         return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
 
-    async def open(
+    async def locate(
         self, key: str, expires: str | None, signature: str | None
     ) -> tuple[Path, os.stat_result]:
         """Check a download's signature and expiry; return the file and its stat.
@@ -134,3 +134,13 @@ class LocalStorage(Storage):
 def _sync(f: BinaryIO) -> None:
     f.flush()
     os.fsync(f.fileno())
+
+
+def _rename_durably(tmp: str, path: Path) -> None:
+    # The rename is durable once the folder's entry is synced too; a task reports success after.
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
