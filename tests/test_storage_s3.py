@@ -21,7 +21,7 @@ from apimodels.catalog import StorageConfig, parse_catalog
 from apimodels.cli import cli
 from apimodels.errors import ConfigError
 from apimodels.media import png
-from apimodels.storage import StorageError, extension_for, open_storage
+from apimodels.storage import ObjectTooLarge, StorageError, extension_for, open_storage
 from apimodels.storage.s3 import PART_BYTES, S3Storage
 
 ACCESS_KEY_ID = "AKIAAPIMODELSTEST001"
@@ -231,7 +231,7 @@ def test_a_refused_upload_is_a_storage_error(s3_endpoint: str, no_aws_environmen
 def test_size_limit_and_url_lifetime(s3_endpoint: str, no_aws_environment: None) -> None:
     small = open_storage(r2_config(s3_endpoint, max_object_bytes=10), SECRET, environ=CREDENTIALS)
     key = small.object_key("acct_1", "task_s3small", 0, "bin")
-    with pytest.raises(StorageError, match="larger than storage accepts"):
+    with pytest.raises(ObjectTooLarge, match="larger than storage accepts"):
         asyncio.run(small.put(key, b"x" * 11, "application/octet-stream"))
     for bad in (0, 7 * 24 * 3600 + 1):
         with pytest.raises(ValueError, match="1 s to 7 days"):

@@ -93,12 +93,16 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
 
     from .sandbox import demo_key
     from .server import assemble
+    from .storage import LocalStorage
 
     server = assemble(ctx.obj["registry"], ctx.obj["db"], sandbox=sandbox)
     for notice in server.gateway.notices:
         err_console.print(f"[yellow]warning:[/] {notice}", highlight=False)
     url = f"http://{host}:{port}"
     key = demo_key(server.db, server.ledger) if sandbox else None
+    storage = server.storage
+    if isinstance(storage, LocalStorage) and not storage.base_url and host not in ("0.0.0.0", "::"):
+        storage.base_url = url  # absolute output URLs; behind a proxy set storage.public_base_url
 
     def announce() -> None:
         if key is None:
