@@ -97,7 +97,7 @@ def test_expired_url_is_refused(gateway: Gateway, storage: LocalStorage) -> None
     assert error_code(r) == "url_expired"
     short = gateway.url + storage.url(key, expires_in=1)
     assert httpx.get(short).status_code == 200
-    time.sleep(2.05)  # the expiry has second granularity
+    time.sleep(2.05)  # expires is rounded up to a whole second: 1 to 2 s from now
     assert error_code(httpx.get(short)) == "url_expired"
 
 

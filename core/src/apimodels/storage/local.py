@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import os
 import stat
 import tempfile
@@ -82,7 +83,7 @@ class LocalStorage(Storage):
 
     def url(self, key: str, *, expires_in: int | None = None) -> str:
         ttl = self.url_ttl_seconds if expires_in is None else check_ttl(expires_in)
-        return self.signed_url(key, int(time.time()) + ttl)
+        return self.signed_url(key, math.ceil(time.time()) + ttl)  # never less than ttl
 
     def signed_url(self, key: str, expires_at: int) -> str:
         """The URL of ``key`` valid until ``expires_at`` (unix seconds)."""
