@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -81,11 +82,18 @@ class Gateway:
 
 
 def registry_for(
-    upstream: str, tmp: Path, extra: str = "", *, replicate: str | None = None
+    upstream: str,
+    tmp: Path,
+    extra: str = "",
+    *,
+    replicate: str | None = None,
+    tasks: str | None = None,
 ) -> Path:
     """The repository's registry.toml with the OpenAI provider pointed at ``upstream`` (and
-    Replicate at ``replicate``, when given)."""
+    Replicate at ``replicate``, when given; ``tasks`` replaces the ``[tasks]`` table)."""
     text = (ROOT / "registry.toml").read_text()
+    if tasks is not None:
+        text = re.sub(r"\[tasks\]\n(?:[^\[\n][^\n]*\n|\n)*", tasks.lstrip() + "\n", text)
     text = text.replace('# base_url = "https://api.openai.com/v1"', f'base_url = "{upstream}/v1"')
     if replicate is not None:
         text = text.replace(

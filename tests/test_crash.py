@@ -130,7 +130,9 @@ def test_kill_9_with_a_task_running_then_restart(simulator: Simulator, tmp_path:
     finishes it, and it is charged exactly once."""
     with serve(create_replicate(REPLICATE_KEY)) as replicate_url:
         replicate = Simulator(replicate_url)
-        registry = registry_for(simulator.url, tmp_path, TASKS_SETTINGS, replicate=replicate_url)
+        registry = registry_for(
+            simulator.url, tmp_path, replicate=replicate_url, tasks=TASKS_SETTINGS
+        )
         db_path = tmp_path / "tasks.db"
         db = open_db(db_path)
         account = create_account(db, "restart@example.com")["id"]

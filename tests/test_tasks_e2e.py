@@ -86,7 +86,7 @@ def tasks_gateway(
     tmp = tmp_path_factory.mktemp("tasks")
     sock = bound_socket()
     origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    registry = registry_for(simulator.url, tmp, TASKS_SETTINGS, replicate=replicate.url)
+    registry = registry_for(simulator.url, tmp, replicate=replicate.url, tasks=TASKS_SETTINGS)
     text = registry.read_text().replace("[gateway]\n", f'[gateway]\npublic_url = "{origin}"\n', 1)
     registry.write_text(text)
     server = assemble(

@@ -551,13 +551,15 @@ def files_route(storage: LocalStorage) -> HTTPRoute:
 
     async def get_file(request: Request) -> Response:
         query = request.query_params
-        path, st = await storage.open(
+        path, st = await storage.locate(
             request.path_params["key"], query.get("expires"), query.get("signature")
         )
         left = max(0, int(query["expires"]) - int(time.time()))
         headers = {
             "cache-control": f"private, max-age={left}",
             "x-content-type-options": "nosniff",
+            # An output is data, never a page: no script in it runs with the gateway's origin.
+            "content-security-policy": "sandbox; default-src 'none'",
         }
         return FileResponse(
             path, headers=headers, media_type=content_type_for(path.name), stat_result=st

@@ -129,6 +129,10 @@ class ModelConfig(_Strict):
         return self
 
 
+#: An http(s) origin, optionally with a path: no query, no fragment.
+BaseURL = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+
+
 class GatewayConfig(_Strict):
     """``[gateway]``: the gateway's own settings."""
 
@@ -141,7 +145,7 @@ class GatewayConfig(_Strict):
     # Where clients and upstreams reach this gateway (https://api.example.com): upstream job
     # webhooks go to {public_url}/webhooks/..., and output URLs in client webhooks start with
     # it. Without it jobs are only polled, and the API makes URLs from each request's host.
-    public_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
+    public_url: BaseURL | None = None
 
 
 class TasksConfig(_Strict):
@@ -156,8 +160,6 @@ class TasksConfig(_Strict):
     allow_private_webhooks: bool = False  # client webhooks to http/private hosts (tests)
     webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     webhook_retry_hours: Annotated[float, Field(gt=0)] = 72.0  # give up after this
-#: An http(s) origin, optionally with a path: no query, no fragment.
-BaseURL = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
 
 
 class StorageConfig(_Strict):
@@ -175,7 +177,6 @@ class StorageConfig(_Strict):
     secret_env: str | None = None  # signs local URLs and names keys; default: kept in the database
     # local
     path: str = "outputs"
-    public_base_url: BaseURL | None = None
     # s3
     endpoint_url: BaseURL | None = None
     bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] | None = None

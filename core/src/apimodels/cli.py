@@ -93,12 +93,20 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
 
     from .sandbox import demo_key
     from .server import assemble
+    from .storage import LocalStorage
 
     server = assemble(ctx.obj["registry"], ctx.obj["db"], sandbox=sandbox)
     for notice in server.gateway.notices:
         err_console.print(f"[yellow]warning:[/] {notice}", highlight=False)
     url = f"http://{host}:{port}"
     key = demo_key(server.db, server.ledger) if sandbox else None
+    if server.gateway.catalog.gateway.public_url is None and host not in ("0.0.0.0", "::"):
+        # Absolute output URLs (behind a proxy, set [gateway] public_url); in the sandbox
+        # the simulators also send their job webhooks here.
+        if isinstance(server.storage, LocalStorage):
+            server.storage.base_url = url
+        if sandbox and server.tasks is not None:
+            server.tasks.public_url = url
 
     def announce() -> None:
         if key is None:
@@ -472,3 +480,29 @@ def keys_limit(
 
 if __name__ == "__main__":
     cli()
+
+
+@cli.group()
+def storage() -> None:
+    """Where task outputs are kept (the [storage] table of the catalog)."""
+
+
+@storage.command("check")
+@click.pass_context
+def storage_check(ctx: click.Context) -> None:
+    """Store, download and delete a test object with the configured storage (local or R2/S3)."""
+    import asyncio
+
+    from .storage import StorageError, load_secret, open_storage
+    from .storage.check import check
+
+    config = _catalog(ctx).storage
+    db = _db(ctx)
+    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    try:
+        console.print(f"ok: {asyncio.run(check(store))}", highlight=False)
+    except StorageError as exc:
+        err_console.print(f"[bold red]error:[/] storage check failed: {exc}", highlight=False)
+        sys.exit(1)
+    finally:
+        asyncio.run(store.aclose())

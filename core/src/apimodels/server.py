@@ -69,6 +69,7 @@ def assemble(
         load_secret(db, catalog.storage, environ),
         base_dir=Path(database_path(db) or ".").parent,
         environ=environ,
+        public_url=settings.public_url,
     )
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     server.storage = storage

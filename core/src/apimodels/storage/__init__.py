@@ -20,6 +20,7 @@ from .base import (
     CONTENT_TYPES,
     MAX_URL_TTL_SECONDS,
     Body,
+    ObjectTooLarge,
     Storage,
     StorageError,
     StoredObject,
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_URL_TTL_SECONDS",
     "Body",
     "LocalStorage",
+    "ObjectTooLarge",
     "Storage",
     "StorageError",
     "StoredObject",
@@ -78,9 +80,11 @@ def open_storage(
     *,
     base_dir: str | Path = ".",
     environ: Mapping[str, str] | None = None,
+    public_url: str | None = None,
 ) -> Storage:
     """The backend ``config`` names. ``base_dir`` anchors a relative local ``path`` (the
-    database's folder); ``environ`` holds the S3 credentials. Raises ``ConfigError``."""
+    database's folder); ``environ`` holds the S3 credentials; ``public_url`` (the gateway's
+    ``[gateway] public_url``) makes local URLs absolute. Raises ``ConfigError``."""
     environ = os.environ if environ is None else environ
     if config.backend == "local":
         try:
@@ -89,7 +93,7 @@ def open_storage(
                 secret,
                 url_ttl_seconds=config.url_ttl_seconds,
                 max_object_bytes=config.max_object_bytes,
-                public_base_url=config.public_base_url,
+                public_base_url=public_url,
             )
         except OSError as exc:
             raise ConfigError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import mimetypes
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -62,10 +63,14 @@ _EXTENSIONS: dict[str, str] = {
 
 
 class StorageError(Exception):
-    """An object could not be stored or removed (the store refused, or it is too large).
+    """An object could not be stored or removed (the store refused or was unreachable).
 
     The message names what failed, never a credential or a local path.
     """
+
+
+class ObjectTooLarge(StorageError):
+    """The object is larger than ``max_object_bytes``: trying again will not help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +90,20 @@ def check_key(key: str) -> str:
 
 
 def extension_for(content_type: str) -> str:
-    """The file extension ``object_key`` should get for an output of ``content_type``."""
-    return _EXTENSIONS.get(content_type.split(";")[0].strip().lower(), "bin")
+    """The file extension ``object_key`` should get for an output of ``content_type``
+    (``bin`` when neither the table above nor the system's MIME types know it)."""
+    ctype = content_type.split(";")[0].strip().lower()
+    ext = _EXTENSIONS.get(ctype) or (mimetypes.guess_extension(ctype) or ".bin").lstrip(".")
+    return ext if _EXT.fullmatch(ext) else "bin"
 
 
 def content_type_for(key: str) -> str:
-    """The content type a key's extension names (``application/octet-stream`` if none)."""
-    _, _, ext = key.rpartition("/")[2].rpartition(".")
-    return CONTENT_TYPES.get(ext.lower(), CONTENT_TYPES["bin"])
+    """The content type a key's extension names: the inverse of ``extension_for``."""
+    ext = key.rpartition("/")[2].rpartition(".")[2].lower()
+    return CONTENT_TYPES.get(ext) or mimetypes.types_map.get(f".{ext}") or CONTENT_TYPES["bin"]
+
+
+mimetypes.init()  # reads the system's MIME types once, at import, never during a request
 
 
 def derive(secret: bytes, purpose: str) -> bytes:
@@ -136,8 +147,8 @@ class Storage(ABC):
         prefix = base64.b32encode(digest[:20]).decode().lower()
         return f"{prefix}/{task_id}/{index}.{ext}"
 
-    def too_large(self) -> StorageError:
-        return StorageError(
+    def too_large(self) -> ObjectTooLarge:
+        return ObjectTooLarge(
             f"the object is larger than storage accepts ({self.max_object_bytes} bytes)"
         )
 
@@ -145,8 +156,9 @@ class Storage(ABC):
     async def put(self, key: str, body: Body, content_type: str) -> StoredObject:
         """Store ``body`` under ``key`` (replacing any object there) and return what was stored.
 
-        A chunked body is streamed, never held whole in memory. Raises ``StorageError`` when
-        the store fails or the body exceeds ``max_object_bytes``; nothing is left behind then.
+        A chunked body is streamed, never held whole in memory. Raises ``ObjectTooLarge``
+        when the body exceeds ``max_object_bytes``, ``StorageError`` when the store fails;
+        nothing is left behind then. ``StoredObject.content_type`` is the type downloads get.
         """
 
     @abstractmethod

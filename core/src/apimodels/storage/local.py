@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import os
 import stat
 import tempfile
@@ -74,7 +75,7 @@ class LocalStorage(Storage):
                         raise self.too_large()
                     await asyncio.to_thread(f.write, chunk)
                 await asyncio.to_thread(_sync, f)
-            await asyncio.to_thread(os.replace, tmp, path)
+            await asyncio.to_thread(_rename_durably, tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -82,7 +83,7 @@ class LocalStorage(Storage):
 
     def url(self, key: str, *, expires_in: int | None = None) -> str:
         ttl = self.url_ttl_seconds if expires_in is None else check_ttl(expires_in)
-        return self.signed_url(key, int(time.time()) + ttl)
+        return self.signed_url(key, math.ceil(time.time()) + ttl)  # never less than ttl
 
     def signed_url(self, key: str, expires_at: int) -> str:
         """The URL of ``key`` valid until ``expires_at`` (unix seconds)."""
@@ -97,7 +98,7 @@ class LocalStorage(Storage):
         mac = hmac.new(self._url_key, f"GET\n{key}\n{expires}".encode(), hashlib.sha256)
         return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
 
-    async def open(
+    async def locate(
         self, key: str, expires: str | None, signature: str | None
     ) -> tuple[Path, os.stat_result]:
         """Check a download's signature and expiry; return the file and its stat.
@@ -134,3 +135,13 @@ class LocalStorage(Storage):
 def _sync(f: BinaryIO) -> None:
     f.flush()
     os.fsync(f.fileno())
+
+
+def _rename_durably(tmp: str, path: Path) -> None:
+    # The rename is durable once the folder's entry is synced too; a task reports success after.
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

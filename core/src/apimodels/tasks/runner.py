@@ -284,7 +284,7 @@ class TaskRunner:
         return job
 
     def _webhook_url(self, route: Route, task: dict[str, Any]) -> str | None:
-        base = self.gateway.catalog.gateway.public_url
+        base = self.public_url
         if not base or route.provider.upstream.webhook_secret is None:
             return None
         return f"{base.rstrip('/')}/webhooks/{route.provider.name}/{task['id']}"
