@@ -59,7 +59,7 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 def test_a_prediction_moves_starting_processing_succeeded_on_the_clock(
     sim: httpx.Client, set_knobs: Knobs, wait_for: Any
 ) -> None:
-    set_knobs(step_seconds=0.3)
+    set_knobs(step_seconds=0.2)
     created = sim.post(FLUX, json={"input": {"prompt": "a lighthouse"}})
     assert created.status_code == 202
     first = created.json()
@@ -81,10 +81,10 @@ def test_a_prediction_moves_starting_processing_succeeded_on_the_clock(
     assert seen == ["starting", "processing", "succeeded"]
     created_at, started_at = seconds(done["created_at"]), seconds(done["started_at"])
     completed_at = seconds(done["completed_at"])
-    assert started_at - created_at == pytest.approx(0.3, abs=0.01)
-    assert completed_at - started_at == pytest.approx(0.3, abs=0.01)
-    assert done["metrics"]["predict_time"] == pytest.approx(0.3, abs=0.01)
-    assert done["metrics"]["total_time"] == pytest.approx(0.6, abs=0.01)
+    assert started_at - created_at == pytest.approx(0.2, abs=0.01)
+    assert completed_at - started_at == pytest.approx(0.2, abs=0.01)
+    assert done["metrics"]["predict_time"] == pytest.approx(0.2, abs=0.01)
+    assert done["metrics"]["total_time"] == pytest.approx(0.4, abs=0.01)
     assert done["error"] is None and len(done["output"]) == 1
     assert done["logs"].endswith("Prediction complete.\n")
 
