@@ -421,7 +421,16 @@ def test_the_fail_knob(sim: httpx.Client, set_knobs: Knobs) -> None:
 
 
 def test_bad_knobs_are_refused(sim: httpx.Client) -> None:
-    for bad in ({"step_seconds": -1}, {"nope": 1}, {"fail": [{"kind": "boom"}]}, {"page_size": 0}):
+    for bad in (
+        {"step_seconds": -1},
+        {"nope": 1},
+        {"fail": [{"kind": "boom"}]},
+        {"fail": {"kind": "error", "status": "teapot"}},
+        {"fail": {"kind": "error", "status": 200}},
+        {"fail": {"kind": "error", "status": 429, "retry_after": -1}},
+        {"page_size": 0},
+        {"webhook_duplicates": "yes"},
+    ):
         assert sim.post("/_sim/knobs", json=bad).status_code == 400
 
 
