@@ -83,10 +83,20 @@ class Receiver:
         return Response(status_code=self.statuses.pop(0) if self.statuses else 200)
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@pytest.fixture(scope="session")
+def _receiver() -> Iterator[Receiver]:
     hook = Receiver()
     app = Starlette(routes=[Route("/hook", hook.endpoint, methods=["POST"])])
     with serve(app) as url:
         hook.url = f"{url}/hook"
         yield hook
+
+
+@pytest.fixture
+def receiver(_receiver: Receiver) -> Iterator[Receiver]:
+    """A webhook endpoint on 127.0.0.1, emptied for each test."""
+    _receiver.received.clear()
+    _receiver.statuses.clear()
+    yield _receiver
+    time.sleep(0.05)  # let a late delivery of this test land before the next clears
+    _receiver.received.clear()

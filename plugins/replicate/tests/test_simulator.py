@@ -59,7 +59,7 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 def test_a_prediction_moves_starting_processing_succeeded_on_the_clock(
     sim: httpx.Client, set_knobs: Knobs, wait_for: Any
 ) -> None:
-    set_knobs(step_seconds=0.3)
+    set_knobs(step_seconds=0.2)
     created = sim.post(FLUX, json={"input": {"prompt": "a lighthouse"}})
     assert created.status_code == 202
     first = created.json()
@@ -81,10 +81,10 @@ def test_a_prediction_moves_starting_processing_succeeded_on_the_clock(
     assert seen == ["starting", "processing", "succeeded"]
     created_at, started_at = seconds(done["created_at"]), seconds(done["started_at"])
     completed_at = seconds(done["completed_at"])
-    assert started_at - created_at == pytest.approx(0.3, abs=0.01)
-    assert completed_at - started_at == pytest.approx(0.3, abs=0.01)
-    assert done["metrics"]["predict_time"] == pytest.approx(0.3, abs=0.01)
-    assert done["metrics"]["total_time"] == pytest.approx(0.6, abs=0.01)
+    assert started_at - created_at == pytest.approx(0.2, abs=0.01)
+    assert completed_at - started_at == pytest.approx(0.2, abs=0.01)
+    assert done["metrics"]["predict_time"] == pytest.approx(0.2, abs=0.01)
+    assert done["metrics"]["total_time"] == pytest.approx(0.4, abs=0.01)
     assert done["error"] is None and len(done["output"]) == 1
     assert done["logs"].endswith("Prediction complete.\n")
 
@@ -421,7 +421,16 @@ def test_the_fail_knob(sim: httpx.Client, set_knobs: Knobs) -> None:
 
 
 def test_bad_knobs_are_refused(sim: httpx.Client) -> None:
-    for bad in ({"step_seconds": -1}, {"nope": 1}, {"fail": [{"kind": "boom"}]}, {"page_size": 0}):
+    for bad in (
+        {"step_seconds": -1},
+        {"nope": 1},
+        {"fail": [{"kind": "boom"}]},
+        {"fail": {"kind": "error", "status": "teapot"}},
+        {"fail": {"kind": "error", "status": 200}},
+        {"fail": {"kind": "error", "status": 429, "retry_after": -1}},
+        {"page_size": 0},
+        {"webhook_duplicates": "yes"},
+    ):
         assert sim.post("/_sim/knobs", json=bad).status_code == 400
 
 

@@ -80,7 +80,7 @@ def check_problem(answer: httpx.Response) -> None:
 def test_every_state_of_every_model_matches_the_description(
     sim: httpx.Client, set_knobs: Any, ref: str
 ) -> None:
-    set_knobs(step_seconds=0.15)
+    set_knobs(step_seconds=0.08)
     request = {"input": INPUTS[ref]}
     CHECK.validate_request("post", "/models/{model_owner}/{model_name}/predictions", request)
     created = sim.post(f"/v1/models/{ref}/predictions", json=request)

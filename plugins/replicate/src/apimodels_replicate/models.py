@@ -1,6 +1,15 @@
 """The Replicate models the simulator knows, with their real input schemas (trimmed to the
-main fields, as each model's ``latest_version.openapi_schema`` publishes them on
-replicate.com, checked 2026-11-25).
+main fields), as published for each model on replicate.com (its "API" tab, i.e. its
+``latest_version.openapi_schema``), read 2026-11-25 through copies of those pages:
+
+- black-forest-labs/flux-schnell: replicate.com/black-forest-labs/flux-schnell;
+- google/veo-3.1-fast: the api.core.today listing of the Replicate model (its `duration`
+  there reads "5 or 8"; Google's Veo 3.1 API, and every other listing found, say 4, 6 or 8,
+  which is what the simulator takes);
+- minimax/speech-2.6-turbo: replicate.com/minimax/speech-2.6-turbo and the identical schema
+  of minimax/speech-2.8-turbo's version page;
+- meta/meta-llama-3.1-405b-instruct: replicate.com/meta/meta-llama-3.1-405b-instruct
+  (the bounds of min_tokens / max_tokens / temperature are the simulator's).
 
 Each is an official model, so it runs by ``owner/name`` (``version`` reads ``"hidden"``), and
 also has a version id, so it runs by ``owner/name:version`` or a bare version id too.

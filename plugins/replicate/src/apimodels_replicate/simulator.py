@@ -789,6 +789,12 @@ def _check_knobs(update: Any) -> dict[str, Any]:
         isinstance(f, dict) and f.get("kind") in ("error", "prediction") for f in fail
     ):
         raise ValueError("fail is a list of objects whose kind is error or prediction")
+    for f in fail:
+        status, retry_after = f.get("status", 500), f.get("retry_after", 1)
+        if not (isinstance(status, int) and 400 <= status <= 599):
+            raise ValueError("a failure's status is an HTTP error status, 400 to 599")
+        if not (isinstance(retry_after, int) and retry_after >= 0):
+            raise ValueError("a failure's retry_after is a whole number of seconds")
     return {**update, "fail": fail}
 
 
