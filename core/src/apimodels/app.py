@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -411,6 +411,7 @@ def create_app(
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    extra_routes: Sequence[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = (),
 ) -> ASGIApp:
     frontend = Frontend(gateway, keys, biller, idempotency)
     receipts = Receipts(keys, biller.ledger.ledger)
@@ -428,6 +429,8 @@ def create_app(
         ),
         HTTPRoute("/health", lambda request: json_response({"status": "ok"}), methods=["GET"]),
     ]
+    # Features assembled elsewhere (top-ups...), each endpoint answering errors the same way.
+    routes += [HTTPRoute(p, _with_errors(e), methods=m) for p, e, m in extra_routes]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

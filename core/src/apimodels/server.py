@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 from starlette.types import ASGIApp
@@ -36,6 +38,7 @@ class Server:
     ledger: Ledger
     simulators: Simulators | None = None
     started_hooks: list = field(default_factory=list)
+    stripe_simulator: Any = None  # topups.simulator.SandboxStripe, in sandbox mode
 
 
 def assemble(
@@ -94,6 +97,8 @@ def assemble(
             sweeper.append(asyncio.create_task(checkpoints()))
         if simulators is not None:
             await simulators.start(gateway)
+        if server.stripe_simulator is not None:
+            await server.stripe_simulator.start()
         for hook in server.started_hooks:
             hook()
 
@@ -104,11 +109,37 @@ def assemble(
                 await task
         if simulators is not None:
             await simulators.stop()
+        if server.stripe_simulator is not None:
+            await server.stripe_simulator.stop()
         if checkpointer is not None:
             checkpointer.close()
 
     idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
+    extra_routes = []
+    if catalog.topups.enabled:
+        extra_routes += _topups(server, catalog.topups, sandbox, environ)
     server.app = create_app(
-        gateway, keys, biller, idempotency, on_startup=on_startup, on_shutdown=on_shutdown
+        gateway,
+        keys,
+        biller,
+        idempotency,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        extra_routes=extra_routes,
     )
     return server
+
+
+def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None) -> list:
+    """The top-ups routes; in sandbox mode backed by a local Stripe simulator."""
+    from .topups.api import build_topups
+
+    env = dict(os.environ if environ is None else environ)
+    if sandbox:
+        from .topups.simulator import SandboxStripe
+
+        stripe = server.stripe_simulator = SandboxStripe()
+        config = config.model_copy(update={"stripe_api_base": stripe.origin})
+        env[config.secret_key_env] = stripe.secret_key
+        env[config.webhook_secret_env] = stripe.webhook_secret
+    return build_topups(config, server.db, server.ledger, server.keys, env).routes()
