@@ -560,7 +560,7 @@ def orders_refund(
     """
     from .ledger import transaction
     from .money import format_usd
-    from .topups.api import stripe_secrets
+    from .topups.api import env_secret
     from .topups.orders import get_order, order_op, refund_total_op
     from .topups.rates import usd_micros_to_minor
     from .topups.stripe_gateway import StripeGateway
@@ -579,7 +579,7 @@ def orders_refund(
         order["refunded_usd_micros"] + micros, order["amount_minor"], order["amount_usd_micros"]
     )
     minor = total - order["refunded_minor"]
-    secret_key, _ = stripe_secrets(config, os.environ)
+    secret_key = env_secret(os.environ, config.secret_key_env)
     refund = StripeGateway(secret_key, config).refund(
         order, minor, reason=reason, stripe_reason=stripe_reason
     )

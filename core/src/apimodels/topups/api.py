@@ -180,14 +180,12 @@ class TopupsAPI:
         ]
 
 
-def stripe_secrets(config: TopupsConfig, environ: Mapping[str, str]) -> tuple[str, str]:
-    """(secret key, webhook signing secret) from the environment; ConfigError if missing."""
-    missing = [n for n in (config.secret_key_env, config.webhook_secret_env) if not environ.get(n)]
-    if missing:
-        raise ConfigError(
-            f"[topups] is enabled but {' and '.join(missing)} is not set in the environment"
-        )
-    return environ[config.secret_key_env], environ[config.webhook_secret_env]
+def env_secret(environ: Mapping[str, str], name: str) -> str:
+    """A secret named by topups configuration, from the environment (ConfigError if unset)."""
+    value = environ.get(name)
+    if not value:
+        raise ConfigError(f"top-ups are enabled but {name} is not set in the environment")
+    return value
 
 
 def build_topups(
@@ -198,7 +196,8 @@ def build_topups(
     environ: Mapping[str, str],
 ) -> TopupsAPI:
     """The top-ups endpoints, checked and wired once at startup."""
-    secret_key, webhook_secret = stripe_secrets(config, environ)
+    secret_key = env_secret(environ, config.secret_key_env)
+    webhook_secret = env_secret(environ, config.webhook_secret_env)
     rates = load_source(config.rate) if config.rate is not None else None
     return TopupsAPI(
         config,

@@ -8,6 +8,7 @@ or a second refund.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import stripe
@@ -35,7 +36,9 @@ class StripeGateway:
         self.client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": config.stripe_api_base},
-            http_client=stripe.HTTPXClient(timeout=timeout, allow_sync_methods=True),
+            # The library's default client (requests), off the event loop via a thread: its
+            # httpx client trips a DeprecationWarning in httpx >= 0.28.
+            http_client=stripe.RequestsClient(timeout=timeout),
             max_network_retries=2,
         )
 
@@ -65,8 +68,10 @@ class StripeGateway:
     async def create_checkout(self, order: dict[str, Any]) -> Any:
         """A Checkout Session (mode payment) charging exactly the order's amount."""
         try:
-            return await self.client.v1.checkout.sessions.create_async(
-                self._checkout_params(order), {"idempotency_key": f"checkout:{order['id']}"}
+            return await asyncio.to_thread(
+                self.client.v1.checkout.sessions.create,
+                self._checkout_params(order),
+                {"idempotency_key": f"checkout:{order['id']}"},
             )
         except stripe.StripeError as exc:
             raise provider_error(exc) from None
