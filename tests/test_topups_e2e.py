@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from apimodels.cli import cli
 from apimodels.server import assemble
 from apimodels.testing import OpenAPI, serve
-from apimodels.topups.simulator import create_app as create_stripe, sign
+from apimodels.topups.simulator import create_app as create_stripe
+from apimodels.topups.simulator import sign
 from support import SIM_KEY, Gateway, Simulator, registry_for
 
 STRIPE_KEY = "sk_test_e2e_" + "0" * 24
@@ -494,7 +495,7 @@ def test_reconcile_finds_an_injected_mismatch(gw: TopupsGateway, stripe_sim: Str
     _paid_order(gw, stripe_sim, "reconcile@example.com", "5")
     clean = gw.cli("orders", "reconcile")
     assert clean.exit_code == 0, clean.output
-    account, key = gw.new_account("lost-webhook@example.com")
+    _, key = gw.new_account("lost-webhook@example.com")
     order = _order(gw, key, amount_usd="30")
     # Paid at Stripe and marked paid here, but the credit never reached the ledger.
     gw.db.execute("UPDATE topup_orders SET status = 'paid' WHERE id = ?", [order["id"]])
