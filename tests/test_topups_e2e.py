@@ -589,3 +589,64 @@ def test_simulator_idempotency_keys(stripe_sim: Stripe) -> None:
             }
         ]
         client.v1.checkout.sessions.create(alipay)
+
+
+def test_dispute_events_out_of_order_and_lost(gw: TopupsGateway, stripe_sim: Stripe) -> None:
+    account, _, order = _paid_order(gw, stripe_sim, "dispute-order@example.com", "15")
+    stripe_sim.config(delivery="off")
+    sim = stripe_sim.url
+    dispute = httpx.post(f"{sim}/_sim/disputes", json={"payment_intent": _intent(gw, order)}).json()
+    httpx.post(
+        f"{sim}/_sim/disputes/{dispute['id']}/close", json={"status": "won"}
+    ).raise_for_status()
+    opened, won = [e for e in stripe_sim.events() if e["data"]["object"].get("id") == dispute["id"]]
+    # "won" arrives before "created": nothing was taken, so nothing is given back, and the
+    # late "created" then takes nothing either.
+    assert [gw.deliver(e).status_code for e in (won, opened, won, opened)] == [200] * 4
+    assert gw.balance(account) == 15_000_000
+
+    stripe_sim.config(delivery="sync")
+    account, _, order = _paid_order(gw, stripe_sim, "dispute-lost@example.com", "6")
+    dispute = httpx.post(
+        f"{sim}/_sim/disputes", json={"payment_intent": _intent(gw, order), "amount": 300}
+    ).json()
+    assert gw.balance(account) == 3_000_000
+    httpx.post(
+        f"{sim}/_sim/disputes/{dispute['id']}/close", json={"status": "lost"}
+    ).raise_for_status()
+    assert gw.balance(account) == 3_000_000
+    assert gw.cli("orders", "reconcile").exit_code == 0
+
+
+def test_a_retried_order_request_with_an_idempotency_key_makes_one_order(gw: TopupsGateway) -> None:
+    _, key = gw.new_account("idempotent@example.com")
+    headers = {"authorization": f"Bearer {key}", "idempotency-key": "buy-20-once"}
+    first, again = (
+        httpx.post(f"{gw.url}/v1/topups", json={"amount_usd": "20"}, headers=headers)
+        for _ in range(2)
+    )
+    assert first.status_code == again.status_code == 201
+    assert (
+        first.json()["id"] == again.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    )
+    assert len(gw.get(key, "/v1/topups").json()["data"]) == 1
+    other = httpx.post(f"{gw.url}/v1/topups", json={"amount_usd": "30"}, headers=headers)
+    assert other.status_code == 400 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert gw.get(key, "/v1/topups?limit=0").status_code == 400
+
+
+def test_sandbox_mode_serves_a_clickable_checkout(simulator: Simulator, tmp_path: Path) -> None:
+    registry = registry_for(
+        simulator.url, tmp_path, '\n[topups]\nenabled = true\nmethods = ["card"]\n'
+    )
+    server = assemble(registry, tmp_path / "sandbox.db", sandbox=True, environ={})
+    with serve(server.app) as url:
+        server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
+        gw = TopupsGateway(url, server, "", "")
+        account, key = gw.new_account("newcomer@example.com")
+        order = _order(gw, key, amount_usd="10")
+        assert order["checkout_url"].startswith(server.stripe_simulator.origin)
+        page = httpx.get(order["checkout_url"])
+        assert "Simulated Stripe Checkout" in page.text and "10.00 USD" in page.text
+        httpx.post(order["checkout_url"], data={"action": "pay"})
+        assert gw.balance(account) == 10_000_000

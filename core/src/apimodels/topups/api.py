@@ -2,7 +2,8 @@
 assembly of the whole top-ups feature from ``[topups]`` (``build_topups``).
 
 Amounts in and out are decimal strings (a JSON number is read exactly, never as a float).
-An account sees only its own orders: another account's order id is 404.
+An account sees only its own orders: another account's order id is 404. ``Idempotency-Key``
+on the POST makes a retried request answer the first order instead of making a second one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import sqlite_utils
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..accounts import KeyStore
+from ..accounts import KeyStore, Principal
 from ..errors import APIError, ConfigError, InvalidRequest
+from ..idempotency import HEADER as IDEMPOTENCY_HEADER
+from ..idempotency import Idempotency
 from ..ledger import Ledger
 from ..money import format_usd
 from .config import TopupsConfig
@@ -35,6 +38,8 @@ from .stripe_gateway import StripeGateway
 from .webhook import StripeWebhook
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+#: A POST /v1/topups left in flight by a crash is forgotten after this (it made no charge).
+IDEMPOTENCY_ABANDON_AFTER = timedelta(minutes=5)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -123,9 +128,18 @@ class TopupsAPI:
         self.webhook = webhook
         self.rates = rates
         self.max_rate_age = timedelta(hours=config.rate.max_age_hours) if config.rate else None
+        self.idempotency = Idempotency(db, IDEMPOTENCY_ABANDON_AFTER)
 
     async def create(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return await self._create(request, principal)
+        return await self.idempotency.run(
+            request, principal.account_id, key, lambda: self._create(request, principal)
+        )
+
+    async def _create(self, request: Request, principal: Principal) -> Response:
         try:
             body = json.loads(await request.body(), parse_float=Decimal)
         except (ValueError, RecursionError):
@@ -162,7 +176,10 @@ class TopupsAPI:
 
     async def index(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
-        orders = list_orders(self.db, principal.account_id)
+        limit = request.query_params.get("limit", "20")
+        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+            raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+        orders = list_orders(self.db, principal.account_id, limit=int(limit))
         data = [render_order(o, order_entries(self.db, o["id"])) for o in orders]
         return _json({"object": "list", "data": data, "has_more": False})
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -259,31 +258,36 @@ def dispute_op(
     won: bool,
     event_id: str,
 ) -> int:
-    """A dispute opened takes the disputed credits back; a dispute won gives them back.
-    Each at most once (keyed by the dispute). Returns the signed micro-USD moved."""
-    current = _dict(
-        c.execute("SELECT refunded_usd_micros FROM topup_orders WHERE id = ?", (order["id"],))
-    )
-    assert current is not None
-    usd = minor_to_usd_micros(amount_minor, order["amount_minor"], order["amount_usd_micros"])
+    """A dispute opened takes the disputed credits back; a dispute won gives back exactly
+    what its opening took. Each at most once, in either order: a "won" seen before the
+    opening claims the opening's key with a zero entry, so the late opening takes nothing.
+    Returns the signed micro-USD moved."""
+    opened = f"dispute:{dispute_id}"
+    taken = c.execute(
+        "SELECT amount_micros FROM ledger_entries WHERE idempotency_key = ?", (opened,)
+    ).fetchone()
     if won:
-        key, amount, kind = f"dispute-won:{dispute_id}", usd, "adjustment"
-        taken = c.execute(
-            "SELECT 1 FROM ledger_entries WHERE idempotency_key = ?", (f"dispute:{dispute_id}",)
-        ).fetchone()
         if taken is None:
-            return 0  # nothing was taken for this dispute, so nothing to give back
+            key, amount, note = opened, 0, "closed as won before its opening was seen"
+        else:
+            key, amount, note = f"dispute-won:{dispute_id}", -taken[0], "won"
+        kind = "adjustment"
     else:
-        amount = -min(usd, order["amount_usd_micros"] - current["refunded_usd_micros"])
-        key, kind = f"dispute:{dispute_id}", "refund"
-        if amount == 0:
+        if taken is not None:
             return 0
+        left = _dict(
+            c.execute("SELECT refunded_usd_micros FROM topup_orders WHERE id = ?", (order["id"],))
+        )
+        assert left is not None
+        usd = minor_to_usd_micros(amount_minor, order["amount_minor"], order["amount_usd_micros"])
+        key, kind, note = opened, "refund", "opened"
+        amount = -min(usd, order["amount_usd_micros"] - left["refunded_usd_micros"])
     entry = post_op(
         c,
         order["account_id"],
         amount,
         kind=kind,
-        reason=f"{'dispute won' if won else 'dispute'} {dispute_id} on top-up {order['id']}",
+        reason=f"dispute {dispute_id} on top-up {order['id']} {note}",
         actor="stripe",
         idempotency_key=key,
     )
@@ -294,7 +298,7 @@ def dispute_op(
         " WHERE id = ?",
         (amount, utcnow(), order["id"]),
     )
-    _link(c, entry, order["id"], event_id, kind)
+    _link(c, entry, order["id"], event_id, "dispute")
     return amount
 
 
@@ -342,7 +346,3 @@ def reconcile(db: sqlite_utils.Database) -> list[str]:
     ).fetchall():
         problems.append(f"ledger entry {key} names no known order")
     return problems
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
