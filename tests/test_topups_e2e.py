@@ -636,17 +636,18 @@ def test_a_retried_order_request_with_an_idempotency_key_makes_one_order(gw: Top
 
 
 def test_sandbox_mode_serves_a_clickable_checkout(simulator: Simulator, tmp_path: Path) -> None:
-    registry = registry_for(
-        simulator.url, tmp_path, '\n[topups]\nenabled = true\nmethods = ["card"]\n'
-    )
+    # The repository's registry.toml has no [topups]: sandbox mode turns them on anyway,
+    # with a simulated Stripe and a demo exchange rate.
+    registry = registry_for(simulator.url, tmp_path)
     server = assemble(registry, tmp_path / "sandbox.db", sandbox=True, environ={})
     with serve(server.app) as url:
         server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
         gw = TopupsGateway(url, server, "", "")
         account, key = gw.new_account("newcomer@example.com")
-        order = _order(gw, key, amount_usd="10")
+        order = _order(gw, key, amount_usd="10", method="alipay")
         assert order["checkout_url"].startswith(server.stripe_simulator.origin)
+        assert order["charged"] == {"currency": "cny", "amount": "71.00"}
         page = httpx.get(order["checkout_url"])
-        assert "Simulated Stripe Checkout" in page.text and "10.00 USD" in page.text
+        assert "Simulated Stripe Checkout" in page.text and "71.00 CNY" in page.text
         httpx.post(order["checkout_url"], data={"action": "pay"})
         assert gw.balance(account) == 10_000_000

@@ -116,6 +116,11 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
             "Outputs are simulated, nothing is sent upstream.[/]\n\n"
             f"URL      {url}/v1\nAPI key  {key}  (demo account, $10 of simulated credit)"
         )
+        if server.stripe_simulator is not None:
+            body += (
+                "\nTop-ups  POST /v1/topups {\"amount_usd\": \"20\"} answers a checkout_url: "
+                "a simulated Stripe page"
+            )
         console.print(Panel(body, title="apimodels sandbox", expand=False), highlight=False)
         # Plain lines, so the command can be copied whole from any terminal.
         click.echo(f"Try it:\n{curl}\n")

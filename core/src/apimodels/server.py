@@ -116,7 +116,7 @@ def assemble(
 
     idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
     extra_routes = []
-    if catalog.topups.enabled:
+    if catalog.topups.enabled or sandbox:
         extra_routes += _topups(server, catalog.topups, sandbox, environ)
     server.app = create_app(
         gateway,
@@ -131,15 +131,15 @@ def assemble(
 
 
 def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None) -> list:
-    """The top-ups routes; in sandbox mode backed by a local Stripe simulator."""
+    """The top-ups routes; in sandbox mode always on, backed by a local Stripe simulator."""
     from .topups.api import build_topups
 
     env = dict(os.environ if environ is None else environ)
     if sandbox:
-        from .topups.simulator import SandboxStripe
+        from .topups.simulator import SandboxStripe, sandbox_config
 
         stripe = server.stripe_simulator = SandboxStripe()
-        config = config.model_copy(update={"stripe_api_base": stripe.origin})
+        config = sandbox_config(config, stripe.origin)
         env[config.secret_key_env] = stripe.secret_key
         env[config.webhook_secret_env] = stripe.webhook_secret
     return build_topups(config, server.db, server.ledger, server.keys, env).routes()

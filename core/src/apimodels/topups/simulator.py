@@ -34,6 +34,8 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -42,6 +44,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from .config import RateConfig, TopupsConfig
 
 #: Presentment currencies Stripe accepts for Alipay (they depend on the business's country).
 ALIPAY_CURRENCIES = {"cny", "usd", "eur", "gbp", "hkd", "jpy", "sgd", "aud", "cad", "nzd", "myr"}
@@ -525,6 +529,21 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
     )
     app.state.stripe = state
     return app
+
+
+#: The exchange rate sandbox mode uses when registry.toml sets none (a demo figure).
+SANDBOX_CNY_PER_USD = Decimal("7.1")
+
+
+def sandbox_config(config: TopupsConfig, origin: str) -> TopupsConfig:
+    """``[topups]`` for sandbox mode: on, pointed at the simulator, with a demo exchange rate
+    (dated now) when the file has none."""
+    update: dict[str, Any] = {"enabled": True, "stripe_api_base": origin}
+    if config.rate is None:
+        update["rate"] = RateConfig(
+            source="fixed", cny_per_usd=SANDBOX_CNY_PER_USD, as_of=datetime.now(UTC)
+        )
+    return config.model_copy(update=update)
 
 
 class SandboxStripe:
