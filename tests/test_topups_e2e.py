@@ -181,7 +181,7 @@ def test_card_topup_end_to_end(gw: TopupsGateway, stripe_sim: Stripe) -> None:
     assert gw.get(key, "/v1/credits").json()["balance"] == "20.000000"
     # Stripe's own view, read with the official library: the session is paid, for that amount.
     session = stripe_sim.client().v1.checkout.sessions.retrieve(
-        stripe_sim.events()[-1]["data"]["object"]["id"]
+        order["checkout_url"].rsplit("/", 1)[1]
     )
     assert (session.payment_status, session.amount_total, session.currency) == ("paid", 2000, "usd")
     assert session.metadata["order_id"] == order["id"]
@@ -340,6 +340,8 @@ def test_unknown_order_and_mismatched_amount_credit_nothing(
         ({"amount_usd": 0}, "amount_out_of_range"),
         ({"amount_usd": "10.001"}, "invalid_value"),
         ({"amount_usd": "ten"}, "invalid_value"),
+        ({"amount_usd": "1e999999"}, "amount_out_of_range"),
+        ({"amount_usd": "NaN"}, "invalid_value"),
         ({"amount_usd": True}, "invalid_value"),
         ({"amount_usd": "20", "method": "bitcoin"}, "invalid_value"),
         ({"method": "card"}, "missing_required_parameter"),

@@ -118,7 +118,7 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
         )
         if server.stripe_simulator is not None:
             body += (
-                "\nTop-ups  POST /v1/topups {\"amount_usd\": \"20\"} answers a checkout_url: "
+                '\nTop-ups  POST /v1/topups {"amount_usd": "20"} answers a checkout_url: '
                 "a simulated Stripe page"
             )
         console.print(Panel(body, title="apimodels sandbox", expand=False), highlight=False)
@@ -490,9 +490,11 @@ def orders() -> None:
 
 
 def _order_row(o: dict[str, Any]) -> list[str]:
+    from decimal import Decimal
+
     from .money import format_usd
 
-    charged = f"{o['amount_minor'] / 100:.2f} {o['currency'].upper()}"
+    charged = f"{Decimal(o['amount_minor']) / 100:.2f} {o['currency'].upper()}"
     return [
         o["id"],
         o["created_at"][:19],
@@ -563,6 +565,8 @@ def orders_refund(
     The Stripe refund and the ledger entry are each made once: running the command again
     after a failure, or Stripe's charge.refunded webhook, does not refund or debit twice.
     """
+    from decimal import Decimal
+
     from .ledger import transaction
     from .money import format_usd
     from .topups.api import env_secret
@@ -600,7 +604,7 @@ def orders_refund(
             actor=_actor(),
         )
     console.print(
-        f"refunded {refund.amount / 100:.2f} {order['currency'].upper()} ({refund.id}); "
+        f"refunded {Decimal(refund.amount) / 100:.2f} {order['currency'].upper()} ({refund.id}); "
         + (
             f"removed {format_usd(debited)} USD of credits"
             if debited

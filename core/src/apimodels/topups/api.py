@@ -96,9 +96,9 @@ def parse_amount(value: Any, config: TopupsConfig) -> Decimal:
         usd = Decimal(value)
     except InvalidOperation:
         usd = Decimal("NaN")
-    if not usd.is_finite() or usd != usd.quantize(Decimal("0.01")):
+    if not usd.is_finite():
         raise InvalidRequest(
-            "'amount_usd' must be a whole number of cents, e.g. 20 or 20.50.",
+            "'amount_usd' must be a number of US dollars, e.g. \"20\" or 20.50.",
             param="amount_usd",
             code="invalid_value",
         )
@@ -107,6 +107,12 @@ def parse_amount(value: Any, config: TopupsConfig) -> Decimal:
             f"'amount_usd' must be from {config.min_usd} to {config.max_usd} USD.",
             param="amount_usd",
             code="amount_out_of_range",
+        )
+    if usd != usd.quantize(Decimal("0.01")):
+        raise InvalidRequest(
+            "'amount_usd' must be a whole number of cents, e.g. 20 or 20.50.",
+            param="amount_usd",
+            code="invalid_value",
         )
     return usd
 
@@ -170,6 +176,9 @@ class TopupsAPI:
         except APIError:
             set_creation_failed(self.db, order["id"], "payment_provider_error")
             raise
+        except BaseException:  # the client left: nobody will ever see this order's page
+            set_creation_failed(self.db, order["id"], "abandoned")
+            raise
         set_opened(self.db, order["id"], session.id, session.url)
         order = get_order(self.db, order["id"])
         return _json(render_order(order, []), 201)
@@ -179,9 +188,9 @@ class TopupsAPI:
         limit = request.query_params.get("limit", "20")
         if not limit.isdigit() or not 1 <= int(limit) <= 100:
             raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
-        orders = list_orders(self.db, principal.account_id, limit=int(limit))
-        data = [render_order(o, order_entries(self.db, o["id"])) for o in orders]
-        return _json({"object": "list", "data": data, "has_more": False})
+        orders = list_orders(self.db, principal.account_id, limit=int(limit) + 1)
+        data = [render_order(o, order_entries(self.db, o["id"])) for o in orders[: int(limit)]]
+        return _json({"object": "list", "data": data, "has_more": len(orders) > int(limit)})
 
     async def show(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))

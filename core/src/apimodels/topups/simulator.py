@@ -409,7 +409,7 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
         session = state.sessions.get(request.path_params["id"])
         if session is None:
             return HTMLResponse("<h1>No such checkout session</h1>", 404)
-        amount = f"{session['amount_total'] / 100:.2f} {session['currency'].upper()}"
+        amount = f"{Decimal(session['amount_total']) / 100:.2f} {session['currency'].upper()}"
         e = html.escape
         if session["status"] == "open":
             buttons = "".join(

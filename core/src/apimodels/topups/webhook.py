@@ -61,8 +61,14 @@ def _completed(c: sqlite3.Connection, event: dict[str, Any], session: dict[str, 
     if session.get("payment_status") == "paid":
         paid = credit_op(c, order, session.get("payment_intent"), event["id"])
         return ("credited" if paid else "already_settled"), order["id"]
-    # A delayed method (the payment is still on its way): wait for async_payment_*.
+    # A delayed method (the payment is still on its way): wait for async_payment_*, and
+    # know its payment intent already, should a refund of it be reported first.
     moved = transition_op(c, order["id"], ("open",), "processing")
+    if moved and isinstance(session.get("payment_intent"), str):
+        c.execute(
+            "UPDATE topup_orders SET stripe_payment_intent = ? WHERE id = ?",
+            (session["payment_intent"], order["id"]),
+        )
     return ("processing" if moved else "already_settled"), order["id"]
 
 
