@@ -653,3 +653,66 @@ def test_sandbox_mode_serves_a_clickable_checkout(simulator: Simulator, tmp_path
         assert "Simulated Stripe Checkout" in page.text and "71.00 CNY" in page.text
         httpx.post(order["checkout_url"], data={"action": "pay"})
         assert gw.balance(account) == 10_000_000
+
+
+def _form_typed(value: Any, schema: dict[str, Any]) -> Any:
+    """A form-encoded value (always text) as the type its schema asks for."""
+    if "anyOf" in schema:
+        branch = next((b for b in schema["anyOf"] if b.get("type") == "object"), schema["anyOf"][0])
+        return _form_typed(value, branch)
+    kind = schema.get("type")
+    if kind == "integer" and isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    if kind == "boolean" and value in ("true", "false"):
+        return value == "true"
+    if kind == "array" and isinstance(value, list):
+        return [_form_typed(v, schema.get("items", {})) for v in value]
+    if kind == "object" and isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            k: _form_typed(v, props.get(k, extra if isinstance(extra, dict) else {}))
+            for k, v in value.items()
+        }
+    return value
+
+
+def test_what_the_gateway_sends_stripe_matches_the_published_request_schemas(
+    gw: TopupsGateway, stripe_sim: Stripe
+) -> None:
+    """The stripe library's calls, as the simulator received them (form fields decoded),
+    checked against the request bodies of Stripe's published description."""
+    first = len(stripe_sim.state.requests)
+    _, _, order = _paid_order(gw, stripe_sim, "requests@example.com", "10", "alipay")
+    assert gw.cli("orders", "refund", order["id"], "--reason", "check", "--usd", "2").exit_code == 0
+    sent = stripe_sim.state.requests[first:]
+    assert [(r["method"], r["path"]) for r in sent] == [
+        ("POST", "/v1/checkout/sessions"),
+        ("POST", "/v1/refunds"),
+    ]
+    for request in sent:
+        op = SCHEMAS.spec["paths"][request["path"]]["post"]
+        schema = op["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+        SCHEMAS.validate_request(
+            "post",
+            request["path"],
+            _form_typed(request["params"], schema),
+            content_type="application/x-www-form-urlencoded",
+        )
+    checkout, refund = sent[0]["params"], sent[1]["params"]
+    assert checkout["payment_method_types"] == ["alipay"]
+    assert checkout["line_items"][0]["price_data"] == {
+        "currency": "cny",
+        "unit_amount": "7123",  # 10 USD x 7.1234 = 71.234 CNY -> 7123 fen
+        "product_data": {"name": "apimodels credits"},
+    }
+    assert checkout["metadata"]["order_id"] == order["id"]
+    # 2 of the 10 USD = 1424.6 fen -> 1425 fen, at the order's own rate
+    assert (refund["amount"], refund["reason"]) == ("1425", "requested_by_customer")
+    with pytest.raises(AssertionError):  # the check can fail: an unknown parameter
+        SCHEMAS.validate_request(
+            "post",
+            "/v1/refunds",
+            {"amount": 1, "bogus": "x"},
+            content_type="application/x-www-form-urlencoded",
+        )

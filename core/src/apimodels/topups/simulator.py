@@ -17,7 +17,8 @@ or pay with delayed confirmation (as Stripe's delayed payment methods do); each 
 sends the events Stripe sends, signed as Stripe signs them:
 ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
 
-Test helpers under ``/_sim``: the events sent, disputes (opened and closed), the delivery
+Test helpers under ``/_sim``: the API requests received (decoded), the events sent and
+their deliveries, disputes (opened and closed), the delivery
 mode (``sync``: before answering, ``async``: in the background, ``off``: not at all).
 """
 
@@ -130,6 +131,7 @@ class StripeState:
     disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)  # API calls, as decoded
     idempotency: dict[str, tuple[str, int, Any]] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -196,6 +198,9 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
                     nested_form((await request.form()).multi_items())
                     if request.method == "POST"
                     else {}
+                )
+                state.requests.append(
+                    {"method": request.method, "path": request.url.path, "params": params}
                 )
                 key = request.headers.get("idempotency-key")
                 if key is None or request.method != "POST":
@@ -469,6 +474,9 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
     async def sim_deliveries(request: Request) -> Response:
         return _json(state.deliveries)
 
+    async def sim_requests(request: Request) -> Response:
+        return _json(state.requests)
+
     async def sim_config(request: Request) -> Response:
         body = await request.json()
         if "delivery" in body:
@@ -522,6 +530,7 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
             Route("/pay/{id}", act, methods=["POST"]),
             Route("/_sim/events", sim_events, methods=["GET"]),
             Route("/_sim/deliveries", sim_deliveries, methods=["GET"]),
+            Route("/_sim/requests", sim_requests, methods=["GET"]),
             Route("/_sim/config", sim_config, methods=["POST"]),
             Route("/_sim/disputes", sim_dispute, methods=["POST"]),
             Route("/_sim/disputes/{id}/close", sim_close_dispute, methods=["POST"]),
