@@ -214,3 +214,21 @@ def test_nested_form_reads_stripe_style_parameters() -> None:
         "payment_method_types": ["alipay"],
         "metadata": {"order_id": "ord_1"},
     }
+
+
+def _topups_table(toml_text: str) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads(toml_text)["topups"]
+
+
+def test_the_documented_examples_are_valid_config() -> None:
+    root = Path(__file__).parents[2]
+    registry = (root / "registry.toml").read_text()
+    example = registry[registry.index("# [topups]") :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in example.splitlines())
+    assert TopupsConfig.model_validate(_topups_table(uncommented)).enabled
+    docs = (root / "docs" / "self-hosting.md").read_text()
+    block = docs[docs.index("```toml\n[topups]") + len("```toml\n") :]
+    config = TopupsConfig.model_validate(_topups_table(block[: block.index("```")]))
+    assert config.rate is not None and config.rate.cny_per_usd == Decimal("7.1234")
