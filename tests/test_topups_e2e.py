@@ -716,3 +716,18 @@ def test_what_the_gateway_sends_stripe_matches_the_published_request_schemas(
             {"amount": 1, "bogus": "x"},
             content_type="application/x-www-form-urlencoded",
         )
+
+
+def test_reconcile_with_stripe_finds_a_lost_webhook(gw: TopupsGateway, stripe_sim: Stripe) -> None:
+    account, key = gw.new_account("lost@example.com")
+    order = _order(gw, key, amount_usd="14", method="alipay")
+    stripe_sim.config(delivery="off")  # the user pays and closes the page; the webhook is lost
+    stripe_sim.act(order["checkout_url"], "pay")
+    assert gw.cli("orders", "reconcile").exit_code == 0  # the ledger alone cannot see it
+    found = gw.cli("orders", "reconcile", "--stripe")
+    assert found.exit_code == 1 and order["id"] in found.output and "paid at Stripe" in found.output
+    (event,) = stripe_sim.events(order["checkout_url"].rsplit("/", 1)[1])
+    assert gw.deliver(event).json()["outcome"] == "credited"  # Stripe's retry gets through
+    # (Other tests here leave sessions paid at Stripe on purpose; this order is settled.)
+    assert order["id"] not in gw.cli("orders", "reconcile", "--stripe").output
+    assert gw.balance(account) == 14_000_000

@@ -616,12 +616,36 @@ def orders_refund(
 
 
 @orders.command("reconcile")
+@click.option(
+    "--stripe",
+    "ask_stripe",
+    is_flag=True,
+    help="Also ask Stripe about recent unpaid orders (finds lost webhooks).",
+)
+@click.option(
+    "--days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 3650),
+    help="With --stripe: how far back to look.",
+)
 @click.pass_context
-def orders_reconcile(ctx: click.Context) -> None:
+def orders_reconcile(ctx: click.Context, ask_stripe: bool, days: int) -> None:
     """Compare every order with its ledger entries; list each mismatch and exit 1 if any."""
-    from .topups.orders import reconcile
+    from datetime import UTC, datetime
 
-    problems = reconcile(_db(ctx))
+    from .topups.orders import reconcile, reconcile_with_stripe
+
+    db = _db(ctx)
+    problems = reconcile(db)
+    if ask_stripe:
+        from .topups.api import env_secret
+        from .topups.stripe_gateway import StripeGateway
+
+        config = _catalog(ctx).topups
+        stripe = StripeGateway(env_secret(os.environ, config.secret_key_env), config)
+        since = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
+        problems += reconcile_with_stripe(db, stripe.retrieve_session, since)
     for p in problems:
         err_console.print(f"[red]mismatch:[/] {p}", highlight=False)
     if problems:

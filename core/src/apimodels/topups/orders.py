@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -345,4 +346,24 @@ def reconcile(db: sqlite_utils.Database) -> list[str]:
         " (SELECT 1 FROM topup_orders o WHERE 'topup:' || o.id = e.idempotency_key)"
     ).fetchall():
         problems.append(f"ledger entry {key} names no known order")
+    return problems
+
+
+def reconcile_with_stripe(
+    db: sqlite_utils.Database, retrieve_session: Callable[[str], Any], since: str
+) -> list[str]:
+    """Orders made since ``since`` that Stripe reports paid but that are not paid here: a
+    webhook lost, refused or never configured. ``retrieve_session`` asks Stripe's API."""
+    problems = []
+    for o in db.query(
+        "SELECT * FROM topup_orders WHERE status != 'paid' AND stripe_session_id IS NOT NULL"
+        " AND created_at >= ? ORDER BY created_at",
+        [since],
+    ):
+        session = retrieve_session(o["stripe_session_id"])
+        if session.payment_status == "paid":
+            problems.append(
+                f"order {o['id']} is {o['status']} here but paid at Stripe (session "
+                f"{o['stripe_session_id']}): its webhook was lost or refused"
+            )
     return problems
