@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -651,8 +652,16 @@ def test_sandbox_mode_serves_a_clickable_checkout(simulator: Simulator, tmp_path
         assert order["charged"] == {"currency": "cny", "amount": "71.00"}
         page = httpx.get(order["checkout_url"])
         assert "Simulated Stripe Checkout" in page.text and "71.00 CNY" in page.text
-        httpx.post(order["checkout_url"], data={"action": "pay"})
+        paid = httpx.post(order["checkout_url"], data={"action": "pay"}, follow_redirects=True)
         assert gw.balance(account) == 10_000_000
+        back = re.search(r'href="([^"]+)">Back to the merchant', paid.text).group(1)  # type: ignore[union-attr]
+        assert "Payment done" in httpx.get(back).text
+        cancelled = httpx.post(
+            _order(gw, key, amount_usd="5")["checkout_url"],
+            data={"action": "cancel"},
+            follow_redirects=True,
+        )
+        assert "Nothing was charged" in cancelled.text
 
 
 def _form_typed(value: Any, schema: dict[str, Any]) -> Any:

@@ -428,7 +428,7 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
         elif session["payment_status"] == "unpaid" and session["status"] == "complete":
             buttons = '<button name="action" value="settle">Confirm the delayed payment</button> <button name="action" value="fail">Fail the delayed payment</button>'
         else:
-            buttons = f'<p>This session is {e(session["status"])} ({e(session["payment_status"])}). <a href="{e(session["success_url"])}">Back to the merchant</a></p>'
+            buttons = f'<p>This session is {e(session["status"])} ({e(session["payment_status"])}). <a href="{e(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"]))}">Back to the merchant</a></p>'
         body = (
             "<!doctype html><meta charset=utf-8><title>Simulated Stripe Checkout</title>"
             "<h1>Simulated Stripe Checkout</h1><p>Nothing here moves real money.</p>"
@@ -465,6 +465,16 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
                 f"<h1>Cannot {html.escape(str(action))} a {session['status']} session</h1>", 400
             )
         return RedirectResponse(f"/pay/{session['id']}", 303)
+
+    async def merchant(request: Request) -> Response:
+        """Where sandbox mode sends the customer back (it has no shop of its own)."""
+        if request.path_params["outcome"] == "success":
+            text = "Payment done. The credits appear once the gateway has Stripe's webhook: GET /v1/topups."
+        else:
+            text = "Payment cancelled. Nothing was charged."
+        return HTMLResponse(
+            f"<!doctype html><meta charset=utf-8><title>Top-up</title><p>{text}</p>"
+        )
 
     # --- test helpers ---------------------------------------------------------------------
 
@@ -528,6 +538,7 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
             Route("/v1/events/{id}", api(retrieve_event), methods=["GET"]),
             Route("/pay/{id}", page, methods=["GET"]),
             Route("/pay/{id}", act, methods=["POST"]),
+            Route("/merchant/{outcome:str}", merchant, methods=["GET"]),
             Route("/_sim/events", sim_events, methods=["GET"]),
             Route("/_sim/deliveries", sim_deliveries, methods=["GET"]),
             Route("/_sim/requests", sim_requests, methods=["GET"]),
@@ -548,6 +559,11 @@ def sandbox_config(config: TopupsConfig, origin: str) -> TopupsConfig:
     """``[topups]`` for sandbox mode: on, pointed at the simulator, with a demo exchange rate
     (dated now) when the file has none."""
     update: dict[str, Any] = {"enabled": True, "stripe_api_base": origin}
+    defaults = TopupsConfig()
+    if config.success_url == defaults.success_url:  # no shop of its own: land on the simulator
+        update["success_url"] = f"{origin}/merchant/success?session_id={{CHECKOUT_SESSION_ID}}"
+    if config.cancel_url == defaults.cancel_url:
+        update["cancel_url"] = f"{origin}/merchant/cancel"
     if config.rate is None:
         update["rate"] = RateConfig(
             source="fixed", cny_per_usd=SANDBOX_CNY_PER_USD, as_of=datetime.now(UTC)
