@@ -18,7 +18,7 @@ sends the events Stripe sends, signed as Stripe signs them:
 ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
 
 Test helpers under ``/_sim``: the API requests received (decoded), the events sent and
-their deliveries, disputes (opened and closed), the delivery
+their deliveries (and resending one), disputes (opened and closed), the delivery
 mode (``sync``: before answering, ``async``: in the background, ``off``: not at all).
 """
 
@@ -170,7 +170,7 @@ class StripeState:
         }
         record: dict[str, Any] = {"event": event["id"], "type": event["type"]}
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
                 r = await client.post(self.webhook_url or "", content=payload, headers=headers)
             record["status"] = r.status_code
         except httpx.HTTPError as exc:
@@ -487,6 +487,14 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
     async def sim_requests(request: Request) -> Response:
         return _json(state.requests)
 
+    async def sim_resend(request: Request) -> Response:
+        """Deliver an event again now (as a retry from Stripe's dashboard does)."""
+        for event in state.events:
+            if event["id"] == request.path_params["id"]:
+                await state._post(event)
+                return _json(state.deliveries[-1])
+        return _json({"error": "no such event"}, 404)
+
     async def sim_config(request: Request) -> Response:
         body = await request.json()
         if "delivery" in body:
@@ -542,6 +550,7 @@ def create_app(api_key: str, webhook_secret: str, webhook_url: str | None = None
             Route("/_sim/events", sim_events, methods=["GET"]),
             Route("/_sim/deliveries", sim_deliveries, methods=["GET"]),
             Route("/_sim/requests", sim_requests, methods=["GET"]),
+            Route("/_sim/events/{id}/resend", sim_resend, methods=["POST"]),
             Route("/_sim/config", sim_config, methods=["POST"]),
             Route("/_sim/disputes", sim_dispute, methods=["POST"]),
             Route("/_sim/disputes/{id}/close", sim_close_dispute, methods=["POST"]),
