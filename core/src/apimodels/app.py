@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -490,6 +490,7 @@ def create_app(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     tasks: TasksAPI | None = None,
     storage: Storage | None = None,
+    extra_routes: Sequence[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = (),
 ) -> ASGIApp:
     frontend = Frontend(gateway, keys, biller, idempotency, tasks)
     receipts = Receipts(keys, biller.ledger.ledger)
@@ -519,6 +520,8 @@ def create_app(
         ]
     if isinstance(storage, LocalStorage):
         routes.append(files_route(storage))
+    # Features assembled elsewhere (top-ups...), each endpoint answering errors the same way.
+    routes += [HTTPRoute(p, _with_errors(e), methods=m) for p, e, m in extra_routes]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

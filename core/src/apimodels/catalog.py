@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .errors import ConfigError
 from .schemas import Modality
+from .topups.config import TopupsConfig
 
 
 def _decimal_string(value: Any) -> Decimal:
@@ -200,6 +201,7 @@ class Catalog(_Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    topups: TopupsConfig = Field(default_factory=TopupsConfig)
 
     @model_validator(mode="before")
     @classmethod

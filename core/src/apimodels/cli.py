@@ -107,6 +107,8 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
             server.storage.base_url = url
         if sandbox and server.tasks is not None:
             server.tasks.public_url = url
+    if server.stripe_simulator is not None:  # sandbox top-ups: the simulator calls us back
+        server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
 
     def announce() -> None:
         if key is None:
@@ -122,6 +124,11 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
             "Outputs are simulated, nothing is sent upstream.[/]\n\n"
             f"URL      {url}/v1\nAPI key  {key}  (demo account, $10 of simulated credit)"
         )
+        if server.stripe_simulator is not None:
+            body += (
+                '\nTop-ups  POST /v1/topups {"amount_usd": "20"} answers a checkout_url: '
+                "a simulated Stripe page"
+            )
         console.print(Panel(body, title="apimodels sandbox", expand=False), highlight=False)
         # Plain lines, so the command can be copied whole from any terminal.
         click.echo(f"Try it:\n{curl}\n")
@@ -506,3 +513,173 @@ def storage_check(ctx: click.Context) -> None:
         sys.exit(1)
     finally:
         asyncio.run(store.aclose())
+# --- top-up orders: review and correct billing errors -------------------------------------
+
+
+@cli.group()
+def orders() -> None:
+    """Review top-up orders, refund them and reconcile them with the ledger."""
+
+
+def _order_row(o: dict[str, Any]) -> list[str]:
+    from decimal import Decimal
+
+    from .money import format_usd
+
+    charged = f"{Decimal(o['amount_minor']) / 100:.2f} {o['currency'].upper()}"
+    return [
+        o["id"],
+        o["created_at"][:19],
+        o["account_id"],
+        o["method"],
+        o["status"],
+        format_usd(o["amount_usd_micros"]),
+        charged,
+        o["rate"] or "",
+        format_usd(o["refunded_usd_micros"]),
+    ]
+
+
+@orders.command("list")
+@click.option("--account", default=None, help="Only this account's orders (id or email).")
+@click.option("--status", default=None, help="Only orders in this status (open, paid, failed...).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_context
+def orders_list(ctx: click.Context, account: str | None, status: str | None, limit: int) -> None:
+    """List top-up orders, newest first."""
+    from .topups.orders import list_orders
+
+    db = _db(ctx)
+    account_id = acc.get_account(db, account)["id"] if account else None
+    table = Table(
+        "order", "created", "account", "method", "status", "USD", "charged", "rate", "refunded USD"
+    )
+    for o in list_orders(db, account_id, status, limit):
+        table.add_row(*_order_row(o))
+    console.print(table)
+
+
+@orders.command("show")
+@click.argument("order_id")
+@click.pass_context
+def orders_show(ctx: click.Context, order_id: str) -> None:
+    """Show ORDER_ID with its exchange rate and its ledger entries, as JSON."""
+    from .topups.api import render_order
+    from .topups.orders import get_order, order_entries
+
+    db = _db(ctx)
+    order = get_order(db, order_id)
+    body = render_order(order, order_entries(db, order_id))
+    body.update(account_id=order["account_id"], stripe_session_id=order["stripe_session_id"])
+    body["stripe_payment_intent"] = order["stripe_payment_intent"]
+    click.echo(json.dumps(body, indent=2))
+
+
+@orders.command("refund")
+@click.argument("order_id")
+@click.option("--reason", required=True, help="Why (kept on the ledger entry and in Stripe).")
+@click.option(
+    "--usd", default=None, help="Credits to refund in USD (default: all not yet refunded)."
+)
+@click.option(
+    "--stripe-reason",
+    type=click.Choice(["requested_by_customer", "duplicate", "fraudulent"]),
+    default="requested_by_customer",
+    show_default=True,
+    help="The reason Stripe records.",
+)
+@click.pass_context
+def orders_refund(
+    ctx: click.Context, order_id: str, reason: str, usd: str | None, stripe_reason: str
+) -> None:
+    """Refund a paid top-up through Stripe and remove its credits (the balance may go negative).
+
+    The Stripe refund and the ledger entry are each made once: running the command again
+    after a failure, or Stripe's charge.refunded webhook, does not refund or debit twice.
+    """
+    from decimal import Decimal
+
+    from .ledger import transaction
+    from .money import format_usd
+    from .topups.api import env_secret
+    from .topups.orders import get_order, order_op, refund_total_op
+    from .topups.rates import usd_micros_to_minor
+    from .topups.stripe_gateway import StripeGateway
+
+    config = _catalog(ctx).topups
+    ledger = _ledger(ctx)
+    order = get_order(ledger.db, order_id)
+    if order["status"] != "paid" or not order["stripe_payment_intent"]:
+        raise ValueError(f"order {order_id} is {order['status']}: only paid orders can be refunded")
+    left = order["amount_usd_micros"] - order["refunded_usd_micros"]
+    micros = _usd(usd) if usd is not None else left
+    if not 0 < micros <= left:
+        raise ValueError(f"order {order_id} has {format_usd(left)} USD left to refund")
+    # The money for those credits, at the order's own rate; whatever is left when all of it goes.
+    total = usd_micros_to_minor(
+        order["refunded_usd_micros"] + micros, order["amount_minor"], order["amount_usd_micros"]
+    )
+    minor = total - order["refunded_minor"]
+    secret_key = env_secret(os.environ, config.secret_key_env)
+    refund = StripeGateway(secret_key, config).refund(
+        order, minor, reason=reason, stripe_reason=stripe_reason
+    )
+    with transaction(ledger) as c:
+        current = order_op(c, id=order_id)
+        assert current is not None
+        debited = refund_total_op(
+            c,
+            current,
+            order["refunded_minor"] + refund.amount,
+            key=f"refund:{refund.id}",
+            reason=f"refund of top-up {order_id}: {reason}",
+            actor=_actor(),
+        )
+    console.print(
+        f"refunded {Decimal(refund.amount) / 100:.2f} {order['currency'].upper()} ({refund.id}); "
+        + (
+            f"removed {format_usd(debited)} USD of credits"
+            if debited
+            else "the credits were already removed (Stripe's webhook came first)"
+        ),
+        highlight=False,
+    )
+    _show_balance(ledger, order["account_id"])
+
+
+@orders.command("reconcile")
+@click.option(
+    "--stripe",
+    "ask_stripe",
+    is_flag=True,
+    help="Also ask Stripe about recent unpaid orders (finds lost webhooks).",
+)
+@click.option(
+    "--days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 3650),
+    help="With --stripe: how far back to look.",
+)
+@click.pass_context
+def orders_reconcile(ctx: click.Context, ask_stripe: bool, days: int) -> None:
+    """Compare every order with its ledger entries; list each mismatch and exit 1 if any."""
+    from datetime import UTC, datetime
+
+    from .topups.orders import reconcile, reconcile_with_stripe
+
+    db = _db(ctx)
+    problems = reconcile(db)
+    if ask_stripe:
+        from .topups.api import env_secret
+        from .topups.stripe_gateway import StripeGateway
+
+        config = _catalog(ctx).topups
+        stripe = StripeGateway(env_secret(os.environ, config.secret_key_env), config)
+        since = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
+        problems += reconcile_with_stripe(db, stripe.retrieve_session, since)
+    for p in problems:
+        err_console.print(f"[red]mismatch:[/] {p}", highlight=False)
+    if problems:
+        sys.exit(1)
+    console.print("orders ok: every paid order credited once, refunds recorded", highlight=False)

@@ -136,6 +136,37 @@ def release_op(
     return _settle(c, request_id, state, 0, fields) is not None
 
 
+def post_op(
+    c: sqlite3.Connection,
+    account_id: str,
+    amount_micros: int,
+    *,
+    kind: str,
+    reason: str,
+    actor: str,
+    idempotency_key: str | None = None,
+) -> int | None:
+    """An entry, inside a caller's transaction (see :meth:`Ledger.post`), so a change of
+    state elsewhere (a top-up order marked paid) commits with the entry or not at all."""
+    if kind not in ENTRY_KINDS:
+        raise ValueError(f"unknown entry kind {kind!r}")
+    if not reason:
+        raise ValueError("every ledger entry needs a reason")
+    cur = c.execute(
+        "INSERT INTO ledger_entries (account_id, kind, amount_micros, reason, actor,"
+        " idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        (account_id, kind, amount_micros, reason, actor, idempotency_key, utcnow()),
+    )
+    if cur.rowcount == 0:
+        return None
+    c.execute(
+        "UPDATE accounts SET balance_micros = balance_micros + ? WHERE id = ?",
+        (amount_micros, account_id),
+    )
+    return cur.lastrowid
+
+
 class GroupCommit:
     """Ledger operations of concurrent requests committed together, on the event loop.
 
@@ -422,3 +453,9 @@ def get_usage(db: sqlite_utils.Database, account_id: str, request_id: str) -> di
     if not rows:
         raise NotFound(f"No request {request_id!r} on this account", code="generation_not_found")
     return rows[0]
+
+
+def transaction(ledger: Ledger) -> Any:
+    """The ledger's own write transaction (``BEGIN IMMEDIATE`` under its lock), for callers
+    that change their tables and the ledger together (with :func:`post_op`)."""
+    return ledger._tx()

@@ -219,6 +219,62 @@ def m005_tasks(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m006_topups(db: sqlite_utils.Database) -> None:
+    # One row per attempt to buy credits; its status changes only by compare-and-set, in the
+    # same transaction as the ledger entry that goes with the change.
+    db["topup_orders"].create(
+        {
+            "id": str,  # ord_...
+            "account_id": str,
+            "method": str,  # card | alipay
+            "status": str,  # creating -> open -> processing -> paid | failed | expired
+            "amount_usd_micros": int,  # the credits bought
+            "currency": str,  # what Stripe charges: usd | cny
+            "amount_minor": int,  # ... in its smallest unit (cents, fen)
+            "rate": str,  # decimal string, CNY per USD (alipay only)
+            "rate_source": str,
+            "rate_as_of": str,
+            "stripe_session_id": str,
+            "stripe_payment_intent": str,
+            "checkout_url": str,
+            "refunded_usd_micros": int,  # credits removed by refunds and disputes so far
+            "refunded_minor": int,  # ... and the money Stripe returned for them
+            "error_code": str,
+            "created_at": str,
+            "updated_at": str,
+            "paid_at": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "method", "status", "amount_usd_micros", "currency", "created_at"},
+        defaults={"refunded_usd_micros": 0, "refunded_minor": 0},
+    )
+    db["topup_orders"].create_index(["account_id", "created_at"])
+    db.execute(
+        "CREATE UNIQUE INDEX idx_topup_orders_session ON topup_orders (stripe_session_id)"
+        " WHERE stripe_session_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX idx_topup_orders_intent ON topup_orders (stripe_payment_intent)"
+        " WHERE stripe_payment_intent IS NOT NULL"
+    )
+    # Which ledger entries belong to which order (for receipts and `orders reconcile`).
+    db["topup_entries"].create(
+        {"entry_id": int, "order_id": str, "stripe_event_id": str, "kind": str},
+        pk="entry_id",
+        foreign_keys=[("entry_id", "ledger_entries", "id"), ("order_id", "topup_orders", "id")],
+        not_null={"order_id", "kind"},
+    )
+    db["topup_entries"].create_index(["order_id"])
+    # Every verified Stripe event handled, once (a replay finds its id here and stops).
+    db["stripe_events"].create(
+        {"id": str, "type": str, "order_id": str, "outcome": str, "received_at": str},
+        pk="id",
+        not_null={"type", "received_at"},
+    )
+
+
+@migration
 def m008_storage(db: sqlite_utils.Database) -> None:
     # Server-wide secrets (the storage signing secret), generated once, shared by every process.
     db["server_secrets"].create(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 from starlette.types import ASGIApp
@@ -40,6 +42,7 @@ class Server:
     started_hooks: list = field(default_factory=list)
     storage: Storage | None = None
     tasks: TaskRunner | None = None
+    stripe_simulator: Any = None  # topups.simulator.SandboxStripe, in sandbox mode
 
 
 def assemble(
@@ -112,6 +115,8 @@ def assemble(
         if simulators is not None:
             await simulators.start(gateway)
         sweeper.append(asyncio.create_task(runner.run()))
+        if server.stripe_simulator is not None:
+            await server.stripe_simulator.start()
         for hook in server.started_hooks:
             hook()
 
@@ -123,10 +128,15 @@ def assemble(
                 await task
         if simulators is not None:
             await simulators.stop()
+        if server.stripe_simulator is not None:
+            await server.stripe_simulator.stop()
         if checkpointer is not None:
             checkpointer.close()
         await storage.aclose()
 
+    extra_routes = []
+    if catalog.topups.enabled or sandbox:
+        extra_routes += _topups(server, catalog.topups, sandbox, environ)
     server.app = create_app(
         gateway,
         keys,
@@ -136,5 +146,21 @@ def assemble(
         on_shutdown=on_shutdown,
         storage=storage,
         tasks=tasks,
+        extra_routes=extra_routes,
     )
     return server
+
+
+def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None) -> list:
+    """The top-ups routes; in sandbox mode always on, backed by a local Stripe simulator."""
+    from .topups.api import build_topups
+
+    env = dict(os.environ if environ is None else environ)
+    if sandbox:
+        from .topups.simulator import SandboxStripe, sandbox_config
+
+        stripe = server.stripe_simulator = SandboxStripe()
+        config = sandbox_config(config, stripe.origin)
+        env[config.secret_key_env] = stripe.secret_key
+        env[config.webhook_secret_env] = stripe.webhook_secret
+    return build_topups(config, server.db, server.ledger, server.keys, env).routes()
