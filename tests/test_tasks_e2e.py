@@ -22,12 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apimodels import media
+from apimodels import media, signing
 from apimodels.accounts import create_account, create_key
 from apimodels.server import assemble
 from apimodels.tasks.notify import account_webhook_secret
 from apimodels.testing import bound_socket, serve
-from apimodels_replicate import webhooks
 from apimodels_replicate.simulator import create_app as create_replicate
 from support import (
     REPLICATE_KEY,
@@ -346,7 +345,7 @@ def test_upstream_webhook_with_a_bad_signature_is_refused(
         {
             "webhook-id": "msg_1",
             "webhook-timestamp": str(stamp - 3600),  # a valid signature, too old
-            "webhook-signature": webhooks.sign(REPLICATE_SECRET, "msg_1", stamp - 3600, body),
+            "webhook-signature": signing.sign(REPLICATE_SECRET, "msg_1", stamp - 3600, body),
         },
         {},
     ):

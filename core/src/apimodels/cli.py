@@ -513,6 +513,8 @@ def storage_check(ctx: click.Context) -> None:
         sys.exit(1)
     finally:
         asyncio.run(store.aclose())
+
+
 # --- top-up orders: review and correct billing errors -------------------------------------
 
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from apimodels import media
+from apimodels.signing import sign, verify
 from apimodels.testing import serve
 from apimodels_replicate.models import MODELS
 from apimodels_replicate.simulator import (
@@ -31,7 +32,6 @@ from apimodels_replicate.simulator import (
     create_app,
     sandbox_app,
 )
-from apimodels_replicate.webhooks import sign, verify
 
 FLUX = "/v1/models/black-forest-labs/flux-schnell/predictions"
 VEO = "/v1/models/google/veo-3.1-fast/predictions"

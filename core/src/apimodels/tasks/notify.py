@@ -17,11 +17,7 @@ lifts both rules (tests, the sandbox, a trusted LAN).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import ipaddress
-import secrets
 import socket
 import time
 from typing import Any
@@ -32,13 +28,8 @@ import sqlite_utils
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from .. import signing
 from ..errors import InvalidRequest, NotFound
-
-SECRET_PREFIX = "whsec_"
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def account_webhook_secret(
@@ -50,18 +41,10 @@ def account_webhook_secret(
         raise NotFound(f"no account {account_id!r}")
     if row[0] and not rotate:
         return str(row[0])
-    secret = new_secret()
+    secret = signing.new_secret()
     with db.conn:
         db.execute("UPDATE accounts SET webhook_secret = ? WHERE id = ?", (secret, account_id))
     return secret
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value for one delivery."""
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 def _public(address: str) -> bool:
@@ -161,7 +144,7 @@ class Notifier:
             "user-agent": "apimodels-webhooks/1",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body),
+            "webhook-signature": signing.sign(secret, msg_id, timestamp, body),
         }
         try:
             check_url(url, allow_private=self.allow_private)

@@ -39,11 +39,11 @@ from apimodels import (
     UpstreamError,
     Usage,
     hookimpl,
+    signing,
 )
 from apimodels.provider import Job
 from apimodels.schemas import Modality
 
-from . import webhooks
 from .models import MODELS
 
 NAME = "replicate"
@@ -219,7 +219,7 @@ def parse_job(model: ModelConfig, data: dict[str, Any], upstream: Upstream) -> J
 def verify_webhook(
     headers: Mapping[str, str], body: bytes, upstream: Upstream
 ) -> dict[str, Any] | None:
-    if not upstream.webhook_secret or not webhooks.verify(upstream.webhook_secret, headers, body):
+    if not upstream.webhook_secret or not signing.verify(upstream.webhook_secret, headers, body):
         raise PermissionDenied("The webhook signature is not valid (or its timestamp is too old)")
     try:
         data = json.loads(body)

@@ -42,7 +42,7 @@ generated images contained NSFW content. ..."), so safety mapping can be tested.
 
 Webhooks: a prediction with ``webhook`` (only ``http(s)://127.0.0.1``, ``localhost`` or
 ``[::1]`` URLs: the simulator sends nothing off this machine) gets the prediction object
-POSTed, signed per ``webhooks.sign``, for the events in ``webhook_events_filter``
+POSTed, signed per ``apimodels.signing.sign``, for the events in ``webhook_events_filter``
 (default ``output`` and ``completed``): ``start`` at creation, ``logs`` when processing
 starts, ``output`` and ``completed`` at the end (one delivery when both are asked: outputs
 appear all at once). A delivery answered with an error or not answered is retried 3 times
@@ -96,10 +96,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from apimodels import media
+from apimodels.signing import new_secret, sign
 
 from .inputs import describe, validate_input
 from .models import MODELS, VERSIONS, SimModel
-from .webhooks import new_secret, sign
 
 #: What ``apimodels serve --sandbox`` uses: slow enough to watch a task move.
 SANDBOX_STEP_SECONDS = 1.0

@@ -1,10 +1,11 @@
-"""Replicate's webhook signatures (the Standard Webhooks scheme).
+"""Webhook signatures in the Standard Webhooks scheme (standardwebhooks.com), used both ways:
+Replicate signs the job events it sends us, and the gateway signs the task events it sends
+its clients (``tasks.notify``).
 
 A delivery carries ``webhook-id``, ``webhook-timestamp`` (Unix seconds) and
 ``webhook-signature`` (space-separated ``v1,<base64>`` entries). Each signature is
 HMAC-SHA256 over ``"{id}.{timestamp}.{raw body}"`` keyed with the base64-decoded part of the
-secret after ``whsec_`` (the secret comes from ``GET /v1/webhooks/default/secret``).
-The simulator signs with ``sign``; a receiver checks with ``verify``.
+secret after ``whsec_``. A sender signs with ``sign``; a receiver checks with ``verify``.
 """
 
 from __future__ import annotations
