@@ -162,3 +162,20 @@ def test_ledger_check_fails_on_a_tampered_balance(run, tmp_path: Path) -> None: 
     db.conn.close()
     out = run("ledger", "check", code=1)
     assert "entries sum to 10000000" in out
+
+
+def test_webhook_secret_is_shown_and_rotated(run) -> None:  # type: ignore[no-untyped-def]
+    run("accounts", "create", "hooks@example.com")
+    first = run("accounts", "webhook-secret", "hooks@example.com").strip()
+    assert first.startswith("whsec_")
+    assert run("accounts", "webhook-secret", "hooks@example.com").strip() == first
+    rotated = run("accounts", "webhook-secret", "hooks@example.com", "--rotate").strip()
+    assert rotated.startswith("whsec_") and rotated != first
+    assert "no account" in run("accounts", "webhook-secret", "nobody@example.com", code=1)
+
+
+def test_tasks_list(run) -> None:  # type: ignore[no-untyped-def]
+    run("accounts", "create", "t@example.com")
+    out = run("tasks", "list", "--account", "t@example.com", "--status", "failed")
+    assert "id" in out and "task_" not in out
+    assert "Invalid value" in run("tasks", "list", "--status", "nope", code=2)

@@ -210,6 +210,58 @@ def accounts_create(ctx: click.Context, email: str) -> None:
     console.print(f"created account [bold]{row['id']}[/] for {row['email']}", highlight=False)
 
 
+@accounts.command("webhook-secret")
+@click.argument("account")
+@click.option("--rotate", is_flag=True, help="Replace the secret (the old one stops working).")
+@click.pass_context
+def accounts_webhook_secret(ctx: click.Context, account: str, rotate: bool) -> None:
+    """Show the secret that signs ACCOUNT's task webhooks (created on first use).
+
+    Deliveries carry webhook-id, webhook-timestamp and webhook-signature headers (the
+    Standard Webhooks scheme); docs/api.md shows how to check them."""
+    from .tasks.notify import account_webhook_secret
+
+    db = _db(ctx)
+    secret = account_webhook_secret(db, acc.get_account(db, account)["id"], rotate=rotate)
+    click.echo(secret)
+
+
+@cli.group()
+def tasks() -> None:
+    """Look at long-running tasks (POST /v1/tasks)."""
+
+
+@tasks.command("list")
+@click.option("--account", help="Only this account's tasks (id or email).")
+@click.option(
+    "--status", type=click.Choice(["queued", "running", "succeeded", "failed", "canceled"])
+)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.pass_context
+def tasks_list(ctx: click.Context, account: str | None, status: str | None, limit: int) -> None:
+    """List tasks, newest first."""
+    from .ledger import Ledger
+    from .money import format_usd
+    from .tasks import TaskStore
+
+    db = _db(ctx)
+    account_id = acc.get_account(db, account)["id"] if account else None
+    rows, _ = TaskStore(db, Ledger(db)).list(account_id, limit=limit, status=status)
+    table = Table("id", "account", "model", "status", "created", "cost (USD)", "error")
+    for t in rows:
+        cost = format_usd(t["cost_micros"]) if t["cost_micros"] is not None else ""
+        table.add_row(
+            t["id"],
+            t["account_id"],
+            t["model"],
+            t["status"],
+            t["created_at"],
+            cost,
+            t["error_code"] or "",
+        )
+    console.print(table)
+
+
 @cli.group()
 def keys() -> None:
     """Manage API keys (shown once, stored hashed)."""

@@ -21,7 +21,6 @@ import base64
 import contextlib
 import json
 import logging
-import mimetypes
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,6 +35,7 @@ from ..errors import APIError, InvalidRequest, UpstreamError, UpstreamTimeout
 from ..provider import Job, Usage
 from ..runtime import Gateway, Route
 from ..schemas import ENDPOINTS, ChatRequest, ImageRequest, Modality, UnifiedRequest
+from ..storage import ObjectTooLarge, Storage, StorageError, extension_for
 from ..upstream import send
 from .notify import Notifier, account_webhook_secret
 from .render import render_task
@@ -77,12 +77,6 @@ def unified_request(route: Route, input: dict[str, Any]) -> UnifiedRequest:
     return schema.model_validate(body)
 
 
-def _ext(content_type: str) -> str:
-    if content_type.startswith("text/plain"):
-        return "txt"
-    return (mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin").lstrip(".")
-
-
 def _seconds(content_type: str, data: bytes) -> Decimal:
     """Seconds of audio or video in a file, read from its headers (0 when unknown)."""
     if content_type.startswith("video/"):
@@ -101,7 +95,7 @@ class TaskRunner:
         self,
         gateway: Gateway,
         store: TaskStore,
-        storage: Any,
+        storage: Storage,
         config: TasksConfig,
         *,
         billing: bool,
@@ -350,12 +344,17 @@ class TaskRunner:
         self, task: dict[str, Any], index: int, data: bytes, content_type: str | None
     ) -> Stored:
         content_type = (content_type or "application/octet-stream").split(";")[0].strip()
-        key = self.storage.object_key(task["account_id"], task["id"], index, _ext(content_type))
+        ext = extension_for(content_type)
+        key = self.storage.object_key(task["account_id"], task["id"], index, ext)
         try:
-            await self.storage.put(key, data, content_type)
-        except Exception as exc:
-            raise Transient(f"storage failed: {type(exc).__name__}") from None
-        return Stored(key, content_type, len(data), _seconds(content_type, data))
+            stored = await self.storage.put(key, data, content_type)
+        except ObjectTooLarge:
+            raise APIError(
+                "an output is larger than this server stores", code="output_too_large", status=502
+            ) from None
+        except StorageError as exc:  # unreachable or refusing: try again at the next poll
+            raise Transient(f"storage failed: {exc}") from None
+        return Stored(key, stored.content_type, len(data), _seconds(content_type, data))
 
     async def _run_call(self, route: Route, task: dict[str, Any]) -> None:
         try:

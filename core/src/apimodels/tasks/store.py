@@ -147,15 +147,19 @@ class TaskStore:
 
     def list(
         self,
-        account_id: str,
+        account_id: str | None,
         *,
         limit: int,
         status: str | None = None,
         starting_after: str | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        """The account's tasks, newest first; ``starting_after`` is the last id of a page."""
-        where = ["account_id = ?"]
-        params: list[Any] = [account_id]
+        """The account's tasks (every account's for None), newest first; ``starting_after``
+        is the last id of a page."""
+        where = ["1"]
+        params: list[Any] = []
+        if account_id is not None:
+            where.append("account_id = ?")
+            params.append(account_id)
         if status:
             where.append("status = ?")
             params.append(status)
