@@ -282,26 +282,18 @@ class Ledger:
     ) -> int | None:
         """Append an entry and move the balance with it. Returns the entry id, or None when
         an entry with the same idempotency key exists (nothing is changed)."""
-        if kind not in ENTRY_KINDS:
-            raise ValueError(f"unknown entry kind {kind!r}")
-        if not reason:
-            raise ValueError("every ledger entry needs a reason")
         with self._tx() as c:
             if not c.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone():
                 raise NotFound(f"no account {account_id!r}")
-            cur = c.execute(
-                "INSERT INTO ledger_entries (account_id, kind, amount_micros, reason, actor,"
-                " idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-                (account_id, kind, amount_micros, reason, actor, idempotency_key, utcnow()),
+            return post_op(
+                c,
+                account_id,
+                amount_micros,
+                kind=kind,
+                reason=reason,
+                actor=actor,
+                idempotency_key=idempotency_key,
             )
-            if cur.rowcount == 0:
-                return None
-            c.execute(
-                "UPDATE accounts SET balance_micros = balance_micros + ? WHERE id = ?",
-                (amount_micros, account_id),
-            )
-            return cur.lastrowid
 
     def balance(self, account_id: str) -> Balance:
         row = self.conn.execute(

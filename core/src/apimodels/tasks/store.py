@@ -26,7 +26,7 @@ import sqlite_utils
 
 from ..billing import usage_fields
 from ..errors import NotFound
-from ..ledger import Ledger, capture_op, hold_op, release_op
+from ..ledger import Ledger, capture_op, hold_op, release_op, transaction
 from ..provider import Usage
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -98,7 +98,7 @@ class TaskStore:
             "polls": 0,
             "webhook_attempts": 0,
         }
-        with self.ledger._tx() as c:
+        with transaction(self.ledger) as c:
             if billing:
                 # The hold outlives the deadline: the worker settles the task before the
                 # expiry sweep would (a day of margin for a gateway that was down).
@@ -198,7 +198,7 @@ class TaskStore:
     def lease(self, task_id: str, lease_seconds: float) -> dict[str, Any] | None:
         """Take a task for ``lease_seconds`` unless a live lease holds it (compare-and-set)."""
         now = now_iso()
-        with self.ledger._tx() as c:
+        with transaction(self.ledger) as c:
             row = c.execute(
                 "UPDATE tasks SET lease_until = ? WHERE id = ?"
                 " AND status IN ('queued', 'running') AND (lease_until IS NULL OR lease_until <= ?)"
@@ -208,7 +208,7 @@ class TaskStore:
         return None if row is None else self._row(row)
 
     def started(self, task_id: str, upstream_id: str | None) -> None:
-        with self.ledger._tx() as c:
+        with transaction(self.ledger) as c:
             c.execute(
                 "UPDATE tasks SET status = 'running', upstream_id = COALESCE(?, upstream_id),"
                 " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN ('queued', 'running')",
@@ -217,7 +217,7 @@ class TaskStore:
 
     def release_lease(self, task_id: str, next_poll_in: float) -> None:
         """Give the task back, to be looked at again in ``next_poll_in`` seconds."""
-        with self.ledger._tx() as c:
+        with transaction(self.ledger) as c:
             c.execute(
                 "UPDATE tasks SET lease_until = NULL, next_poll_at = ?, polls = polls + 1"
                 " WHERE id = ?",
@@ -226,7 +226,7 @@ class TaskStore:
 
     def poll_now(self, task_id: str) -> None:
         """Ask for the task to be looked at at once (an upstream webhook said it changed)."""
-        with self.ledger._tx() as c:
+        with transaction(self.ledger) as c:
             c.execute(
                 "UPDATE tasks SET next_poll_at = ? WHERE id = ? AND status IN ('queued', 'running')",
                 (now_iso(), task_id),
@@ -236,7 +236,7 @@ class TaskStore:
         """End a task and settle its hold in one transaction; False if it had ended already."""
         fields = usage_fields(end.usage) if end.usage is not None else {}
         fields["error_code"] = end.error_code
-        with self.ledger._tx() as c:
+        with transaction(self.ledger) as c:
             row = c.execute(
                 "UPDATE tasks SET status = ?, completed_at = ?, output = ?, error_code = ?,"
                 " error_message = ?, cost_micros = ?, lease_until = NULL,"
@@ -280,7 +280,7 @@ class TaskStore:
         ).fetchall()
         claimed = []
         for task_id, next_at in due:
-            with self.ledger._tx() as c:
+            with transaction(self.ledger) as c:
                 row = c.execute(
                     "UPDATE tasks SET webhook_next_at = ? WHERE id = ? AND webhook_next_at = ?"
                     " AND webhook_state = 'pending' RETURNING *",
@@ -293,7 +293,7 @@ class TaskStore:
     def webhook_attempted(
         self, task_id: str, attempts: int, *, state: str, retry_in: float, error: str | None
     ) -> None:
-        with self.ledger._tx() as c:
+        with transaction(self.ledger) as c:
             c.execute(
                 "UPDATE tasks SET webhook_state = ?, webhook_attempts = ?, webhook_next_at = ?,"
                 " webhook_error = ? WHERE id = ? AND webhook_attempts = ?",
