@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -509,3 +510,43 @@ def test_concurrent_tasks_settle_exactly_once(
     for task_id in ids:
         assert charges(tasks_gateway, task_id) == [-3_000]
     assert tasks_gateway.ledger.check() == []
+
+
+def test_two_servers_on_one_database_settle_each_task_once(
+    simulator: Simulator, replicate: Simulator, tmp_path: Path
+) -> None:
+    """Two gateway processes' worth of workers (two assembled servers) share a database:
+    each task is submitted upstream once and charged once, whichever worker takes it."""
+    registry = registry_for(simulator.url, tmp_path, replicate=replicate.url, tasks=TASKS_SETTINGS)
+    env = {"OPENAI_API_KEY": SIM_KEY, "REPLICATE_API_TOKEN": REPLICATE_KEY}
+    first = assemble(registry, tmp_path / "shared.db", environ=env)
+    second = assemble(registry, tmp_path / "shared.db", environ=env)
+    account = create_account(first.db, "shared@example.com")
+    _, key = create_key(first.db, account["id"], "k")
+    first.ledger.post(account["id"], 10_000_000, kind="grant", reason="t", actor="tests")
+    httpx.delete(f"{replicate.url}/_sim/requests")
+    headers = {"authorization": f"Bearer {key}"}
+    with serve(first.app) as url_a, serve(second.app) as url_b:
+        ids = [
+            httpx.post(
+                f"{url}/v1/tasks",
+                json={"model": "replicate/flux-schnell", "input": {"prompt": f"shared {i}"}},
+                headers=headers,
+            ).json()["id"]
+            for i, url in enumerate([url_a, url_b] * 8)
+        ]
+        with httpx.Client(base_url=url_a, headers=headers) as c:
+            for task_id in ids:
+                assert finished(c, task_id)["status"] == "succeeded"
+    creates = [
+        q
+        for q in replicate.requests()
+        if q["method"] == "POST" and q["path"].endswith("predictions")
+    ]
+    assert len(creates) == len(ids)
+    for task_id in ids:
+        rows = first.db.execute(
+            "SELECT amount_micros FROM ledger_entries WHERE hold_id = ?", (task_id,)
+        ).fetchall()
+        assert [r[0] for r in rows] == [-3_000]
+    assert first.ledger.check() == []
