@@ -86,7 +86,17 @@ async def raise_for_status(route: Route, response: httpx.Response) -> None:
         pass
     finally:
         await response.aclose()
-    raise route.provider.hooks.parse_error(model=route.model, response=response)
+    raise upstream_error(route, response)
+
+
+def upstream_error(route: Route, response: httpx.Response) -> APIError:
+    """The client's error for an upstream error response: the plugin's mapping, with the
+    upstream key scrubbed from it should the upstream have echoed it back."""
+    error: APIError = route.provider.hooks.parse_error(model=route.model, response=response)
+    secret = route.provider.upstream.api_key
+    if secret and secret in error.message:
+        error.message = error.message.replace(secret, "***")
+    return error
 
 
 async def call(route: Route, request: UnifiedRequest) -> Priced:

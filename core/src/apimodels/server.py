@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 from .accounts import KeyStore
 from .app import create_app
 from .billing import Biller
-from .catalog import load_catalog
+from .catalog import Catalog, load_catalog
 from .db import Checkpointer, database_path, open_db
 from .idempotency import Idempotency
 from .ledger import GroupCommit, Ledger
@@ -46,14 +46,15 @@ class Server:
 
 
 def assemble(
-    registry: str | Path,
+    registry: str | Path | Catalog,
     database: str | Path,
     *,
     sandbox: bool = False,
     environ: dict[str, str] | None = None,
 ) -> Server:
-    """Load and check everything; raise ConfigError before serving anything if it is wrong."""
-    catalog = load_catalog(registry)
+    """Load and check everything; raise ConfigError before serving anything if it is wrong.
+    ``registry`` is the catalog's file, or a catalog already loaded (the conformance kit)."""
+    catalog = registry if isinstance(registry, Catalog) else load_catalog(registry)
     gateway = build_gateway(catalog, pm, sandbox=sandbox, environ=environ)
     db = open_db(database)
     settings = catalog.gateway
