@@ -33,6 +33,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -118,6 +119,26 @@ def _only(catalog: Catalog, provider: str) -> Catalog:
     )
 
 
+@contextmanager
+def open_kit(
+    provider: str, registry: str | Path, tmp: Path, knobs: dict[str, Any] | None = None
+) -> Iterator[Kit]:
+    """Serve ``provider``'s simulator and a sandboxed gateway for its models, with a funded
+    account; ``knobs`` go to the simulator's ``/_sim/knobs`` first."""
+    catalog = _only(load_catalog(registry), provider)
+    server = assemble(catalog, tmp / "kit.db", sandbox=True, environ={})
+    account = create_account(server.db, f"kit@{provider}.test")
+    _, key = create_key(server.db, account["id"], "conformance")
+    server.ledger.post(account["id"], 10**9, kind="grant", reason="kit", actor="kit")
+    with serve(server.app) as url:
+        assert server.simulators is not None
+        sim = server.simulators.urls[provider]
+        if knobs:
+            httpx.post(f"{sim}/_sim/knobs", json=knobs).raise_for_status()
+        upstream = server.gateway.providers[provider].upstream
+        yield Kit(url, server, key, upstream.api_key or "", sim)
+
+
 class ProviderConformance:
     """Subclass as ``Test...``; see the module's docstring."""
 
@@ -132,19 +153,9 @@ class ProviderConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def kit(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
-        catalog = _only(load_catalog(cls.registry), cls.provider)
         tmp = tmp_path_factory.mktemp(f"conformance-{cls.provider}")
-        server = assemble(catalog, tmp / "kit.db", sandbox=True, environ={})
-        account = create_account(server.db, f"kit@{cls.provider}.test")
-        _, key = create_key(server.db, account["id"], "conformance")
-        server.ledger.post(account["id"], 10**9, kind="grant", reason="kit", actor="kit")
-        with serve(server.app) as url:
-            assert server.simulators is not None
-            sim = server.simulators.urls[cls.provider]
-            if cls.simulator_knobs:
-                httpx.post(f"{sim}/_sim/knobs", json=cls.simulator_knobs).raise_for_status()
-            upstream = server.gateway.providers[cls.provider].upstream
-            yield Kit(url, server, key, upstream.api_key or "", sim)
+        with open_kit(cls.provider, cls.registry, tmp, cls.simulator_knobs) as kit:
+            yield kit
 
     # --- helpers ------------------------------------------------------------------------
 
