@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -122,10 +122,30 @@ class GatewayConfig(_Strict):
     expiry_sweep_seconds: Annotated[float, Field(gt=0)] = 60.0
 
 
+class PolicyConfig(_Strict):
+    """``[policies.NAME]``: one safety policy (see docs/self-hosting.md, "Safety policy")."""
+
+    enabled: bool = True
+    fail: Literal["closed", "open"] = "closed"  # when its check cannot be completed
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0  # seconds, for upstream checks
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class SafetyConfig(_Strict):
+    """``[safety]``: the audit trail and automatic suspension."""
+
+    suspend_after: Annotated[int, Field(ge=0)] = 5  # denies in the window; 0: never suspend
+    window_minutes: Annotated[float, Field(gt=0)] = 60.0
+    excerpt_chars: Annotated[int, Field(ge=0, le=1000)] = 120
+    store_full_content: bool = False  # keep the whole content of each deny in the audit
+
+
 class Catalog(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
     @model_validator(mode="before")
     @classmethod

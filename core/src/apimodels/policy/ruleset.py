@@ -1,0 +1,189 @@
+"""The engine of the built-in rules: a rule file compiled once into per-modality indexes.
+
+Matching is two stages, so that the common case (a benign prompt) costs one pass:
+
+1. the lowercased text is split into words (``str.translate`` + ``str.split``, both in C)
+   and intersected with the set of words that can start a rule: a phrase's first word, a
+   pattern rule's anchors. Most prompts stop here.
+2. only the rules whose words are all present are confirmed with their regular
+   expressions, over the text with its allow-listed phrases blanked out.
+
+Rules see lowercased text: they cannot tell names from words, meaning from wording, or
+see through spelling tricks (``r@nsomware``, spaced letters, homoglyphs); docs/
+self-hosting.md says so too.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..schemas import Modality
+from .spec import CATEGORIES
+
+DEFAULT_RULES = Path(__file__).with_name("default_rules.toml")
+
+#: ASCII punctuation becomes a word separator; everything else stays in its word.
+_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation, " "))
+#: How much context either side of a match is kept as evidence for the audit.
+_EVIDENCE = 40
+
+
+def words(text: str) -> list[str]:
+    """The words of lowercased text, split as rules see them."""
+    return text.translate(_SEPARATORS).split()
+
+
+def _phrase_regex(phrase: str) -> str:
+    return r"\b" + r"[\W_]+".join(re.escape(w) for w in words(phrase.lower())) + r"\b"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuleDef(_Strict):
+    """One ``[[rules]]`` entry of a rule file."""
+
+    id: Annotated[str, Field(min_length=1)]
+    category: str
+    modalities: list[Modality] = Field(default_factory=list)  # empty: every modality
+    words: list[str] = Field(default_factory=list)  # any of these phrases denies
+    anchors: list[str] = Field(default_factory=list)  # patterns are tried only with one
+    patterns: list[str] = Field(default_factory=list)  # any match denies
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        if value not in CATEGORIES:
+            raise ValueError(f"unknown category {value!r}; one of {', '.join(CATEGORIES)}")
+        return value
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_trigger(self) -> RuleDef:
+        if not self.words and not self.patterns:
+            raise ValueError(f"rule {self.id}: give words or patterns")
+        if self.patterns and not self.anchors:
+            raise ValueError(
+                f"rule {self.id}: patterns need anchors (words one of which must appear)"
+            )
+        if any(len(words(a.lower())) != 1 for a in self.anchors):
+            raise ValueError(f"rule {self.id}: an anchor is one word")
+        if any(not words(w.lower()) for w in self.words):
+            raise ValueError(f"rule {self.id}: an empty phrase in words")
+        return self
+
+
+class RuleFile(_Strict):
+    """A rule file: ``allow`` phrases (blanked out before matching) and ``[[rules]]``."""
+
+    allow: list[str] = Field(default_factory=list)
+    rules: list[RuleDef] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RuleFile:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} appears twice")
+            seen.add(rule.id)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The first rule a text breaks: its id, its category and the words around the match."""
+
+    rule: str
+    category: str
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    id: str
+    category: str
+    regex: re.Pattern[str]
+
+
+class _Index:
+    """The rules of one modality: first words -> (words that must also appear, rule)."""
+
+    def __init__(self, rules: list[RuleDef]) -> None:
+        self.starts: dict[str, list[tuple[frozenset[str], int]]] = {}
+        self.rules: list[_Rule] = []
+        for rule in rules:
+            position = len(self.rules)
+            parts = [_phrase_regex(w) for w in rule.words] + rule.patterns
+            self.rules.append(_Rule(rule.id, rule.category, re.compile("|".join(parts))))
+            for phrase in rule.words:
+                first, *rest = words(phrase.lower())
+                self.starts.setdefault(first, []).append((frozenset(rest), position))
+            for anchor in rule.anchors:
+                self.starts.setdefault(anchor.lower(), []).append((frozenset(), position))
+        self.keys = frozenset(self.starts)
+
+
+class RuleSet:
+    """A rule file compiled for matching (once, at startup)."""
+
+    def __init__(self, rule_file: RuleFile, extra_allow: list[str] | tuple[str, ...] = ()) -> None:
+        allow = [*rule_file.allow, *extra_allow]
+        self.allow = re.compile("|".join(_phrase_regex(p) for p in allow)) if allow else None
+        self.indexes = {
+            modality: _Index(
+                [r for r in rule_file.rules if not r.modalities or modality in r.modalities]
+            )
+            for modality in Modality
+        }
+        self.size = len(rule_file.rules)
+
+    @classmethod
+    def load(
+        cls, path: str | Path = DEFAULT_RULES, extra_allow: list[str] | tuple[str, ...] = ()
+    ) -> RuleSet:
+        """Read, validate and compile a rule file; ValueError names the file and the fault."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(RuleFile.model_validate(data), extra_allow)
+        except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
+            raise ValueError(f"rule file {path}: {exc}") from None
+
+    def match(self, text: str, modality: Modality) -> Match | None:
+        """The first rule ``text`` breaks for ``modality``'s models, or None."""
+        index = self.indexes[modality]
+        low = text.lower()
+        present = set(words(low))
+        hits = index.keys.intersection(present)
+        if not hits:
+            return None
+        candidates = sorted(
+            {position for word in hits for rest, position in index.starts[word] if rest <= present}
+        )
+        if not candidates:
+            return None
+        if self.allow is not None:  # same length, so offsets still point into ``text``
+            low = self.allow.sub(lambda m: " " * len(m.group()), low)
+        for position in candidates:
+            rule = index.rules[position]
+            found = rule.regex.search(low)
+            if found:
+                start, end = max(0, found.start() - _EVIDENCE), found.end() + _EVIDENCE
+                return Match(rule.id, rule.category, text[start:end])
+        return None
