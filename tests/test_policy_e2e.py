@@ -15,12 +15,12 @@ import openai
 import pytest
 from click.testing import CliRunner
 
+from apimodels import media
 from apimodels.cli import cli
 from apimodels.db import database_path
 from apimodels.server import assemble
 from apimodels.testing import serve
 from support import SIM_KEY, Gateway, Simulator, registry_for
-from test_openai_e2e import wav_bytes
 
 
 def fresh(gateway: Gateway, label: str) -> tuple[str, str]:
@@ -71,7 +71,7 @@ def call(client: openai.OpenAI, modality: str, prompt: str) -> Any:
         return client.audio.speech.create(model="openai/tts-1", voice="nova", input=prompt).read()
     if modality == "transcription":
         return client.audio.transcriptions.create(
-            model="openai/whisper-1", file=("a.wav", wav_bytes(0.5)), prompt=prompt
+            model="openai/whisper-1", file=("a.wav", media.wav(media.tone(0.5))), prompt=prompt
         )
     if modality == "embedding":
         return client.embeddings.create(model="openai/text-embedding-3-small", input=[prompt])
@@ -230,7 +230,7 @@ def test_suspension_after_n_denies_and_its_lifting(strict: Gateway) -> None:
 
 def test_denies_outside_the_window_or_of_other_accounts_do_not_count(strict: Gateway) -> None:
     first, key1 = fresh(strict, "one")
-    second, key2 = fresh(strict, "two")
+    _, key2 = fresh(strict, "two")
     with sdk(strict, key1) as c1, sdk(strict, key2) as c2:
         for client in (c1, c2, c1, c2):
             with pytest.raises(openai.PermissionDeniedError):
