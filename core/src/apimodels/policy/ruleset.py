@@ -2,11 +2,12 @@
 
 Matching is two stages, so that the common case (a benign prompt) costs one pass:
 
-1. the lowercased text is split into words (``str.translate`` + ``str.split``, both in C)
+1. the lowercased text is split into words (``bytes.translate`` + ``bytes.split``, in C)
    and intersected with the set of words that can start a rule: a phrase's first word, a
    pattern rule's anchors. Most prompts stop here.
 2. only the rules whose words are all present are confirmed with their regular
-   expressions, over the text with its allow-listed phrases blanked out.
+   expressions, over the text with its allow-listed phrases blanked out, and only within
+   ``WINDOW`` characters of the words that made them candidates.
 
 Rules see lowercased text: they cannot tell names from words, meaning from wording, or
 see through spelling tricks (``r@nsomware``, spaced letters, homoglyphs); docs/
@@ -29,19 +30,44 @@ from .spec import CATEGORIES
 
 DEFAULT_RULES = Path(__file__).with_name("default_rules.toml")
 
-#: ASCII punctuation becomes a word separator; everything else stays in its word.
-_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation, " "))
+#: ASCII punctuation becomes a word separator; everything else stays in its word. On bytes:
+#: UTF-8 never puts an ASCII byte inside a multi-byte character, and ``bytes.translate``
+#: stays fast on any text (``str.translate`` is slow once the text is not ASCII).
+_SEPARATORS = bytes.maketrans(string.punctuation.encode(), b" " * len(string.punctuation))
+#: A pattern's match must lie within this many characters of one of its anchors (or a
+#: phrase within this many characters of its first word): the regexes only search there.
+WINDOW = 200
 #: How much context either side of a match is kept as evidence for the audit.
 _EVIDENCE = 40
 
 
-def words(text: str) -> list[str]:
-    """The words of lowercased text, split as rules see them."""
-    return text.translate(_SEPARATORS).split()
+def words(text: str) -> list[bytes]:
+    """The words of lowercased text, split as rules see them (UTF-8 bytes)."""
+    return text.encode().translate(_SEPARATORS).split()
 
 
-def _phrase_regex(phrase: str) -> str:
-    return r"\b" + r"[\W_]+".join(re.escape(w) for w in words(phrase.lower())) + r"\b"
+def _phrase_regex(phrase: str, *, leading_boundary: bool = True) -> str:
+    body = r"[\W_]+".join(re.escape(w.decode()) for w in words(phrase.lower())) + r"\b"
+    # Without the leading ``\b`` the pattern starts with a literal, which ``re`` scans for
+    # quickly; the caller then checks the boundary itself.
+    return r"\b" + body if leading_boundary else body
+
+
+def _first_and_rest(phrase: str) -> tuple[bytes, frozenset[bytes]]:
+    first, *rest = words(phrase.lower())
+    return first, frozenset(rest)
+
+
+def _occurrences(text: str, word: str) -> list[int]:
+    """Where ``word`` stands as a whole word in ``text``."""
+    found, at, size = [], text.find(word), len(word)
+    while at >= 0:
+        before = text[at - 1] if at else " "
+        after = text[at + size] if at + size < len(text) else " "
+        if not before.isalnum() and not after.isalnum():
+            found.append(at)
+        at = text.find(word, at + size)
+    return found
 
 
 class _Strict(BaseModel):
@@ -126,17 +152,17 @@ class _Index:
     """The rules of one modality: first words -> (words that must also appear, rule)."""
 
     def __init__(self, rules: list[RuleDef]) -> None:
-        self.starts: dict[str, list[tuple[frozenset[str], int]]] = {}
+        self.starts: dict[bytes, list[tuple[frozenset[bytes], int]]] = {}
         self.rules: list[_Rule] = []
         for rule in rules:
             position = len(self.rules)
             parts = [_phrase_regex(w) for w in rule.words] + rule.patterns
             self.rules.append(_Rule(rule.id, rule.category, re.compile("|".join(parts))))
             for phrase in rule.words:
-                first, *rest = words(phrase.lower())
-                self.starts.setdefault(first, []).append((frozenset(rest), position))
+                first, rest = _first_and_rest(phrase)
+                self.starts.setdefault(first, []).append((rest, position))
             for anchor in rule.anchors:
-                self.starts.setdefault(anchor.lower(), []).append((frozenset(), position))
+                self.starts.setdefault(anchor.lower().encode(), []).append((frozenset(), position))
         self.keys = frozenset(self.starts)
 
 
@@ -144,8 +170,14 @@ class RuleSet:
     """A rule file compiled for matching (once, at startup)."""
 
     def __init__(self, rule_file: RuleFile, extra_allow: list[str] | tuple[str, ...] = ()) -> None:
-        allow = [*rule_file.allow, *extra_allow]
-        self.allow = re.compile("|".join(_phrase_regex(p) for p in allow)) if allow else None
+        # Allow phrases, indexed like the rules: only those whose words are all present
+        # are applied, each a regex of its own that starts with a literal (a fast scan).
+        self.allow: dict[bytes, list[tuple[frozenset[bytes], re.Pattern[str]]]] = {}
+        for phrase in [*rule_file.allow, *extra_allow]:
+            first, rest = _first_and_rest(phrase)
+            regex = re.compile(_phrase_regex(phrase, leading_boundary=False))
+            self.allow.setdefault(first, []).append((rest, regex))
+        self.allow_keys = frozenset(self.allow)
         self.indexes = {
             modality: _Index(
                 [r for r in rule_file.rules if not r.modalities or modality in r.modalities]
@@ -173,17 +205,47 @@ class RuleSet:
         hits = index.keys.intersection(present)
         if not hits:
             return None
-        candidates = sorted(
-            {position for word in hits for rest, position in index.starts[word] if rest <= present}
-        )
+        candidates: dict[int, set[bytes]] = {}  # rule -> the words that made it one
+        for word in hits:
+            for rest, position in index.starts[word]:
+                if rest <= present:
+                    candidates.setdefault(position, set()).add(word)
         if not candidates:
             return None
-        if self.allow is not None:  # same length, so offsets still point into ``text``
-            low = self.allow.sub(lambda m: " " * len(m.group()), low)
-        for position in candidates:
+        blank = _blank
+        for word in self.allow_keys.intersection(present):
+            for rest, allowed in self.allow[word]:
+                if rest <= present:  # same length, so offsets still point into ``text``
+                    low = allowed.sub(blank, low)
+        for position in sorted(candidates):
             rule = index.rules[position]
-            found = rule.regex.search(low)
-            if found:
-                start, end = max(0, found.start() - _EVIDENCE), found.end() + _EVIDENCE
-                return Match(rule.id, rule.category, text[start:end])
+            for start, end in _windows(low, candidates[position]):
+                found = rule.regex.search(low, start, end)
+                if found:
+                    at, to = max(0, found.start() - _EVIDENCE), found.end() + _EVIDENCE
+                    return Match(rule.id, rule.category, text[at:to])
         return None
+
+
+def _blank(match: re.Match[str]) -> str:
+    """An allowed phrase as spaces (if it starts a word: see ``_phrase_regex``)."""
+    start = match.start()
+    if start and match.string[start - 1].isalnum():
+        return match.group()
+    return " " * (match.end() - start)
+
+
+def _windows(text: str, triggers: set[bytes]) -> list[tuple[int, int]]:
+    """The spans within ``WINDOW`` characters of each trigger word, merged."""
+    spans = sorted(
+        (max(0, at - WINDOW), at + len(word) + WINDOW)
+        for word in triggers
+        for at in _occurrences(text, word.decode())
+    )
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
