@@ -210,3 +210,32 @@ def test_user_texts_feed_the_chain() -> None:
         {"model": "acme/chat", "messages": [{"role": "user", "content": "hi"}]}
     )
     assert user_texts(request) == ["hi"]
+
+
+def test_the_policies_command_lists_installed_and_enabled_policies(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from apimodels.cli import cli
+
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        '[providers.openai]\npackage = "apimodels-openai"\n'
+        '[policies.openai-moderation]\nfail = "open"\ntimeout = 3\n'
+        "[policies.rules]\nenabled = false\n"
+    )
+    result = CliRunner().invoke(cli, ["--registry", str(registry), "policies"])
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[0]: cells
+        for line in result.output.splitlines()
+        if "│" in line and (cells := [c.strip() for c in line.split("│")[1:-1]])
+    }
+    assert rows["openai-moderation"] == [
+        "openai-moderation",
+        "openai-moderation",
+        "openai",
+        "yes",
+        "open",
+        "3",
+    ]
+    assert rows["rules"][3:] == ["no", "-", "-"]

@@ -152,6 +152,29 @@ def plugins(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.pass_context
+def policies(ctx: click.Context) -> None:
+    """List installed safety policies and how registry.toml's [policies] sets them."""
+    from .plugins import pm
+    from .policy import registered_policies
+
+    try:
+        configured = _catalog(ctx).policies
+    except ConfigError:
+        configured = {}
+    table = Table("policy", "plugin", "calls provider", "enabled", "fail", "timeout (s)")
+    for name, (spec, owner) in sorted(registered_policies(pm).items()):
+        row = [name, pm.get_name(owner) or "-", spec.provider or "-"]
+        config = configured.get(name)
+        if config is None or not config.enabled:
+            table.add_row(*row, "no", "-", "-")
+        else:
+            timeout = f"{config.timeout:g}" if spec.provider else "-"
+            table.add_row(*row, "yes", config.fail, timeout)
+    console.print(table)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:

@@ -43,7 +43,7 @@ async def check_policy(
     request_id: str | None = None,
 ) -> None:
     """Ask every enabled policy; any deny wins (403 content_policy_violation, audited)."""
-    if gateway.policy is not None:
+    if gateway.policy is not None and gateway.policy.policies:
         await gateway.policy.judge(
             account_id,
             key_id,
