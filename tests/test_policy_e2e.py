@@ -369,3 +369,26 @@ def test_moderation_failure_fails_closed_or_open(
     with sdk(open_, key) as client:
         assert call(client, "chat", "Hello there").choices
     assert len(usage_rows(open_, account_id)) == 1
+
+
+def test_upstream_refusals_count_toward_suspension(strict: Gateway, simulator: Simulator) -> None:
+    account_id, key = fresh(strict, "upstream-repeat")
+    refusal = {
+        "kind": "error",
+        "status": 400,
+        "path": "/v1/chat/completions",
+        "code": "content_policy_violation",
+    }
+    with sdk(strict, key) as client:
+        for _ in range(3):
+            simulator.knobs(fail=refusal)
+            with pytest.raises(openai.PermissionDeniedError) as info:
+                call(client, "chat-stream", "An ordinary question")
+            assert info.value.body["code"] == "content_policy_violation"
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            call(client, "chat", "hello")
+    assert info.value.body["code"] == "account_suspended"
+    rows = violations(strict, account_id)
+    assert [r["source"] for r in rows] == ["upstream"] * 3
+    assert {r["content"] for r in rows} == {"Be brief.\nAn ordinary question"}
+    assert strict.ledger.balance(account_id).balance_micros == 5_000_000

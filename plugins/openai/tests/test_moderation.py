@@ -58,6 +58,15 @@ def test_the_request_matches_openais_description() -> None:
     SPEC.validate_request("post", "/moderations", body)
 
 
+def test_a_long_conversation_is_packed_into_few_inputs(sim: TestClient) -> None:
+    texts = [f"message {i}" for i in range(100)] + ["you loser"]
+    body = json.loads(check(ModerationSettings(), texts).request.content)
+    assert 1 < len(body["input"]) <= moderation.MAX_INPUTS
+    assert "\n".join(body["input"]) == "\n".join(texts)
+    verdict = judge(sim, ModerationSettings(), *texts)
+    assert verdict is not None and verdict.category == "harassment"
+
+
 def test_no_text_no_call() -> None:
     assert moderation.check_request(MODEL, [], ModerationSettings(), UPSTREAM) is None
 

@@ -53,6 +53,10 @@ DEFAULT_MAPPING = {
     "sexual/minors": "child_sexual_content",
 }
 
+#: The most inputs sent in one moderation request (a conservative bound: OpenAI's
+#: description sets none).
+MAX_INPUTS = 32
+
 Score = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -115,9 +119,17 @@ def check_request(
         "POST",
         f"{upstream.base_url}/moderations",
         headers={"authorization": f"Bearer {upstream.api_key}"},
-        json={"model": settings.model, "input": texts},
+        json={"model": settings.model, "input": _packed(texts)},
     )
     return PolicyCheck(request, partial(verdict, settings))
+
+
+def _packed(texts: list[str]) -> list[str]:
+    """At most ``MAX_INPUTS`` inputs: a long conversation's texts joined in runs."""
+    if len(texts) <= MAX_INPUTS:
+        return texts
+    size = -(-len(texts) // MAX_INPUTS)
+    return ["\n".join(texts[i : i + size]) for i in range(0, len(texts), size)]
 
 
 def verdict(settings: ModerationSettings, response: httpx.Response) -> Verdict | None:
