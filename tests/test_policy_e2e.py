@@ -277,21 +277,21 @@ def test_an_upstream_refusal_is_a_free_403_and_audited(
 
 # --- the openai-moderation policy ---------------------------------------------------------------
 
-MODERATION = """
-[policies.openai-moderation]
-enabled = true
-fail = "{fail}"
-timeout = 0.5
-settings.thresholds = {{ "illicit" = 0.95 }}
-"""
-
-
 def moderated(simulator: Simulator, tmp: Path, fail: str) -> Iterator[Gateway]:
+    """Rules off, openai-moderation on (a 0.5 s timeout, illicit only from 0.95)."""
     yield from start_gateway(
         simulator,
         tmp,
-        MODERATION.format(fail=fail),
-        {"enabled = true\n# settings.file": "enabled = false\n# settings.file"},  # rules off,
+        "",
+        {
+            "enabled = true\n# settings.file": "enabled = false\n# settings.file",
+            'enabled = false\nfail = "closed"                  # "closed"': (
+                f'enabled = true\nfail = "{fail}"\n# "closed"'
+            ),
+            "timeout = 10                     # seconds\n# settings.threshold": (
+                'timeout = 0.5\nsettings.thresholds = { "illicit" = 0.95 }\n# settings.threshold'
+            ),
+        },
     )
 
 
