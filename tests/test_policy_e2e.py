@@ -277,6 +277,7 @@ def test_an_upstream_refusal_is_a_free_403_and_audited(
 
 # --- the openai-moderation policy ---------------------------------------------------------------
 
+
 def moderated(simulator: Simulator, tmp: Path, fail: str) -> Iterator[Gateway]:
     """Rules off, openai-moderation on (a 0.5 s timeout, illicit only from 0.95)."""
     yield from start_gateway(
