@@ -6,8 +6,8 @@ Matching is two stages, so that the common case (a benign prompt) costs one pass
    and intersected with the set of words that can start a rule: a phrase's first word, a
    pattern rule's anchors. Most prompts stop here.
 2. only the rules whose words are all present are confirmed with their regular
-   expressions, over the text with its allow-listed phrases blanked out, and only within
-   ``WINDOW`` characters of the words that made them candidates.
+   expressions, only within ``WINDOW`` characters of the words that made them candidates,
+   over the text with the allow-listed phrases found there blanked out.
 
 Rules see lowercased text: they cannot tell names from words, meaning from wording, or
 see through spelling tricks (``r@nsomware``, spaced letters, homoglyphs); docs/
@@ -83,6 +83,9 @@ class RuleDef(_Strict):
     words: list[str] = Field(default_factory=list)  # any of these phrases denies
     anchors: list[str] = Field(default_factory=list)  # patterns are tried only with one
     patterns: list[str] = Field(default_factory=list)  # any match denies
+    # Patterns see the text as written, not lowercased (names: ``[A-Z][a-z]+``); use
+    # ``(?i:...)`` for their parts that should ignore case.
+    case_sensitive: bool = False
 
     @field_validator("category")
     @classmethod
@@ -113,6 +116,8 @@ class RuleDef(_Strict):
             raise ValueError(f"rule {self.id}: an anchor is one word")
         if any(not words(w.lower()) for w in self.words):
             raise ValueError(f"rule {self.id}: an empty phrase in words")
+        if self.case_sensitive and self.words:
+            raise ValueError(f"rule {self.id}: a case-sensitive rule takes patterns only")
         return self
 
 
@@ -146,6 +151,7 @@ class _Rule:
     id: str
     category: str
     regex: re.Pattern[str]
+    case_sensitive: bool
 
 
 class _Index:
@@ -157,7 +163,8 @@ class _Index:
         for rule in rules:
             position = len(self.rules)
             parts = [_phrase_regex(w) for w in rule.words] + rule.patterns
-            self.rules.append(_Rule(rule.id, rule.category, re.compile("|".join(parts))))
+            regex = re.compile("|".join(parts))
+            self.rules.append(_Rule(rule.id, rule.category, regex, rule.case_sensitive))
             for phrase in rule.words:
                 first, rest = _first_and_rest(phrase)
                 self.starts.setdefault(first, []).append((rest, position))
@@ -212,38 +219,66 @@ class RuleSet:
                     candidates.setdefault(position, set()).add(word)
         if not candidates:
             return None
-        blank = _blank
-        for word in self.allow_keys.intersection(present):
-            for rest, allowed in self.allow[word]:
-                if rest <= present:  # same length, so offsets still point into ``text``
-                    low = allowed.sub(blank, low)
+        windows = {position: _windows(low, triggers) for position, triggers in candidates.items()}
+        allowed = [
+            regex
+            for word in self.allow_keys.intersection(present)
+            for rest, regex in self.allow[word]
+            if rest <= present
+        ]
+        spans = [  # allowed phrases, looked for only where rules will look
+            found.span()
+            for start, end in _merged([w for ws in windows.values() for w in ws])
+            for regex in allowed
+            for found in regex.finditer(low, start, end)
+            if not found.start() or not low[found.start() - 1].isalnum()  # see _phrase_regex
+        ]
+        if spans:  # allowed phrases become spaces: same length, same offsets
+            low = _blanked(low, spans)
+        cased: str | None = None
         for position in sorted(candidates):
             rule = index.rules[position]
-            for start, end in _windows(low, candidates[position]):
-                found = rule.regex.search(low, start, end)
+            target = low
+            if rule.case_sensitive:
+                if cased is None:
+                    same = len(text) == len(low)  # lower() can lengthen rare characters
+                    cased = _blanked(text, spans) if spans and same else text
+                target = cased
+            for start, end in windows[position]:
+                found = rule.regex.search(target, start, end)
                 if found:
                     at, to = max(0, found.start() - _EVIDENCE), found.end() + _EVIDENCE
                     return Match(rule.id, rule.category, text[at:to])
         return None
 
 
-def _blank(match: re.Match[str]) -> str:
-    """An allowed phrase as spaces (if it starts a word: see ``_phrase_regex``)."""
-    start = match.start()
-    if start and match.string[start - 1].isalnum():
-        return match.group()
-    return " " * (match.end() - start)
+def _blanked(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with the characters of ``spans`` replaced by spaces."""
+    out, at = [], 0
+    for start, end in sorted(spans):
+        if end <= at:
+            continue
+        start = max(start, at)
+        out += [text[at:start], " " * (end - start)]
+        at = end
+    out.append(text[at:])
+    return "".join(out)
 
 
 def _windows(text: str, triggers: set[bytes]) -> list[tuple[int, int]]:
     """The spans within ``WINDOW`` characters of each trigger word, merged."""
-    spans = sorted(
-        (max(0, at - WINDOW), at + len(word) + WINDOW)
-        for word in triggers
-        for at in _occurrences(text, word.decode())
+    return _merged(
+        [
+            (max(0, at - WINDOW), at + len(word) + WINDOW)
+            for word in triggers
+            for at in _occurrences(text, word.decode())
+        ]
     )
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
-    for start, end in spans:
+    for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
