@@ -3,8 +3,9 @@
 A provider plugin implements ``register_providers`` plus the per-call hooks for its own
 models: ``estimate_usage``, ``build_request``, ``parse_response``, ``parse_stream_event`` and
 ``parse_error``; ``price_usage`` only when the catalog's unit prices are not enough. A policy
-plugin implements ``register_policies`` and ``check_request``. The core resolves model -> provider -> hook callers
-once at startup, so a provider's hooks are only ever called for that provider's models.
+plugin implements ``register_policies`` and ``check_request``. The core resolves model ->
+provider -> hook callers once at startup, so a provider's hooks are only ever called for that
+provider's models.
 
 Implementations may take fewer arguments than a spec names (pluggy passes what they ask for),
 so specs can gain arguments without breaking published plugins.
