@@ -156,8 +156,9 @@ def check_request(
     """Judge a request before anything is held or sent upstream.
 
     Every enabled policy (``[policies.NAME]`` in registry.toml) is asked, each with its own
-    settings; any deny wins. Only the implementations of a plugin that registered the
-    policy (``register_policies``) are called for it.
+    settings; any deny wins. A policy is asked through its own plugin's implementations
+    only; a plugin that implements this without ``register_policies`` offers one policy,
+    named after the plugin, without settings.
 
     :param model: the catalog entry of the requested model (``model.modality`` scopes rules).
     :param request: the validated unified request, or None for a task's free-form input.
