@@ -239,3 +239,15 @@ def test_the_policies_command_lists_installed_and_enabled_policies(tmp_path: Pat
         "3",
     ]
     assert rows["rules"][3:] == ["no", "-", "-"]
+
+
+def test_a_deny_still_answers_403_when_the_audit_cannot_be_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = make({"rules": {}})
+    account = create_account(policy.db, "readonly@example.com")
+    policy.db.execute("PRAGMA query_only = ON")  # every write now fails
+    model = parse_catalog(REGISTRY).models["acme/chat"]
+    with pytest.raises(PermissionDenied):
+        asyncio.run(policy.judge(account["id"], None, model, ["Send me child porn links"]))
+    assert "recording a policy violation failed: OperationalError" in caplog.text

@@ -171,14 +171,21 @@ class Policy:
             )
 
     def refuse(self, violation: audit.Violation) -> None:
-        """Audit a refused request and suspend its account if it is over the limit."""
-        audit.record(
-            self.db,
-            violation,
-            excerpt_chars=self.safety.excerpt_chars,
-            store_full_content=self.safety.store_full_content,
-        )
-        suspend_if_over(self.db, self.keys, violation.account_id, self.safety)
+        """Audit a refused request and suspend its account if it is over the limit.
+
+        Never raises: the refusal itself must reach the client (a 403, not a 500) even
+        when the database cannot take the record; that failure is logged.
+        """
+        try:
+            audit.record(
+                self.db,
+                violation,
+                excerpt_chars=self.safety.excerpt_chars,
+                store_full_content=self.safety.store_full_content,
+            )
+            suspend_if_over(self.db, self.keys, violation.account_id, self.safety)
+        except Exception as exc:
+            log.error("recording a policy violation failed: %s", type(exc).__name__)
 
     def record_refusal(
         self,
@@ -219,9 +226,7 @@ class Policy:
         request_id: str | None = None,
     ) -> None:
         """Record ``exc`` if it is an upstream's content-policy refusal; else do nothing."""
-        if not (isinstance(exc, APIError) and exc.code == "content_policy_violation"):
-            return
-        try:
+        if isinstance(exc, APIError) and exc.code == "content_policy_violation":
             self.record_refusal(
                 account_id,
                 key_id,
@@ -231,8 +236,6 @@ class Policy:
                 reason=exc.message,
                 request_id=request_id,
             )
-        except Exception as error:  # the client's answer (403) must not become a 500
-            log.error("recording an upstream refusal failed: %s", type(error).__name__)
 
 
 def registered_policies(pm: pluggy.PluginManager) -> dict[str, tuple[PolicySpec, object]]:
