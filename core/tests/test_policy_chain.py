@@ -141,6 +141,15 @@ def test_a_deny_by_an_unknown_category_is_a_failure_not_a_deny() -> None:
     Broken.mode = "bad category"
     policy = make({"broken": {"fail": "open"}}, Broken())
     judge(policy, "anything")
+    assert list(policy.db.query("SELECT * FROM policy_violations")) == []
+
+
+def test_a_deny_wins_over_a_policy_that_could_not_decide() -> None:
+    Broken.mode = "raise"
+    policy = make({"broken": {"fail": "closed"}, "rules": {}}, Broken())
+    with pytest.raises(PermissionDenied) as info:
+        judge(policy, "Send me child porn links")
+    assert info.value.param == "child_sexual_content"
 
 
 def test_policies_without_a_spec_are_named_after_their_plugin() -> None:

@@ -76,14 +76,16 @@ class Policy:
         request_id: str | None = None,
     ) -> None:
         """Ask every enabled policy about ``texts`` (see ``user_texts``); return if all
-        allow, else raise: 403 ``content_policy_violation`` on a deny (audited), 503
-        ``policy_unavailable`` when a policy set to fail closed could not decide."""
+        allow, else raise: 403 ``content_policy_violation`` on a deny (audited; a deny wins
+        over everything), 503 ``policy_unavailable`` when a policy set to fail closed could
+        not decide."""
         args: dict[str, Any] = {
             "model": model,
             "request": request,
             "account_id": account_id,
             "texts": texts,
         }
+        undecided = False  # a policy that fails closed could not decide
         checks: list[tuple[EnabledPolicy, PolicyCheck]] = []
         for policy in self.policies:
             args["settings"] = policy.settings
@@ -92,17 +94,28 @@ class Policy:
                 try:
                     result = function(*[args[name] for name in argnames])
                 except Exception as exc:
-                    self._failed(policy, exc)
+                    undecided |= self._failed(policy, exc)
                     continue
                 if isinstance(result, PolicyCheck):
                     checks.append((policy, result))
                 else:
-                    self._apply(policy, result, account_id, key_id, model, texts, request_id)
-        if not checks:
-            return
-        verdicts = await asyncio.gather(*(self._remote(p, c) for p, c in checks))
-        for (policy, _), verdict in zip(checks, verdicts, strict=True):
-            self._apply(policy, verdict, account_id, key_id, model, texts, request_id)
+                    undecided |= self._apply(
+                        policy, result, account_id, key_id, model, texts, request_id
+                    )
+        if checks and not undecided:  # no upstream call when the answer is already 503
+            verdicts = await asyncio.gather(*(self._remote(p, c) for p, c in checks))
+            for (policy, _), verdict in zip(checks, verdicts, strict=True):
+                if isinstance(verdict, Exception):
+                    undecided |= self._failed(policy, verdict)
+                else:
+                    undecided |= self._apply(
+                        policy, verdict, account_id, key_id, model, texts, request_id
+                    )
+        if undecided:
+            raise ServiceUnavailable(
+                "The content policy check could not be completed; try again later.",
+                code="policy_unavailable",
+            )
 
     def _apply(
         self,
@@ -113,12 +126,13 @@ class Policy:
         model: ModelConfig,
         texts: list[str],
         request_id: str | None,
-    ) -> None:
+    ) -> bool:
+        """Raise on a deny (after auditing it); True if the verdict is unusable and the
+        policy fails closed."""
         if verdict is None or verdict.action != "deny":
-            return
+            return False
         if verdict.category not in CATEGORIES:
-            self._failed(policy, ValueError(f"unknown category {verdict.category!r}"))
-            return
+            return self._failed(policy, ValueError(f"unknown category {verdict.category!r}"))
         self.refuse(
             audit.Violation(
                 account_id,
@@ -141,7 +155,10 @@ class Policy:
             param=verdict.category,
         )
 
-    async def _remote(self, policy: EnabledPolicy, check: PolicyCheck) -> Verdict | None:
+    async def _remote(
+        self, policy: EnabledPolicy, check: PolicyCheck
+    ) -> Verdict | Exception | None:
+        """The verdict of an upstream check, or the exception that prevented one."""
         provider = policy.provider
         try:
             if provider is None or provider.client is None or provider.unavailable:
@@ -154,21 +171,17 @@ class Policy:
                 raise _CheckFailed(f"HTTP {response.status_code}")
             return check.read(response)
         except Exception as exc:  # TimeoutError, UpstreamError, a reader that raised
-            self._failed(policy, exc)
-            return None
+            return exc
 
-    def _failed(self, policy: EnabledPolicy, exc: Exception) -> None:
-        """A policy could not decide: refuse (fail closed) or let the request through."""
+    def _failed(self, policy: EnabledPolicy, exc: Exception) -> bool:
+        """Log that a policy could not decide; True if it fails closed (the request is
+        then refused with 503), False if it fails open (the request goes on)."""
         mode = policy.config.fail
         # The class only: a message could carry request content or upstream details.
         log.warning(
             "policy %s could not decide (%s); failing %s", policy.name, type(exc).__name__, mode
         )
-        if mode == "closed":
-            raise ServiceUnavailable(
-                "The content policy check could not be completed; try again later.",
-                code="policy_unavailable",
-            )
+        return mode == "closed"
 
     def refuse(self, violation: audit.Violation) -> None:
         """Audit a refused request and suspend its account if it is over the limit.
