@@ -177,10 +177,10 @@ class Policy:
         """Log that a policy could not decide; True if it fails closed (the request is
         then refused with 503), False if it fails open (the request goes on)."""
         mode = policy.config.fail
-        # The class only: a message could carry request content or upstream details.
-        log.warning(
-            "policy %s could not decide (%s); failing %s", policy.name, type(exc).__name__, mode
-        )
+        # Our own message, else the class only: a message could carry request content or
+        # upstream details.
+        why = str(exc) if isinstance(exc, _CheckFailed) else type(exc).__name__
+        log.warning("policy %s could not decide (%s); failing %s", policy.name, why, mode)
         return mode == "closed"
 
     def refuse(self, violation: audit.Violation) -> None:
