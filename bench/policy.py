@@ -6,7 +6,7 @@ Measures, for 2,000-character prompts:
   (b) the whole local chain as a request pays it: ``user_texts`` over a ChatRequest plus
       ``Policy.judge`` with the default registry's policies (rules only).
 Prompts: ordinary prose with no trigger word; prose with tricky allowed words (the second
-stage runs and the allow-list is applied); a non-ASCII prompt; and a prompt denied at its
+stage runs for two rules and the allow-list clears them); a non-ASCII prompt; and a prompt denied at its
 very end (the match only; a deny then writes its audit row, off the common path).
 
 Each case runs in interleaved rounds; a round times ``--batch`` calls in a row and divides,
@@ -48,9 +48,9 @@ student teacher lesson exam chapter novel poem story character dialogue scene mo
 design layout colour font logo brand campaign email newsletter blog article headline tone
 """
 VOCABULARY = VOCABULARY_TEXT.split()
-TRICKY = (
-    " How do I kill the process on port 8080? The child process of the worker exits with"
-    " code 137. Let's shoot a photo shoot at dawn; execute the script after the bath bomb"
+TRICKY = (  # candidates for two rules (csam, explosives) that the allow-list clears
+    " How do I kill the process on port 8080? Give explicit steps: the child process of the"
+    " worker exits with code 137. Let's shoot a photo at dawn, then make a bath bomb for the"
     " demo. Describe the execution of Charles I."
 )
 NON_ASCII = "Résumé du rapport trimestriel, 市场调研结果, überprüfen Sie die Tabelle. "

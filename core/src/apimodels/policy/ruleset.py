@@ -4,7 +4,8 @@ Matching is two stages, so that the common case (a benign prompt) costs one pass
 
 1. the lowercased text is split into words (``bytes.translate`` + ``bytes.split``, in C)
    and intersected with the set of words that can start a rule: a phrase's first word, a
-   pattern rule's anchors. Most prompts stop here.
+   pattern rule's anchors; a rule with ``requires`` also needs one of those words. Most
+   prompts stop here.
 2. only the rules whose words are all present are confirmed with their regular
    expressions, only within ``WINDOW`` characters of the words that made them candidates,
    over the text with the allow-listed phrases found there blanked out.
@@ -83,6 +84,7 @@ class RuleDef(_Strict):
     words: list[str] = Field(default_factory=list)  # any of these phrases denies
     anchors: list[str] = Field(default_factory=list)  # patterns are tried only with one
     patterns: list[str] = Field(default_factory=list)  # any match denies
+    requires: list[str] = Field(default_factory=list)  # and one of these words must appear
     # Patterns see the text as written, not lowercased (names: ``[A-Z][a-z]+``); use
     # ``(?i:...)`` for their parts that should ignore case.
     case_sensitive: bool = False
@@ -112,8 +114,8 @@ class RuleDef(_Strict):
             raise ValueError(
                 f"rule {self.id}: patterns need anchors (words one of which must appear)"
             )
-        if any(len(words(a.lower())) != 1 for a in self.anchors):
-            raise ValueError(f"rule {self.id}: an anchor is one word")
+        if any(len(words(a.lower())) != 1 for a in [*self.anchors, *self.requires]):
+            raise ValueError(f"rule {self.id}: an anchor or a required word is one word")
         if any(not words(w.lower()) for w in self.words):
             raise ValueError(f"rule {self.id}: an empty phrase in words")
         if self.case_sensitive and self.words:
@@ -152,6 +154,7 @@ class _Rule:
     category: str
     regex: re.Pattern[str]
     case_sensitive: bool
+    requires: frozenset[bytes]  # empty: nothing more
 
 
 class _Index:
@@ -164,7 +167,8 @@ class _Index:
             position = len(self.rules)
             parts = [_phrase_regex(w) for w in rule.words] + rule.patterns
             regex = re.compile("|".join(parts))
-            self.rules.append(_Rule(rule.id, rule.category, regex, rule.case_sensitive))
+            requires = frozenset(w.lower().encode() for w in rule.requires)
+            self.rules.append(_Rule(rule.id, rule.category, regex, rule.case_sensitive, requires))
             for phrase in rule.words:
                 first, rest = _first_and_rest(phrase)
                 self.starts.setdefault(first, []).append((rest, position))
@@ -215,7 +219,8 @@ class RuleSet:
         candidates: dict[int, set[bytes]] = {}  # rule -> the words that made it one
         for word in hits:
             for rest, position in index.starts[word]:
-                if rest <= present:
+                requires = index.rules[position].requires
+                if rest <= present and (not requires or not requires.isdisjoint(present)):
                     candidates.setdefault(position, set()).add(word)
         if not candidates:
             return None
