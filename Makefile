@@ -23,6 +23,7 @@ bench: sync
 	$(UV) run --no-sync python bench/ledger.py
 	$(UV) run --no-sync python bench/tasks.py
 	$(UV) run --no-sync python bench/storage.py
+	$(UV) run --no-sync python bench/policy.py
 
 lint: sync
 	$(UV) run --no-sync ruff check .

@@ -226,6 +226,7 @@ def test_the_documented_examples_are_valid_config() -> None:
     root = Path(__file__).parents[2]
     registry = (root / "registry.toml").read_text()
     example = registry[registry.index("# [topups]") :]
+    example = example[: example.index("\n# ---")]  # up to the next section
     uncommented = "\n".join(line.removeprefix("# ") for line in example.splitlines())
     assert TopupsConfig.model_validate(_topups_table(uncommented)).enabled
     docs = (root / "docs" / "self-hosting.md").read_text()

@@ -224,6 +224,10 @@ class KeyStore:
         """Drop the cache (after a revoke in this process)."""
         self._cache.clear()
 
+    def forget_account(self, account_id: str) -> None:
+        """Drop one account's cached keys (after its status changed in this process)."""
+        self._cache = {d: p for d, p in self._cache.items() if p.account_id != account_id}
+
 
 # --- status ------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge, Upstrea
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency
 from .money import format_usd
+from .policy.texts import user_texts
 from .provider import Usage
 from .receipts import Receipts
 from .runtime import Gateway, Route
@@ -247,7 +248,10 @@ class Frontend:
             route.provider.ensure_available()
             if route.jobs:
                 return await self._through_task(request, principal, route, unified, started)
-            dispatch.check_policy(self.gateway, route, unified, principal.account_id)
+            request_id = request.scope["state"]["request_id"]
+            await dispatch.check_policy(
+                self.gateway, route, unified, principal.account_id, principal.key_id, request_id
+            )
             # The estimate also refuses an unpriced variant: all before any hold or I/O.
             estimate, hold = dispatch.estimate(route, unified)
             stream = bool(getattr(unified, "stream", False))
@@ -257,14 +261,14 @@ class Frontend:
                     param="Idempotency-Key",
                     code="idempotency_not_supported",
                 )
-            request_id = request.scope["state"]["request_id"]
             bill = await self.biller.open(request_id, principal, route, hold, stream=stream)
             if stream:
-                return await self._stream(route, unified, bill, estimate)
+                return await self._stream(route, unified, bill, estimate, principal, request_id)
             try:
                 priced = await dispatch.call(route, unified)
             except Exception as exc:
                 await _settled(bill.fail(exc))
+                self._refused(exc, principal, route, unified, request_id)
                 raise
             except BaseException:
                 bill.fail(None)  # cancelled: the client left; release without waiting
@@ -313,7 +317,13 @@ class Frontend:
         return json_response(body, headers=headers)
 
     async def _stream(
-        self, route: Route, unified: UnifiedRequest, bill: Bill | FreeBill, estimate: Usage
+        self,
+        route: Route,
+        unified: UnifiedRequest,
+        bill: Bill | FreeBill,
+        estimate: Usage,
+        principal: Principal,
+        request_id: str,
     ) -> Response:
         def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
             return settle_stream(bill, route, estimate, result)
@@ -322,11 +332,31 @@ class Frontend:
             relay = await dispatch.open_stream(route, unified, on_end)
         except Exception as exc:
             await _settled(bill.fail(exc))
+            self._refused(exc, principal, route, unified, request_id)
             raise
         except BaseException:
             bill.fail(None)
             raise
         return RelayResponse(relay)
+
+    def _refused(
+        self,
+        exc: Exception,
+        principal: Principal,
+        route: Route,
+        unified: UnifiedRequest,
+        request_id: str,
+    ) -> None:
+        """Audit an upstream's content-policy refusal (it cost nothing: the bill failed)."""
+        if self.gateway.policy is not None:
+            self.gateway.policy.upstream_refused(
+                exc,
+                principal.account_id,
+                principal.key_id,
+                route.model,
+                lambda: user_texts(unified),
+                request_id,
+            )
 
 
 async def _settled(future: asyncio.Future[bool] | None) -> None:

@@ -195,6 +195,24 @@ class StorageConfig(_Strict):
         return self
 
 
+class PolicyConfig(_Strict):
+    """``[policies.NAME]``: one safety policy (see docs/self-hosting.md, "Safety policy")."""
+
+    enabled: bool = True
+    fail: Literal["closed", "open"] = "closed"  # when its check cannot be completed
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0  # seconds, for upstream checks
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class SafetyConfig(_Strict):
+    """``[safety]``: the audit trail and automatic suspension."""
+
+    suspend_after: Annotated[int, Field(ge=0)] = 5  # denies in the window; 0: never suspend
+    window_minutes: Annotated[float, Field(gt=0)] = 60.0
+    excerpt_chars: Annotated[int, Field(ge=0, le=1000)] = 120
+    store_full_content: bool = False  # keep the whole content of each deny in the audit
+
+
 class Catalog(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
@@ -202,6 +220,8 @@ class Catalog(_Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     topups: TopupsConfig = Field(default_factory=TopupsConfig)
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
     @model_validator(mode="before")
     @classmethod

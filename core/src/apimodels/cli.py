@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -162,6 +163,29 @@ def plugins(ctx: click.Context) -> None:
             on,
             ", ".join(p["hooks"]),
         )
+    console.print(table)
+
+
+@cli.command()
+@click.pass_context
+def policies(ctx: click.Context) -> None:
+    """List installed safety policies and how registry.toml's [policies] sets them."""
+    from .plugins import pm
+    from .policy import registered_policies
+
+    try:
+        configured = _catalog(ctx).policies
+    except ConfigError:
+        configured = {}
+    table = Table("policy", "plugin", "calls provider", "enabled", "fail", "timeout (s)")
+    for name, (spec, owner) in sorted(registered_policies(pm).items()):
+        row = [name, pm.get_name(owner) or "-", spec.provider or "-"]
+        config = configured.get(name)
+        if config is None or not config.enabled:
+            table.add_row(*row, "no", "-", "-")
+        else:
+            timeout = f"{config.timeout:g}" if spec.provider else "-"
+            table.add_row(*row, "yes", config.fail, timeout)
     console.print(table)
 
 
@@ -482,8 +506,12 @@ def accounts_suspend(ctx: click.Context, account: str, reason: str) -> None:
 @click.option("--reason", required=True, help="Why the suspension is lifted.")
 @click.pass_context
 def accounts_unsuspend(ctx: click.Context, account: str, reason: str) -> None:
-    """Lift ACCOUNT's suspension."""
+    """Lift ACCOUNT's suspension; its policy violations so far are marked reviewed."""
+    from .policy.audit import mark_reviewed
+
+    db = _db(ctx)
     _set_status(ctx, account, "active", reason)
+    mark_reviewed(db, acc.get_account(db, account)["id"])
 
 
 @accounts.command("close")
@@ -535,6 +563,35 @@ def keys_limit(
         highlight=False,
     )
     err_console.print("Running servers apply it within gateway.key_cache_seconds.", style="dim")
+
+
+@accounts.command("violations")
+@click.argument("account")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def accounts_violations(ctx: click.Context, account: str, limit: int, as_json: bool) -> None:
+    """List ACCOUNT's requests refused by the content policy, newest first (redacted)."""
+    from .policy.audit import list_violations
+
+    db = _db(ctx)
+    rows = list_violations(db, acc.get_account(db, account)["id"], limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    table = Table("time", "key", "model", "category", "plugin", "reason", "excerpt", "sha256")
+    for v in rows:
+        table.add_row(
+            v["created_at"][:19] + ("" if v["reviewed_at"] is None else " (reviewed)"),
+            v["key_id"] or "-",
+            v["model"],
+            v["category"],
+            v["plugin"],
+            escape(v["reason"] or ""),
+            escape(v["excerpt"]),
+            v["content_sha256"][:12],
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":

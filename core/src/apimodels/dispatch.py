@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx
 
-from .errors import APIError, PermissionDenied, UpstreamError, UpstreamTimeout
+from .errors import APIError, UpstreamError, UpstreamTimeout
 from .money import format_usd, to_micros
+from .policy.texts import user_texts
 from .provider import Output, Usage
 from .runtime import Gateway, Route
 from .schemas import UnifiedRequest
@@ -33,20 +34,24 @@ class Priced:
     cost_micros: int
 
 
-def check_policy(gateway: Gateway, route: Route, request: UnifiedRequest, account_id: str) -> None:
-    """Ask every policy plugin; any deny wins (403 content_policy_violation)."""
-    if not gateway.policy_enabled:
-        return
-    verdicts = gateway.pm.hook.check_request(
-        model=route.model, request=request, account_id=account_id
-    )
-    for verdict in verdicts:
-        if verdict is not None and verdict.action == "deny":
-            raise PermissionDenied(
-                f"This request was refused by the content policy ({verdict.category}): {verdict.reason}",
-                code="content_policy_violation",
-                param=verdict.category,
-            )
+async def check_policy(
+    gateway: Gateway,
+    route: Route,
+    request: UnifiedRequest,
+    account_id: str,
+    key_id: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Ask every enabled policy; any deny wins (403 content_policy_violation, audited)."""
+    if gateway.policy is not None and gateway.policy.policies:
+        await gateway.policy.judge(
+            account_id,
+            key_id,
+            route.model,
+            user_texts(request),
+            request=request,
+            request_id=request_id,
+        )
 
 
 def price(route: Route, usage: Usage) -> int:

@@ -6,8 +6,9 @@ models: ``estimate_usage``, ``build_request``, ``parse_response``, ``parse_strea
 provider whose upstream runs long jobs (predictions, video renders) also implements the job
 hooks: ``input_schema``, ``build_job_request``, ``build_job_poll``, ``build_job_cancel``,
 ``parse_job`` and, if the upstream sends signed webhooks, ``verify_webhook``. A policy
-plugin implements ``check_request``. The core resolves model -> provider -> hook callers
-once at startup, so a provider's hooks are only ever called for that provider's models.
+plugin implements ``register_policies`` and ``check_request``. The core resolves model ->
+provider -> hook callers once at startup, so a provider's hooks are only ever called for
+that provider's models.
 
 Implementations may take fewer arguments than a spec names (pluggy passes what they ask for),
 so specs can gain arguments without breaking published plugins.
@@ -23,9 +24,11 @@ from pluggy import HookimplMarker, HookspecMarker
 
 if TYPE_CHECKING:
     import httpx
+    from pydantic import BaseModel
 
     from .catalog import ModelConfig, Pricing
     from .errors import APIError
+    from .policy.spec import PolicyCheck, PolicySpec
     from .provider import Job, Output, ProviderSpec, StreamEvent, Upstream, Usage, Verdict
     from .schemas import UnifiedRequest
 
@@ -145,15 +148,44 @@ def price_usage(model: ModelConfig, pricing: Pricing, usage: Usage) -> Decimal |
 
 
 @hookspec
-def check_request(model: ModelConfig, request: UnifiedRequest, account_id: str) -> Verdict | None:
+def check_request(
+    model: ModelConfig,
+    request: UnifiedRequest | None,
+    account_id: str,
+    texts: list[str],
+    settings: BaseModel | None,
+    upstream: Upstream | None,
+) -> Verdict | PolicyCheck | None:
     """Judge a request before anything is held or sent upstream.
 
-    Every policy plugin is asked; any deny wins.
+    Every enabled policy (``[policies.NAME]`` in registry.toml) is asked, each with its own
+    settings; any deny wins. A policy is asked through its own plugin's implementations
+    only; a plugin that implements this without ``register_policies`` offers one policy,
+    named after the plugin, without settings.
 
-    :param model: the catalog entry of the requested model.
-    :param request: the validated unified request (all user content is in it).
+    :param model: the catalog entry of the requested model (``model.modality`` scopes rules).
+    :param request: the validated unified request, or None for a task's free-form input.
     :param account_id: the calling account.
-    :return: ``Verdict.deny(category, reason)``, ``Verdict("allow")`` or None (no opinion).
+    :param texts: every piece of user text in the request, extracted once by the core
+        (chat messages and content parts, prompts, speech input, nested structured input).
+    :param settings: the policy's validated ``[policies.NAME.settings]`` (None without a
+        settings model).
+    :param upstream: the upstream of the provider the policy's spec names, else None.
+    :return: ``Verdict.deny(category, reason)`` with a category of
+        ``apimodels.policy.CATEGORIES``, ``Verdict("allow")``, None (no opinion), or a
+        :class:`apimodels.policy.PolicyCheck`: an upstream request the core sends, and how
+        to read its answer into a verdict.
+    """
+
+
+@hookspec
+def register_policies(register: Callable[[PolicySpec], None]) -> None:
+    """Register the safety policies this plugin offers.
+
+    Called once at startup. A policy named here is enabled in registry.toml under
+    ``[policies.NAME]``; its ``check_request`` is then asked about every request.
+
+    :param register: call it with one :class:`apimodels.policy.PolicySpec` per policy.
     """
 
 

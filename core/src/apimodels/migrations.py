@@ -275,6 +275,35 @@ def m006_topups(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m007_policy(db: sqlite_utils.Database) -> None:
+    # The audit trail of refused requests (apimodels.policy.audit): never the full content
+    # unless [safety] store_full_content is on; the excerpt is redacted.
+    db["policy_violations"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "account_id": str,
+            "key_id": str,
+            "request_id": str,
+            "model": str,
+            "modality": str,
+            "category": str,
+            "plugin": str,
+            "source": str,  # policy | upstream
+            "reason": str,
+            "excerpt": str,  # redacted, short
+            "content_sha256": str,
+            "content": str,  # NULL unless store_full_content
+            "reviewed_at": str,  # set when an admin lifts a suspension: no longer counted
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"created_at", "account_id", "model", "category", "plugin", "content_sha256"},
+    )
+    db["policy_violations"].create_index(["account_id", "created_at"])
+
+
+@migration
 def m008_storage(db: sqlite_utils.Database) -> None:
     # Server-wide secrets (the storage signing secret), generated once, shared by every process.
     db["server_secrets"].create(

@@ -17,12 +17,14 @@ from typing import Any
 import pluggy
 
 from . import default_hooks, hookspecs
+from .policy import rules as policy_rules
 
 GROUP = "apimodels"
 
 pm = pluggy.PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)
 pm.register(default_hooks, name="apimodels.default_hooks")
+pm.register(policy_rules, name="apimodels.policy.rules")  # the built-in `rules` policy
 
 
 def _load_installed() -> None:

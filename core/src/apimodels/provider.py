@@ -122,15 +122,20 @@ class StreamEvent:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A safety-policy verdict. ``allow`` or ``deny`` with a category and a reason."""
+    """A safety-policy verdict. ``allow`` or ``deny`` with a category and a reason.
+
+    ``evidence`` is the part of the content that decided (for the audit trail, redacted and
+    shortened there; never sent to the client).
+    """
 
     action: Literal["allow", "deny"]
     category: str | None = None
     reason: str = ""
+    evidence: str = ""
 
     @classmethod
-    def deny(cls, category: str, reason: str) -> Verdict:
-        return cls("deny", category, reason)
+    def deny(cls, category: str, reason: str, *, evidence: str = "") -> Verdict:
+        return cls("deny", category, reason, evidence)
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pluggy
@@ -24,6 +24,9 @@ from .errors import ConfigError, ServiceUnavailable
 from .plugins import trace_hook_calls
 from .provider import ProviderSpec, Upstream
 from .upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 log = logging.getLogger("apimodels")
 
@@ -116,7 +119,7 @@ class Gateway:
     pm: pluggy.PluginManager
     sandbox: bool = False
     notices: list[str] = field(default_factory=list)
-    policy_enabled: bool = False  # any check_request implementation installed
+    policy: Policy | None = None  # the enabled safety policies (set by server.assemble)
 
     async def open(self) -> None:
         for provider in self.providers.values():
@@ -228,5 +231,4 @@ def build_gateway(
         pm,
         sandbox=sandbox,
         notices=notices,
-        policy_enabled=bool(pm.hook.check_request.get_hookimpls()),
     )

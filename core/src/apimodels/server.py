@@ -23,6 +23,7 @@ from .idempotency import Idempotency
 from .ledger import GroupCommit, Ledger
 from .limits import Limiter
 from .plugins import pm
+from .policy import build_policy
 from .runtime import Gateway, build_gateway
 from .sandbox import Simulators
 from .storage import Storage, load_secret, open_storage
@@ -59,6 +60,7 @@ def assemble(
     db = open_db(database)
     settings = catalog.gateway
     keys = KeyStore(db, settings.key_cache_seconds)
+    gateway.policy = build_policy(catalog, pm, gateway.providers, db, keys, gateway.notices)
     ledger = Ledger(db)
     limiter = Limiter(db, settings.key_cache_seconds)
     biller = Biller(

@@ -117,7 +117,7 @@ class TasksAPI:
                 param="model",
             )
         route.provider.ensure_available()
-        hold = self.validate(route, body.input, principal)
+        hold = await self.validate(route, body.input, principal, request)
         webhook = None
         if body.webhook is not None:
             allow = self.config.allow_private_webhooks
@@ -128,7 +128,13 @@ class TasksAPI:
         self.runner.kick()
         return _json(self.render(task, request), 202)
 
-    def validate(self, route: Route, input: dict[str, Any], principal: Principal) -> int:
+    async def validate(
+        self,
+        route: Route,
+        input: dict[str, Any],
+        principal: Principal,
+        request: Request | None = None,
+    ) -> int:
         """Check a task's input and ask the policy; return its hold (all before any I/O)."""
         if route.jobs:
             validator = self.validators.get(route.model.id)
@@ -148,7 +154,10 @@ class TasksAPI:
                     param=f"input{path}",
                     code="invalid_input",
                 ) from None
-        dispatch.check_policy(self.gateway, route, unified, principal.account_id)
+        request_id = request.scope["state"]["request_id"] if request is not None else None
+        await dispatch.check_policy(
+            self.gateway, route, unified, principal.account_id, principal.key_id, request_id
+        )
         return dispatch.estimate(route, unified)[1]
 
     def _create(
@@ -245,6 +254,6 @@ class TasksAPI:
     ) -> dict[str, Any]:
         """Run a task and wait for it up to ``tasks.sync_wait_seconds`` (then 504 naming the
         task, which goes on and is billed when it ends)."""
-        hold = self.validate(route, input, principal)
+        hold = await self.validate(route, input, principal)
         task = self._create(principal, route, input, None, hold)
         return await self.runner.wait_for(task, self.config.sync_wait_seconds)

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from .. import dispatch, media
 from ..catalog import TasksConfig
 from ..errors import APIError, InvalidRequest, UpstreamError, UpstreamTimeout
+from ..policy.texts import user_texts
 from ..provider import Job, Usage
 from ..runtime import Gateway, Route
 from ..schemas import ENDPOINTS, ChatRequest, ImageRequest, Modality, UnifiedRequest
@@ -395,9 +396,27 @@ class TaskRunner:
     async def _finish(self, task: dict[str, Any], end: Finish) -> None:
         if self.store.finish(task["id"], end, billing=self.billing):
             log.info("task %s %s", task["id"], end.status)
+            if end.error_code == "content_policy_violation":
+                self._record_refusal(task, end)
             self.kick()  # its webhook is due
         if (event := self.finished.get(task["id"])) is not None:
             event.set()
+
+    def _record_refusal(self, task: dict[str, Any], end: Finish) -> None:
+        """The upstream's safety checker refused the task: audited, and counted toward
+        the account's suspension like any deny (it cost nothing)."""
+        policy, route = self.gateway.policy, self.gateway.routes.get(task["model"])
+        if policy is None or route is None:
+            return
+        policy.record_refusal(
+            task["account_id"],
+            task["key_id"],
+            route.model,
+            user_texts(json.loads(task["input"])),
+            plugin=route.provider.name,
+            reason=end.error_message or "refused upstream",
+            request_id=task["id"],
+        )
 
     # --- from the API --------------------------------------------------------------------
 

@@ -1,0 +1,59 @@
+"""The built-in ``rules`` policy: the core's own policy plugin, registered like the default
+hooks. Patterns, word lists, per-modality scopes and allow-lists, per category, from a rule
+file (``default_rules.toml`` unless ``[policies.rules.settings] file`` names another),
+compiled once at startup (see ``ruleset``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from ..catalog import ModelConfig
+from ..hookspecs import hookimpl
+from ..provider import Verdict
+from .ruleset import DEFAULT_RULES, RuleSet
+from .spec import PolicySpec
+
+NAME = "rules"
+
+
+class RulesSettings(BaseModel):
+    """``[policies.rules.settings]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: Path = Field(default=DEFAULT_RULES, description="a rule file replacing the default set")
+    allow: list[str] = Field(
+        default_factory=list, description="more allow-listed phrases, added to the file's"
+    )
+    _rules: RuleSet = PrivateAttr()
+
+    def model_post_init(self, context: object) -> None:
+        self._rules = RuleSet.load(self.file, self.allow)  # compiled once, at startup
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+
+@hookimpl
+def register_policies(register: Callable[[PolicySpec], None]) -> None:
+    register(
+        PolicySpec(
+            NAME,
+            settings=RulesSettings,
+            description="Local rules per category: word lists, patterns, allow-lists",
+        )
+    )
+
+
+@hookimpl
+def check_request(model: ModelConfig, texts: list[str], settings: RulesSettings) -> Verdict | None:
+    if not texts:
+        return None
+    match = settings.rules.match("\n".join(texts), model.modality)
+    if match is None:
+        return None
+    return Verdict.deny(match.category, f"rule {match.rule}", evidence=match.evidence)

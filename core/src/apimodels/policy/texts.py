@@ -1,0 +1,75 @@
+"""Every piece of user text in a request, for the policy plugins.
+
+One walk over the request: chat messages (string content and every text of content
+parts, tool results and client-supplied assistant turns included), image and video
+prompts, speech input, transcription prompts, embedding inputs, and any free-form
+structured input (a task's ``input`` object), however deeply nested. Keys that never hold
+prose (ids, enum-like options, URLs of media, uploaded bytes) are skipped, and so are
+strings that are data, not words: ``data:`` URIs and long runs without a space (base64).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+#: Keys whose values are options or references, never user prose.
+SKIPPED_KEYS = frozenset(
+    {
+        "model",
+        "role",
+        "type",
+        "voice",
+        "response_format",
+        "encoding_format",
+        "size",
+        "quality",
+        "style",
+        "format",
+        "output_format",
+        "detail",
+        "image_url",
+        "input_audio",
+        "file",
+        "file_id",
+        "filename",
+        "file_content_type",
+        "id",
+        "tool_call_id",
+        "language",
+        "aspect_ratio",
+        "mime_type",
+        "stream_options",
+        "user",
+    }
+)
+#: A string this long without a space is data (base64, a hash), not words.
+_DATA_RUN = 256
+
+
+def _is_data(text: str) -> bool:
+    return text.startswith("data:") or (len(text) > _DATA_RUN and " " not in text[:_DATA_RUN])
+
+
+def user_texts(value: Any) -> list[str]:
+    """The user texts in ``value``: a unified request, or any JSON-like object.
+
+    Iterative (an explicit stack), so no nesting depth can make it fail.
+    """
+    texts: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item and not _is_data(item):
+                texts.append(item)
+        elif isinstance(item, dict):
+            stack.extend(v for k, v in reversed(item.items()) if k not in SKIPPED_KEYS)
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+        elif isinstance(item, BaseModel):
+            # Declared fields and the extra ones a client sent (``extra="allow"``).
+            fields = {k: getattr(item, k) for k in type(item).model_fields}
+            stack.append(fields | (item.model_extra or {}))
+    return texts
