@@ -36,6 +36,8 @@ from .provider import Usage
 from .receipts import Receipts
 from .runtime import Gateway, Route
 from .schemas import ENDPOINTS, Modality, UnifiedRequest
+from .speech_stream import open_audio_stream
+from .voices import Voices
 
 log = logging.getLogger("apimodels")
 
@@ -177,6 +179,7 @@ class Frontend:
         self.biller = biller
         self.idempotency = idempotency
         self.models_body = json.dumps(self._models_list(), separators=(",", ":")).encode()
+        self.voices = Voices(gateway)
 
     def _model_object(self, route: Route) -> dict[str, Any]:
         m = route.model
@@ -233,6 +236,8 @@ class Frontend:
             if route.model.modality is not modality:
                 raise _wrong_modality(route, path)
             route.provider.ensure_available()
+            if modality is Modality.speech:
+                self.voices.resolve(route, unified.voice)  # type: ignore[attr-defined]
             dispatch.check_policy(self.gateway, route, unified, principal.account_id)
             # The estimate also refuses an unpriced variant: all before any hold or I/O.
             estimate, hold = dispatch.estimate(route, unified)
@@ -244,7 +249,13 @@ class Frontend:
                     code="idempotency_not_supported",
                 )
             request_id = request.scope["state"]["request_id"]
-            bill = await self.biller.open(request_id, principal, route, hold, stream=stream)
+            # Speech streams its audio as it comes, unless it must be replayable.
+            audio = modality is Modality.speech and IDEMPOTENCY_HEADER not in request.headers
+            bill = await self.biller.open(
+                request_id, principal, route, hold, stream=stream or audio
+            )
+            if audio:
+                return await self._stream_audio(route, unified, bill, estimate)
             if stream:
                 return await self._stream(route, unified, bill, estimate)
             try:
@@ -277,6 +288,22 @@ class Frontend:
             bill.fail(None)
             raise
         return RelayResponse(relay)
+
+    async def _stream_audio(
+        self, route: Route, unified: UnifiedRequest, bill: Bill | FreeBill, estimate: Usage
+    ) -> Response:
+        try:
+            return await open_audio_stream(route, unified, estimate, bill)
+        except Exception as exc:
+            await _settled(bill.fail(exc))
+            raise
+        except BaseException:
+            bill.fail(None)
+            raise
+
+    async def list_voices(self, request: Request) -> Response:
+        self.keys.authenticate(request.headers.get("authorization"))
+        return Response(self.voices.body, media_type="application/json")
 
 
 async def _settled(future: asyncio.Future[bool] | None) -> None:
@@ -421,6 +448,7 @@ def create_app(
             "/v1/generation/{request_id}", _with_errors(receipts.generation), methods=["GET"]
         ),
         HTTPRoute("/v1/models", _with_errors(frontend.list_models), methods=["GET"]),
+        HTTPRoute("/v1/audio/voices", _with_errors(frontend.list_voices), methods=["GET"]),
         HTTPRoute("/v1/models/{model_id:path}", _with_errors(frontend.get_model), methods=["GET"]),
         *(
             HTTPRoute(f"/v1/{path}", _with_errors(frontend.unified(path)), methods=["POST"])

@@ -23,7 +23,16 @@ if TYPE_CHECKING:
 
     from .catalog import ModelConfig, Pricing
     from .errors import APIError
-    from .provider import Output, ProviderSpec, StreamEvent, Upstream, Usage, Verdict
+    from .provider import (
+        AudioStream,
+        Output,
+        ProviderSpec,
+        StreamEvent,
+        Upstream,
+        Usage,
+        Verdict,
+        Voice,
+    )
     from .schemas import UnifiedRequest
 
 hookspec = HookspecMarker("apimodels")
@@ -151,4 +160,42 @@ def check_request(model: ModelConfig, request: UnifiedRequest, account_id: str) 
     :param request: the validated unified request (all user content is in it).
     :param account_id: the calling account.
     :return: ``Verdict.deny(category, reason)``, ``Verdict("allow")`` or None (no opinion).
+    """
+
+
+@hookspec(firstresult=True)
+def list_voices(upstream: Upstream) -> list[Voice] | None:
+    """The voices a provider's speech models take.
+
+    Called once per provider at startup, never per request: answer from the plugin's own
+    list and its settings (``upstream.settings``), without I/O. The core serves the union
+    of every provider's voices at ``GET /v1/audio/voices`` and refuses a speech request
+    whose ``voice`` is none of its provider's (by id or name, case-insensitive) with a 400,
+    before anything is held or sent. A provider that lists none leaves voices to its
+    upstream.
+
+    :param upstream: the provider's base URL, key and settings.
+    :return: a list of :class:`apimodels.Voice`, or None when the provider has no voices.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def parse_audio_stream(
+    model: ModelConfig, request: UnifiedRequest, response: httpx.Response
+) -> AudioStream | None:
+    """Read the head of a successful (2xx) streamed speech response, before its body.
+
+    Speech audio is relayed to the client as the upstream sends it; this hook says what
+    the client is told (``content_type``), what goes out before the first upstream byte
+    (``prefix``, e.g. a WAV header around raw PCM) and the usage to bill (None: the
+    request's estimate). The core's fallback passes the upstream's content type through.
+
+    :param model: the catalog entry.
+    :param request: the unified speech request it answers.
+    :param response: the upstream response; headers only, the body is not read yet.
+    :return: an :class:`apimodels.AudioStream`.
+
+    Stops at the first non-None result.
     """

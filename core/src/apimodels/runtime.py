@@ -34,6 +34,8 @@ PROVIDER_HOOKS = (
     "parse_stream_event",
     "parse_error",
     "price_usage",
+    "list_voices",
+    "parse_audio_stream",
 )
 
 
@@ -62,6 +64,8 @@ class ProviderHooks:
     parse_stream_event: Any
     parse_error: Any
     price_usage: Any
+    list_voices: Any
+    parse_audio_stream: Any
 
 
 @dataclass
