@@ -8,7 +8,7 @@ for invalid input, status 422), behind the ``xi-api-key`` header:
   ``output_format`` of the published description, sent in chunks: silent MPEG Layer III
   frames at the format's rate and bitrate (mp3), a sine tone as 16-bit PCM at the
   format's rate (pcm), G.711 mu-law or A-law of that tone (ulaw_8000, alaw_8000), silent
-  Ogg Opus (opus). 15 characters a second at speed 1. Headers ``character-cost`` (the
+  Ogg Opus (opus), and on the full endpoint only, WAV files (wav). 15 characters a second at speed 1. Headers ``character-cost`` (the
   characters of ``text``) and ``request-id``;
 - ``GET /v1/voices``: the premade voices (``voices.PREMADE``) and one cloned voice of
   the simulated account (``ACCOUNT_VOICE``);
@@ -90,12 +90,15 @@ OUTPUT_FORMATS = (
     "opus_48000_128",
     "opus_48000_192",
 )
+#: The full (non-streaming) endpoint also makes WAV files; the streaming one does not.
+WAV_FORMATS = tuple(f"wav_{rate}" for rate in (8000, 16000, 22050, 24000, 32000, 44100, 48000))
 CONTENT_TYPES = {
     "mp3": "audio/mpeg",
     "pcm": "audio/pcm",
     "ulaw": "audio/basic",
     "alaw": "audio/basic",
     "opus": "audio/opus",
+    "wav": "audio/wav",
 }
 SPEED_RANGE = (0.7, 1.2)
 CHARACTERS_PER_SECOND = 15
@@ -140,23 +143,36 @@ def invalid(loc: list[str | int], msg: str, type_: str) -> ElevenLabsError:
 # --- audio ---------------------------------------------------------------------------------
 
 
+def _segment(value: int, ends: tuple[int, ...]) -> int:
+    return next((i for i, end in enumerate(ends) if value <= end), len(ends))
+
+
+_ULAW_ENDS = (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)
+_ALAW_ENDS = (0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)
+
+
 def _ulaw(sample: int) -> int:
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(abs(sample), 32635) + 0x84
-    exponent = max(0, magnitude.bit_length() - 8)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | exponent << 4 | mantissa) & 0xFF
+    """G.711 mu-law of a 16-bit sample (the ITU/Sun reference encoder)."""
+    value = sample >> 2
+    mask = 0x7F if value < 0 else 0xFF
+    value = min(abs(value), 8159) + 33
+    seg = _segment(value, _ULAW_ENDS)
+    if seg >= 8:
+        return 0x7F ^ mask
+    return (seg << 4 | (value >> (seg + 1)) & 0x0F) ^ mask
 
 
 def _alaw(sample: int) -> int:
-    sign = 0x80 if sample >= 0 else 0
-    magnitude = min(abs(sample), 32767) >> 3
-    if magnitude < 32:
-        code = magnitude >> 1
-    else:
-        exponent = magnitude.bit_length() - 5
-        code = exponent << 4 | (magnitude >> exponent) & 0x0F
-    return (sign | code) ^ 0x55
+    """G.711 A-law of a 16-bit sample (the ITU/Sun reference encoder)."""
+    value = sample >> 3
+    mask = 0xD5 if value >= 0 else 0x55
+    if value < 0:
+        value = -value - 1
+    seg = _segment(value, _ALAW_ENDS)
+    if seg >= 8:
+        return 0x7F ^ mask
+    shift = 1 if seg < 2 else seg
+    return (seg << 4 | (value >> shift) & 0x0F) ^ mask
 
 
 def _g711(pcm: bytes, encode: Callable[[int], int]) -> bytes:
@@ -177,6 +193,8 @@ def audio(text: str, output_format: str, speed: float = 1.0) -> bytes:
         return _g711(pcm, _ulaw)
     if codec == "alaw":
         return _g711(pcm, _alaw)
+    if codec == "wav":
+        return media.wav(pcm, int(rate))
     return pcm
 
 
@@ -227,10 +245,13 @@ async def text_to_speech(request: Request, body: dict[str, Any]) -> Response:
     if voice not in VOICES:
         raise error(404, "voice_not_found", f"A voice with voice_id {voice} was not found.")
     output_format = request.query_params.get("output_format", "mp3_44100_128")
-    if output_format not in OUTPUT_FORMATS:
+    formats = (
+        OUTPUT_FORMATS if request.url.path.endswith("/stream") else OUTPUT_FORMATS + WAV_FORMATS
+    )
+    if output_format not in formats:
         raise invalid(
             ["query", "output_format"],
-            f"Input should be {', '.join(repr(f) for f in OUTPUT_FORMATS)}",
+            f"Input should be {', '.join(repr(f) for f in formats)}",
             "enum",
         )
     text, _, speed = _speech_body(body)
