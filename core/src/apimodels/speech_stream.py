@@ -57,19 +57,20 @@ class AudioRelay(Relay):
 
     async def _run(self) -> None:
         result, name = self.result, self.route.provider.name
-        prefix = self.head.prefix
+        prefix, heard = self.head.prefix, False
         try:
             async for chunk in self.response.aiter_raw():
                 if self._drain_until is not None and time.monotonic() > self._drain_until:
                     raise UpstreamTimeout(f"{name} was still sending long after the client left")
                 if not chunk:
                     continue
+                heard = True
                 if prefix:
                     chunk, prefix = prefix + chunk, b""
                 if not result.client_gone:
                     result.chunks += 1
                     self._queue.put_nowait(chunk)
-            if prefix:  # not a single byte of audio came
+            if not heard:
                 raise UpstreamError(f"{name} sent no audio")
             result.usage, result.cost_micros = self.usage, self.cost_micros
         except httpx.TimeoutException:
