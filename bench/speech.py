@@ -14,6 +14,7 @@ ratios, not absolutes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import free_port, pct, rss_mb, wait_ready  # noqa: E402
+from overhead import free_port, pct, rss_mb, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "A sentence of speech for the benchmark, spoken twice over."  # 4 s: 47 chunks of pcm
@@ -51,7 +52,7 @@ def one(client: httpx.Client, url: str, body: dict, headers: dict) -> tuple[floa
         assert r.status_code == 200, r.read()
         for _ in r.iter_raw():
             arrivals.append(time.perf_counter() - t0)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     return arrivals[0], statistics.median(gaps), arrivals[-1]
 
 
