@@ -123,7 +123,9 @@ def main() -> None:
                 f"  gap p50 {statistics.median(r[1] for r in runs) * 1000:6.2f} ms"
                 f"  total p50 {statistics.median(r[2] for r in runs) * 1000:7.1f} ms"
             )
-        print(f"  added time to first byte (median of rounds): {statistics.median(added) * 1000:.2f} ms")
+        print(
+            f"  added time to first byte (median of rounds): {statistics.median(added) * 1000:.2f} ms"
+        )
         print(f"  gateway RSS: {rss_mb(procs[1].pid):.0f} MB")
     finally:
         for proc in procs:
