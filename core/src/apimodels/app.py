@@ -35,7 +35,7 @@ from .money import format_usd
 from .provider import Usage
 from .receipts import Receipts
 from .runtime import Gateway, Route
-from .schemas import ENDPOINTS, Modality, UnifiedRequest
+from .schemas import ENDPOINTS, Modality, SpeechRequest, UnifiedRequest
 from .speech_stream import open_audio_stream
 from .voices import Voices
 
@@ -236,8 +236,8 @@ class Frontend:
             if route.model.modality is not modality:
                 raise _wrong_modality(route, path)
             route.provider.ensure_available()
-            if modality is Modality.speech:
-                self.voices.resolve(route, unified.voice)  # type: ignore[attr-defined]
+            if isinstance(unified, SpeechRequest):
+                self.voices.resolve(route, unified.voice)
             dispatch.check_policy(self.gateway, route, unified, principal.account_id)
             # The estimate also refuses an unpriced variant: all before any hold or I/O.
             estimate, hold = dispatch.estimate(route, unified)

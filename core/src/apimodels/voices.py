@@ -15,16 +15,17 @@ from .provider import Voice
 from .runtime import Gateway, Route
 
 
-def voice_object(provider: str, voice: Voice) -> dict[str, Any]:
-    """A voice in the unified shape of ``GET /v1/audio/voices``."""
+def voice_object(provider: str, voice: Voice, models: list[str] | None) -> dict[str, Any]:
+    """A voice in the unified shape of ``GET /v1/audio/voices``; ``models``: the public ids
+    of the served models that take it (None: every speech model of the provider)."""
     out: dict[str, Any] = {
         "id": voice.id,
         "object": "voice",
         "name": voice.name,
         "provider": provider,
     }
-    if voice.models:
-        out["models"] = list(voice.models)
+    if models is not None:
+        out["models"] = models
     if voice.preview_url:
         out["preview_url"] = voice.preview_url
     if voice.labels:
@@ -33,7 +34,9 @@ def voice_object(provider: str, voice: Voice) -> dict[str, Any]:
 
 
 class Voices:
-    """Every provider's voices, indexed by lower-cased id and name."""
+    """Every provider's voices, indexed by lower-cased id and name. The listing names the
+    served models (public ids) a voice is limited to, and leaves out voices that no served
+    model takes."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.index: dict[str, dict[str, Voice]] = {}
@@ -50,7 +53,15 @@ class Voices:
             for voice in voices:
                 index[voice.id.lower()] = voice
             self.index[name] = index
-            data += [voice_object(name, v) for v in voices]
+            public: dict[str, list[str]] = {}  # upstream id -> public ids of served models
+            for model_id, route in sorted(gateway.routes.items()):
+                if route.provider is provider:
+                    public.setdefault(route.model.upstream, []).append(model_id)
+            for voice in voices:
+                if not voice.models:
+                    data.append(voice_object(name, voice, None))
+                elif served := [m for up in voice.models for m in public.get(up, [])]:
+                    data.append(voice_object(name, voice, served))
         self.body = json.dumps(
             {"object": "list", "data": data}, separators=(",", ":"), ensure_ascii=False
         ).encode()
