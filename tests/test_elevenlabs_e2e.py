@@ -281,6 +281,7 @@ def test_bad_input_is_a_400_before_any_hold(
         ({"kind": "error", "status": 429}, 429, "rate_limit_exceeded"),
         ({"kind": "error", "status": 500}, 502, "upstream_error"),
         ({"kind": "cut_stream", "after": 0}, 502, "upstream_error"),
+        ({"kind": "empty"}, 502, "upstream_error"),
     ],
 )
 def test_upstream_errors_are_mapped_and_cost_nothing(
@@ -290,7 +291,7 @@ def test_upstream_errors_are_mapped_and_cost_nothing(
     eleven.knobs(fail=[failure])
     r = speech(gw, key)
     assert r.status_code == status, r.text
-    assert r.json()["error"]["code"] == code
+    assert r.json()["error"]["code"] == code, r.text
     assert ELEVEN_KEY not in r.text and "credits remaining" not in r.text
     if status == 429:
         assert r.headers["retry-after"] == "1"

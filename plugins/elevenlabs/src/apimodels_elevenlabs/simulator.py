@@ -27,7 +27,8 @@ restores the defaults):
   ElevenLabs' body for that status and ``detail.status`` (default codes: 401
   invalid_api_key, 429 too_many_concurrent_requests, 5xx internal error);
   ``{"kind": "cut_stream", "after": 2}`` drops the connection after that many audio
-  chunks (0: before any byte); ``{"kind": "timeout", "seconds": 60}`` waits first.
+  chunks (0: before any byte); ``{"kind": "empty"}`` answers 200 with no audio at all (a
+  broken upstream); ``{"kind": "timeout", "seconds": 60}`` waits first.
 
 ``GET /_sim/requests`` lists the last ``RECORDED`` requests under ``/v1`` (method, path,
 query, headers without ``xi-api-key``, JSON body); ``DELETE`` clears it.
@@ -104,7 +105,7 @@ SPEED_RANGE = (0.7, 1.2)
 CHARACTERS_PER_SECOND = 15
 CHUNK_BYTES = 4096
 RECORDED = 200
-FAILURE_KINDS = ("error", "cut_stream", "timeout")
+FAILURE_KINDS = ("error", "cut_stream", "empty", "timeout")
 _MESSAGES = {
     "invalid_api_key": "Invalid API key",
     "needs_authorization": "Neither authorization header nor xi-api-key received, please provide one.",
@@ -327,6 +328,10 @@ async def unknown_path(request: Request, body: dict[str, Any]) -> Response:
 # --- plumbing ------------------------------------------------------------------------------
 
 
+class _Empty(Exception):
+    """Raised before a handler to answer 200 with an empty body."""
+
+
 class _CutStream(Exception):
     """Raised by a response body to drop the connection mid-response."""
 
@@ -404,6 +409,8 @@ async def _fail(request: Request, path: str) -> None:
         await _pause(request, float(failure.get("seconds", 60)))
     elif kind == "cut_stream":
         request.state.cut_after = int(failure.get("after", 2))
+    elif kind == "empty":
+        raise _Empty
     else:
         status = int(failure.get("status", 500))
         code = failure.get("code") or _DEFAULT_CODES.get(status, "internal_server_error")
@@ -451,6 +458,8 @@ def _endpoint(handler: Handler, api_key: str | None) -> Callable[[Request], Awai
             response = await handler(request, body)
         except ElevenLabsError as exc:
             response = exc.response()
+        except _Empty:
+            response = Response(b"", media_type="audio/mpeg")
         response.headers["request-id"] = secrets.token_hex(10)
         return response
 
