@@ -295,6 +295,8 @@ def test_upstream_errors_are_mapped_and_cost_nothing(
     assert ELEVEN_KEY not in r.text and "credits remaining" not in r.text
     if status == 429:
         assert r.headers["retry-after"] == "1"
+    if failure["kind"] == "empty":
+        assert r.json()["error"]["message"] == "elevenlabs sent no audio"
     [row] = settled_rows(gw, account_id)
     assert row["status"] == "failed" and row["cost_micros"] == 0
     assert balance(gw, account_id) == (1_000_000, 0)
