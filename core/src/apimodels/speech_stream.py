@@ -129,10 +129,13 @@ async def open_audio_stream(
         head = provider.hooks.parse_audio_stream(
             model=route.model, request=request, response=response
         )
-        usage = head.usage or estimate
+        usage = head.usage if head.usage is not None else estimate
         cost = price(route, usage)
-    except BaseException:
+    except BaseException as exc:
         await response.aclose()
+        if isinstance(exc, Exception) and not isinstance(exc, APIError):
+            # an answer the plugin cannot read is the upstream's failure
+            raise UpstreamError(f"{provider.name} sent a response that could not be read") from exc
         raise
     relay = AudioRelay(
         route, request, response, lambda result: settle_audio(bill, result), head, usage, cost
