@@ -21,6 +21,7 @@ test: sync
 bench: sync
 	$(UV) run --no-sync python bench/overhead.py
 	$(UV) run --no-sync python bench/ledger.py
+	$(UV) run --no-sync python bench/speech.py
 
 lint: sync
 	$(UV) run --no-sync ruff check .
