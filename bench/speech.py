@@ -8,7 +8,7 @@ first byte is the median of the rounds' differences against direct. The simulato
 gateway and the client each run in their own process. Numbers on a shared 2-core machine are
 ratios, not absolutes.
 
-    uv run python bench/speech.py [--rounds 10] [--per-round 20] [--gap 0.02]
+    uv run python bench/speech.py [--rounds 6] [--per-round 10] [--gap 0.02]
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between audio chunks")
     args = parser.parse_args()
 
