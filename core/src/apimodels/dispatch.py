@@ -77,7 +77,7 @@ def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
     return built
 
 
-async def _raise_for_status(route: Route, response: httpx.Response) -> None:
+async def raise_for_status(route: Route, response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
@@ -100,7 +100,7 @@ async def call(route: Route, request: UnifiedRequest) -> Priced:
         provider=provider.name,
         max_retries=provider.config.max_retries,
     )
-    await _raise_for_status(route, response)
+    await raise_for_status(route, response)
     try:
         output = provider.hooks.parse_response(
             model=route.model, request=request, response=response
@@ -261,5 +261,5 @@ async def open_stream(
         max_retries=provider.config.max_retries,
         stream=True,
     )
-    await _raise_for_status(route, response)
+    await raise_for_status(route, response)
     return Relay(route, request, response, on_end)

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .billing import Bill, FreeBill
-from .dispatch import Relay, StreamResult, _raise_for_status, _upstream_request, price
+from .dispatch import Relay, StreamResult, _upstream_request, price, raise_for_status
 from .errors import APIError, UpstreamError, UpstreamTimeout
 from .money import format_usd
 from .provider import AudioStream, Usage
@@ -124,7 +124,7 @@ async def open_audio_stream(
         max_retries=provider.config.max_retries,
         stream=True,
     )
-    await _raise_for_status(route, response)
+    await raise_for_status(route, response)
     try:
         head = provider.hooks.parse_audio_stream(
             model=route.model, request=request, response=response
