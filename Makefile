@@ -24,6 +24,7 @@ bench: sync
 	$(UV) run --no-sync python bench/tasks.py
 	$(UV) run --no-sync python bench/storage.py
 	$(UV) run --no-sync python bench/policy.py
+	$(UV) run --no-sync python bench/speech.py
 
 lint: sync
 	$(UV) run --no-sync ruff check .

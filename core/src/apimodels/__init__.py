@@ -15,7 +15,16 @@ from .errors import (
     UpstreamTimeout,
 )
 from .hookspecs import hookimpl
-from .provider import Output, ProviderSpec, StreamEvent, Upstream, Usage, Verdict
+from .provider import (
+    AudioStream,
+    Output,
+    ProviderSpec,
+    StreamEvent,
+    Upstream,
+    Usage,
+    Verdict,
+    Voice,
+)
 from .schemas import (
     ChatRequest,
     EmbeddingRequest,
@@ -30,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "AudioStream",
     "AuthenticationError",
     "ChatRequest",
     "EmbeddingRequest",
@@ -52,5 +62,6 @@ __all__ = [
     "UpstreamTimeout",
     "Usage",
     "Verdict",
+    "Voice",
     "hookimpl",
 ]

@@ -37,8 +37,10 @@ from .policy.texts import user_texts
 from .provider import Usage
 from .receipts import Receipts
 from .runtime import Gateway, Route
-from .schemas import ENDPOINTS, ImageRequest, Modality, UnifiedRequest
+from .schemas import ENDPOINTS, ImageRequest, Modality, SpeechRequest, UnifiedRequest
+from .speech_stream import open_audio_stream
 from .storage import FILES_PATH, LocalStorage, Storage, content_type_for
+from .voices import Voices
 
 if TYPE_CHECKING:
     from .tasks import TasksAPI
@@ -190,6 +192,7 @@ class Frontend:
         self.idempotency = idempotency
         self.tasks = tasks
         self.models_body = json.dumps(self._models_list(), separators=(",", ":")).encode()
+        self.voices = Voices(gateway)
 
     def _model_object(self, route: Route) -> dict[str, Any]:
         m = route.model
@@ -248,6 +251,8 @@ class Frontend:
             route.provider.ensure_available()
             if route.jobs:
                 return await self._through_task(request, principal, route, unified, started)
+            if isinstance(unified, SpeechRequest):
+                self.voices.resolve(route, unified.voice)
             request_id = request.scope["state"]["request_id"]
             await dispatch.check_policy(
                 self.gateway, route, unified, principal.account_id, principal.key_id, request_id
@@ -261,7 +266,13 @@ class Frontend:
                     param="Idempotency-Key",
                     code="idempotency_not_supported",
                 )
-            bill = await self.biller.open(request_id, principal, route, hold, stream=stream)
+            # Speech streams its audio as it comes, unless it must be replayable.
+            audio = modality is Modality.speech and IDEMPOTENCY_HEADER not in request.headers
+            bill = await self.biller.open(
+                request_id, principal, route, hold, stream=stream or audio
+            )
+            if audio:
+                return await self._stream_audio(route, unified, bill, estimate)
             if stream:
                 return await self._stream(route, unified, bill, estimate, principal, request_id)
             try:
@@ -357,6 +368,21 @@ class Frontend:
                 lambda: user_texts(unified),
                 request_id,
             )
+    async def _stream_audio(
+        self, route: Route, unified: UnifiedRequest, bill: Bill | FreeBill, estimate: Usage
+    ) -> Response:
+        try:
+            return await open_audio_stream(route, unified, estimate, bill)
+        except Exception as exc:
+            await _settled(bill.fail(exc))
+            raise
+        except BaseException:
+            bill.fail(None)
+            raise
+
+    async def list_voices(self, request: Request) -> Response:
+        self.keys.authenticate(request.headers.get("authorization"))
+        return Response(self.voices.body, media_type="application/json")
 
 
 async def _settled(future: asyncio.Future[bool] | None) -> None:
@@ -531,6 +557,7 @@ def create_app(
             "/v1/generation/{request_id}", _with_errors(receipts.generation), methods=["GET"]
         ),
         HTTPRoute("/v1/models", _with_errors(frontend.list_models), methods=["GET"]),
+        HTTPRoute("/v1/audio/voices", _with_errors(frontend.list_voices), methods=["GET"]),
         HTTPRoute("/v1/models/{model_id:path}", _with_errors(frontend.get_model), methods=["GET"]),
         *(
             HTTPRoute(f"/v1/{path}", _with_errors(frontend.unified(path)), methods=["POST"])

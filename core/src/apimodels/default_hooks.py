@@ -11,7 +11,7 @@ from .catalog import ModelConfig, Pricing
 from .errors import APIError, InvalidRequest, NotFound, RateLimited, UpstreamError
 from .hookspecs import hookimpl
 from .pricing import price_usage as _price_usage
-from .provider import Usage
+from .provider import AudioStream, Usage
 from .schemas import TaskRequest, UnifiedRequest
 
 
@@ -73,3 +73,8 @@ def parse_error(model: ModelConfig, response: httpx.Response) -> APIError:
             message, code="upstream_rejected", status=status if status != 413 else 400
         )
     return UpstreamError(f"{name} failed with HTTP {status}")
+
+
+@hookimpl(trylast=True)
+def parse_audio_stream(response: httpx.Response) -> AudioStream:
+    return AudioStream(response.headers.get("content-type") or "application/octet-stream")

@@ -5,7 +5,8 @@ models: ``estimate_usage``, ``build_request``, ``parse_response``, ``parse_strea
 ``parse_error``; ``price_usage`` only when the catalog's unit prices are not enough. A
 provider whose upstream runs long jobs (predictions, video renders) also implements the job
 hooks: ``input_schema``, ``build_job_request``, ``build_job_poll``, ``build_job_cancel``,
-``parse_job`` and, if the upstream sends signed webhooks, ``verify_webhook``. A policy
+``parse_job`` and, if the upstream sends signed webhooks, ``verify_webhook``. A speech
+provider may implement ``list_voices`` and ``parse_audio_stream``. A policy
 plugin implements ``register_policies`` and ``check_request``. The core resolves model ->
 provider -> hook callers once at startup, so a provider's hooks are only ever called for
 that provider's models.
@@ -29,7 +30,17 @@ if TYPE_CHECKING:
     from .catalog import ModelConfig, Pricing
     from .errors import APIError
     from .policy.spec import PolicyCheck, PolicySpec
-    from .provider import Job, Output, ProviderSpec, StreamEvent, Upstream, Usage, Verdict
+    from .provider import (
+        AudioStream,
+        Job,
+        Output,
+        ProviderSpec,
+        StreamEvent,
+        Upstream,
+        Usage,
+        Verdict,
+        Voice,
+    )
     from .schemas import UnifiedRequest
 
 hookspec = HookspecMarker("apimodels")
@@ -282,6 +293,44 @@ def verify_webhook(
     :return: the job's JSON (then given to ``parse_job``). Raise
         :class:`apimodels.errors.PermissionDenied` for a bad signature or a stale timestamp:
         the core answers 400 and changes nothing.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def list_voices(upstream: Upstream) -> list[Voice] | None:
+    """The voices a provider's speech models take.
+
+    Called once per provider at startup, never per request: answer from the plugin's own
+    list and its settings (``upstream.settings``), without I/O. The core serves the union
+    of every provider's voices at ``GET /v1/audio/voices`` and refuses a speech request
+    whose ``voice`` is none of its provider's (by id or name, case-insensitive) with a 400,
+    before anything is held or sent. A provider that lists none leaves voices to its
+    upstream.
+
+    :param upstream: the provider's base URL, key and settings.
+    :return: a list of :class:`apimodels.Voice`, or None when the provider has no voices.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def parse_audio_stream(
+    model: ModelConfig, request: UnifiedRequest, response: httpx.Response
+) -> AudioStream | None:
+    """Read the head of a successful (2xx) streamed speech response, before its body.
+
+    Speech audio is relayed to the client as the upstream sends it; this hook says what
+    the client is told (``content_type``), what goes out before the first upstream byte
+    (``prefix``, e.g. a WAV header around raw PCM) and the usage to bill (None: the
+    request's estimate). The core's fallback passes the upstream's content type through.
+
+    :param model: the catalog entry.
+    :param request: the unified speech request it answers.
+    :param response: the upstream response; headers only, the body is not read yet.
+    :return: an :class:`apimodels.AudioStream`.
 
     Stops at the first non-None result.
     """

@@ -8,6 +8,7 @@ Every file opens in ordinary tools (checked once against FFmpeg's decoders):
 - ``mp3_silence``, ``opus_silence`` (Ogg Opus), ``aac_silence`` (ADTS AAC-LC): streams of
   silent frames of the right length. Encoding a tone in these needs a real encoder, so they
   carry silence; their frame headers, durations and containers are genuine.
+  ``mp3_silence_at`` makes such MP3 frames at any MPEG-1/2 Layer III rate and bitrate;
 
 ``duration`` reads the length of an audio file from its headers (WAV, FLAC, MP3, Ogg Opus,
 ADTS AAC), as a transcription service would.
@@ -345,3 +346,33 @@ def mp4_duration(data: bytes) -> float | None:
         return length / timescale if timescale else None
     except (IndexError, struct.error):
         return None
+
+
+# --- MP3 at any of the MPEG-1/2 Layer III rates and bitrates ----------------------------
+
+_MP3_VERSIONS = {  # sample rate -> (version bits, rate index, samples per frame)
+    44100: (3, 0, 1152),
+    48000: (3, 1, 1152),
+    32000: (3, 2, 1152),
+    22050: (2, 0, 576),
+    24000: (2, 1, 576),
+    16000: (2, 2, 576),
+}
+
+
+def mp3_silence_at(seconds: float, rate: int, kbps: int) -> bytes:
+    """Silent mono Layer III frames at ``rate`` Hz and ``kbps`` (MPEG-1 for 32 to 48 kHz,
+    MPEG-2 below), padded like an encoder's so the bitrate is exact on average."""
+    version, rate_index, samples = _MP3_VERSIONS[rate]
+    table = _MP3_BITRATES[1 if version == 3 else 2]
+    bitrate_index = table.index(kbps)
+    header_1 = 0xE0 | version << 3 | 0b010 | 1  # sync, version, Layer III, no CRC
+    base, fraction = divmod(samples // 8 * kbps * 1000, rate)  # frame length in bytes
+    frames, out, carried = max(1, math.ceil(seconds * rate / samples)), bytearray(), 0
+    for _ in range(frames):
+        carried += fraction
+        padding = int(carried >= rate)  # one byte more whenever a whole byte has built up
+        carried -= padding * rate
+        third = bitrate_index << 4 | rate_index << 2 | padding << 1
+        out += bytes((0xFF, header_1, third, 0xC4)) + bytes(base + padding - 4)
+    return bytes(out)

@@ -166,3 +166,33 @@ class Job:
     @property
     def done(self) -> bool:
         return self.status in ("succeeded", "failed", "canceled")
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """A voice a provider's speech models speak with, as ``GET /v1/audio/voices`` lists it.
+
+    A request's ``voice`` may name it by ``id`` or by ``name`` (case-insensitive).
+    ``models`` lists the upstream model ids that take it (empty: every speech model of the
+    provider); ``labels`` are free-form descriptions (accent, gender, use case).
+    """
+
+    id: str
+    name: str
+    models: tuple[str, ...] = ()
+    preview_url: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AudioStream:
+    """The head of a streamed audio answer, read before its bytes are relayed.
+
+    ``content_type`` is what the client is told; ``prefix`` goes out before the first byte
+    (a container header, e.g. RIFF around raw PCM); ``usage`` is the billable usage, or None
+    for the request's estimate (speech is priced per character, known up front).
+    """
+
+    content_type: str
+    usage: Usage | None = None
+    prefix: bytes = b""

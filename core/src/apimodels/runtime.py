@@ -44,6 +44,8 @@ PROVIDER_HOOKS = (
     "build_job_cancel",
     "parse_job",
     "verify_webhook",
+    "list_voices",
+    "parse_audio_stream",
 )
 
 
@@ -83,6 +85,8 @@ class ProviderHooks:
     def runs_jobs(self) -> bool:
         """Whether the provider's upstream runs long jobs (it implements the job hooks)."""
         return bool(self.build_job_request.get_hookimpls())
+    list_voices: Any
+    parse_audio_stream: Any
 
 
 @dataclass

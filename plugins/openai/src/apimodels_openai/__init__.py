@@ -32,6 +32,7 @@ from apimodels import (
     Upstream,
     UpstreamError,
     Usage,
+    Voice,
     hookimpl,
 )
 
@@ -334,3 +335,19 @@ def parse_error(model: ModelConfig, response: httpx.Response) -> APIError | None
             param=error.get("param"),
         )
     return None
+
+
+# --- voices ----------------------------------------------------------------------------
+
+#: OpenAI's built-in voices. tts-1 and tts-1-hd speak with the first nine; the others only
+#: with gpt-4o-mini-tts (OpenAI's text-to-speech guide).
+_CLASSIC_VOICES = ("alloy", "ash", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer")
+_NEWER_VOICES = ("ballad", "verse", "marin", "cedar")
+VOICES = [Voice(v, v) for v in _CLASSIC_VOICES] + [
+    Voice(v, v, models=("gpt-4o-mini-tts",)) for v in _NEWER_VOICES
+]
+
+
+@hookimpl
+def list_voices() -> list[Voice]:
+    return VOICES

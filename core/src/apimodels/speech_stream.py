@@ -1,0 +1,191 @@
+"""Speech audio relayed to the client as the upstream sends it, billed exactly.
+
+Reuses the chat streams' machinery (``dispatch.Relay``: a pump task that owns the upstream
+response, a queue to the client, a bounded drain when the client leaves, ``on_end`` called
+once) with raw bytes instead of server-sent events. Billing (see docs/api.md, "Speech"):
+
+- the price is per character, known before the call: the hold is the charge;
+- the upstream sent the whole audio: charged, also when the client left before the end
+  (the upstream bills the whole text either way; the pump drains it, bounded);
+- the upstream failed, cut the stream or sent nothing: nothing is charged. Before the
+  first byte the client gets an ordinary error response; after it, the connection is
+  closed without the body's terminating chunk, so no client mistakes a cut for the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .billing import Bill, FreeBill
+from .dispatch import Relay, StreamResult, _upstream_request, price, raise_for_status
+from .errors import APIError, UpstreamError, UpstreamTimeout
+from .money import format_usd
+from .provider import AudioStream, Usage
+from .runtime import Route
+from .schemas import UnifiedRequest
+from .upstream import send
+
+log = logging.getLogger("apimodels")
+
+
+class AudioRelay(Relay):
+    """A :class:`dispatch.Relay` of raw audio bytes. The queue carries byte chunks, then
+    None at a clean end or the error that cut the stream."""
+
+    def __init__(
+        self,
+        route: Route,
+        request: UnifiedRequest,
+        response: httpx.Response,
+        on_end: Callable[[StreamResult], asyncio.Future[bool] | None],
+        head: AudioStream,
+        usage: Usage,
+        cost_micros: int,
+    ) -> None:
+        self.head, self.usage, self.cost_micros = head, usage, cost_micros
+        super().__init__(route, request, response, on_end)
+
+    async def _run(self) -> None:
+        result, name = self.result, self.route.provider.name
+        prefix, heard = self.head.prefix, False
+        try:
+            async for chunk in self.response.aiter_raw():
+                if self._drain_until is not None and time.monotonic() > self._drain_until:
+                    raise UpstreamTimeout(f"{name} was still sending long after the client left")
+                if not chunk:
+                    continue
+                heard = True
+                if prefix:
+                    chunk, prefix = prefix + chunk, b""
+                if not result.client_gone:
+                    result.chunks += 1
+                    self._queue.put_nowait(chunk)
+            if not heard:
+                raise UpstreamError(f"{name} sent no audio")
+            result.usage, result.cost_micros = self.usage, self.cost_micros
+        except httpx.TimeoutException:
+            result.error = UpstreamTimeout(f"{name} stopped sending in time")
+        except httpx.HTTPError:
+            result.error = UpstreamError(f"{name} ended the audio stream before it was complete")
+        except APIError as exc:
+            result.error = exc
+        except Exception as exc:  # never leave a stream unsettled
+            log.error("audio relay of %s failed: %s", name, type(exc).__name__)
+            result.error = UpstreamError(f"{name} audio stream could not be relayed")
+        finally:
+            with contextlib.suppress(Exception):  # closing must not keep the bill open
+                await self.response.aclose()
+            settled = self.on_end(result)
+            if settled is not None:  # the end goes out once the bill is committed
+                try:
+                    await asyncio.shield(settled)
+                except Exception as exc:  # logged by the bill; the stream must still end
+                    log.error("settling a stream of %s failed: %s", name, type(exc).__name__)
+            self._queue.put_nowait(result.error)  # type: ignore[arg-type]
+
+    async def next(self) -> bytes | APIError | None:
+        """The next chunk; None at a clean end, the error at a cut."""
+        try:
+            return await self._queue.get()  # type: ignore[return-value]
+        except (asyncio.CancelledError, GeneratorExit):
+            self.abandon()
+            raise
+
+
+def settle_audio(bill: Bill | FreeBill, result: StreamResult) -> asyncio.Future[bool] | None:
+    """Charge the whole text once the upstream delivered the whole audio; else nothing."""
+    if result.usage is not None and result.cost_micros is not None:
+        return bill.succeed(result.usage, result.cost_micros)
+    return bill.fail(result.error)
+
+
+async def open_audio_stream(
+    route: Route, request: UnifiedRequest, estimate: Usage, bill: Bill | FreeBill
+) -> AudioResponse:
+    """Send a speech request and start relaying its audio. Errors before the upstream's
+    answer raise (the caller releases the hold); after it, ``settle_audio`` settles."""
+    provider = route.provider
+    upstream_request = _upstream_request(route, request)
+    assert provider.client is not None
+    response = await send(
+        provider.client,
+        upstream_request,
+        provider=provider.name,
+        max_retries=provider.config.max_retries,
+        stream=True,
+    )
+    await raise_for_status(route, response)
+    try:
+        head = provider.hooks.parse_audio_stream(
+            model=route.model, request=request, response=response
+        )
+        usage = head.usage if head.usage is not None else estimate
+        cost = price(route, usage)
+    except BaseException as exc:
+        await response.aclose()
+        if isinstance(exc, Exception) and not isinstance(exc, APIError):
+            # an answer the plugin cannot read is the upstream's failure
+            raise UpstreamError(f"{provider.name} sent a response that could not be read") from exc
+        raise
+    relay = AudioRelay(
+        route, request, response, lambda result: settle_audio(bill, result), head, usage, cost
+    )
+    return AudioResponse(relay, {"x-apimodels-cost": format_usd(cost)})
+
+
+class AudioResponse(Response):
+    """Sends the relay's bytes as they come. An error before the first byte is answered as
+    an ordinary JSON error; after it, the response ends without its last chunk. Stops
+    reading (and lets the relay drain, bounded) when the client leaves."""
+
+    def __init__(self, relay: AudioRelay, headers: dict[str, str]) -> None:
+        super().__init__(
+            media_type=relay.head.content_type,
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+        self.relay = relay
+        del self.headers["content-length"]  # streamed: chunked
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            first = await self.relay.next()
+            if isinstance(first, APIError) or first is None:
+                error = first or UpstreamError(f"{self.relay.route.provider.name} sent no audio")
+                body = json.dumps(error.body(), separators=(",", ":")).encode()
+                await Response(body, error.status, error.headers, "application/json")(
+                    scope, receive, send
+                )
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                await self._relay(first, send)
+                group.cancel_scope.cancel()
+        finally:
+            self.relay.abandon()  # a no-op when the relay finished
+
+    async def _relay(self, first: bytes, send: Send) -> None:
+        chunk: bytes | APIError | None = first
+        while isinstance(chunk, bytes):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            chunk = await self.relay.next()
+        if chunk is None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # else: cut. Returning without the last message makes the server drop the
+        # connection mid-body, which every HTTP client reports as an incomplete answer.
