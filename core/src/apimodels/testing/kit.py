@@ -19,7 +19,8 @@ mode serving only that provider's models, each on its own socket of 127.0.0.1, a
 - upstream errors map to the documented statuses (a refused gateway key is a 502, not the
   client's 401; upstream rate limits a 429; upstream failures a 502) and no upstream key
   appears in any error;
-- streaming works where the modality streams (chat: chunks, then usage with its cost).
+- streaming works where the modality streams (chat: chunks, then usage with its cost;
+  speech: audio relayed with its cost in ``x-apimodels-cost``).
 
 Models the upstream runs as jobs (the provider implements ``build_job_request``) are run as
 tasks. ``simulator_knobs`` is posted to the simulator's ``/_sim/knobs`` first (to make a
@@ -300,3 +301,16 @@ class ProviderConformance:
                     usage = event.get("usage") or usage
                 assert chunks > 1, f"{model.id}: not streamed"
                 assert usage and Decimal(usage["cost"]) >= 0, f"{model.id}: no usage or cost"
+            speech = [
+                m
+                for m in self.models(kit)
+                if m.modality is Modality.speech and not kit.server.gateway.routes[m.id].jobs
+            ]
+            for model in speech:  # audio is relayed as it arrives, cost known up front
+                body = {"model": model.id, **self._input(kit, model)}
+                with c.stream("POST", "/v1/audio/speech", json=body) as r:
+                    assert r.status_code == 200, f"{model.id}: {r.status_code}"
+                    assert r.headers["content-type"].startswith("audio/"), model.id
+                    assert Decimal(r.headers["x-apimodels-cost"]) >= 0, model.id
+                    audio = b"".join(r.iter_bytes())
+                assert audio, f"{model.id}: no audio"

@@ -1,0 +1,22 @@
+"""The ElevenLabs plugin against the core's conformance kit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from apimodels.testing.kit import ProviderConformance
+
+
+class TestConformance(ProviderConformance):
+    provider = "elevenlabs"
+    registry = Path(__file__).parents[3] / "registry.toml"
+    inputs: ClassVar[dict[str, dict[str, Any]]] = {
+        model: {"voice": "Aria"}
+        for model in (
+            "elevenlabs/eleven-v3",
+            "elevenlabs/eleven-multilingual-v2",
+            "elevenlabs/eleven-flash-v2.5",
+            "elevenlabs/eleven-turbo-v2.5",
+        )
+    }
