@@ -221,6 +221,33 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.group()
+def plugin() -> None:
+    """Write provider plugins."""
+
+
+@plugin.command("new")
+@click.argument("name")
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to create the package folder apimodels-NAME.",
+)
+def plugin_new(name: str, directory: Path) -> None:
+    """Create a provider plugin package for NAME: hooks for a toy upstream, its simulator,
+    a catalog snippet and tests that run the conformance kit, all passing as made."""
+    from .scaffold import new_plugin
+
+    try:
+        target = new_plugin(name, directory)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"created [bold]{target}[/]", highlight=False)
+    click.echo(f"next: pip install -e '{target}[test]' && pytest {target}/tests")
+
+
+@cli.group()
 def accounts() -> None:
     """Manage accounts."""
 
