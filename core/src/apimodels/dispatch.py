@@ -201,33 +201,19 @@ class Relay:
         return event.chunk
 
     async def _run(self) -> None:
-        result, name = self.result, self.route.provider.name
-        done = False
+        """Pump the upstream into the queue; settle once, whatever happens; then end."""
+        result, name, what = self.result, self.route.provider.name, self.what
         try:
-            async for line in self.response.aiter_lines():
-                if self._drain_until is not None and time.monotonic() > self._drain_until:
-                    break  # the client left long ago; stop waiting for the usage
-                if not line.startswith("data:"):
-                    continue  # comments, event names, keep-alives
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                chunk = self._event(data)
-                if chunk is not None and not result.client_gone:
-                    result.chunks += 1
-                    self._queue.put_nowait(_sse(json.dumps(chunk, separators=(",", ":"))))
-            if not done and not result.client_gone:
-                raise UpstreamError(f"{name} ended the stream before it was complete")
+            await self._relay(result)
         except httpx.TimeoutException:
             result.error = UpstreamTimeout(f"{name} stopped sending in time")
         except httpx.HTTPError:
-            result.error = UpstreamError(f"{name} ended the stream before it was complete")
+            result.error = UpstreamError(f"{name} ended the {what} before it was complete")
         except APIError as exc:
             result.error = exc
         except Exception as exc:  # never leave a stream unsettled
             log.error("relay of %s failed: %s", name, type(exc).__name__)
-            result.error = UpstreamError(f"{name} stream could not be relayed")
+            result.error = UpstreamError(f"{name} {what} could not be relayed")
         finally:
             with contextlib.suppress(Exception):  # closing must not keep the bill open
                 await self.response.aclose()
@@ -237,11 +223,38 @@ class Relay:
                     await asyncio.shield(settled)
                 except Exception as exc:  # logged by the bill; the stream must still end
                     log.error("settling a stream of %s failed: %s", name, type(exc).__name__)
-            if result.error is not None:
-                self._queue.put_nowait(_sse(json.dumps(result.error.body(), separators=(",", ":"))))
-            else:
-                self._queue.put_nowait(b"data: [DONE]\n\n")
-            self._queue.put_nowait(None)
+            self._end(result)
+
+    #: What is relayed, as error messages name it.
+    what = "stream"
+
+    async def _relay(self, result: StreamResult) -> None:
+        """Read the upstream's events into the queue (raise to end the stream in error)."""
+        name = self.route.provider.name
+        done = False
+        async for line in self.response.aiter_lines():
+            if self._drain_until is not None and time.monotonic() > self._drain_until:
+                break  # the client left long ago; stop waiting for the usage
+            if not line.startswith("data:"):
+                continue  # comments, event names, keep-alives
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                break
+            chunk = self._event(data)
+            if chunk is not None and not result.client_gone:
+                result.chunks += 1
+                self._queue.put_nowait(_sse(json.dumps(chunk, separators=(",", ":"))))
+        if not done and not result.client_gone:
+            raise UpstreamError(f"{name} ended the stream before it was complete")
+
+    def _end(self, result: StreamResult) -> None:
+        """The client's last event (after the settle): the error, or ``[DONE]``."""
+        if result.error is not None:
+            self._queue.put_nowait(_sse(json.dumps(result.error.body(), separators=(",", ":"))))
+        else:
+            self._queue.put_nowait(b"data: [DONE]\n\n")
+        self._queue.put_nowait(None)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:

@@ -71,6 +71,15 @@ def _time(value: str | None, name: str) -> str | None:
         ) from None
 
 
+def page_limit(value: str | None, default: int = 20) -> int:
+    """A list endpoint's ``limit`` query parameter: 1 to 100 (400 otherwise)."""
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+    return int(value)
+
+
 def _json(body: Any) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
@@ -96,12 +105,7 @@ class Receipts:
     async def usage(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
         q = request.query_params
-        try:
-            limit = int(q.get("limit", "20"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 100:
-            raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+        limit = page_limit(q.get("limit"))
         rows, more = list_usage(
             self.ledger.db,
             principal.account_id,

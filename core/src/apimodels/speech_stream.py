@@ -15,7 +15,6 @@ once) with raw bytes instead of server-sent events. Billing (see docs/api.md, "S
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -55,43 +54,28 @@ class AudioRelay(Relay):
         self.head, self.usage, self.cost_micros = head, usage, cost_micros
         super().__init__(route, request, response, on_end)
 
-    async def _run(self) -> None:
-        result, name = self.result, self.route.provider.name
+    what = "audio stream"
+
+    async def _relay(self, result: StreamResult) -> None:
+        name = self.route.provider.name
         prefix, heard = self.head.prefix, False
-        try:
-            async for chunk in self.response.aiter_raw():
-                if self._drain_until is not None and time.monotonic() > self._drain_until:
-                    raise UpstreamTimeout(f"{name} was still sending long after the client left")
-                if not chunk:
-                    continue
-                heard = True
-                if prefix:
-                    chunk, prefix = prefix + chunk, b""
-                if not result.client_gone:
-                    result.chunks += 1
-                    self._queue.put_nowait(chunk)
-            if not heard:
-                raise UpstreamError(f"{name} sent no audio")
-            result.usage, result.cost_micros = self.usage, self.cost_micros
-        except httpx.TimeoutException:
-            result.error = UpstreamTimeout(f"{name} stopped sending in time")
-        except httpx.HTTPError:
-            result.error = UpstreamError(f"{name} ended the audio stream before it was complete")
-        except APIError as exc:
-            result.error = exc
-        except Exception as exc:  # never leave a stream unsettled
-            log.error("audio relay of %s failed: %s", name, type(exc).__name__)
-            result.error = UpstreamError(f"{name} audio stream could not be relayed")
-        finally:
-            with contextlib.suppress(Exception):  # closing must not keep the bill open
-                await self.response.aclose()
-            settled = self.on_end(result)
-            if settled is not None:  # the end goes out once the bill is committed
-                try:
-                    await asyncio.shield(settled)
-                except Exception as exc:  # logged by the bill; the stream must still end
-                    log.error("settling a stream of %s failed: %s", name, type(exc).__name__)
-            self._queue.put_nowait(result.error)  # type: ignore[arg-type]
+        async for chunk in self.response.aiter_raw():
+            if self._drain_until is not None and time.monotonic() > self._drain_until:
+                raise UpstreamTimeout(f"{name} was still sending long after the client left")
+            if not chunk:
+                continue
+            heard = True
+            if prefix:
+                chunk, prefix = prefix + chunk, b""
+            if not result.client_gone:
+                result.chunks += 1
+                self._queue.put_nowait(chunk)
+        if not heard:
+            raise UpstreamError(f"{name} sent no audio")
+        result.usage, result.cost_micros = self.usage, self.cost_micros
+
+    def _end(self, result: StreamResult) -> None:
+        self._queue.put_nowait(result.error)  # type: ignore[arg-type]
 
     async def next(self) -> bytes | APIError | None:
         """The next chunk; None at a clean end, the error at a cut."""

@@ -30,6 +30,7 @@ from ..catalog import TasksConfig
 from ..errors import InvalidRequest, NotFound, PermissionDenied
 from ..idempotency import HEADER as IDEMPOTENCY_HEADER
 from ..idempotency import Idempotency
+from ..receipts import page_limit
 from ..runtime import Gateway, Route
 from ..schemas import TaskRequest
 from .notify import check_resolves_public, check_url
@@ -199,12 +200,7 @@ class TasksAPI:
     async def list(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
         q = request.query_params
-        try:
-            limit = int(q.get("limit", "20"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 100:
-            raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+        limit = page_limit(q.get("limit"))
         status = q.get("status")
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"'status' must be one of {', '.join(STATUSES)}", param="status")

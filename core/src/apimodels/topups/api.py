@@ -24,6 +24,7 @@ from ..idempotency import HEADER as IDEMPOTENCY_HEADER
 from ..idempotency import Idempotency
 from ..ledger import Ledger
 from ..money import format_usd
+from ..receipts import page_limit
 from .config import TopupsConfig
 from .orders import (
     get_order,
@@ -185,12 +186,10 @@ class TopupsAPI:
 
     async def index(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
-        limit = request.query_params.get("limit", "20")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100:
-            raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
-        orders = list_orders(self.db, principal.account_id, limit=int(limit) + 1)
-        data = [render_order(o, order_entries(self.db, o["id"])) for o in orders[: int(limit)]]
-        return _json({"object": "list", "data": data, "has_more": len(orders) > int(limit)})
+        limit = page_limit(request.query_params.get("limit"))
+        orders = list_orders(self.db, principal.account_id, limit=limit + 1)
+        data = [render_order(o, order_entries(self.db, o["id"])) for o in orders[:limit]]
+        return _json({"object": "list", "data": data, "has_more": len(orders) > limit})
 
     async def show(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
