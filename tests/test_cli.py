@@ -106,6 +106,23 @@ def test_sandbox_serve_prints_a_working_key_and_curl_line(tmp_path: Path) -> Non
             assert reply.choices[0].message.content
             assert float(reply.usage.cost) > 0  # type: ignore[union-attr]
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        # A video task from the Replicate simulator, its output downloaded from storage.
+        headers = {"authorization": f"Bearer {key}"}
+        base = f"http://127.0.0.1:{port}/v1"
+        task = httpx.post(
+            f"{base}/tasks",
+            json={"model": "replicate/veo-3.1-fast", "input": {"prompt": "waves", "duration": 4}},
+            headers=headers,
+        ).json()
+        deadline = time.monotonic() + 30
+        while task["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, task
+            time.sleep(0.2)
+            task = httpx.get(f"{base}/tasks/{task['id']}", headers=headers).json()
+        assert task["status"] == "succeeded", task
+        assert task["cost"] == "0.600000"  # 4 s at $0.15
+        video = httpx.get(task["output"][0]["url"])
+        assert video.status_code == 200 and video.content[4:8] == b"ftyp"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
