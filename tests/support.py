@@ -31,6 +31,7 @@ max_poll_interval_seconds = 0.2
 lease_seconds = 2
 sync_wait_seconds = 10
 allow_private_webhooks = true
+webhook_first_retry_seconds = 0.1
 """
 
 

@@ -591,3 +591,38 @@ def test_task_inputs_go_through_the_content_policy(
     )
     assert row["plugin"] == "replicate" and row["category"] == "upstream_refusal"
     assert len(row["content_sha256"]) == 64
+
+
+def test_a_failed_client_webhook_is_retried_until_delivered(
+    api: httpx.Client, tasks_gateway: Gateway, receiver: Receiver
+) -> None:
+    receiver.status = 500
+    task_id = api.post(
+        "/v1/tasks",
+        json={
+            "model": "replicate/flux-schnell",
+            "input": {"prompt": "retry"},
+            "webhook": receiver.url,
+        },
+    ).json()["id"]
+    try:
+        receiver.wait(task_id)  # the first attempt, refused
+        row = tasks_gateway.db.execute(
+            "SELECT webhook_state, webhook_attempts, webhook_error FROM tasks WHERE id = ?",
+            (task_id,),
+        ).fetchone()
+        assert row[0] == "pending" and row[1] >= 1 and row[2] == "HTTP 500"
+    finally:
+        receiver.status = 200
+    deadline = time.monotonic() + 10
+    while (
+        tasks_gateway.db.execute(
+            "SELECT webhook_state FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()[0]
+        != "delivered"
+    ):
+        assert time.monotonic() < deadline, "never delivered"
+        time.sleep(0.05)
+    attempts = [d for d in receiver.deliveries if d["headers"].get("webhook-id") == task_id]
+    assert len(attempts) >= 2
+    assert {json.loads(d["body"])["status"] for d in attempts} == {"succeeded"}

@@ -160,6 +160,7 @@ class TasksConfig(_Strict):
     sync_wait_seconds: Annotated[float, Field(ge=0, le=600)] = 60.0  # sync images via jobs
     allow_private_webhooks: bool = False  # client webhooks to http/private hosts (tests)
     webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    webhook_first_retry_seconds: Annotated[float, Field(gt=0)] = 5.0  # then doubling
     webhook_retry_hours: Annotated[float, Field(gt=0)] = 72.0  # give up after this
 
 

@@ -121,8 +121,11 @@ class PublicOnlyResolver(AbstractResolver):
 class Notifier:
     """Delivers task webhooks over one connection pool."""
 
-    def __init__(self, *, allow_private: bool, timeout: float, retry_hours: float) -> None:
+    def __init__(
+        self, *, allow_private: bool, timeout: float, retry_hours: float, first_retry: float = 5.0
+    ) -> None:
         self.allow_private = allow_private
+        self.first_retry = first_retry
         self.timeout = timeout
         self.retry_seconds = retry_hours * 3600
         self._session: aiohttp.ClientSession | None = None
@@ -160,8 +163,8 @@ class Notifier:
             return type(exc).__name__
 
     def retry_in(self, attempts: int) -> float:
-        """Seconds before the next attempt: 5 s, 10 s, 20 s ... at most an hour."""
-        return float(min(5 * 2**attempts, 3600))
+        """Seconds before the next attempt: 5 s, 10 s, 20 s ... (by default), at most an hour."""
+        return float(min(self.first_retry * 2**attempts, 3600))
 
     async def aclose(self) -> None:
         if self._session is not None:

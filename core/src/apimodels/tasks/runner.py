@@ -40,7 +40,7 @@ from ..storage import ObjectTooLarge, Storage, StorageError, extension_for
 from ..upstream import send
 from .notify import Notifier, account_webhook_secret
 from .render import render_task
-from .store import Finish, TaskStore
+from .store import TERMINAL, Finish, TaskStore
 
 log = logging.getLogger("apimodels")
 
@@ -110,6 +110,7 @@ class TaskRunner:
             allow_private=config.allow_private_webhooks,
             timeout=config.webhook_timeout_seconds,
             retry_hours=config.webhook_retry_hours,
+            first_retry=config.webhook_first_retry_seconds,
         )
         self.public_url = gateway.catalog.gateway.public_url or ""
         self.wake = asyncio.Event()
@@ -457,14 +458,21 @@ class TaskRunner:
             if leased is not None:
                 leased["_wait"] = min(60, int(seconds)) or None  # Replicate's Prefer: wait
                 self._spawn(self.advance(leased))
-            try:
-                await asyncio.wait_for(ended.wait(), seconds)
-            except TimeoutError:
+            deadline = asyncio.get_running_loop().time() + seconds
+            while True:
+                # Ended here (the event), or by another server's worker (the row).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), 0.5)
+                row = self.store.load(task["id"])
+                if ended.is_set() or (row is not None and row["status"] in TERMINAL):
+                    break
+                if asyncio.get_running_loop().time() < deadline:
+                    continue
                 raise UpstreamTimeout(
                     f"The task is still running after {seconds:g} s; it goes on, and is billed "
                     f"when it ends. Follow it at GET /v1/tasks/{task['id']}",
                     code="task_still_running",
-                ) from None
+                )
         finally:
             self.finished.pop(task["id"], None)
         done = self.store.load(task["id"])
