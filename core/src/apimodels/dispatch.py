@@ -279,15 +279,19 @@ async def open_stream(
 ) -> Relay:
     """Start a streaming call. Errors before the first byte raise (and reach the client as a
     normal error response); after that they end the stream with an error event."""
+    return Relay(route, request, await send_streaming(route, request), on_end)
+
+
+async def send_streaming(route: Route, request: UnifiedRequest) -> httpx.Response:
+    """Send a request whose answer is read as a stream; an error status raises (mapped)."""
     provider = route.provider
-    upstream_request = _upstream_request(route, request)
     assert provider.client is not None
     response = await send(
         provider.client,
-        upstream_request,
+        _upstream_request(route, request),
         provider=provider.name,
         max_retries=provider.config.max_retries,
         stream=True,
     )
     await raise_for_status(route, response)
-    return Relay(route, request, response, on_end)
+    return response

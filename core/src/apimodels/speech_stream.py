@@ -26,13 +26,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .billing import Bill, FreeBill
-from .dispatch import Relay, StreamResult, _upstream_request, price, raise_for_status
+from .dispatch import Relay, StreamResult, price, send_streaming
 from .errors import APIError, UpstreamError, UpstreamTimeout
 from .money import format_usd
 from .provider import AudioStream, Usage
 from .runtime import Route
 from .schemas import UnifiedRequest
-from .upstream import send
 
 log = logging.getLogger("apimodels")
 
@@ -99,16 +98,7 @@ async def open_audio_stream(
     """Send a speech request and start relaying its audio. Errors before the upstream's
     answer raise (the caller releases the hold); after it, ``settle_audio`` settles."""
     provider = route.provider
-    upstream_request = _upstream_request(route, request)
-    assert provider.client is not None
-    response = await send(
-        provider.client,
-        upstream_request,
-        provider=provider.name,
-        max_retries=provider.config.max_retries,
-        stream=True,
-    )
-    await raise_for_status(route, response)
+    response = await send_streaming(route, request)
     try:
         head = provider.hooks.parse_audio_stream(
             model=route.model, request=request, response=response
