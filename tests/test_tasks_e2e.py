@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from apimodels import media, signing
-from apimodels.accounts import create_account, create_key
+from apimodels.accounts import create_account, create_key, set_key_limits
 from apimodels.server import assemble
 from apimodels.tasks.notify import account_webhook_secret
 from apimodels.testing import bound_socket, serve
@@ -626,3 +626,82 @@ def test_a_failed_client_webhook_is_retried_until_delivered(
     attempts = [d for d in receiver.deliveries if d["headers"].get("webhook-id") == task_id]
     assert len(attempts) >= 2
     assert {json.loads(d["body"])["status"] for d in attempts} == {"succeeded"}
+
+
+def test_pending_tasks_count_against_a_keys_spending_cap(tasks_gateway: Gateway) -> None:
+    """A 4 s video holds $0.60: under a $1.00 cap, a second one while the first runs is 429."""
+    account_id, _ = tasks_gateway.new_account("capped@example.com", 10_000_000)
+    row, key = create_key(tasks_gateway.db, account_id, "capped")
+    set_key_limits(
+        tasks_gateway.db, row["id"], rpm=None, daily_cap_micros=None, total_cap_micros=1_000_000
+    )
+    body = {"model": "replicate/veo-3.1-fast", "input": {"prompt": "cap", "duration": 4}}
+    with httpx.Client(base_url=tasks_gateway.url, headers={"authorization": f"Bearer {key}"}) as c:
+        first = c.post("/v1/tasks", json=body)
+        assert first.status_code == 202, first.text
+        second = c.post("/v1/tasks", json=body)
+        assert second.status_code == 429 and second.json()["error"]["code"] == "key_total_cap"
+        finished(c, first.json()["id"])
+
+
+def test_a_retried_504_with_its_idempotency_key_does_not_start_a_second_task(
+    api: httpx.Client, tasks_gateway: Gateway, replicate: Simulator
+) -> None:
+    replicate.knobs(slow_seconds=12)  # longer than sync_wait_seconds (10)
+    httpx.delete(f"{replicate.url}/_sim/requests")
+    body = {"model": "replicate/flux-schnell", "prompt": "slow and retried"}
+    headers = {"idempotency-key": "retry-the-slow-image"}
+    first = api.post("/v1/images/generations", json=body, headers=headers)
+    again = api.post("/v1/images/generations", json=body, headers=headers)
+    assert first.status_code == again.status_code == 504
+    task_id = first.headers["x-apimodels-task"]
+    assert again.headers["x-apimodels-task"] == task_id
+    assert again.headers["idempotent-replayed"] == "true"
+    creates = [q for q in replicate.requests() if q["method"] == "POST"]
+    assert len(creates) == 1
+    api.post(f"/v1/tasks/{task_id}/cancel")
+
+
+def test_a_cancel_during_the_upstream_create_cancels_the_job_it_makes(
+    api: httpx.Client, tasks_gateway: Gateway, replicate: Simulator
+) -> None:
+    before = balance(tasks_gateway)
+    replicate.knobs(latency=1.0)  # the create is on its way for a second
+    httpx.delete(f"{replicate.url}/_sim/requests")
+    task_id = api.post(
+        "/v1/tasks", json={"model": "replicate/flux-schnell", "input": {"prompt": "race"}}
+    ).json()["id"]
+    time.sleep(0.3)
+    assert api.post(f"/v1/tasks/{task_id}/cancel").json()["status"] == "canceled"
+    deadline = time.monotonic() + 10
+    while not any(q["path"].endswith("/cancel") for q in replicate.requests()):
+        assert time.monotonic() < deadline, "the job made after the cancel was never canceled"
+        time.sleep(0.05)
+    assert balance(tasks_gateway) == before
+
+
+def test_a_task_past_its_deadline_is_canceled_upstream_and_costs_nothing(
+    simulator: Simulator, replicate: Simulator, tmp_path: Path
+) -> None:
+    settings = TASKS_SETTINGS + "timeout_seconds = 1\n"
+    registry = registry_for(simulator.url, tmp_path, replicate=replicate.url, tasks=settings)
+    env = {"OPENAI_API_KEY": SIM_KEY, "REPLICATE_API_TOKEN": REPLICATE_KEY}
+    server = assemble(registry, tmp_path / "deadline.db", environ=env)
+    account = create_account(server.db, "deadline@example.com")
+    _, key = create_key(server.db, account["id"], "k")
+    server.ledger.post(account["id"], 5_000_000, kind="grant", reason="t", actor="tests")
+    replicate.knobs(slow_seconds=30)
+    httpx.delete(f"{replicate.url}/_sim/requests")
+    with (
+        serve(server.app) as url,
+        httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}) as c,
+    ):
+        task_id = c.post(
+            "/v1/tasks", json={"model": "replicate/flux-schnell", "input": {"prompt": "slow"}}
+        ).json()["id"]
+        task = finished(c, task_id)
+    assert task["status"] == "failed" and task["error"]["code"] == "timeout"
+    assert task["cost"] == "0.000000"
+    assert any(q["path"].endswith("/cancel") for q in replicate.requests())
+    b = server.ledger.balance(account["id"])
+    assert (b.balance_micros, b.held_micros) == (5_000_000, 0)

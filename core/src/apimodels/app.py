@@ -29,7 +29,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import dispatch
 from .accounts import KeyStore, Principal
 from .billing import Bill, Biller, FreeBill
-from .errors import APIError, InvalidRequest, NotFound, PayloadTooLarge, UpstreamError
+from .errors import (
+    APIError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency
 from .money import format_usd
@@ -307,12 +315,19 @@ class Frontend:
                 code="use_tasks",
                 param="model",
             )
-        task = await self.tasks.run_sync(principal, route, image_task_input(route, unified))
-        if task["status"] != "succeeded":
-            raise UpstreamError(
-                task["error_message"] or "the image could not be made",
-                code=task["error_code"] or "upstream_failed",
+        if unified.response_format == "b64_json":
+            raise InvalidRequest(
+                f"{route.model.id} answers image URLs only: leave out response_format",
+                param="response_format",
             )
+        try:
+            task = await self.tasks.run_sync(principal, route, image_task_input(route, unified))
+        except UpstreamTimeout as exc:  # the task goes on: an answer, kept for retries
+            if exc.code != "task_still_running":
+                raise
+            return error_response(exc)
+        if task["status"] != "succeeded":
+            raise task_error(task)
         rendered = self.tasks.render(task, request)
         cost = rendered["cost"]
         body = {
@@ -368,6 +383,7 @@ class Frontend:
                 lambda: user_texts(unified),
                 request_id,
             )
+
     async def _stream_audio(
         self, route: Route, unified: UnifiedRequest, bill: Bill | FreeBill, estimate: Usage
     ) -> Response:
@@ -446,6 +462,20 @@ def _priced_response(priced: dispatch.Priced, started: float) -> Response:
         usage["cost"] = cost
         return json_response(output.body, headers=headers)
     return Response(output.body, media_type=output.content_type, headers=headers)
+
+
+#: How a failed task's error reaches a synchronous caller.
+_TASK_ERRORS: dict[str, type[APIError]] = {
+    "content_policy_violation": PermissionDenied,
+    "invalid_input": InvalidRequest,
+    "timeout": UpstreamTimeout,
+}
+
+
+def task_error(task: dict[str, Any]) -> APIError:
+    code = task["error_code"] or "upstream_failed"
+    message = task["error_message"] or "the image could not be made"
+    return _TASK_ERRORS.get(code, UpstreamError)(message, code=code)
 
 
 def image_task_input(route: Route, request: ImageRequest) -> dict[str, Any]:

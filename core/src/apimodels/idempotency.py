@@ -6,7 +6,8 @@ Within 24 hours, a repeat by the same account with the same key:
 - while the first is still running: 409 ``idempotency_key_in_use`` with ``Retry-After: 1``;
 - with a different body or path: 400 ``idempotency_key_reused``.
 A first attempt that failed (any error status) cost nothing and is not stored, so the
-client can retry with the same key once the cause is fixed. An attempt left running by a crash is
+client can retry with the same key once the cause is fixed; except a 504 whose task goes on
+(``x-apimodels-task``), which is stored and answered again. An attempt left running by a crash is
 forgotten after ``gateway.hold_ttl_seconds``. Streaming requests cannot be replayed and
 answer 400 when they carry the header.
 """
@@ -27,8 +28,11 @@ from .db import utcnow
 from .errors import APIError, InvalidRequest
 
 HEADER = "idempotency-key"
+#: On an error answer, names a task that goes on (and is billed): the answer is kept, so a
+#: retry with the same key answers it again instead of starting a second task.
+TASK_HEADER = "x-apimodels-task"
 TTL = timedelta(hours=24)
-_REPLAYED_HEADERS = ("content-type", "x-apimodels-cost", "x-request-id")
+_REPLAYED_HEADERS = ("content-type", "x-apimodels-cost", "x-request-id", TASK_HEADER)
 
 
 class IdempotencyConflict(APIError):
@@ -66,7 +70,7 @@ class Idempotency:
         except BaseException:
             self._forget(account_id, key)
             raise
-        if response.status_code >= 400:
+        if response.status_code >= 400 and TASK_HEADER not in response.headers:
             self._forget(account_id, key)
         else:
             self._store(account_id, key, response)

@@ -108,10 +108,13 @@ class Limiter:
         if now - state.synced < self.sync_seconds:
             return
         day, _ = _today()
+        # A task's hold counts as spent until the task ends: it settles in the background,
+        # maybe in another process, long after this one admitted it.
         total, today = self.db.execute(
-            "SELECT COALESCE(SUM(cost_micros), 0),"
-            " COALESCE(SUM(CASE WHEN created_at >= ? THEN cost_micros END), 0)"
-            " FROM usage WHERE account_id = ? AND key_id = ?",
+            "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(CASE WHEN created_at >= ? THEN spent END), 0)"
+            " FROM (SELECT created_at, CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%'"
+            " ESCAPE '!' THEN hold_micros ELSE cost_micros END AS spent"
+            " FROM usage WHERE account_id = ? AND key_id = ?)",
             (day, account_id, key_id),
         ).fetchone()
         state.spent_total, state.spent_day, state.day, state.synced = total, today, day, now

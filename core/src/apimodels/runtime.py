@@ -85,6 +85,7 @@ class ProviderHooks:
     def runs_jobs(self) -> bool:
         """Whether the provider's upstream runs long jobs (it implements the job hooks)."""
         return bool(self.build_job_request.get_hookimpls())
+
     list_voices: Any
     parse_audio_stream: Any
 

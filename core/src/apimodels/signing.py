@@ -50,7 +50,7 @@ def verify(
     ``v1`` entry may match (senders list several while they rotate secrets)."""
     webhook_id = headers.get("webhook-id", "")
     stamp = headers.get("webhook-timestamp", "")
-    if not webhook_id or not stamp.isdigit():
+    if not webhook_id or not (stamp.isascii() and stamp.isdigit()):
         return False
     if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
         return False
@@ -59,6 +59,6 @@ def verify(
     except ValueError:  # a secret that is not base64
         return False
     return any(
-        hmac.compare_digest(entry, expected)
+        hmac.compare_digest(entry.encode(), expected.encode())
         for entry in headers.get("webhook-signature", "").split()
     )

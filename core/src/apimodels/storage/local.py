@@ -110,8 +110,8 @@ class LocalStorage(Storage):
             not expires
             or not signature
             or len(expires) > 12
-            or not expires.isdigit()
-            or not hmac.compare_digest(self._signature(key, expires), signature)
+            or not (expires.isascii() and expires.isdigit())
+            or not hmac.compare_digest(self._signature(key, expires).encode(), signature.encode())
         ):
             raise PermissionDenied(
                 "This file URL is not valid: its signature does not match.",

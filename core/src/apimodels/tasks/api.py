@@ -173,7 +173,7 @@ class TasksAPI:
         if billing:
             self.biller.limiter.admit(principal, hold)
         try:
-            return self.store.create(
+            task = self.store.create(
                 new_task_id(),
                 account_id=principal.account_id,
                 key_id=principal.key_id,
@@ -187,10 +187,15 @@ class TasksAPI:
                 timeout_seconds=route.model.task_timeout_seconds or self.config.timeout_seconds,
                 billing=billing,
             )
-        finally:
+        except BaseException:
             if billing:
-                # Its spend is counted from the ledger once captured (limits sync).
                 self.biller.limiter.settled(principal, hold, 0)
+            raise
+        if billing:
+            # Counted as spent until it ends (the limiter's sync then reads the ledger,
+            # where a pending task's hold also counts as spent).
+            self.biller.limiter.settled(principal, hold, hold)
+        return task
 
     async def get(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))

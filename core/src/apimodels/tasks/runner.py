@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from .. import dispatch, media
 from ..catalog import TasksConfig
 from ..errors import APIError, InvalidRequest, UpstreamError, UpstreamTimeout
+from ..idempotency import TASK_HEADER
 from ..policy.texts import user_texts
 from ..provider import Job, Usage
 from ..runtime import Gateway, Route
@@ -115,6 +116,7 @@ class TaskRunner:
         self.public_url = gateway.catalog.gateway.public_url or ""
         self.wake = asyncio.Event()
         self.active: set[asyncio.Task[None]] = set()
+        self.advancing: set[str] = set()  # task ids this process is working on
         self.finished: dict[str, asyncio.Event] = {}  # task id -> set when it ends here
 
     # --- the loop ------------------------------------------------------------------------
@@ -134,7 +136,8 @@ class TaskRunner:
         free = self.config.concurrency - len(self.active)
         if free > 0:
             for task in self.store.claim_due(free, self.config.lease_seconds):
-                self._spawn(self.advance(task))
+                if task["id"] not in self.advancing:  # a lease that ran out under us
+                    self._spawn(self.advance(task))
         for task in self.store.claim_webhooks(16, self.config.webhook_timeout_seconds * 2):
             self._spawn(self.notify(task))
 
@@ -156,7 +159,29 @@ class TaskRunner:
     # --- one task ------------------------------------------------------------------------
 
     async def advance(self, task: dict[str, Any], job: Job | None = None) -> None:
-        """One step of a leased task; never raises (a failure ends or reschedules it)."""
+        """One step of a leased task, its lease renewed while it runs."""
+        task_id = task["id"]
+        if task_id in self.advancing:
+            return
+        self.advancing.add(task_id)
+        heartbeat = asyncio.create_task(self._renew(task_id))
+        try:
+            await self._step(task, job)
+        finally:
+            heartbeat.cancel()
+            self.advancing.discard(task_id)
+
+    async def _renew(self, task_id: str) -> None:
+        every = self.config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self.store.renew_lease(task_id, self.config.lease_seconds)
+            except Exception as exc:  # a busy database: the next beat tries again
+                log.warning("task %s: lease not renewed: %s", task_id, type(exc).__name__)
+
+    async def _step(self, task: dict[str, Any], job: Job | None) -> None:
+        """Never raises: a failure ends the task or reschedules it."""
         task_id = task["id"]
         try:
             route = self.gateway.routes.get(task["model"])
@@ -245,13 +270,17 @@ class TaskRunner:
             await dispatch.raise_for_status(route, response)
             job = self._parse(route, response.json())
             if task["upstream_id"] is None:
-                self.store.started(task["id"], job.id)
+                if not self.store.submitted(task["id"], job.id):
+                    # Canceled (or taken over) while the create was on its way: this job
+                    # would run at the operator's cost for nobody.
+                    await self._cancel_upstream(route, {**task, "upstream_id": job.id})
+                    return
                 task["upstream_id"] = job.id
         if job.done:
             await self._complete(route, task, job)
         else:
             if task["status"] == "queued" and job.status == "running":
-                self.store.started(task["id"], None)
+                self.store.started(task["id"])
             self.store.release_lease(task["id"], self._backoff(task))
 
     async def _send_create(self, route: Route, request: httpx.Request) -> httpx.Response:
@@ -363,10 +392,12 @@ class TaskRunner:
             unified = unified_request(route, json.loads(task["input"]))
         except ValidationError as exc:
             raise APIError(str(exc.errors()[0]["msg"]), code="invalid_input", status=400) from None
-        self.store.started(task["id"], None)
+        self.store.started(task["id"])
         try:
             priced = await dispatch.call(route, unified)
-        except (UpstreamTimeout, UpstreamError) as exc:
+        except UpstreamError as exc:
+            if exc.code != "upstream_unreachable":
+                raise  # it may have reached the upstream: never sent twice (see upstream.py)
             raise Transient(exc.message) from None
         body = priced.output.body
         output: Any
@@ -472,6 +503,7 @@ class TaskRunner:
                     f"The task is still running after {seconds:g} s; it goes on, and is billed "
                     f"when it ends. Follow it at GET /v1/tasks/{task['id']}",
                     code="task_still_running",
+                    headers={TASK_HEADER: task["id"]},
                 )
         finally:
             self.finished.pop(task["id"], None)

@@ -200,27 +200,53 @@ class TaskStore:
         now = now_iso()
         with transaction(self.ledger) as c:
             row = c.execute(
-                "UPDATE tasks SET lease_until = ? WHERE id = ?"
-                " AND status IN ('queued', 'running') AND (lease_until IS NULL OR lease_until <= ?)"
+                # next_poll_at moves with the lease: a webhook's poll_now while the task is
+                # leased pulls it back, and release_lease keeps the earlier of the two.
+                "UPDATE tasks SET lease_until = ?1, next_poll_at = ?1 WHERE id = ?2"
+                " AND status IN ('queued', 'running') AND (lease_until IS NULL OR lease_until <= ?3)"
                 " RETURNING *",
                 (now_iso(lease_seconds), task_id, now),
             ).fetchone()
         return None if row is None else self._row(row)
 
-    def started(self, task_id: str, upstream_id: str | None) -> None:
+    def started(self, task_id: str) -> None:
+        """The task is running (its call went out, or its job is processing)."""
         with transaction(self.ledger) as c:
             c.execute(
-                "UPDATE tasks SET status = 'running', upstream_id = COALESCE(?, upstream_id),"
-                " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN ('queued', 'running')",
-                (upstream_id, now_iso(), task_id),
+                "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, ?)"
+                " WHERE id = ? AND status IN ('queued', 'running')",
+                (now_iso(), task_id),
+            )
+
+    def submitted(self, task_id: str, upstream_id: str) -> bool:
+        """Record the job that runs the task, once: False if the task already has one or
+        has ended (the caller then cancels the job it just made)."""
+        with transaction(self.ledger) as c:
+            return (
+                c.execute(
+                    "UPDATE tasks SET status = 'running', upstream_id = ?,"
+                    " started_at = COALESCE(started_at, ?)"
+                    " WHERE id = ? AND upstream_id IS NULL AND status IN ('queued', 'running')",
+                    (upstream_id, now_iso(), task_id),
+                ).rowcount
+                == 1
+            )
+
+    def renew_lease(self, task_id: str, lease_seconds: float) -> None:
+        """Keep a task this worker is still advancing (a long call, a big download)."""
+        with transaction(self.ledger) as c:
+            c.execute(
+                "UPDATE tasks SET lease_until = ? WHERE id = ? AND status IN ('queued', 'running')",
+                (now_iso(lease_seconds), task_id),
             )
 
     def release_lease(self, task_id: str, next_poll_in: float) -> None:
-        """Give the task back, to be looked at again in ``next_poll_in`` seconds."""
+        """Give the task back, to be looked at again in ``next_poll_in`` seconds (or sooner,
+        if an upstream webhook asked for a poll meanwhile)."""
         with transaction(self.ledger) as c:
             c.execute(
-                "UPDATE tasks SET lease_until = NULL, next_poll_at = ?, polls = polls + 1"
-                " WHERE id = ?",
+                "UPDATE tasks SET lease_until = NULL, next_poll_at = MIN(next_poll_at, ?),"
+                " polls = polls + 1 WHERE id = ?",
                 (now_iso(next_poll_in), task_id),
             )
 

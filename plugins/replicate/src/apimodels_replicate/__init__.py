@@ -168,9 +168,12 @@ def build_job_cancel(model: ModelConfig, job_id: str, upstream: Upstream) -> htt
 
 def _trusted(url: str, upstream: Upstream) -> bool:
     """Replicate's own hosts get the API token; any other host gets no credentials."""
-    host = urlsplit(url).hostname or ""
-    api_host = urlsplit(upstream.base_url).hostname
-    return host == api_host or any(host == h or host.endswith("." + h) for h in _TRUSTED_FILE_HOSTS)
+    parts, api = urlsplit(url), urlsplit(upstream.base_url)
+    host = parts.hostname or ""
+    if host == api.hostname:
+        return parts.scheme == api.scheme
+    secure = parts.scheme == "https"  # never the token in cleartext
+    return secure and any(host == h or host.endswith("." + h) for h in _TRUSTED_FILE_HOSTS)
 
 
 def _decimal(value: Any) -> Decimal:
