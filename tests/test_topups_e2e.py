@@ -741,3 +741,81 @@ def test_reconcile_with_stripe_finds_a_lost_webhook(gw: TopupsGateway, stripe_si
     # (Other tests here leave sessions paid at Stripe on purpose; this order is settled.)
     assert order["id"] not in gw.cli("orders", "reconcile", "--stripe").output
     assert gw.balance(account) == 14_000_000
+
+
+def test_a_refund_that_arrives_before_its_payment_is_applied_once_credited(
+    gw: TopupsGateway, stripe_sim: Stripe
+) -> None:
+    """Stripe does not keep the order of its events: a refund delivered before the payment's
+    completion is held back, then applied right after the credit (and once)."""
+    account, key = gw.new_account("refund-first@example.com")
+    order = _order(gw, key, amount_usd="10")
+    stripe_sim.config(delivery="off")
+    stripe_sim.act(order["checkout_url"], "pay")
+    session_id = order["checkout_url"].rsplit("/", 1)[1]
+    (completed,) = stripe_sim.events(session_id)
+    intent = completed["data"]["object"]["payment_intent"]
+    stripe_sim.client().v1.refunds.create({"payment_intent": intent})
+    (refunded,) = [
+        e
+        for e in stripe_sim.events()
+        if e["type"] == "charge.refunded" and e["data"]["object"]["payment_intent"] == intent
+    ]
+    assert gw.deliver(refunded).json()["outcome"] == "unmatched"
+    assert gw.deliver(completed).json()["outcome"] == "credited"
+    assert gw.balance(account) == 0  # credited, then the refund taken back
+    assert gw.deliver(refunded).json()["outcome"] == "duplicate"
+    assert gw.balance(account) == 0
+    assert gw.cli("orders", "reconcile").exit_code == 0
+
+
+def test_sessions_of_other_products_are_acknowledged_not_retried(gw: TopupsGateway) -> None:
+    event = {
+        "id": "evt_foreign_session",
+        "type": "checkout.session.completed",
+        "data": {
+            "object": {
+                "id": "cs_other_product",
+                "object": "checkout.session",
+                "payment_status": "paid",
+                "metadata": {},
+                "client_reference_id": None,
+                "currency": "usd",
+                "amount_total": 999,
+            }
+        },
+    }
+    r = gw.deliver(event)
+    assert r.status_code == 200 and r.json()["outcome"] == "ignored"
+
+
+def test_a_body_that_is_not_utf8_is_a_clear_400(gw: TopupsGateway) -> None:
+    r = httpx.post(
+        f"{gw.url}/webhooks/stripe", content=b"\xff\xfe", headers={"stripe-signature": "t=1,v1=ab"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_signature"
+
+
+def test_a_card_network_inquiry_takes_no_credits(gw: TopupsGateway, stripe_sim: Stripe) -> None:
+    account, _, order = _paid_order(gw, stripe_sim, "inquiry@example.com", "15")
+    dispute = {
+        "id": "dp_inquiry_1",
+        "object": "dispute",
+        "amount": 1500,
+        "currency": "usd",
+        "payment_intent": _intent(gw, order),
+        "status": "warning_needs_response",
+    }
+    created = {
+        "id": "evt_inq_created",
+        "type": "charge.dispute.created",
+        "data": {"object": dispute},
+    }
+    assert gw.deliver(created).json()["outcome"] == "inquiry"
+    closed = {
+        "id": "evt_inq_closed",
+        "type": "charge.dispute.closed",
+        "data": {"object": dispute | {"status": "warning_closed"}},
+    }
+    assert gw.deliver(closed).json()["outcome"] == "inquiry"
+    assert gw.balance(account) == 15_000_000

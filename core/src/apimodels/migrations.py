@@ -268,9 +268,23 @@ def m006_topups(db: sqlite_utils.Database) -> None:
     db["topup_entries"].create_index(["order_id"])
     # Every verified Stripe event handled, once (a replay finds its id here and stops).
     db["stripe_events"].create(
-        {"id": str, "type": str, "order_id": str, "outcome": str, "received_at": str},
+        {
+            "id": str,
+            "type": str,
+            "order_id": str,
+            "outcome": str,
+            "received_at": str,
+            # A refund or dispute of a payment not credited yet (Stripe does not keep the
+            # order of its events): kept whole, applied once the order is credited.
+            "payment_intent": str,
+            "payload": str,
+        },
         pk="id",
         not_null={"type", "received_at"},
+    )
+    db.execute(
+        "CREATE INDEX idx_stripe_events_unmatched ON stripe_events (payment_intent)"
+        " WHERE outcome = 'unmatched'"
     )
 
 

@@ -35,9 +35,16 @@ log = logging.getLogger("apimodels.topups")
 Outcome = tuple[str, str | None]  # (what happened, order id)
 
 
+class _Foreign(Exception):
+    """A Checkout Session that names no top-up order: another product on this Stripe
+    account. Answered 200 "ignored", so Stripe does not retry it for days."""
+
+
 def _session_order(c: sqlite3.Connection, session: dict[str, Any]) -> dict[str, Any]:
     order_id = (session.get("metadata") or {}).get("order_id") or session.get("client_reference_id")
-    order = order_op(c, id=order_id) if isinstance(order_id, str) else None
+    if not isinstance(order_id, str):
+        raise _Foreign
+    order = order_op(c, id=order_id)
     if order is None:
         raise NotFound(
             "This Checkout Session belongs to no top-up order here.", code="order_not_found"
@@ -60,6 +67,8 @@ def _completed(c: sqlite3.Connection, event: dict[str, Any], session: dict[str, 
     order = _session_order(c, session)
     if session.get("payment_status") == "paid":
         paid = credit_op(c, order, session.get("payment_intent"), event["id"])
+        if paid:
+            _apply_unmatched(c, session.get("payment_intent"))
         return ("credited" if paid else "already_settled"), order["id"]
     # A delayed method (the payment is still on its way): wait for async_payment_*, and
     # know its payment intent already, should a refund of it be reported first.
@@ -77,6 +86,8 @@ def _async_succeeded(
 ) -> Outcome:
     order = _session_order(c, session)
     paid = credit_op(c, order, session.get("payment_intent"), event["id"])
+    if paid:
+        _apply_unmatched(c, session.get("payment_intent"))
     return ("credited" if paid else "already_settled"), order["id"]
 
 
@@ -108,8 +119,8 @@ def _charge_refunded(
     c: sqlite3.Connection, event: dict[str, Any], charge: dict[str, Any]
 ) -> Outcome:
     order = _intent_order(c, charge)
-    if order is None:
-        return "ignored", None  # a payment of this Stripe account that is not a top-up
+    if order is None or order["status"] != "paid":
+        return _unmatched(c, event, charge)
     debited = refund_total_op(
         c,
         order,
@@ -127,8 +138,10 @@ def _dispute(
 ) -> Callable[[sqlite3.Connection, dict[str, Any], dict[str, Any]], Outcome]:
     def handle(c: sqlite3.Connection, event: dict[str, Any], dispute: dict[str, Any]) -> Outcome:
         order = _intent_order(c, dispute)
-        if order is None:
-            return "ignored", None
+        if order is None or order["status"] != "paid":
+            return _unmatched(c, event, dispute)
+        if str(dispute.get("status") or "").startswith("warning_"):
+            return "inquiry", order["id"]  # a card network's inquiry: no funds withdrawn
         if won is True and dispute.get("status") != "won":
             return "dispute_lost", order["id"]  # the debit taken when it opened stays
         moved = dispute_op(
@@ -142,6 +155,37 @@ def _dispute(
         return ("dispute_recorded" if moved else "already_recorded"), order["id"]
 
     return handle
+
+
+def _unmatched(c: sqlite3.Connection, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    """A refund or dispute of a payment no top-up has been credited for (yet): a payment
+    of another product on this Stripe account, or an event that came before the payment's
+    own. Kept whole, and applied if an order is credited with that payment later."""
+    intent = obj.get("payment_intent")
+    c.execute(
+        "UPDATE stripe_events SET payment_intent = ?, payload = ? WHERE id = ?",
+        (intent if isinstance(intent, str) else None, json.dumps(event), event["id"]),
+    )
+    return "unmatched", None
+
+
+def _apply_unmatched(c: sqlite3.Connection, intent: Any) -> None:
+    """Apply, in order, the refunds and disputes of ``intent`` that came before its credit."""
+    if not isinstance(intent, str):
+        return
+    rows = c.execute(
+        "SELECT id, payload FROM stripe_events WHERE outcome = 'unmatched' AND payment_intent = ?"
+        " ORDER BY received_at",
+        (intent,),
+    ).fetchall()
+    for event_id, payload in rows:
+        event = json.loads(payload)
+        outcome, order_id = HANDLERS[event["type"]](c, event, event["data"]["object"])
+        c.execute(
+            "UPDATE stripe_events SET outcome = ?, order_id = ?, payload = NULL WHERE id = ?",
+            (outcome, order_id, event_id),
+        )
+        log.info("stripe event %s (%s), held back: %s", event_id, event["type"], outcome)
 
 
 HANDLERS: dict[str, Callable[[sqlite3.Connection, dict[str, Any], dict[str, Any]], Outcome]] = {
@@ -169,7 +213,10 @@ def apply_event(ledger: Ledger, event: dict[str, Any]) -> str:
         ).rowcount
         if not fresh:
             return "duplicate"
-        outcome, order_id = handler(c, event, obj)
+        try:
+            outcome, order_id = handler(c, event, obj)
+        except _Foreign:
+            outcome, order_id = "ignored", None
         c.execute(
             "UPDATE stripe_events SET outcome = ?, order_id = ? WHERE id = ?",
             (outcome, order_id, event["id"]),
@@ -188,7 +235,7 @@ class StripeWebhook:
         """The event, if its signature is valid and recent; else ``InvalidRequest`` (400)."""
         try:
             stripe.WebhookSignature.verify_header(payload, header, self.secret, self.tolerance)
-        except stripe.SignatureVerificationError:
+        except (stripe.SignatureVerificationError, ValueError):  # ValueError: not UTF-8
             raise InvalidRequest(
                 "The Stripe-Signature header is missing, invalid or too old.",
                 code="invalid_signature",
