@@ -280,7 +280,9 @@ class Frontend:
                 request_id, principal, route, hold, stream=stream or audio
             )
             if audio:
-                return await self._stream_audio(route, unified, bill, estimate)
+                return await self._stream_audio(
+                    route, unified, bill, estimate, principal, request_id
+                )
             if stream:
                 return await self._stream(route, unified, bill, estimate, principal, request_id)
             try:
@@ -385,12 +387,19 @@ class Frontend:
             )
 
     async def _stream_audio(
-        self, route: Route, unified: UnifiedRequest, bill: Bill | FreeBill, estimate: Usage
+        self,
+        route: Route,
+        unified: UnifiedRequest,
+        bill: Bill | FreeBill,
+        estimate: Usage,
+        principal: Principal,
+        request_id: str,
     ) -> Response:
         try:
             return await open_audio_stream(route, unified, estimate, bill)
         except Exception as exc:
             await _settled(bill.fail(exc))
+            self._refused(exc, principal, route, unified, request_id)
             raise
         except BaseException:
             bill.fail(None)

@@ -5,11 +5,13 @@ parts, tool results and client-supplied assistant turns included), image and vid
 prompts, speech input, transcription prompts, embedding inputs, and any free-form
 structured input (a task's ``input`` object), however deeply nested. Keys that never hold
 prose (ids, enum-like options, URLs of media, uploaded bytes) are skipped, and so are
-strings that are data, not words: ``data:`` URIs and long runs without a space (base64).
+strings that are data, not words: ``data:`` URIs and strings that are one long run of
+base64 or hex characters.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -44,12 +46,13 @@ SKIPPED_KEYS = frozenset(
         "user",
     }
 )
-#: A string this long without a space is data (base64, a hash), not words.
-_DATA_RUN = 256
+#: A string of at least 256 base64 or hex characters and nothing else is data, not words.
+#: (Only the whole string: a long run in front of prose must not hide the prose.)
+_DATA = re.compile(r"[A-Za-z0-9+/=_-]{256,}")
 
 
 def _is_data(text: str) -> bool:
-    return text.startswith("data:") or (len(text) > _DATA_RUN and " " not in text[:_DATA_RUN])
+    return text.startswith("data:") or (len(text) >= 256 and _DATA.fullmatch(text) is not None)
 
 
 def user_texts(value: Any) -> list[str]:
