@@ -205,7 +205,7 @@ def m005_tasks(db: sqlite_utils.Database) -> None:
         not_null={"account_id", "model", "provider", "status", "input", "created_at"},
         defaults={"polls": 0, "webhook_attempts": 0},
     )
-    db["tasks"].create_index(["account_id", "created_at"])
+    db["tasks"].create_index(["account_id", "id"])  # ids are in time order: newest first
     db.execute(
         "CREATE UNIQUE INDEX idx_tasks_upstream ON tasks (provider, upstream_id)"
         " WHERE upstream_id IS NOT NULL"

@@ -287,10 +287,12 @@ class TaskStore:
                 fields["latency_ms"] = round(
                     (datetime.now(UTC) - created).total_seconds() * 1000, 3
                 )
-                if end.status == "succeeded":
-                    capture_op(c, task_id, end.cost_micros, fields)
-                else:
+                if end.status != "succeeded":
                     release_op(c, task_id, fields)
+                elif not capture_op(c, task_id, end.cost_micros, fields):
+                    # Its hold had expired (the gateway was down past it): not charged,
+                    # so the task must not say it was.
+                    c.execute("UPDATE tasks SET cost_micros = 0 WHERE id = ?", (task_id,))
         return True
 
     # --- client webhooks ----------------------------------------------------------------
