@@ -10,8 +10,10 @@ Matching is two stages, so that the common case (a benign prompt) costs one pass
    expressions, only within ``WINDOW`` characters of the words that made them candidates,
    over the text with the allow-listed phrases found there blanked out.
 
-Rules see lowercased text: they cannot tell names from words, meaning from wording, or
-see through spelling tricks (``r@nsomware``, spaced letters, homoglyphs); docs/
+Rules see lowercased text, NFKC-normalized when it is not ASCII (full-width letters,
+Unicode spaces and dashes, soft hyphens and zero-width characters cannot split a word).
+They cannot tell names from words, meaning from wording, or see through spelling tricks
+(``r@nsomware``, spaced letters, look-alike letters of other scripts); docs/
 self-hosting.md says so too.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import re
 import string
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +43,24 @@ _SEPARATORS = bytes.maketrans(string.punctuation.encode(), b" " * len(string.pun
 WINDOW = 200
 #: How much context either side of a match is kept as evidence for the audit.
 _EVIDENCE = 40
+
+
+#: Characters that join or hide nothing a reader sees: soft hyphens, zero-width ones.
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+#: Unicode spaces and punctuation separate words like ASCII's: Latin-1's (no-break space,
+#: guillemets...), the general punctuation block (en/em spaces, dashes, quotes, ellipsis),
+#: supplemental and CJK punctuation, small forms. An explicit class: a ``[^\w...]`` class
+#: costs the regex engine a Unicode lookup per character, this one does not.
+_UNICODE_SEPARATORS = re.compile(
+    "[\u00a0-\u00bf\u00d7\u00f7\u1680\u2000-\u206f\u2e00-\u2e7f\u3000-\u303f\ufe10-\ufe6f]+"
+)
+
+
+def normalized(text: str) -> str:
+    """Non-ASCII text as the rules read it: NFKC (full-width and styled letters become
+    plain ones), invisible characters dropped, Unicode separators made spaces."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    return _UNICODE_SEPARATORS.sub(" ", text)
 
 
 def words(text: str) -> list[bytes]:
@@ -211,6 +232,8 @@ class RuleSet:
     def match(self, text: str, modality: Modality) -> Match | None:
         """The first rule ``text`` breaks for ``modality``'s models, or None."""
         index = self.indexes[modality]
+        if not text.isascii():
+            text = normalized(text)
         low = text.lower()
         present = set(words(low))
         hits = index.keys.intersection(present)
