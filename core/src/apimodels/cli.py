@@ -125,6 +125,11 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
             "Outputs are simulated, nothing is sent upstream.[/]\n\n"
             f"URL      {url}/v1\nAPI key  {key}  (demo account, $10 of simulated credit)"
         )
+        if "replicate/veo-3.1-fast" in server.gateway.routes:
+            body += (
+                '\nVideo    POST /v1/tasks {"model": "replicate/veo-3.1-fast", "input": '
+                '{"prompt": "waves", "duration": 4}}, then GET /v1/tasks/{id}'
+            )
         if server.stripe_simulator is not None:
             body += (
                 '\nTop-ups  POST /v1/topups {"amount_usd": "20"} answers a checkout_url: '
