@@ -21,6 +21,7 @@ import base64
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -47,6 +48,12 @@ log = logging.getLogger("apimodels")
 
 _REQUEST_OF: dict[Modality, type[UnifiedRequest]] = {m: s for s, m in ENDPOINTS.values()}
 _MILLI = Decimal("0.001")
+
+
+def _too_large() -> APIError:
+    return APIError(
+        "an output is larger than this server stores", code="output_too_large", status=502
+    )
 
 
 class Transient(Exception):
@@ -234,7 +241,9 @@ class TaskRunner:
         first = self.config.poll_interval_seconds
         return min(first * 1.5 ** min(task["polls"], 30), self.config.max_poll_interval_seconds)
 
-    async def _send(self, route: Route, request: httpx.Request) -> httpx.Response:
+    async def _send(
+        self, route: Route, request: httpx.Request, *, stream: bool = False
+    ) -> httpx.Response:
         provider = route.provider
         provider.ensure_available()
         assert provider.client is not None
@@ -244,6 +253,7 @@ class TaskRunner:
                 request,
                 provider=provider.name,
                 max_retries=provider.config.max_retries,
+                stream=stream,
             )
         except (UpstreamTimeout, UpstreamError) as exc:
             raise Transient(exc.message) from None
@@ -345,14 +355,7 @@ class TaskRunner:
         if job.files:
             stored = []
             for index, request in enumerate(job.files):
-                response = await self._send(route, request)
-                if response.status_code >= 400:
-                    raise Transient(f"output download answered HTTP {response.status_code}")
-                stored.append(
-                    await self._store(
-                        task, index, response.content, response.headers.get("content-type")
-                    )
-                )
+                stored.append(await self._copy(route, task, index, request))
             self._measure(usage, stored)
             output = [s.as_dict() for s in stored]
         else:
@@ -371,21 +374,50 @@ class TaskRunner:
         if not usage.seconds:
             usage.seconds = sum((s.seconds for s in timed), Decimal(0))
 
+    async def _copy(
+        self, route: Route, task: dict[str, Any], index: int, request: httpx.Request
+    ) -> Stored:
+        """Copy one output file from the upstream into storage. Images and other files are
+        streamed through; video and audio are read whole (their length is measured from
+        the bytes), but never past the storage's size limit."""
+        response = await self._send(route, request, stream=True)
+        try:
+            if response.status_code >= 400:
+                raise Transient(f"output download answered HTTP {response.status_code}")
+            content_type = response.headers.get("content-type")
+            if (content_type or "").startswith(("video/", "audio/")):
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > self.storage.max_object_bytes:
+                        raise ObjectTooLarge
+                return await self._store(task, index, bytes(data), content_type)
+            return await self._store(task, index, response.aiter_bytes(), content_type)
+        except ObjectTooLarge:
+            raise _too_large() from None
+        except httpx.HTTPError as exc:
+            raise Transient(f"output download failed: {type(exc).__name__}") from None
+        finally:
+            await response.aclose()
+
     async def _store(
-        self, task: dict[str, Any], index: int, data: bytes, content_type: str | None
+        self,
+        task: dict[str, Any],
+        index: int,
+        body: bytes | AsyncIterator[bytes],
+        content_type: str | None,
     ) -> Stored:
         content_type = (content_type or "application/octet-stream").split(";")[0].strip()
         ext = extension_for(content_type)
         key = self.storage.object_key(task["account_id"], task["id"], index, ext)
         try:
-            stored = await self.storage.put(key, data, content_type)
+            stored = await self.storage.put(key, body, content_type)
         except ObjectTooLarge:
-            raise APIError(
-                "an output is larger than this server stores", code="output_too_large", status=502
-            ) from None
+            raise _too_large() from None
         except StorageError as exc:  # unreachable or refusing: try again at the next poll
             raise Transient(f"storage failed: {exc}") from None
-        return Stored(key, stored.content_type, len(data), _seconds(content_type, data))
+        seconds = _seconds(content_type, body) if isinstance(body, bytes) else Decimal(0)
+        return Stored(key, stored.content_type, stored.bytes, seconds)
 
     async def _run_call(self, route: Route, task: dict[str, Any]) -> None:
         try:
