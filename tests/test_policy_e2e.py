@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from click.testing import CliRunner
@@ -408,3 +409,23 @@ def test_upstream_refusals_count_toward_suspension(strict: Gateway, simulator: S
     assert [r["source"] for r in rows] == ["upstream"] * 3
     assert {r["content"] for r in rows} == {"Be brief.\nAn ordinary question"}
     assert strict.ledger.balance(account_id).balance_micros == 5_000_000
+
+
+def test_more_text_than_the_policy_checks_is_refused_before_any_hold(
+    gateway: Gateway, simulator: Simulator
+) -> None:
+    account_id, key = fresh(gateway, "huge")
+    seen = simulator.received()
+    body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "word " * 420_000}],  # 2.1 M characters
+    }
+    r = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert simulator.received() == seen
+    assert usage_rows(gateway, account_id) == []

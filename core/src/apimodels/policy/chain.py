@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from ..accounts import KeyStore
 from ..catalog import Catalog, ModelConfig, PolicyConfig
-from ..errors import APIError, ConfigError, PermissionDenied, ServiceUnavailable
+from ..errors import APIError, ConfigError, PayloadTooLarge, PermissionDenied, ServiceUnavailable
 from ..provider import Verdict
 from ..upstream import send
 from . import audit
@@ -79,6 +79,11 @@ class Policy:
         allow, else raise: 403 ``content_policy_violation`` on a deny (audited; a deny wins
         over everything), 503 ``policy_unavailable`` when a policy set to fail closed could
         not decide."""
+        if sum(map(len, texts)) > self.safety.max_judged_chars:
+            raise PayloadTooLarge(
+                f"This request has more text than this server checks "
+                f"({self.safety.max_judged_chars} characters); send less."
+            )
         args: dict[str, Any] = {
             "model": model,
             "request": request,
