@@ -671,7 +671,10 @@ def test_a_cancel_during_the_upstream_create_cancels_the_job_it_makes(
     task_id = api.post(
         "/v1/tasks", json={"model": "replicate/flux-schnell", "input": {"prompt": "race"}}
     ).json()["id"]
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not any(q["method"] == "POST" for q in replicate.requests()):  # the create is out
+        assert time.monotonic() < deadline, "the create was never sent"
+        time.sleep(0.02)
     assert api.post(f"/v1/tasks/{task_id}/cancel").json()["status"] == "canceled"
     deadline = time.monotonic() + 10
     while not any(q["path"].endswith("/cancel") for q in replicate.requests()):
