@@ -302,7 +302,7 @@ def tasks_list(ctx: click.Context, account: str | None, status: str | None, limi
 
     db = _db(ctx)
     account_id = acc.get_account(db, account)["id"] if account else None
-    rows, _ = TaskStore(db, Ledger(db)).list(account_id, limit=limit, status=status)
+    rows, _ = TaskStore(db, Ledger(db)).page(account_id, limit=limit, status=status)
     table = Table("id", "account", "model", "status", "created", "cost (USD)", "error")
     for t in rows:
         cost = format_usd(t["cost_micros"]) if t["cost_micros"] is not None else ""

@@ -209,7 +209,7 @@ class TasksAPI:
         status = q.get("status")
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"'status' must be one of {', '.join(STATUSES)}", param="status")
-        tasks, more = self.store.list(
+        tasks, more = self.store.page(
             principal.account_id, limit=limit, status=status, starting_after=q.get("starting_after")
         )
         return _json(

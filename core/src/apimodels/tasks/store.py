@@ -145,7 +145,7 @@ class TaskStore:
         ).fetchone()
         return None if row is None else self._row(row)
 
-    def list(
+    def page(
         self,
         account_id: str | None,
         *,

@@ -81,8 +81,6 @@ ERROR_STATUSES = {
     500: {502, 503},
     503: {502, 503},
 }
-QUANTITIES = ("input_tokens", "output_tokens", "images", "characters", "outputs")
-SECONDS = ("seconds", "run_seconds")
 
 
 @dataclass
@@ -241,8 +239,13 @@ class ProviderConformance:
                 previous = Decimal(0)
                 for n in (0, 1, 2, 10, 1000):
                     usage = Usage(
-                        **dict.fromkeys(QUANTITIES, n),
-                        **{f: Decimal(n) for f in SECONDS},
+                        input_tokens=n,
+                        output_tokens=n,
+                        images=n,
+                        characters=n,
+                        outputs=n,
+                        seconds=Decimal(n),
+                        run_seconds=Decimal(n),
                         variant=variant,
                     )
                     price = hooks.price_usage(model=model, pricing=model.pricing, usage=usage)
