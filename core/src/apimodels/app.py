@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("apimodels")
 DEBUG = bool(os.environ.get("APIMODELS_DEBUG"))
+T = TypeVar("T")
 
 _ENDPOINT_OF: dict[Modality, str] = {modality: path for path, (_, modality) in ENDPOINTS.items()}
 
@@ -279,21 +280,19 @@ class Frontend:
             bill = await self.biller.open(
                 request_id, principal, route, hold, stream=stream or audio
             )
+            guard = (bill, principal, route, unified, request_id)
             if audio:
-                return await self._stream_audio(
-                    route, unified, bill, estimate, principal, request_id
+                return await self._guarded(
+                    open_audio_stream(route, unified, estimate, bill), *guard
                 )
             if stream:
-                return await self._stream(route, unified, bill, estimate, principal, request_id)
-            try:
-                priced = await dispatch.call(route, unified)
-            except Exception as exc:
-                await _settled(bill.fail(exc))
-                self._refused(exc, principal, route, unified, request_id)
-                raise
-            except BaseException:
-                bill.fail(None)  # cancelled: the client left; release without waiting
-                raise
+
+                def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
+                    return settle_stream(bill, route, estimate, result)
+
+                relay = await self._guarded(dispatch.open_stream(route, unified, on_end), *guard)
+                return RelayResponse(relay)
+            priced = await self._guarded(dispatch.call(route, unified), *guard)
             # Answer once the charge is committed; a client leaving now must not undo it.
             await _settled(bill.succeed(priced.output.usage, priced.cost_micros))
             return _priced_response(priced, started)
@@ -344,28 +343,26 @@ class Frontend:
         }
         return json_response(body, headers=headers)
 
-    async def _stream(
+    async def _guarded(
         self,
+        upstream_call: Awaitable[T],
+        bill: Bill | FreeBill,
+        principal: Principal,
         route: Route,
         unified: UnifiedRequest,
-        bill: Bill | FreeBill,
-        estimate: Usage,
-        principal: Principal,
         request_id: str,
-    ) -> Response:
-        def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
-            return settle_stream(bill, route, estimate, result)
-
+    ) -> T:
+        """Await the upstream call; if it fails, release the hold (waiting for the release,
+        so a retry sees the credits) and audit an upstream safety refusal, then re-raise."""
         try:
-            relay = await dispatch.open_stream(route, unified, on_end)
+            return await upstream_call
         except Exception as exc:
             await _settled(bill.fail(exc))
             self._refused(exc, principal, route, unified, request_id)
             raise
         except BaseException:
-            bill.fail(None)
+            bill.fail(None)  # cancelled: the client left; release without waiting
             raise
-        return RelayResponse(relay)
 
     def _refused(
         self,
@@ -385,25 +382,6 @@ class Frontend:
                 lambda: user_texts(unified),
                 request_id,
             )
-
-    async def _stream_audio(
-        self,
-        route: Route,
-        unified: UnifiedRequest,
-        bill: Bill | FreeBill,
-        estimate: Usage,
-        principal: Principal,
-        request_id: str,
-    ) -> Response:
-        try:
-            return await open_audio_stream(route, unified, estimate, bill)
-        except Exception as exc:
-            await _settled(bill.fail(exc))
-            self._refused(exc, principal, route, unified, request_id)
-            raise
-        except BaseException:
-            bill.fail(None)
-            raise
 
     async def list_voices(self, request: Request) -> Response:
         self.keys.authenticate(request.headers.get("authorization"))
