@@ -253,11 +253,10 @@ def test_client_that_leaves_a_stream_is_charged_for_what_the_upstream_produced(
             if line.startswith("data: {"):
                 break  # one chunk, then hang up
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        [row] = rows(gateway, account)
-        if row["status"] != "pending":
-            break
+    while not (found := rows(gateway, account)):  # written once the upstream finished
+        assert time.monotonic() < deadline, "the stream was never settled"
         time.sleep(0.05)
+    [row] = found
     assert row["status"] == "succeeded" and row["cost_micros"] > 0
     assert row["output_tokens"] > 1  # the upstream's own count, read after the client left
     assert balance(gateway, account) == (5_000_000 - row["cost_micros"], 0)
@@ -354,8 +353,14 @@ def test_receipts_while_a_call_is_in_flight(gateway: Gateway, simulator: Simulat
     slow = threading.Thread(target=lambda: post(gateway, key, CHAT))
     slow.start()
     time.sleep(0.3)
-    page = httpx.get(f"{gateway.url}/v1/usage", headers={"authorization": f"Bearer {key}"})
+    auth = {"authorization": f"Bearer {key}"}
+    page = httpx.get(f"{gateway.url}/v1/usage", headers=auth)
+    credits = httpx.get(f"{gateway.url}/v1/credits", headers=auth).json()
     slow.join()
-    assert page.status_code == 200
-    [row] = page.json()["data"]
-    assert row["status"] == "pending" and row["cost"] is None
+    # In flight: its credits are set aside; its usage row is written once, when it ends.
+    assert page.status_code == 200 and page.json()["data"] == []
+    assert Decimal(credits["pending_holds"]) > 0 and credits["balance"] == "5.000000"
+    [row] = httpx.get(f"{gateway.url}/v1/usage", headers=auth).json()["data"]
+    assert row["status"] == "succeeded" and Decimal(row["cost"]) > 0
+    credits = httpx.get(f"{gateway.url}/v1/credits", headers=auth).json()
+    assert credits["pending_holds"] == "0.000000"

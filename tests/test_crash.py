@@ -98,8 +98,8 @@ def test_kill_9_mid_request_then_restart(simulator: Simulator, tmp_path: Path) -
     caller.start()
     watch = open_db(db_path)
     deadline = time.monotonic() + 10
-    while not watch.execute("SELECT 1 FROM usage WHERE hold_state = 'pending'").fetchone():
-        assert time.monotonic() < deadline, "the request never took its hold"
+    while not watch.execute("SELECT 1 FROM reservations").fetchone():
+        assert time.monotonic() < deadline, "the request never set its credits aside"
         time.sleep(0.02)
     assert Ledger(watch).balance(account).held_micros > 0
     server.send_signal(signal.SIGKILL)
@@ -110,15 +110,16 @@ def test_kill_9_mid_request_then_restart(simulator: Simulator, tmp_path: Path) -
     server = _start(registry, db_path, _port())
     try:
         deadline = time.monotonic() + 10
-        while watch.execute("SELECT 1 FROM usage WHERE hold_state = 'pending'").fetchone():
-            assert time.monotonic() < deadline, "the stranded hold was never released"
+        while watch.execute("SELECT 1 FROM reservations").fetchone():
+            assert time.monotonic() < deadline, "the stranded reservation was never returned"
             time.sleep(0.1)
         check = _cli(registry, db_path, "ledger", "check")
         assert check.returncode == 0, check.stderr
         b = Ledger(watch).balance(account)
         assert (b.balance_micros, b.held_micros) == (2_000_000, 0)
-        [row] = watch.query("SELECT * FROM usage")
-        assert row["hold_state"] == "expired" and row["cost_micros"] == 0
+        # The call never ended: nothing recorded, nothing charged.
+        assert list(watch.query("SELECT * FROM usage")) == []
+        assert list(watch.query("SELECT * FROM ledger_entries WHERE kind = 'charge'")) == []
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=10)

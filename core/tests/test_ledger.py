@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,9 +16,22 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from apimodels.accounts import create_account
 from apimodels.db import open_db
 from apimodels.errors import InsufficientCredits, NotFound
-from apimodels.ledger import Ledger
+from apimodels.ledger import (
+    Balance,
+    GroupCommit,
+    Ledger,
+    Settlement,
+    reserve_op,
+    settle_op,
+    unreserve_op,
+)
 
 TTL = timedelta(minutes=10)
+FAR = (datetime.now(UTC) + TTL).isoformat()
+
+
+def settlement(request_id: str, acct: str, cost: int, taken: int, ok: bool = True) -> Settlement:
+    return Settlement(request_id, acct, f"p:{acct}", 1_000, cost, taken, ok, {"model": "m"}, {})
 
 
 @pytest.fixture
@@ -97,7 +112,8 @@ def test_check_finds_tampering(db: sqlite_utils.Database) -> None:
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    """Random grant / hold / capture / release / expire / refund sequences."""
+    """Random grant / hold / capture / release / reserve / settle / unreserve / expire /
+    refund sequences."""
 
     holds = Bundle("holds")
 
@@ -110,6 +126,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.settled: dict[str, int] = {}  # hold -> times settled
         self.model_balance = 0
         self.pending: dict[str, int] = {}
+        self.reserved = 0
         self.max_overrun = 0
 
     @rule(amount=st.integers(1, 10_000))
@@ -121,7 +138,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def hold(self, amount: int) -> str:
         self.n += 1
         hold_id = f"h{self.n}"
-        available = self.model_balance - sum(self.pending.values())
+        available = self.model_balance - sum(self.pending.values()) - self.reserved
         try:
             self.ledger.hold(hold_id, self.acct, amount, TTL)
         except InsufficientCredits:
@@ -151,11 +168,51 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def expire_all(self) -> None:
+        had_reservation = self.db.execute("SELECT 1 FROM reservations").fetchone() is not None
         n = self.ledger.expire(now=datetime.now(UTC) + TTL + timedelta(seconds=1))
-        assert n == len(self.pending)
+        assert n == len(self.pending) + had_reservation
+        self.reserved = 0
         for h in self.pending:
             self.settled[h] = self.settled.get(h, 0) + 1
         self.pending.clear()
+
+    @rule(need=st.integers(0, 3_000), extra=st.integers(0, 3_000))
+    def reserve(self, need: int, extra: int) -> None:
+        available = self.model_balance - sum(self.pending.values()) - self.reserved
+        try:
+            with self.ledger._tx() as c:
+                granted = reserve_op(c, f"p:{self.acct}", self.acct, "p", need, need + extra, FAR)
+        except InsufficientCredits:
+            assert available < need
+            return
+        assert granted == max(need, min(need + extra, available))
+        self.reserved += granted
+
+    @rule(cost=st.integers(0, 4_000), ok=st.booleans())
+    def settle(self, cost: int, ok: bool) -> None:
+        """A request admitted against the reservation ends (as billing.Biller does it)."""
+        self.n += 1
+        cost = cost if ok else 0
+        taken = min(cost, self.reserved)
+        with self.ledger._tx() as c:
+            settle_op(c, [settlement(f"r{self.n}", self.acct, cost, taken, ok)], FAR)
+        self.model_balance -= cost
+        self.reserved -= taken
+        self.settled[f"r{self.n}"] = 1
+
+    @rule()
+    def settle_again(self) -> None:
+        """Settling a request twice fails and changes nothing."""
+        if not self.n or f"r{self.n}" not in self.settled:
+            return
+        with pytest.raises(sqlite3.IntegrityError), self.ledger._tx() as c:
+            settle_op(c, [settlement(f"r{self.n}", self.acct, 5, 0)], FAR)
+
+    @rule()
+    def unreserve(self) -> None:
+        with self.ledger._tx() as c:
+            assert unreserve_op(c, f"p:{self.acct}") == self.reserved
+        self.reserved = 0
 
     @rule(amount=st.integers(1, 3_000))
     def refund(self, amount: int) -> None:
@@ -166,7 +223,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def sound(self) -> None:
         b = self.ledger.balance(self.acct)
         assert b.balance_micros == self.model_balance
-        assert b.held_micros == sum(self.pending.values())
+        assert b.held_micros == sum(self.pending.values()) + self.reserved
         assert all(n == 1 for n in self.settled.values())
         assert self.ledger.check(now=datetime.now(UTC)) == []
 
@@ -199,31 +256,75 @@ def test_the_floor_is_the_overrun_of_captures(costs: list[int]) -> None:
     assert ledger.balance(acct).balance_micros >= -overrun
 
 
-def test_a_failing_operation_in_a_batch_undoes_only_itself(db: sqlite_utils.Database) -> None:
-    """Review finding: one request's database error must not roll back its neighbours."""
-    import asyncio
-
-    from apimodels.ledger import GroupCommit
-
+def test_a_failing_write_in_a_batch_fails_alone(db: sqlite_utils.Database) -> None:
+    """Review finding: one request's database error must not roll back its neighbours; and
+    a request settled twice is charged once."""
     ledger = Ledger(db)
     a = create_account(db, "a@example.com")["id"]
     b = create_account(db, "b@example.com")["id"]
     ledger.post(a, 1_000, kind="grant", reason="g", actor="t")
     ledger.post(b, 1_000, kind="grant", reason="g", actor="t")
-    ledger.hold("ra", a, 100, TTL)
 
     async def batch() -> list[object]:
         group = GroupCommit(ledger)
+        assert await group.reserve(f"p:{a}", a, "p", 100, 200, FAR) == 200
         return await asyncio.gather(
-            group.capture("ra", 40),
-            group.hold("rb", b, 10**30, TTL),  # too large for SQLite: OverflowError
+            group.settle(settlement("ra", a, 40, 40)),
+            group.settle(settlement("rb", b, 10**30, 0)),  # too large for SQLite: OverflowError
+            group.settle(settlement("ra", a, 40, 40)),  # again: not charged twice
+            group.reserve(f"p:{b}", b, "p", 5_000, 5_000, FAR),  # more than b has: 402
+            group.unreserve(f"p:{a}"),
             return_exceptions=True,
         )
 
-    captured, failed = asyncio.run(batch())
-    assert captured is True and isinstance(failed, OverflowError)
-    assert ledger.balance(a).balance_micros == 960 and ledger.balance(b).held_micros == 0
+    captured, failed, again, refused, returned = asyncio.run(batch())
+    assert captured is True and isinstance(failed, OverflowError) and again is False
+    assert isinstance(refused, InsufficientCredits) and returned == 160
+    assert ledger.balance(a) == Balance(960, 0) and ledger.balance(b) == Balance(1_000, 0)
+    assert db.execute("SELECT count(*) FROM usage").fetchone()[0] == 1
     assert ledger.check() == []
+
+
+def test_a_batch_of_requests_settles_in_one_go(db: sqlite_utils.Database) -> None:
+    ledger = Ledger(db)
+    acct = create_account(db, "m@example.com")["id"]
+    ledger.post(acct, 10_000, kind="grant", reason="g", actor="t")
+
+    async def run() -> list[bool]:
+        group = GroupCommit(ledger)
+        await group.reserve(f"p:{acct}", acct, "p", 5_000, 5_000, FAR)
+        return await asyncio.gather(
+            *(
+                group.settle(
+                    settlement(
+                        f"r{i}", acct, *((100 * i, 100 * i, True) if i % 3 else (0, 0, False))
+                    )
+                )
+                for i in range(1, 11)
+            )
+        )
+
+    assert all(asyncio.run(run()))
+    rows = {r["request_id"]: r for r in db.query("SELECT * FROM usage")}
+    assert (
+        len(rows) == 10 and rows["r3"]["status"] == "failed" and rows["r4"]["status"] == "succeeded"
+    )
+    charged = sum(100 * i for i in range(1, 11) if i % 3 != 0)
+    assert ledger.balance(acct) == Balance(10_000 - charged, 5_000 - charged)
+    assert ledger.check() == []
+
+
+def test_an_expired_reservation_is_returned_and_check_flags_it(db: sqlite_utils.Database) -> None:
+    ledger = Ledger(db)
+    acct = create_account(db, "x@example.com")["id"]
+    ledger.post(acct, 1_000, kind="grant", reason="g", actor="t")
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    with ledger._tx() as c:
+        reserve_op(c, f"dead:{acct}", acct, "dead", 300, 300, soon)
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    assert any("expired but still held" in p for p in ledger.check(now=later))
+    assert ledger.expire(now=later) == 1
+    assert ledger.balance(acct) == Balance(1_000, 0) and ledger.check(now=later) == []
 
 
 def test_the_sweep_leaves_running_requests_alone(db: sqlite_utils.Database) -> None:

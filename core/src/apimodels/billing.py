@@ -1,25 +1,36 @@
-"""Billing one call: hold the estimate, then capture the actual cost or release, once.
+"""Billing one call: admit it against credits set aside, then record what it cost, once.
 
-A ``Bill`` is opened after validation (so bad input costs nothing and holds nothing) and is
-settled exactly once: ``succeed`` captures the price of the actual usage, ``fail`` releases
-the hold; either completes the request's usage row. Ledger writes go through the group
-commit (``ledger.GroupCommit``). A bill never settled in this process (a crash) is released
-by the expiry sweep after ``gateway.hold_ttl_seconds``.
+Each server process sets credits aside per account (a *reservation*, in the ledger like a
+hold, so every other process sees them as taken) and admits requests against it in memory:
+no database write stands between a request and its upstream. When the reservation is short,
+the request waits for it to grow (one transaction for many requests; 402 when the account
+cannot cover even this request). A request that ends is written once, whole: its usage
+row, its charge and what it takes from the reservation, batched with its neighbours
+(``ledger.GroupCommit``). A failed request costs nothing.
+
+Reservations grow to about twice what is in flight, return to the account once an account
+has had nothing in flight for ``gateway.reserve_idle_seconds`` (0: at once), and are renewed
+while the process lives; a crashed process's reservations expire after
+``gateway.hold_ttl_seconds``. A request in flight when its process is killed leaves no usage
+row and costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .accounts import Principal
-from .errors import APIError
-from .ledger import GroupCommit
+from .db import utcnow
+from .errors import APIError, InsufficientCredits
+from .ledger import GroupCommit, Settlement
 from .limits import Limiter
 from .provider import Usage
 from .runtime import Route
@@ -28,13 +39,13 @@ log = logging.getLogger("apimodels")
 
 
 def _settled(request_id: str, future: asyncio.Future[bool]) -> None:
-    """Log a settle that could not be written (the hold then expires: the call is free)."""
+    """Log a settle that could not be written (the call is then free)."""
     if future.cancelled():
         return
     if future.exception() is not None:
         log.error("request %s: settling failed: %s", request_id, type(future.exception()).__name__)
     elif not future.result():
-        log.warning("request %s: hold was already settled; not charged again", request_id)
+        log.warning("request %s: already settled; not charged again", request_id)
 
 
 def usage_fields(usage: Usage) -> dict[str, Any]:
@@ -52,34 +63,34 @@ def usage_fields(usage: Usage) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class Reservation:
+    """Credits this process set aside for one account's requests."""
+
+    id: str
+    account_id: str
+    #: As the ledger has it, or less: what a request takes is subtracted before it commits.
+    amount: int = 0
+    in_flight: int = 0  # the holds of this account's requests now running here
+    idle_since: float = field(default_factory=time.monotonic)
+    growing: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
 class Bill:
-    ledger: GroupCommit
-    limiter: Limiter
+    biller: Biller
     request_id: str
     principal: Principal
-    route: Route
+    reservation: Reservation
     hold_micros: int
-    running: set[str] = field(default_factory=set)
+    request: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
     settled: bool = False
 
-    def _fields(self, usage: Usage | None, error_code: str | None) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "error_code": error_code,
-            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
-        }
-        if usage is not None:
-            fields.update(usage_fields(usage))
-        return fields
-
     def succeed(self, usage: Usage, cost_micros: int) -> asyncio.Future[bool] | None:
-        """Capture the actual cost (a future of whether it was charged); None if settled."""
+        """Charge the actual cost (a future of whether it was charged); None if settled."""
         if self.settled:
             return None
-        self.settled = True
-        self.running.discard(self.request_id)
-        future = self.ledger.capture(self.request_id, cost_micros, self._fields(usage, None))
-        future.add_done_callback(lambda f: _settled(self.request_id, f))
+        future = self.biller._settle(self, usage_fields(usage), cost_micros, None)
         future.add_done_callback(self._count_spend(cost_micros))
         return future
 
@@ -88,26 +99,25 @@ class Bill:
 
         def count(future: asyncio.Future[bool]) -> None:
             charged = not future.cancelled() and future.exception() is None and future.result()
-            self.limiter.settled(self.principal, self.hold_micros, cost_micros if charged else 0)
+            self.biller.limiter.settled(
+                self.principal, self.hold_micros, cost_micros if charged else 0
+            )
 
         return count
 
     def fail(
         self, error: BaseException | None, usage: Usage | None = None
     ) -> asyncio.Future[bool] | None:
-        """Release the hold: the call costs nothing."""
+        """The call costs nothing; its usage row records why."""
         if self.settled:
             return None
-        self.settled = True
-        self.running.discard(self.request_id)
-        self.limiter.settled(self.principal, self.hold_micros, 0)
+        self.biller.limiter.settled(self.principal, self.hold_micros, 0)
         if isinstance(error, APIError):
             code = error.code
         else:
             code = "client_disconnected" if error is None else "internal_error"
-        future = self.ledger.release(self.request_id, self._fields(usage, code))
-        future.add_done_callback(lambda f: _settled(self.request_id, f))
-        return future
+        fields = usage_fields(usage) if usage is not None else {}
+        return self.biller._settle(self, fields, 0, code)
 
 
 @dataclass(slots=True)
@@ -125,25 +135,46 @@ class FreeBill:
 
 
 class Biller:
-    """Opens bills for one gateway: one ledger, one hold lifetime, the keys' limits."""
+    """Opens bills for one gateway process: its reservations, the keys' limits."""
 
     def __init__(
-        self, ledger: GroupCommit, hold_ttl: timedelta, limiter: Limiter, *, enabled: bool = True
+        self,
+        ledger: GroupCommit,
+        hold_ttl: timedelta,
+        limiter: Limiter,
+        *,
+        enabled: bool = True,
+        idle_seconds: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.hold_ttl = hold_ttl
         self.limiter = limiter
         self.enabled = enabled
-        #: Requests holding credits in this process: the expiry sweep leaves them alone.
-        self.running: set[str] = set()
+        self.idle_seconds = idle_seconds
+        self.process = f"proc_{secrets.token_hex(6)}"
+        self._reservations: dict[str, Reservation] = {}
+        self._renewed = time.monotonic()
 
     async def open(
         self, request_id: str, principal: Principal, route: Route, hold_micros: int, *, stream: bool
     ) -> Bill | FreeBill:
-        """Check the key's limits (429), then reserve ``hold_micros`` (402 when short)."""
+        """Check the key's limits (429), then set ``hold_micros`` aside (402 when short)."""
         if not self.enabled:
             return FreeBill()
         self.limiter.admit(principal, hold_micros)
+        account_id = principal.account_id
+        reservation = self._reservations.get(account_id)
+        if reservation is None:
+            reservation = self._reservations[account_id] = Reservation(
+                f"{self.process}:{account_id}", account_id
+            )
+        try:
+            if reservation.amount - reservation.in_flight < hold_micros:
+                await self._grow(reservation, hold_micros)
+        except BaseException:
+            self.limiter.settled(principal, hold_micros, 0)
+            raise
+        reservation.in_flight += hold_micros
         model = route.model
         request = {
             "key_id": principal.key_id,
@@ -152,15 +183,109 @@ class Biller:
             "modality": model.modality.value,
             "stream": int(stream),
             "unit_prices": route.prices_json,
+            "created_at": utcnow(),
         }
+        return Bill(self, request_id, principal, reservation, hold_micros, request)
+
+    async def _grow(self, reservation: Reservation, hold: int) -> None:
+        """Wait until ``hold`` fits in the reservation, growing it (one grow at a time per
+        account; 402 when the account cannot cover this request)."""
+        while reservation.amount - reservation.in_flight < hold:
+            growing = reservation.growing
+            if growing is None:
+                need = hold + reservation.in_flight - reservation.amount
+                # Twice what is in flight: a steady stream of requests rarely grows it again.
+                want = 2 * (reservation.in_flight + hold) - reservation.amount
+                growing = reservation.growing = asyncio.ensure_future(
+                    self._reserve(reservation, need, want)
+                )
+                await asyncio.shield(growing)  # its 402 is this request's
+            else:
+                # Too little for that request would maybe be enough for this one: try again.
+                with contextlib.suppress(InsufficientCredits):
+                    await asyncio.shield(growing)
+
+    async def _reserve(self, reservation: Reservation, need: int, want: int) -> None:
         try:
-            await self.ledger.hold(
-                request_id, principal.account_id, hold_micros, self.hold_ttl, request
+            reservation.amount += await self.ledger.reserve(
+                reservation.id,
+                reservation.account_id,
+                self.process,
+                need,
+                want,
+                self._expiry(),
             )
-        except BaseException:
-            self.limiter.settled(principal, hold_micros, 0)
-            raise
-        self.running.add(request_id)
-        return Bill(
-            self.ledger, self.limiter, request_id, principal, route, hold_micros, self.running
+        finally:
+            reservation.growing = None
+
+    def _expiry(self) -> str:
+        return (datetime.now(UTC) + self.hold_ttl).isoformat(timespec="microseconds")
+
+    def _settle(
+        self, bill: Bill, fields: dict[str, Any], cost_micros: int, error_code: str | None
+    ) -> asyncio.Future[bool]:
+        bill.settled = True
+        reservation = bill.reservation
+        reservation.in_flight -= bill.hold_micros
+        taken = min(cost_micros, max(reservation.amount, 0))
+        reservation.amount -= taken
+        fields["error_code"] = error_code
+        fields["latency_ms"] = round((time.perf_counter() - bill.started) * 1000, 3)
+        future = self.ledger.settle(
+            Settlement(
+                bill.request_id,
+                bill.principal.account_id,
+                reservation.id,
+                bill.hold_micros,
+                cost_micros,
+                taken,
+                error_code is None,
+                bill.request,
+                fields,
+            )
         )
+        future.add_done_callback(lambda f: _settled(bill.request_id, f))
+        if reservation.in_flight == 0:
+            reservation.idle_since = time.monotonic()
+            if self.idle_seconds <= 0:
+                self._return(reservation)
+        return future
+
+    def _return(self, reservation: Reservation) -> bool:
+        """Give a reservation's credits back to its account (queued after every settle),
+        unless a request waits for it to grow."""
+        if reservation.growing is not None:
+            return False
+        reservation.amount = 0
+        self.ledger.unreserve(reservation.id).add_done_callback(_logged("unreserve"))
+        return True
+
+    async def maintain(self) -> None:
+        """Return the reservations of idle accounts; renew the others while this process
+        lives (called about every second)."""
+        now = time.monotonic()
+        for account_id, reservation in list(self._reservations.items()):
+            idle = reservation.in_flight == 0 and now - reservation.idle_since >= self.idle_seconds
+            if idle and self._return(reservation):
+                del self._reservations[account_id]
+        if now - self._renewed >= min(10.0, self.hold_ttl.total_seconds() / 4):
+            self._renewed = now
+            kept = await self.ledger.renew(self.process, self._expiry())
+            for reservation in self._reservations.values():
+                if reservation.id not in kept and reservation.growing is None:
+                    reservation.amount = 0  # expired elsewhere: what it held is free again
+
+    async def aclose(self) -> None:
+        """Return every reservation (a clean shutdown)."""
+        futures = [self.ledger.unreserve(r.id) for r in self._reservations.values()]
+        self._reservations.clear()
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
+
+
+def _logged(what: str) -> Callable[[asyncio.Future[Any]], None]:
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("%s failed: %s", what, type(future.exception()).__name__)
+
+    return done

@@ -142,6 +142,9 @@ class GatewayConfig(_Strict):
     key_rotation_grace_hours: Annotated[float, Field(ge=0)] = 24.0
     billing: bool = True  # false: every call is free and unrecorded (internal deployments)
     hold_ttl_seconds: Annotated[float, Field(ge=1)] = 900.0
+    # Credits a process set aside for an account's requests go back this long after its
+    # last one ended (0: with each answer, at the price of a write before every request).
+    reserve_idle_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
     expiry_sweep_seconds: Annotated[float, Field(gt=0)] = 60.0
     # Where clients and upstreams reach this gateway (https://api.example.com): upstream job
     # webhooks go to {public_url}/webhooks/..., and output URLs in client webhooks start with

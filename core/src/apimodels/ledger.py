@@ -1,14 +1,24 @@
-"""The credits ledger: append-only entries, two-phase holds, running totals.
+"""The credits ledger: append-only entries, holds and reservations, running totals.
 
 Every amount is integer micro-USD. An account's ``balance_micros`` is the sum of its ledger
-entries and ``held_micros`` the sum of its pending holds; both change only inside the same
-transaction as the entry or hold they sum (``apimodels ledger check`` recomputes them).
+entries and ``held_micros`` the sum of its pending holds and reservations; both change only
+inside the same transaction as the entry, hold or reservation they sum (``apimodels ledger
+check`` recomputes them).
 
-A billable call: ``hold`` (atomic check-and-reserve: 402 when balance minus pending holds is
-short) -> upstream call -> ``capture`` the actual cost or ``release`` the hold. Settling is
-a compare-and-set on the hold's state, so a hold is settled at most once, whoever tries
-(the request, the expiry sweep after a crash, a retried webhook). A capture larger than the
-hold is charged in full: the balance may then go below zero by at most that overrun.
+Two ways to set credits aside, both checked atomically against balance minus what is held
+(402 when short):
+
+- A **hold** per call (tasks): ``hold`` writes the call's usage row as pending -> ``capture``
+  the actual cost or ``release``. Settling is a compare-and-set on the hold's state, so a
+  hold is settled at most once, whoever tries (the worker, a webhook, the expiry sweep).
+- A **reservation** per server process and account (synchronous calls, see
+  ``billing.Biller``): the process sets credits aside ahead of its requests and admits them
+  against that in memory; each request that ends is written once, whole (``settle_op``),
+  taking its cost from the reservation. The primary key of its usage row and the unique
+  charge per request make a second settle of it fail.
+
+A cost larger than what was set aside is charged in full: the balance may then go below
+zero by at most that overrun.
 
 Durability: SQLite in WAL mode with ``synchronous = NORMAL``. A committed transaction
 survives a crash of the server process (kill -9); a power cut or OS crash can lose the last
@@ -21,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -167,49 +177,254 @@ def post_op(
     return cur.lastrowid
 
 
-class GroupCommit:
-    """Ledger operations of concurrent requests committed together, on the event loop.
+#: The columns of a usage row written whole when its request ends (see :class:`Settlement`).
+USAGE_COLUMNS = (
+    "request_id",
+    "account_id",
+    "key_id",
+    "model",
+    "provider",
+    "modality",
+    "stream",
+    "unit_prices",
+    "hold_micros",
+    "hold_state",
+    "status",
+    "cost_micros",
+    "created_at",
+    "settled_at",
+    *SETTLE_FIELDS,
+)
+_INSERT_USAGE = (
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"
+)
+_INSERT_CHARGE = (
+    "INSERT INTO ledger_entries (account_id, kind, amount_micros, reason, actor, hold_id,"
+    " created_at) VALUES (?, 'charge', ?, 'usage', 'gateway', ?, ?)"
+)
 
-    Each operation is queued and awaited; the first one queued in a loop iteration schedules
-    a flush for the end of that iteration, which runs every queued operation in one SQLite
-    transaction (each operation in a savepoint of its own) and then answers them. A request
-    goes on only after its operation is committed, so
-    durability is that of one transaction per request; what batching saves is the commit's
-    page writes, shared by every request in the batch.
+
+@dataclass(slots=True)
+class Settlement:
+    """A request that ended: its usage row, its charge, and what it takes from the credits
+    its process reserved (``taken_micros``; the rest of a cost above the reservation is
+    charged from the balance alone, like any overrun)."""
+
+    request_id: str
+    account_id: str
+    reservation_id: str
+    hold_micros: int
+    cost_micros: int  # 0 when it failed
+    taken_micros: int
+    succeeded: bool
+    request: dict[str, Any]  # key_id, model, provider, modality, stream, unit_prices, created_at
+    fields: dict[str, Any]  # SETTLE_FIELDS
+
+    def row(self, now: str) -> tuple[Any, ...]:
+        r, f = self.request, self.fields
+        return (
+            self.request_id,
+            self.account_id,
+            r.get("key_id"),
+            r.get("model"),
+            r.get("provider"),
+            r.get("modality"),
+            r.get("stream"),
+            r.get("unit_prices"),
+            self.hold_micros,
+            "captured" if self.succeeded else "released",
+            "succeeded" if self.succeeded else "failed",
+            self.cost_micros,
+            r.get("created_at") or now,
+            now,
+            *(f.get(k) for k in SETTLE_FIELDS),
+        )
+
+
+def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) -> None:
+    """Write ended requests in one go: their usage rows and charges (``executemany``), then
+    one update per account and per reservation, whatever the number of requests.
+
+    A request id seen before fails the whole call (the primary key and the unique charge
+    index): a request is recorded and charged at most once.
+    """
+    c.executemany(_INSERT_USAGE, [s.row(now) for s in settlements])
+    charges = [
+        (s.account_id, -s.cost_micros, s.request_id, now) for s in settlements if s.cost_micros
+    ]
+    if charges:
+        c.executemany(_INSERT_CHARGE, charges)
+    spent: dict[str, int] = {}
+    taken: dict[tuple[str, str], int] = {}
+    for s in settlements:
+        spent[s.account_id] = spent.get(s.account_id, 0) + s.cost_micros
+        if s.taken_micros:
+            key = (s.reservation_id, s.account_id)
+            taken[key] = taken.get(key, 0) + s.taken_micros
+    unheld: dict[str, int] = {}
+    for (reservation_id, account_id), amount in taken.items():
+        # A reservation released meanwhile (expired by another process) no longer holds
+        # anything: then the charge comes from the balance alone.
+        if c.execute(
+            "UPDATE reservations SET amount_micros = amount_micros - ?1"
+            " WHERE id = ?2 AND amount_micros >= ?1",
+            (amount, reservation_id),
+        ).rowcount:
+            unheld[account_id] = unheld.get(account_id, 0) + amount
+    for account_id, cost in spent.items():
+        if cost or unheld.get(account_id):
+            c.execute(
+                "UPDATE accounts SET balance_micros = balance_micros - ?,"
+                " held_micros = held_micros - ? WHERE id = ?",
+                (cost, unheld.get(account_id, 0), account_id),
+            )
+
+
+def reserve_op(
+    c: sqlite3.Connection,
+    reservation_id: str,
+    account_id: str,
+    process: str,
+    need: int,
+    want: int,
+    expires_at: str,
+) -> int:
+    """Set aside between ``need`` and ``want`` more micro-USD of the account's available
+    credits for its process's reservation; how much was set aside. 402 when even ``need``
+    is not available (nothing is written then)."""
+    row = c.execute(
+        "SELECT balance_micros - held_micros FROM accounts WHERE id = ?", (account_id,)
+    ).fetchone()
+    if row is None or row[0] < need:
+        raise InsufficientCredits(
+            "Your credit balance is too low for this request. Add credits and try again."
+        )
+    granted = max(need, min(want, row[0]))
+    c.execute(
+        "UPDATE accounts SET held_micros = held_micros + ? WHERE id = ?", (granted, account_id)
+    )
+    c.execute(
+        "INSERT INTO reservations (id, account_id, process, amount_micros, expires_at,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+        " amount_micros = amount_micros + excluded.amount_micros,"
+        " expires_at = excluded.expires_at",
+        (reservation_id, account_id, process, granted, expires_at, utcnow()),
+    )
+    return granted
+
+
+def unreserve_op(c: sqlite3.Connection, reservation_id: str) -> int:
+    """Return a reservation's credits to its account; how much it held (0 if gone)."""
+    row = c.execute(
+        "DELETE FROM reservations WHERE id = ? RETURNING account_id, amount_micros",
+        (reservation_id,),
+    ).fetchone()
+    if row is None:
+        return 0
+    c.execute("UPDATE accounts SET held_micros = held_micros - ? WHERE id = ?", (row[1], row[0]))
+    return int(row[1])
+
+
+def renew_op(c: sqlite3.Connection, process: str, expires_at: str) -> set[str]:
+    """Push back the expiry of a live process's reservations; the ids it still has."""
+    return {
+        r[0]
+        for r in c.execute(
+            "UPDATE reservations SET expires_at = ? WHERE process = ? RETURNING id",
+            (expires_at, process),
+        )
+    }
+
+
+_Op = tuple[str, Any, "asyncio.Future[Any]"]
+
+
+class GroupCommit:
+    """The gateway's ledger writes, committed together on the event loop.
+
+    Each write is queued and its future awaited; the first one queued in a loop iteration
+    schedules a flush at the end of that iteration, which applies every queued write in one
+    SQLite transaction, in order, and answers them once it is committed. Ended requests
+    between two other writes are written together (:func:`settle_op`), so a batch of
+    requests costs two ``executemany`` calls and an update per account. If anything in a
+    batch fails unexpectedly, the batch is rolled back and each write is retried in a
+    transaction of its own, so it fails alone and never takes its neighbours with it.
     """
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._queue: list[_Op] = []
 
-    def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+    def _submit(self, kind: str, args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self._queue:
             loop.call_soon(self._flush)
-        self._queue.append((op, future))
+        self._queue.append((kind, args, future))
         return future
+
+    def settle(self, settlement: Settlement) -> asyncio.Future[bool]:
+        """Record an ended request (and its charge); True once committed."""
+        return self._submit("settle", settlement)
+
+    def reserve(
+        self,
+        reservation_id: str,
+        account_id: str,
+        process: str,
+        need: int,
+        want: int,
+        expires_at: str,
+    ) -> asyncio.Future[int]:
+        return self._submit(
+            "reserve", (reservation_id, account_id, process, need, want, expires_at)
+        )
+
+    def unreserve(self, reservation_id: str) -> asyncio.Future[int]:
+        return self._submit("unreserve", (reservation_id,))
+
+    def renew(self, process: str, expires_at: str) -> asyncio.Future[set[str]]:
+        return self._submit("renew", (process, expires_at))
+
+    @staticmethod
+    def _apply(c: sqlite3.Connection, batch: list[_Op], now: str) -> list[tuple[Any, Any]]:
+        """Apply a batch in order; (result, expected error) per write. Raises on anything
+        unexpected, leaving the rollback to the caller."""
+        outcomes: list[tuple[Any, Any]] = []
+        settling: list[Settlement] = []
+
+        def settle_pending() -> None:
+            if settling:
+                settle_op(c, settling, now)
+                outcomes.extend((True, None) for _ in settling)
+                settling.clear()
+
+        for kind, args, _ in batch:
+            if kind == "settle":
+                settling.append(args)
+                continue
+            settle_pending()
+            if kind == "reserve":
+                try:
+                    outcomes.append((reserve_op(c, *args), None))
+                except InsufficientCredits as exc:  # refused before writing anything
+                    outcomes.append((None, exc))
+            elif kind == "unreserve":
+                outcomes.append((unreserve_op(c, *args), None))
+            else:
+                outcomes.append((renew_op(c, *args), None))
+        settle_pending()
+        return outcomes
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        now = utcnow()
         try:
             with self.ledger._tx() as c:
-                for op, future in batch:
-                    if future.cancelled():  # its request is gone: do not hold for it
-                        continue
-                    # Each operation in its own savepoint: one that fails (a refused hold,
-                    # a value SQLite cannot store) is undone alone, never its neighbours.
-                    c.execute("SAVEPOINT op")
-                    try:
-                        outcomes.append((future, op(c), None))
-                    except Exception as exc:
-                        c.execute("ROLLBACK TO op")
-                        outcomes.append((future, None, exc))
-                    c.execute("RELEASE op")
-        except Exception as exc:  # the commit itself failed: nothing of the batch happened
-            outcomes = [(future, None, exc) for _, future in batch]
-        for future, result, error in outcomes:
+                outcomes = self._apply(c, batch, now)
+        except Exception:
+            outcomes = [self._alone(op, now) for op in batch]
+        for (_, _, future), (result, error) in zip(batch, outcomes, strict=True):
             if future.cancelled():
                 continue
             if error is not None:
@@ -217,27 +432,19 @@ class GroupCommit:
             else:
                 future.set_result(result)
 
-    async def hold(
-        self,
-        request_id: str,
-        account_id: str,
-        amount_micros: int,
-        ttl: timedelta,
-        request: dict[str, Any] | None = None,
-    ) -> None:
-        await self._submit(
-            lambda c: hold_op(c, request_id, account_id, amount_micros, ttl, request)
-        )
-
-    def capture(
-        self, request_id: str, cost_micros: int, fields: dict[str, Any] | None = None
-    ) -> asyncio.Future[bool]:
-        return self._submit(lambda c: capture_op(c, request_id, cost_micros, fields))
-
-    def release(
-        self, request_id: str, fields: dict[str, Any] | None = None, *, state: str = "released"
-    ) -> asyncio.Future[bool]:
-        return self._submit(lambda c: release_op(c, request_id, fields, state))
+    def _alone(self, op: _Op, now: str) -> tuple[Any, Any]:
+        """One write of a failed batch, in a transaction of its own."""
+        kind = op[0]
+        try:
+            with self.ledger._tx() as c:
+                [outcome] = self._apply(c, [op], now)
+                return outcome
+        except sqlite3.IntegrityError as exc:
+            if kind == "settle":  # recorded before: never charged twice
+                return False, None
+            return None, exc
+        except Exception as exc:
+            return None, exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +544,8 @@ class Ledger:
 
     def expire(self, now: datetime | None = None, *, running: Collection[str] = ()) -> int:
         """Release every pending hold past its expiry (left by a crash), except those of
-        requests still ``running`` in this process. Returns how many."""
+        requests still ``running`` in this process, and every reservation its process no
+        longer renews (it died). Returns how many."""
         cutoff = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
         ids = [
             r[0]
@@ -347,7 +555,17 @@ class Ledger:
             ).fetchall()
         ]
         expired = {"error_code": "hold_expired"}
-        return sum(self.release(i, expired, state="expired") for i in ids if i not in running)
+        n = sum(self.release(i, expired, state="expired") for i in ids if i not in running)
+        reservations = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM reservations WHERE expires_at <= ?", (cutoff,)
+            ).fetchall()
+        ]
+        for reservation_id in reservations:
+            with self._tx() as c:
+                unreserve_op(c, reservation_id)
+        return n + len(reservations)
 
     # --- audit -------------------------------------------------------------------------
 
@@ -362,11 +580,20 @@ class Ledger:
         ):
             problems.append(f"account {acct}: balance {stored} but its entries sum to {summed}")
         for acct, stored, summed in c.execute(
-            "SELECT a.id, a.held_micros, COALESCE(SUM(u.hold_micros), 0) FROM accounts a"
-            " LEFT JOIN usage u ON u.account_id = a.id AND u.hold_state = 'pending' GROUP BY a.id"
-            " HAVING a.held_micros != COALESCE(SUM(u.hold_micros), 0)"
+            "SELECT id, held_micros, held FROM (SELECT a.id, a.held_micros,"
+            " COALESCE((SELECT SUM(u.hold_micros) FROM usage u"
+            "  WHERE u.account_id = a.id AND u.hold_state = 'pending'), 0)"
+            " + COALESCE((SELECT SUM(r.amount_micros) FROM reservations r"
+            "  WHERE r.account_id = a.id), 0) AS held FROM accounts a) WHERE held_micros != held"
         ):
-            problems.append(f"account {acct}: held {stored} but its pending holds sum to {summed}")
+            problems.append(
+                f"account {acct}: held {stored} but its pending holds and reservations"
+                f" sum to {summed}"
+            )
+        for reservation_id, amount in c.execute(
+            "SELECT id, amount_micros FROM reservations WHERE amount_micros < 0"
+        ):
+            problems.append(f"reservation {reservation_id}: negative amount {amount}")
         # A charge entry exists exactly for captured requests that cost something, and for
         # the amount captured (the unique index on hold_id already forbids two).
         for request_id, state, cost, charged in c.execute(
@@ -387,6 +614,10 @@ class Ledger:
             (cutoff,),
         ):
             problems.append(f"hold {request_id}: expired but still pending")
+        for (reservation_id,) in c.execute(
+            "SELECT id FROM reservations WHERE expires_at <= ?", (cutoff,)
+        ):
+            problems.append(f"reservation {reservation_id}: expired but still held")
         return problems
 
 

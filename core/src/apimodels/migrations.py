@@ -323,3 +323,28 @@ def m008_storage(db: sqlite_utils.Database) -> None:
     db["server_secrets"].create(
         {"name": str, "value": str, "created_at": str}, pk="name", not_null={"value", "created_at"}
     )
+
+
+@migration
+def m009_reservations(db: sqlite_utils.Database) -> None:
+    # Credits one server process sets aside for an account's requests in flight, so that it
+    # admits them in memory; counted in accounts.held_micros like a hold. A process renews
+    # its rows while it runs; rows of a dead one expire like holds.
+    db["reservations"].create(
+        {
+            "id": str,  # process:account
+            "account_id": str,
+            "process": str,
+            "amount_micros": int,
+            "expires_at": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "process", "amount_micros", "expires_at", "created_at"},
+    )
+    db["reservations"].create_index(["expires_at"])
+    # A request is charged at most once, whoever settles it: enforced by the schema too.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_entries_hold ON ledger_entries (hold_id) WHERE hold_id IS NOT NULL"
+    )

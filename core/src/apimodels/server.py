@@ -68,6 +68,7 @@ def assemble(
         timedelta(seconds=settings.hold_ttl_seconds),
         limiter,
         enabled=settings.billing,
+        idle_seconds=settings.reserve_idle_seconds,
     )
     simulators = Simulators() if sandbox else None
     storage = open_storage(
@@ -91,7 +92,7 @@ def assemble(
         while True:
             await asyncio.sleep(settings.expiry_sweep_seconds)
             try:
-                if n := ledger.expire(running=biller.running):
+                if n := ledger.expire():
                     log.warning("released %d expired holds", n)
                 idempotency.purge()
             except Exception as exc:  # keep sweeping; never crash the server over it
@@ -109,10 +110,20 @@ def assemble(
             except Exception as exc:  # a busy database: try again next time
                 log.warning("checkpoint failed: %s", type(exc).__name__)
 
+    async def reservations() -> None:
+        # Return idle accounts' reservations and renew the others, about every second.
+        while True:
+            await asyncio.sleep(min(1.0, settings.reserve_idle_seconds or 1.0))
+            try:
+                await biller.maintain()
+            except Exception as exc:  # keep going: a reservation left expires on its own
+                log.error("reservations upkeep failed: %s", type(exc).__name__)
+
     async def on_startup() -> None:
         if n := ledger.expire():
             log.warning("released %d expired holds at startup", n)
         sweeper.append(asyncio.create_task(sweep()))
+        sweeper.append(asyncio.create_task(reservations()))
         if checkpointer is not None:
             sweeper.append(asyncio.create_task(checkpoints()))
         if simulators is not None:
@@ -129,6 +140,7 @@ def assemble(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await biller.aclose()
         if simulators is not None:
             await simulators.stop()
         if server.stripe_simulator is not None:
