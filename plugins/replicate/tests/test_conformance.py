@@ -11,7 +11,6 @@ from apimodels.testing.kit import ProviderConformance
 class TestConformance(ProviderConformance):
     provider = "replicate"
     registry = Path(__file__).parents[3] / "registry.toml"
-    simulator_knobs: ClassVar[dict[str, Any]] = {
-        "step_seconds": 0.05
-    }  # the sandbox's 1 s steps, made quick
+    # The sandbox's 1 s steps, made quick.
+    simulator_knobs: ClassVar[dict[str, Any]] = {"step_seconds": 0.05}
     inputs: ClassVar[dict[str, dict[str, Any]]] = {"replicate/veo-3.1-fast": {"duration": 4}}
