@@ -6,13 +6,16 @@ rows in SQLite), and the same gateway with ``gateway.billing = false``. Measures
   (a) sequential added latency for non-streaming chat: interleaved rounds over the targets,
       the median of each round's per-request medians, the added latency reported as the
       median of round differences against direct, plus p50/p90/p99 of each target;
-  (b) requests per second at 32 concurrent connections for each target, the success rate,
-      and the gateway's RSS.
+  (b) requests per second at 32 concurrent connections for each target, in interleaved
+      rounds (the order alternating), the median of each target and the median of the
+      rounds' billing on / off ratios, the success rate, and the gateway's RSS; and the
+      gateway's CPU time per request (from /proc), the steadier figure on a shared machine:
+      at saturation, throughput is the inverse of it.
 
 The upstream, the gateway and the client each run in their own process. Numbers on a shared
 2-core machine are ratios, not absolutes.
 
-    uv run python bench/overhead.py [--rounds 15] [--per-round 200] [--seconds 5]
+    uv run python bench/overhead.py [--rounds 15] [--per-round 200] [--seconds 2] [--load-rounds 5]
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -125,7 +134,9 @@ def sequential(targets: dict[str, tuple[str, dict]], rounds: int, per_round: int
     }
 
 
-async def _load(url: str, headers: dict, concurrency: int, seconds: float) -> tuple[float, float]:
+async def _load(
+    url: str, headers: dict, concurrency: int, seconds: float
+) -> tuple[float, float, int]:
     """Closed-loop load: ``concurrency`` workers, each sending its next request on an answer.
 
     The load client is aiohttp: httpx's own pool collapses at 32 concurrent connections and
@@ -150,7 +161,7 @@ async def _load(url: str, headers: dict, concurrency: int, seconds: float) -> tu
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
-    return ok / elapsed, ok / max(1, ok + failed)
+    return ok / elapsed, ok / max(1, ok + failed), ok + failed
 
 
 def main() -> None:
@@ -160,8 +171,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=200)
     parser.add_argument(
-        "--seconds", type=float, default=5.0, help="duration of each throughput run"
+        "--seconds", type=float, default=2.0, help="duration of each throughput run"
     )
+    parser.add_argument("--load-rounds", type=int, default=5, help="throughput rounds")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.0, help="upstream latency in seconds")
     args = parser.parse_args()
@@ -215,13 +227,36 @@ def main() -> None:
             print(
                 f"  {name:10} p50 {s['p50']:.3f}  p90 {s['p90']:.3f}  p99 {s['p99']:.3f} ms{added}"
             )
-        print(f"throughput: {args.concurrency} connections, {args.seconds:.0f} s per target")
-        rps = {}
-        for name, (url, headers) in targets.items():
-            rps[name], ok = asyncio.run(_load(url, headers, args.concurrency, args.seconds))
+        print(
+            f"throughput: {args.concurrency} connections, {args.load_rounds} interleaved rounds"
+            f" of {args.seconds:g} s per target (median)"
+        )
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        success: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
+        ratios = []
+        for i in range(args.load_rounds):
+            # Alternate the order, so neither gateway always runs right after the other.
+            for name in sorted(targets, reverse=bool(i % 2)):
+                url, headers = targets[name]
+                pid = procs["upstream" if name == "direct" else name].pid
+                used = cpu_seconds(pid)
+                rps, ok, n = asyncio.run(_load(url, headers, args.concurrency, args.seconds))
+                cpu[name].append((cpu_seconds(pid) - used) / n)
+                rates[name].append(rps)
+                success[name].append(ok)
+            ratios.append(rates["billing"][-1] / rates["no-billing"][-1])
+        for name in targets:
             rss = f", RSS {rss_mb(procs[name].pid):.0f} MB" if name != "direct" else ""
-            print(f"  {name:10} {rps[name]:8.0f} req/s, success {ok:.2%}{rss}")
-        print(f"  billing on / off: {rps['billing'] / rps['no-billing']:.1%}")
+            print(
+                f"  {name:10} {statistics.median(rates[name]):8.0f} req/s,"
+                f" {statistics.median(cpu[name]) * 1e6:5.0f} us CPU per request,"
+                f" success {min(success[name]):.2%}{rss}"
+            )
+        spread = f"rounds {min(ratios):.1%}-{max(ratios):.1%}"
+        print(f"  billing on / off: {statistics.median(ratios):.1%} (median of rounds; {spread})")
+        cpu_ratio = statistics.median(cpu["no-billing"]) / statistics.median(cpu["billing"])
+        print(f"  billing on / off by the gateway's CPU per request: {cpu_ratio:.1%}")
     finally:
         for p in procs.values():
             p.terminate()

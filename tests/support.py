@@ -64,13 +64,28 @@ class Gateway:
     key: str
     account_id: str
 
-    @cached_property
+    def settled(self) -> None:
+        """Wait until the charges of the calls answered so far are committed: the gateway
+        commits them right after answering, before it reads the next request (this one)."""
+        httpx.get(f"{self.url}/health").raise_for_status()
+
+    @property
     def db(self) -> sqlite_utils.Database:
+        self.settled()
+        return self._db
+
+    @property
+    def ledger(self) -> Ledger:
+        self.settled()
+        return self._ledger
+
+    @cached_property
+    def _db(self) -> sqlite_utils.Database:
         return open_db(database_path(self.server.db))
 
     @cached_property
-    def ledger(self) -> Ledger:
-        return Ledger(self.db)
+    def _ledger(self) -> Ledger:
+        return Ledger(self._db)
 
     def new_account(self, email: str, credits_micros: int = 0) -> tuple[str, str]:
         """A new account with ``credits_micros`` granted; returns (account id, key)."""

@@ -293,8 +293,9 @@ class Frontend:
                 relay = await self._guarded(dispatch.open_stream(route, unified, on_end), *guard)
                 return RelayResponse(relay)
             priced = await self._guarded(dispatch.call(route, unified), *guard)
-            # Answer once the charge is committed; a client leaving now must not undo it.
-            await _settled(bill.succeed(priced.output.usage, priced.cost_micros))
+            # The charge commits right after the answer goes out: before this process reads
+            # another request, and off the answer's latency (docs/api.md, "Credits and billing").
+            bill.succeed(priced.output.usage, priced.cost_micros)
             return _priced_response(priced, started)
 
         endpoint.__name__ = path.replace("/", "_")
