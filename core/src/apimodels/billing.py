@@ -38,16 +38,6 @@ from .runtime import Route
 log = logging.getLogger("apimodels")
 
 
-def _settled(request_id: str, future: asyncio.Future[bool]) -> None:
-    """Log a settle that could not be written (the call is then free)."""
-    if future.cancelled():
-        return
-    if future.exception() is not None:
-        log.error("request %s: settling failed: %s", request_id, type(future.exception()).__name__)
-    elif not future.result():
-        log.warning("request %s: already settled; not charged again", request_id)
-
-
 def usage_fields(usage: Usage) -> dict[str, Any]:
     """A usage as the columns of its request's usage row."""
     return {
@@ -90,20 +80,7 @@ class Bill:
         """Charge the actual cost (a future of whether it was charged); None if settled."""
         if self.settled:
             return None
-        future = self.biller._settle(self, usage_fields(usage), cost_micros, None)
-        future.add_done_callback(self._count_spend(cost_micros))
-        return future
-
-    def _count_spend(self, cost_micros: int) -> Callable[[asyncio.Future[bool]], None]:
-        """A key's spending grows by what was actually charged, once the charge is saved."""
-
-        def count(future: asyncio.Future[bool]) -> None:
-            charged = not future.cancelled() and future.exception() is None and future.result()
-            self.biller.limiter.settled(
-                self.principal, self.hold_micros, cost_micros if charged else 0
-            )
-
-        return count
+        return self.biller._settle(self, usage_fields(usage), cost_micros, None)
 
     def fail(
         self, error: BaseException | None, usage: Usage | None = None
@@ -111,13 +88,26 @@ class Bill:
         """The call costs nothing; its usage row records why."""
         if self.settled:
             return None
-        self.biller.limiter.settled(self.principal, self.hold_micros, 0)
         if isinstance(error, APIError):
             code = error.code
         else:
             code = "client_disconnected" if error is None else "internal_error"
         fields = usage_fields(usage) if usage is not None else {}
         return self.biller._settle(self, fields, 0, code)
+
+    def committed(self, cost_micros: int) -> Callable[[bool, BaseException | None], None]:
+        """What follows the write of this bill's settle (``Settlement.on_commit``)."""
+
+        def done(recorded: bool, error: BaseException | None) -> None:
+            # The key's spending grows by what was actually charged.
+            charged = cost_micros if recorded else 0
+            self.biller.limiter.settled(self.principal, self.hold_micros, charged)
+            if error is not None:  # the call is then free
+                log.error("request %s: settling failed: %s", self.request_id, type(error).__name__)
+            elif not recorded:
+                log.warning("request %s: already settled; not charged again", self.request_id)
+
+        return done
 
 
 @dataclass(slots=True)
@@ -242,9 +232,9 @@ class Biller:
                 error_code is None,
                 bill.request,
                 fields,
+                bill.committed(cost_micros),
             )
         )
-        future.add_done_callback(lambda f: _settled(bill.request_id, f))
         if reservation.in_flight == 0:
             reservation.idle_since = time.monotonic()
             if self.idle_seconds <= 0:

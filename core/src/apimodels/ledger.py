@@ -29,9 +29,10 @@ requests), never corrupt the file, and never leave an entry without its running 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,8 @@ import sqlite_utils
 
 from .db import utcnow
 from .errors import InsufficientCredits, NotFound
+
+log = logging.getLogger("apimodels")
 
 ENTRY_KINDS = ("grant", "topup", "charge", "refund", "adjustment")
 
@@ -219,6 +222,9 @@ class Settlement:
     succeeded: bool
     request: dict[str, Any]  # key_id, model, provider, modality, stream, unit_prices, created_at
     fields: dict[str, Any]  # SETTLE_FIELDS
+    #: Told, once the batch is over, whether it was recorded (False: recorded before) or the
+    #: error that kept it out: called directly, before any waiter of the settle wakes.
+    on_commit: Callable[[bool, BaseException | None], None] | None = None
 
     def row(self, now: str) -> tuple[Any, ...]:
         r, f = self.request, self.fields
@@ -424,7 +430,12 @@ class GroupCommit:
                 outcomes = self._apply(c, batch, now)
         except Exception:
             outcomes = [self._alone(op, now) for op in batch]
-        for (_, _, future), (result, error) in zip(batch, outcomes, strict=True):
+        for (kind, args, future), (result, error) in zip(batch, outcomes, strict=True):
+            if kind == "settle" and args.on_commit is not None:
+                try:
+                    args.on_commit(bool(result), error)
+                except Exception as exc:  # never leave the batch's other waiters hanging
+                    log.error("after settling %s: %s", args.request_id, type(exc).__name__)
             if future.cancelled():
                 continue
             if error is not None:
