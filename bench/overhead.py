@@ -15,7 +15,7 @@ rows in SQLite), and the same gateway with ``gateway.billing = false``. Measures
 The upstream, the gateway and the client each run in their own process. Numbers on a shared
 2-core machine are ratios, not absolutes.
 
-    uv run python bench/overhead.py [--rounds 15] [--per-round 200] [--seconds 2] [--load-rounds 5]
+    uv run python bench/overhead.py [--rounds 15] [--per-round 200] [--seconds 2] [--load-rounds 7]
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="duration of each throughput run"
     )
-    parser.add_argument("--load-rounds", type=int, default=5, help="throughput rounds")
+    parser.add_argument("--load-rounds", type=int, default=7, help="throughput rounds")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.0, help="upstream latency in seconds")
     args = parser.parse_args()
