@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import httpx
 from pydantic import BaseModel
-
-if TYPE_CHECKING:
-    import httpx
 
 #: An ASGI application (the simulator of an upstream).
 ASGIApp = Callable[..., Any]
@@ -51,9 +49,21 @@ class Upstream:
     api_key: str | None
     settings: BaseModel | None = None
     webhook_secret: str | None = None  # checks the upstream's signed webhooks
+    _urls: dict[str, httpx.URL] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never print the key
         return f"Upstream(name={self.name!r}, base_url={self.base_url!r}, api_key=***)"
+
+    def url(self, path: str = "") -> httpx.URL:
+        """``base_url + path``, parsed once: an ``httpx.Request`` given a URL object skips
+        parsing a string, tens of microseconds per request. For fixed paths (the first
+        256 are kept); build paths that carry ids as strings."""
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self.base_url + path)
+            if len(self._urls) < 256:
+                self._urls[path] = url
+        return url
 
 
 @dataclass(slots=True)

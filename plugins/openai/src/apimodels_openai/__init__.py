@@ -176,7 +176,6 @@ def _headers(upstream: Upstream) -> dict[str, str]:
 def build_request(
     model: ModelConfig, request: UnifiedRequest, upstream: Upstream
 ) -> httpx.Request | None:
-    url = upstream.base_url
     headers = _headers(upstream)
     if isinstance(request, TranscriptionRequest):
         fields = request.model_dump(
@@ -189,7 +188,7 @@ def build_request(
         files = {"file": (request.filename, request.file, request.file_content_type)}
         data = {k: str(v) for k, v in fields.items()}
         return httpx.Request(
-            "POST", f"{url}/audio/transcriptions", headers=headers, data=data, files=files
+            "POST", upstream.url("/audio/transcriptions"), headers=headers, data=data, files=files
         )
     body = request.passthrough()
     body["model"] = model.upstream
@@ -210,7 +209,7 @@ def build_request(
         path = "/audio/speech"
     else:
         return None
-    return httpx.Request("POST", url + path, headers=headers, json=body)
+    return httpx.Request("POST", upstream.url(path), headers=headers, json=body)
 
 
 # --- responses -------------------------------------------------------------------------
