@@ -243,7 +243,7 @@ class Settlement:
             self.cost_micros,
             r.get("created_at") or now,
             now,
-            *(f.get(k) for k in SETTLE_FIELDS),
+            *map(f.get, SETTLE_FIELDS),
         )
 
 
