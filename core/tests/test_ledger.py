@@ -185,7 +185,7 @@ class LedgerMachine(RuleBasedStateMachine):
         except InsufficientCredits:
             assert available < need
             return
-        assert granted == max(need, min(need + extra, available))
+        assert granted == need + min(extra, (available - need) // 2)  # half the rest, at most
         self.reserved += granted
 
     @rule(cost=st.integers(0, 4_000), ok=st.booleans())
@@ -270,7 +270,7 @@ def test_a_failing_write_in_a_batch_fails_alone(db: sqlite_utils.Database) -> No
         assert await group.reserve(f"p:{a}", a, "p", 100, 200, FAR) == 200
         return await asyncio.gather(
             group.settle(settlement("ra", a, 40, 40)),
-            group.settle(settlement("rb", b, 10**30, 0)),  # too large for SQLite: OverflowError
+            group.settle(settlement("rb", b, 10**30, 0)),  # too large for SQLite: not recorded
             group.settle(settlement("ra", a, 40, 40)),  # again: not charged twice
             group.reserve(f"p:{b}", b, "p", 5_000, 5_000, FAR),  # more than b has: 402
             group.unreserve(f"p:{a}"),
@@ -278,7 +278,7 @@ def test_a_failing_write_in_a_batch_fails_alone(db: sqlite_utils.Database) -> No
         )
 
     captured, failed, again, refused, returned = asyncio.run(batch())
-    assert captured is True and isinstance(failed, OverflowError) and again is False
+    assert captured is True and failed is False and again is False
     assert isinstance(refused, InsufficientCredits) and returned == 160
     assert ledger.balance(a) == Balance(960, 0) and ledger.balance(b) == Balance(1_000, 0)
     assert db.execute("SELECT count(*) FROM usage").fetchone()[0] == 1

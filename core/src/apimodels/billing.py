@@ -8,7 +8,8 @@ cannot cover even this request). A request that ends is written once, whole: its
 row, its charge and what it takes from the reservation, batched with its neighbours
 (``ledger.GroupCommit``). A failed request costs nothing.
 
-Reservations grow to about twice what is in flight, return to the account once an account
+Reservations grow to up to twice what is in flight (taking at most half of what the
+account has left, so other processes can serve it too), return to the account once an account
 has had nothing in flight for ``gateway.reserve_idle_seconds`` (0: at once), and are renewed
 while the process lives; a crashed process's reservations expire after
 ``gateway.hold_ttl_seconds``. A request in flight when its process is killed leaves no usage
@@ -61,6 +62,7 @@ class Reservation:
     #: As the ledger has it, or less: what a request takes is subtracted before it commits.
     amount: int = 0
     in_flight: int = 0  # the holds of this account's requests now running here
+    waiting: int = 0  # requests waiting for it to grow: it must not be returned meanwhile
     idle_since: float = field(default_factory=time.monotonic)
     growing: asyncio.Task[None] | None = None
 
@@ -160,7 +162,11 @@ class Biller:
             )
         try:
             if reservation.amount - reservation.in_flight < hold_micros:
-                await self._grow(reservation, hold_micros)
+                reservation.waiting += 1
+                try:
+                    await self._grow(reservation, hold_micros)
+                finally:
+                    reservation.waiting -= 1
         except BaseException:
             self.limiter.settled(principal, hold_micros, 0)
             raise
@@ -244,7 +250,7 @@ class Biller:
     def _return(self, reservation: Reservation) -> bool:
         """Give a reservation's credits back to its account (queued after every settle),
         unless a request waits for it to grow."""
-        if reservation.growing is not None:
+        if reservation.growing is not None or reservation.waiting:
             return False
         reservation.amount = 0
         self.ledger.unreserve(reservation.id).add_done_callback(_logged("unreserve"))

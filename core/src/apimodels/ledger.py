@@ -296,8 +296,9 @@ def reserve_op(
     expires_at: str,
 ) -> int:
     """Set aside between ``need`` and ``want`` more micro-USD of the account's available
-    credits for its process's reservation; how much was set aside. 402 when even ``need``
-    is not available (nothing is written then)."""
+    credits for its process's reservation (beyond ``need``, at most half of what is left);
+    how much was set aside. 402 when even ``need`` is not available (nothing is written
+    then)."""
     row = c.execute(
         "SELECT balance_micros - held_micros FROM accounts WHERE id = ?", (account_id,)
     ).fetchone()
@@ -305,7 +306,8 @@ def reserve_op(
         raise InsufficientCredits(
             "Your credit balance is too low for this request. Add credits and try again."
         )
-    granted = max(need, min(want, row[0]))
+    # At most half of the rest: other processes serving the account can still admit calls.
+    granted = need + max(0, min(want - need, (row[0] - need) // 2))
     c.execute(
         "UPDATE accounts SET held_micros = held_micros + ? WHERE id = ?", (granted, account_id)
     )
@@ -370,7 +372,8 @@ class GroupCommit:
         return future
 
     def settle(self, settlement: Settlement) -> asyncio.Future[bool]:
-        """Record an ended request (and its charge); True once committed."""
+        """Record an ended request (and its charge): True once committed, False if it was
+        not (recorded before, or the write failed: see ``Settlement.on_commit``)."""
         return self._submit("settle", settlement)
 
     def reserve(
@@ -428,14 +431,19 @@ class GroupCommit:
         try:
             with self.ledger._tx() as c:
                 outcomes = self._apply(c, batch, now)
+        except sqlite3.OperationalError as exc:
+            # Busy past the timeout, or failing: each write alone would wait or fail the
+            # same way, one timeout each, so they fail together.
+            log.error("ledger: a batch of %d writes failed: %s", len(batch), exc)
+            outcomes = [(None, exc)] * len(batch)
         except Exception:
             outcomes = [self._alone(op, now) for op in batch]
         for (kind, args, future), (result, error) in zip(batch, outcomes, strict=True):
-            if kind == "settle" and args.on_commit is not None:
-                try:
-                    args.on_commit(bool(result), error)
-                except Exception as exc:  # never leave the batch's other waiters hanging
-                    log.error("after settling %s: %s", args.request_id, type(exc).__name__)
+            if kind == "settle":  # its future tells whether it was recorded, never raises
+                self._settled(args, bool(result), error)
+                if not future.cancelled():
+                    future.set_result(bool(result))
+                continue
             if future.cancelled():
                 continue
             if error is not None:
@@ -443,19 +451,34 @@ class GroupCommit:
             else:
                 future.set_result(result)
 
+    @staticmethod
+    def _settled(settlement: Settlement, recorded: bool, error: BaseException | None) -> None:
+        if settlement.on_commit is None:
+            if error is not None:
+                log.error("settling %s failed: %s", settlement.request_id, type(error).__name__)
+            return
+        try:
+            settlement.on_commit(recorded, error)
+        except Exception as exc:  # never leave the batch's other waiters hanging
+            log.error("after settling %s: %s", settlement.request_id, type(exc).__name__)
+
     def _alone(self, op: _Op, now: str) -> tuple[Any, Any]:
         """One write of a failed batch, in a transaction of its own."""
-        kind = op[0]
+        kind, args, _ = op
         try:
             with self.ledger._tx() as c:
                 [outcome] = self._apply(c, [op], now)
                 return outcome
         except sqlite3.IntegrityError as exc:
-            if kind == "settle":  # recorded before: never charged twice
-                return False, None
+            if kind == "settle" and self._recorded(args.request_id):
+                return False, None  # recorded before: never charged twice
             return None, exc
         except Exception as exc:
             return None, exc
+
+    def _recorded(self, request_id: str) -> bool:
+        sql = "SELECT 1 FROM usage WHERE request_id = ?"
+        return self.ledger.conn.execute(sql, (request_id,)).fetchone() is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,8 +506,14 @@ class Ledger:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-            else:
+            try:
                 self.conn.execute("COMMIT")
+            except (
+                BaseException
+            ):  # (disk full, I/O error) never leave the connection mid-transaction
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
     # --- entries -----------------------------------------------------------------------
 

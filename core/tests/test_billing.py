@@ -1,0 +1,137 @@
+"""The Biller: requests admitted in memory against a process's reservation, each settled
+once; review findings about its upkeep, several processes and a busy database."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+from apimodels.accounts import Principal, create_account
+from apimodels.billing import Bill, Biller
+from apimodels.db import database_path, open_db
+from apimodels.errors import InsufficientCredits
+from apimodels.ledger import GroupCommit, Ledger
+from apimodels.limits import Limiter
+from apimodels.provider import Usage
+
+TTL = timedelta(minutes=10)
+ROUTE: Any = SimpleNamespace(
+    model=SimpleNamespace(id="acme/m", provider="acme", modality=SimpleNamespace(value="chat")),
+    prices_json="{}",
+)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> sqlite_utils.Database:
+    return open_db(tmp_path / "billing.db")
+
+
+def funded(db: sqlite_utils.Database, micros: int) -> tuple[Ledger, Principal]:
+    ledger = Ledger(db)
+    account = create_account(db, "b@example.com")["id"]
+    ledger.post(account, micros, kind="grant", reason="test", actor="tests")
+    return ledger, Principal(account, "key_1", "active", None, None, 0.0)
+
+
+def biller(ledger: Ledger, idle_seconds: float = 0) -> Biller:
+    return Biller(GroupCommit(ledger), TTL, Limiter(ledger.db, 5.0), idle_seconds=idle_seconds)
+
+
+async def call(b: Biller, principal: Principal, request_id: str, hold: int) -> Bill:
+    bill = await b.open(request_id, principal, ROUTE, hold, stream=False)
+    assert isinstance(bill, Bill)
+    return bill
+
+
+def test_upkeep_between_a_grow_and_its_request_keeps_one_reservation(
+    db: sqlite_utils.Database,
+) -> None:
+    """Review finding: the upkeep returned (and forgot) a reservation that a request had
+    just grown and not yet used; that request then grew a copy, and two in-memory copies of
+    one ledger row admitted more than the balance."""
+    ledger, principal = funded(db, 2_500)
+
+    async def run() -> None:
+        b = biller(ledger)
+        grow = b._reserve
+
+        async def grow_then_upkeep(*args: Any) -> None:
+            await grow(*args)
+            await b.maintain()  # the once-a-second upkeep lands before the request resumes
+
+        b._reserve = grow_then_upkeep  # type: ignore[method-assign]
+        first = await call(b, principal, "r1", 2_000)
+        assert b._reservations[principal.account_id] is first.reservation
+        with pytest.raises(InsufficientCredits):
+            await call(b, principal, "r2", 1_000)  # 500 left: not admitted
+        assert await first.succeed(Usage(), 2_000)  # type: ignore[misc]
+        await b.aclose()
+
+    asyncio.run(run())
+    assert ledger.balance(principal.account_id).balance_micros == 500
+    assert ledger.balance(principal.account_id).held_micros == 0
+    assert ledger.check() == []
+
+
+def test_a_busy_process_leaves_room_for_another(db: sqlite_utils.Database) -> None:
+    """Review finding: a process reserved up to twice its in-flight holds out of all that
+    was available, so another process's call got a 402 the balance could cover."""
+    ledger, principal = funded(db, 10_000)
+    other = Ledger(open_db(database_path(db)))  # a second server process on the same file
+
+    async def run() -> None:
+        a, b = biller(ledger, idle_seconds=60), biller(other, idle_seconds=60)
+        running = await call(a, principal, "a1", 4_000)
+        served = await call(b, principal, "b1", 3_000)  # 6,000 left after a's 4,000
+        assert await served.succeed(Usage(), 3_000)  # type: ignore[misc]
+        assert await running.succeed(Usage(), 4_000)  # type: ignore[misc]
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(run())
+    assert ledger.balance(principal.account_id).balance_micros == 3_000
+    assert ledger.balance(principal.account_id).held_micros == 0
+    assert ledger.check() == []
+
+
+def test_a_locked_database_fails_a_batch_once_not_once_per_write(
+    db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a batch that met a locked database was retried write by write, one
+    busy timeout each, with the event loop blocked all along."""
+    ledger, principal = funded(db, 10_000)
+    db.conn.execute("PRAGMA busy_timeout = 50")
+    blocker = sqlite3.connect(database_path(db), isolation_level=None)
+
+    retried: list[object] = []
+
+    def alone(self: GroupCommit, op: object, now: str) -> tuple[object, BaseException]:
+        retried.append(op)
+        return None, RuntimeError("retried alone")
+
+    async def run() -> list[bool]:
+        b = biller(ledger, idle_seconds=60)
+        bills = [await call(b, principal, f"r{i}", 1_000) for i in range(3)]
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        monkeypatch.setattr(GroupCommit, "_alone", alone)
+        outcomes = await asyncio.gather(*(bill.succeed(Usage(), 100) for bill in bills))  # type: ignore[misc]
+        blocker.execute("ROLLBACK")
+        monkeypatch.undo()
+        later = await call(b, principal, "r9", 1_000)  # the connection is usable again
+        assert await later.succeed(Usage(), 100)  # type: ignore[misc]
+        await b.aclose()
+        return outcomes
+
+    assert asyncio.run(run()) == [False, False, False]  # answered, not charged: logged
+    assert retried == []  # one busy timeout for the batch, not one per write
+    assert not db.conn.in_transaction
+    assert db.execute("SELECT request_id FROM usage").fetchall() == [("r9",)]
+    assert ledger.balance(principal.account_id).balance_micros == 9_900
+    assert ledger.check() == []
