@@ -215,14 +215,13 @@ class Relay:
             log.error("relay of %s failed: %s", name, type(exc).__name__)
             result.error = UpstreamError(f"{name} {what} could not be relayed")
         finally:
-            with contextlib.suppress(Exception):  # closing must not keep the bill open
-                await self.response.aclose()
-            settled = self.on_end(result)
+            try:
+                with contextlib.suppress(Exception):  # closing must not keep the bill open
+                    await self.response.aclose()
+            finally:  # nor must a cancellation while closing (a bill left open pins credits)
+                settled = self.on_end(result)
             if settled is not None:  # the last event goes out once the bill is committed
-                try:
-                    await asyncio.shield(settled)
-                except Exception as exc:  # logged by the bill; the stream must still end
-                    log.error("settling a stream of %s failed: %s", name, type(exc).__name__)
+                await asyncio.shield(settled)  # never raises: failures are logged by the bill
             self._end(result)
 
     #: What is relayed, as error messages name it.
