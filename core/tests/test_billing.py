@@ -14,8 +14,10 @@ import pytest
 import sqlite_utils
 
 from apimodels.accounts import Principal, create_account
+from apimodels.app import settle_stream
 from apimodels.billing import Bill, Biller
 from apimodels.db import database_path, open_db
+from apimodels.dispatch import StreamResult
 from apimodels.errors import InsufficientCredits
 from apimodels.ledger import GroupCommit, Ledger
 from apimodels.limits import Limiter
@@ -134,4 +136,29 @@ def test_a_locked_database_fails_a_batch_once_not_once_per_write(
     assert not db.conn.in_transaction
     assert db.execute("SELECT request_id FROM usage").fetchall() == [("r9",)]
     assert ledger.balance(principal.account_id).balance_micros == 9_900
+    assert ledger.check() == []
+
+
+def test_a_stream_that_cannot_be_priced_after_its_client_left_is_free(
+    db: sqlite_utils.Database,
+) -> None:
+    """A bill left open would pin its reservation for the life of the process: when the
+    estimate of what was delivered cannot be priced, the call is free instead."""
+    ledger, principal = funded(db, 10_000)
+    unpriceable: Any = SimpleNamespace(model=ROUTE.model, provider=SimpleNamespace())  # no hooks
+
+    async def run() -> bool | None:
+        b = biller(ledger)
+        bill = await call(b, principal, "s1", 2_000)
+        gone = StreamResult(chunks=3, client_gone=True)
+        recorded = await settle_stream(bill, unpriceable, Usage(input_tokens=5), gone)  # type: ignore[misc]
+        assert bill.reservation.in_flight == 0
+        await b.aclose()
+        return recorded
+
+    assert asyncio.run(run()) is True
+    [row] = db.execute("SELECT status, cost_micros, error_code FROM usage").fetchall()
+    assert row == ("failed", 0, "internal_error")
+    assert ledger.balance(principal.account_id).balance_micros == 10_000
+    assert ledger.balance(principal.account_id).held_micros == 0
     assert ledger.check() == []

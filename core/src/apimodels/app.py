@@ -413,7 +413,12 @@ def settle_stream(
         return bill.succeed(result.usage, result.cost_micros)
     if result.client_gone and result.chunks:
         delivered = Usage(input_tokens=estimate.input_tokens, output_tokens=result.chunks)
-        return bill.succeed(delivered, min(dispatch.price(route, delivered), bill.hold_micros))
+        try:
+            cost = min(dispatch.price(route, delivered), bill.hold_micros)
+        except Exception as exc:  # free rather than an open bill pinning its credits
+            log.error("pricing a stream of %s failed: %s", route.model.id, type(exc).__name__)
+            return bill.fail(exc)
+        return bill.succeed(delivered, cost)
     return bill.fail(result.error)
 
 
