@@ -9,8 +9,8 @@ row, its charge and what it takes from the reservation, batched with its neighbo
 (``ledger.GroupCommit``). A failed request costs nothing.
 
 Reservations grow to up to twice what is in flight (taking at most half of what the
-account has left, so other processes can serve it too), return to the account once an account
-has had nothing in flight for ``gateway.reserve_idle_seconds`` (0: at once), and are renewed
+account has left, so other processes can serve it too), return to the account once it has
+had nothing in flight for ``gateway.reserve_idle_seconds`` (0: at once), and are renewed
 while the process lives; a crashed process's reservations expire after
 ``gateway.hold_ttl_seconds``. A request in flight when its process is killed leaves no usage
 row and costs nothing.

@@ -503,14 +503,9 @@ class Ledger:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            try:
                 self.conn.execute("COMMIT")
-            except (
-                BaseException
-            ):  # (disk full, I/O error) never leave the connection mid-transaction
+            except BaseException:
+                # A failed COMMIT too (disk full, I/O error): never stay mid-transaction.
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
