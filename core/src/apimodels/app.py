@@ -572,7 +572,12 @@ def create_app(
     extra_routes: Sequence[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = (),
 ) -> ASGIApp:
     frontend = Frontend(gateway, keys, biller, idempotency, tasks)
-    receipts = Receipts(keys, biller.ledger.ledger)
+    receipts = Receipts(keys, biller.ledger)
+
+    async def health(request: Request) -> Response:
+        biller.ledger.commit()  # answers once this process's queued charges are committed
+        return json_response({"status": "ok"})
+
     routes = [
         HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),
         HTTPRoute("/v1/usage", _with_errors(receipts.usage), methods=["GET"]),
@@ -586,7 +591,7 @@ def create_app(
             HTTPRoute(f"/v1/{path}", _with_errors(frontend.unified(path)), methods=["POST"])
             for path in ENDPOINTS
         ),
-        HTTPRoute("/health", lambda request: json_response({"status": "ok"}), methods=["GET"]),
+        HTTPRoute("/health", health, methods=["GET"]),
     ]
     if tasks is not None:
         routes += [

@@ -8,10 +8,10 @@ cannot cover even this request). A request that ends is written once, whole: its
 row, its charge and what it takes from the reservation, batched with its neighbours
 (``ledger.GroupCommit``). A failed request costs nothing.
 
-Reservations grow to up to twice what is in flight (taking at most half of what the
-account has left, so other processes can serve it too), return to the account once it has
-had nothing in flight for ``gateway.reserve_idle_seconds`` (0: at once), and are renewed
-while the process lives; a crashed process's reservations expire after
+Reservations grow to up to twice what is in flight and what was spent since they last grew
+(taking at most half of what the account has left, so other processes can serve it too),
+return to the account once it has had nothing in flight for
+``gateway.reserve_idle_seconds`` (0: at once), and are renewed while the process lives; a crashed process's reservations expire after
 ``gateway.hold_ttl_seconds``. A request in flight when its process is killed leaves no usage
 row and costs nothing.
 """
@@ -62,6 +62,7 @@ class Reservation:
     #: As the ledger has it, or less: what a request takes is subtracted before it commits.
     amount: int = 0
     in_flight: int = 0  # the holds of this account's requests now running here
+    spent: int = 0  # what requests took from it since it last grew
     waiting: int = 0  # requests waiting for it to grow: it must not be returned meanwhile
     idle_since: float = field(default_factory=time.monotonic)
     growing: asyncio.Task[None] | None = None
@@ -75,8 +76,10 @@ class Bill:
     reservation: Reservation
     hold_micros: int
     request: dict[str, Any]
+    stream: bool  # streamed: its last event waits for the charge to commit
     started: float = field(default_factory=time.perf_counter)
     settled: bool = False
+    cost_micros: int = 0  # what it is charged, once settled
 
     def succeed(self, usage: Usage, cost_micros: int) -> asyncio.Future[bool] | None:
         """Charge the actual cost (a future of whether it was charged); None if settled."""
@@ -97,19 +100,15 @@ class Bill:
         fields = usage_fields(usage) if usage is not None else {}
         return self.biller._settle(self, fields, 0, code)
 
-    def committed(self, cost_micros: int) -> Callable[[bool, BaseException | None], None]:
-        """What follows the write of this bill's settle (``Settlement.on_commit``)."""
-
-        def done(recorded: bool, error: BaseException | None) -> None:
-            # The key's spending grows by what was actually charged.
-            charged = cost_micros if recorded else 0
-            self.biller.limiter.settled(self.principal, self.hold_micros, charged)
-            if error is not None:  # the call is then free
-                log.error("request %s: settling failed: %s", self.request_id, type(error).__name__)
-            elif not recorded:
-                log.warning("request %s: already settled; not charged again", self.request_id)
-
-        return done
+    def committed(self, recorded: bool, error: BaseException | None) -> None:
+        """What follows the write of this bill's settle (its ``Settlement.on_commit``)."""
+        # The key's spending grows by what was actually charged.
+        charged = self.cost_micros if recorded else 0
+        self.biller.limiter.settled(self.principal, self.hold_micros, charged)
+        if error is not None:  # the call is then free
+            log.error("request %s: settling failed: %s", self.request_id, type(error).__name__)
+        elif not recorded:
+            log.warning("request %s: already settled; not charged again", self.request_id)
 
 
 @dataclass(slots=True)
@@ -181,7 +180,7 @@ class Biller:
             "unit_prices": route.prices_json,
             "created_at": utcnow(),
         }
-        return Bill(self, request_id, principal, reservation, hold_micros, request)
+        return Bill(self, request_id, principal, reservation, hold_micros, request, stream)
 
     async def _grow(self, reservation: Reservation, hold: int) -> None:
         """Wait until ``hold`` fits in the reservation, growing it (one grow at a time per
@@ -190,8 +189,10 @@ class Biller:
             growing = reservation.growing
             if growing is None:
                 need = hold + reservation.in_flight - reservation.amount
-                # Twice what is in flight: a steady stream of requests rarely grows it again.
-                want = 2 * (reservation.in_flight + hold) - reservation.amount
+                # Twice what is in flight and what was spent since the last growth: under a
+                # steady load the time between growths doubles, and requests rarely wait.
+                want = 2 * (reservation.in_flight + hold + reservation.spent) - reservation.amount
+                reservation.spent = 0
                 growing = reservation.growing = asyncio.ensure_future(
                     self._reserve(reservation, need, want)
                 )
@@ -221,12 +222,18 @@ class Biller:
         self, bill: Bill, fields: dict[str, Any], cost_micros: int, error_code: str | None
     ) -> asyncio.Future[bool]:
         bill.settled = True
+        bill.cost_micros = cost_micros
         reservation = bill.reservation
         reservation.in_flight -= bill.hold_micros
         taken = min(cost_micros, max(reservation.amount, 0))
         reservation.amount -= taken
+        reservation.spent += taken
         fields["error_code"] = error_code
-        fields["latency_ms"] = round((time.perf_counter() - bill.started) * 1000, 3)
+        # To the microsecond (round() with digits costs microseconds itself).
+        fields["latency_ms"] = int((time.perf_counter() - bill.started) * 1e6) / 1000
+        # An answered call's charge may wait a moment to be committed with others';
+        # a stream's last event and a failed call's error wait for theirs.
+        waited = bill.stream or error_code is not None
         future = self.ledger.settle(
             Settlement(
                 bill.request_id,
@@ -238,8 +245,9 @@ class Biller:
                 error_code is None,
                 bill.request,
                 fields,
-                bill.committed(cost_micros),
-            )
+                bill.committed,
+            ),
+            waited=waited,
         )
         if reservation.in_flight == 0:
             reservation.idle_since = time.monotonic()
@@ -272,9 +280,10 @@ class Biller:
                     reservation.amount = 0  # expired elsewhere: what it held is free again
 
     async def aclose(self) -> None:
-        """Return every reservation (a clean shutdown)."""
+        """Commit what is queued and return every reservation (a clean shutdown)."""
         futures = [self.ledger.unreserve(r.id) for r in self._reservations.values()]
         self._reservations.clear()
+        self.ledger.commit()
         if futures:
             await asyncio.gather(*futures, return_exceptions=True)
 

@@ -145,6 +145,9 @@ class GatewayConfig(_Strict):
     # Credits a process set aside for an account's requests go back this long after its
     # last one ended (0: with each answer, at the price of a write before every request).
     reserve_idle_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
+    # An answered call's charge is committed within this time, with those of the calls
+    # answered meanwhile (0: at the end of the event-loop iteration that answered it).
+    commit_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 25.0
     expiry_sweep_seconds: Annotated[float, Field(gt=0)] = 60.0
     # Where clients and upstreams reach this gateway (https://api.example.com): upstream job
     # webhooks go to {public_url}/webhooks/..., and output URLs in client webhooks start with

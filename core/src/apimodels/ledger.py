@@ -350,31 +350,47 @@ _Op = tuple[str, Any, "asyncio.Future[Any]"]
 class GroupCommit:
     """The gateway's ledger writes, committed together on the event loop.
 
-    Each write is queued and its future awaited; the first one queued in a loop iteration
-    schedules a flush at the end of that iteration, which applies every queued write in one
-    SQLite transaction, in order, and answers them once it is committed. Ended requests
-    between two other writes are written together (:func:`settle_op`), so a batch of
-    requests costs two ``executemany`` calls and an update per account. If anything in a
-    batch fails unexpectedly, the batch is rolled back and each write is retried in a
-    transaction of its own, so it fails alone and never takes its neighbours with it.
+    Each write is queued and its future awaited. A write someone waits for (a reservation
+    to grow, a failed or streamed call's settle) has the queue flushed at the end of the
+    loop iteration that queued it; an answered call's charge, which nobody waits for, may
+    wait up to ``delay`` seconds for company (group commit: a batch costs one transaction
+    and two ``executemany`` calls, however many requests it holds). A flush applies every
+    queued write in one SQLite transaction, in order, and answers them once it is
+    committed; :meth:`commit` flushes at once, so that a read sees what this process
+    wrote. If anything in a batch fails unexpectedly, the batch is rolled back and each
+    write is retried in a transaction of its own, so it fails alone and never takes its
+    neighbours with it.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, delay: float = 0.0) -> None:
         self.ledger = ledger
+        self.delay = delay
         self._queue: list[_Op] = []
+        self._soon = False  # a flush is due at the end of this loop iteration
+        self._later: asyncio.TimerHandle | None = None  # or within ``delay``
 
-    def _submit(self, kind: str, args: Any) -> asyncio.Future[Any]:
+    def _submit(self, kind: str, args: Any, *, waited: bool = True) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self._queue:
-            loop.call_soon(self._flush)
         self._queue.append((kind, args, future))
+        if not self._soon:
+            if waited or not self.delay:
+                self._soon = True
+                loop.call_soon(self._flush)
+            elif self._later is None:
+                self._later = loop.call_later(self.delay, self._flush)
         return future
 
-    def settle(self, settlement: Settlement) -> asyncio.Future[bool]:
+    def settle(self, settlement: Settlement, *, waited: bool = True) -> asyncio.Future[bool]:
         """Record an ended request (and its charge): True once committed, False if it was
-        not (recorded before, or the write failed: see ``Settlement.on_commit``)."""
-        return self._submit("settle", settlement)
+        not (recorded before, or the write failed: see ``Settlement.on_commit``).
+        ``waited=False``: nobody waits for it, so it may wait up to ``delay`` for company."""
+        return self._submit("settle", settlement, waited=waited)
+
+    def commit(self) -> None:
+        """Commit every queued write now (before a read that must see them)."""
+        if self._queue:
+            self._flush()
 
     def reserve(
         self,
@@ -426,7 +442,13 @@ class GroupCommit:
         return outcomes
 
     def _flush(self) -> None:
+        self._soon = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         batch, self._queue = self._queue, []
+        if not batch:  # flushed already by commit()
+            return
         now = utcnow()
         try:
             with self.ledger._tx() as c:

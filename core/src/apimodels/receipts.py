@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from .accounts import KeyStore
 from .errors import InvalidRequest
-from .ledger import Ledger, get_usage, list_usage
+from .ledger import GroupCommit, get_usage, list_usage
 from .money import format_usd
 
 _QUANTITIES = (
@@ -85,12 +85,17 @@ def _json(body: Any) -> Response:
 
 
 class Receipts:
-    def __init__(self, keys: KeyStore, ledger: Ledger) -> None:
+    """The account's own billing data. Each read first commits this process's queued
+    ledger writes, so a client sees the charge of the call it just made."""
+
+    def __init__(self, keys: KeyStore, writes: GroupCommit) -> None:
         self.keys = keys
-        self.ledger = ledger
+        self.ledger = writes.ledger
+        self.commit = writes.commit
 
     async def credits(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
+        self.commit()
         b = self.ledger.balance(principal.account_id)
         return _json(
             {
@@ -104,6 +109,7 @@ class Receipts:
 
     async def usage(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
+        self.commit()
         q = request.query_params
         limit = page_limit(q.get("limit"))
         rows, more = list_usage(
@@ -119,5 +125,6 @@ class Receipts:
 
     async def generation(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
+        self.commit()
         row = get_usage(self.ledger.db, principal.account_id, request.path_params["request_id"])
         return _json(render_usage(row))

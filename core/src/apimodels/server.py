@@ -64,7 +64,7 @@ def assemble(
     ledger = Ledger(db)
     limiter = Limiter(db, settings.key_cache_seconds)
     biller = Biller(
-        GroupCommit(ledger),
+        GroupCommit(ledger, settings.commit_delay_ms / 1000),
         timedelta(seconds=settings.hold_ttl_seconds),
         limiter,
         enabled=settings.billing,
