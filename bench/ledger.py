@@ -57,10 +57,7 @@ REQUEST = {
 USAGE = Usage(input_tokens=12, output_tokens=7)
 TTL = timedelta(minutes=15)
 ROUTE: Any = SimpleNamespace(
-    model=SimpleNamespace(
-        id="openai/gpt-4o-mini", provider="openai", modality=SimpleNamespace(value="chat")
-    ),
-    prices_json=REQUEST["unit_prices"],
+    billed_as=("openai/gpt-4o-mini", "openai", "chat", REQUEST["unit_prices"])
 )
 
 

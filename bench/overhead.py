@@ -15,7 +15,7 @@ rows in SQLite), and the same gateway with ``gateway.billing = false``. Measures
 The upstream, the gateway and the client each run in their own process. Numbers on a shared
 2-core machine are ratios, not absolutes.
 
-    uv run python bench/overhead.py [--rounds 15] [--per-round 200] [--seconds 2] [--load-rounds 7]
+    uv run python bench/overhead.py [--rounds 15] [--per-round 200] [--seconds 1] [--load-rounds 15]
 """
 
 from __future__ import annotations
@@ -171,9 +171,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=200)
     parser.add_argument(
-        "--seconds", type=float, default=2.0, help="duration of each throughput run"
+        "--seconds", type=float, default=1.0, help="duration of each throughput run"
     )
-    parser.add_argument("--load-rounds", type=int, default=7, help="throughput rounds")
+    parser.add_argument("--load-rounds", type=int, default=15, help="throughput rounds")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.0, help="upstream latency in seconds")
     args = parser.parse_args()
@@ -186,7 +186,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-"))
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
-    env = {**os.environ, "MOCK_LATENCY": str(args.latency), "OPENAI_API_KEY": "sk-bench"}
+    # One hash seed for every process: string hashing then costs the same in both gateways.
+    env = {**os.environ, "MOCK_LATENCY": str(args.latency), "OPENAI_API_KEY": "sk-bench",
+           "PYTHONHASHSEED": "0"}  # fmt: skip
     mock = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "mock_upstream:app",
             "--port", str(up_port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
     procs = {"upstream": subprocess.Popen(mock, env=env)}

@@ -25,8 +25,7 @@ from apimodels.provider import Usage
 
 TTL = timedelta(minutes=10)
 ROUTE: Any = SimpleNamespace(
-    model=SimpleNamespace(id="acme/m", provider="acme", modality=SimpleNamespace(value="chat")),
-    prices_json="{}",
+    model=SimpleNamespace(id="acme/m"), billed_as=("acme/m", "acme", "chat", "{}")
 )
 
 
@@ -160,5 +159,40 @@ def test_a_stream_that_cannot_be_priced_after_its_client_left_is_free(
     [row] = db.execute("SELECT status, cost_micros, error_code FROM usage").fetchall()
     assert row == ("failed", 0, "internal_error")
     assert ledger.balance(principal.account_id).balance_micros == 10_000
+    assert ledger.balance(principal.account_id).held_micros == 0
+    assert ledger.check() == []
+
+
+def test_an_answered_calls_charge_waits_for_company_but_not_for_a_read(
+    db: sqlite_utils.Database,
+) -> None:
+    """``gateway.commit_delay_ms``: an answered call's charge is committed with those that
+    follow it within the delay; ``commit()`` (what a read of billing data calls first) and a
+    shutdown commit it at once."""
+    ledger, principal = funded(db, 10_000)
+
+    def recorded() -> int:
+        return db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+
+    async def run() -> None:
+        b = Biller(GroupCommit(ledger, delay=60.0), TTL, Limiter(db, 5.0))
+        first = await call(b, principal, "d1", 1_000)
+        charged = first.succeed(Usage(), 300)
+        await asyncio.sleep(0.01)
+        assert recorded() == 0 and not charged.done()  # waiting for company
+        b.ledger.commit()
+        assert recorded() == 1 and charged.result() is True
+        second = await call(b, principal, "d2", 1_000)
+        second.succeed(Usage(), 200)
+        failed = await call(b, principal, "d3", 1_000)
+        assert await failed.fail(None) is True  # someone waits on a failure: at once
+        assert recorded() == 3  # and what was queued before it went with it
+        third = await call(b, principal, "d4", 1_000)
+        third.succeed(Usage(), 100)
+        await b.aclose()  # a clean shutdown commits what is queued
+        assert recorded() == 4
+
+    asyncio.run(run())
+    assert ledger.balance(principal.account_id).balance_micros == 10_000 - 600
     assert ledger.balance(principal.account_id).held_micros == 0
     assert ledger.check() == []

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from apimodels.accounts import create_account
-from apimodels.db import open_db
+from apimodels.db import open_db, utcnow
 from apimodels.errors import InsufficientCredits, NotFound
 from apimodels.ledger import (
     Balance,
@@ -31,7 +31,10 @@ FAR = (datetime.now(UTC) + TTL).isoformat()
 
 
 def settlement(request_id: str, acct: str, cost: int, taken: int, ok: bool = True) -> Settlement:
-    return Settlement(request_id, acct, f"p:{acct}", 1_000, cost, taken, ok, {"model": "m"}, {})
+    billed_as = ("m", "p", "chat", "{}")
+    return Settlement(
+        request_id, acct, f"p:{acct}", 1_000, cost, taken, ok, None, billed_as, 0, utcnow()
+    )
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from typing import Any
 from .accounts import Principal
 from .db import utcnow
 from .errors import APIError, InsufficientCredits
-from .ledger import GroupCommit, Settlement
+from .ledger import NO_QUANTITIES, QUANTITY_FIELDS, GroupCommit, Settlement
 from .limits import Limiter
 from .provider import Usage
 from .runtime import Route
@@ -39,18 +39,23 @@ from .runtime import Route
 log = logging.getLogger("apimodels")
 
 
+def usage_values(usage: Usage) -> tuple[Any, ...]:
+    """A usage as its request's usage row records it (``ledger.QUANTITY_FIELDS``)."""
+    return (
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.output_tokens,
+        usage.images,
+        usage.characters,
+        str(usage.seconds) if usage.seconds else None,
+        usage.outputs or None,
+        str(usage.run_seconds) if usage.run_seconds else None,
+    )
+
+
 def usage_fields(usage: Usage) -> dict[str, Any]:
     """A usage as the columns of its request's usage row."""
-    return {
-        "input_tokens": usage.input_tokens,
-        "cached_input_tokens": usage.cached_input_tokens,
-        "output_tokens": usage.output_tokens,
-        "images": usage.images,
-        "characters": usage.characters,
-        "seconds": str(usage.seconds) if usage.seconds else None,
-        "outputs": usage.outputs or None,
-        "run_seconds": str(usage.run_seconds) if usage.run_seconds else None,
-    }
+    return dict(zip(QUANTITY_FIELDS, usage_values(usage), strict=True))
 
 
 @dataclass(slots=True)
@@ -75,8 +80,9 @@ class Bill:
     principal: Principal
     reservation: Reservation
     hold_micros: int
-    request: dict[str, Any]
+    billed_as: tuple[str, str, str, str]  # Route.billed_as
     stream: bool  # streamed: its last event waits for the charge to commit
+    created_at: str = field(default_factory=utcnow)
     started: float = field(default_factory=time.perf_counter)
     settled: bool = False
     cost_micros: int = 0  # what it is charged, once settled
@@ -85,7 +91,7 @@ class Bill:
         """Charge the actual cost (a future of whether it was charged); None if settled."""
         if self.settled:
             return None
-        return self.biller._settle(self, usage_fields(usage), cost_micros, None)
+        return self.biller._settle(self, usage_values(usage), cost_micros, None)
 
     def fail(
         self, error: BaseException | None, usage: Usage | None = None
@@ -97,8 +103,8 @@ class Bill:
             code = error.code
         else:
             code = "client_disconnected" if error is None else "internal_error"
-        fields = usage_fields(usage) if usage is not None else {}
-        return self.biller._settle(self, fields, 0, code)
+        quantities = usage_values(usage) if usage is not None else NO_QUANTITIES
+        return self.biller._settle(self, quantities, 0, code)
 
     def committed(self, recorded: bool, error: BaseException | None) -> None:
         """What follows the write of this bill's settle (its ``Settlement.on_commit``)."""
@@ -170,17 +176,7 @@ class Biller:
             self.limiter.settled(principal, hold_micros, 0)
             raise
         reservation.in_flight += hold_micros
-        model = route.model
-        request = {
-            "key_id": principal.key_id,
-            "model": model.id,
-            "provider": model.provider,
-            "modality": model.modality.value,
-            "stream": int(stream),
-            "unit_prices": route.prices_json,
-            "created_at": utcnow(),
-        }
-        return Bill(self, request_id, principal, reservation, hold_micros, request, stream)
+        return Bill(self, request_id, principal, reservation, hold_micros, route.billed_as, stream)
 
     async def _grow(self, reservation: Reservation, hold: int) -> None:
         """Wait until ``hold`` fits in the reservation, growing it (one grow at a time per
@@ -219,7 +215,7 @@ class Biller:
         return (datetime.now(UTC) + self.hold_ttl).isoformat(timespec="microseconds")
 
     def _settle(
-        self, bill: Bill, fields: dict[str, Any], cost_micros: int, error_code: str | None
+        self, bill: Bill, quantities: tuple[Any, ...], cost_micros: int, error_code: str | None
     ) -> asyncio.Future[bool]:
         bill.settled = True
         bill.cost_micros = cost_micros
@@ -228,27 +224,30 @@ class Biller:
         taken = min(cost_micros, max(reservation.amount, 0))
         reservation.amount -= taken
         reservation.spent += taken
-        fields["error_code"] = error_code
-        # To the microsecond (round() with digits costs microseconds itself).
-        fields["latency_ms"] = int((time.perf_counter() - bill.started) * 1e6) / 1000
+        settlement = Settlement(
+            bill.request_id,
+            bill.principal.account_id,
+            reservation.id,
+            bill.hold_micros,
+            cost_micros,
+            taken,
+            error_code is None,
+            bill.principal.key_id,
+            bill.billed_as,
+            int(bill.stream),
+            bill.created_at,
+            quantities,
+            error_code,
+            # To the microsecond (round() with digits costs microseconds itself).
+            int((time.perf_counter() - bill.started) * 1e6) / 1000,
+            bill.committed,
+        )
         # An answered call's charge may wait a moment to be committed with others';
         # a stream's last event and a failed call's error wait for theirs.
-        waited = bill.stream or error_code is not None
-        future = self.ledger.settle(
-            Settlement(
-                bill.request_id,
-                bill.principal.account_id,
-                reservation.id,
-                bill.hold_micros,
-                cost_micros,
-                taken,
-                error_code is None,
-                bill.request,
-                fields,
-                bill.committed,
-            ),
-            waited=waited,
-        )
+        if bill.stream or error_code is not None:
+            future = self.ledger.settle(settlement)
+        else:
+            future = self.ledger.settle_later(settlement)
         if reservation.in_flight == 0:
             reservation.idle_since = time.monotonic()
             if self.idle_seconds <= 0:

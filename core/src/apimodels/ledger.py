@@ -47,8 +47,8 @@ log = logging.getLogger("apimodels")
 
 ENTRY_KINDS = ("grant", "topup", "charge", "refund", "adjustment")
 
-#: What a request's row records when it settles.
-SETTLE_FIELDS = (
+#: A request's quantities, as its usage row records them (``billing.usage_values``).
+QUANTITY_FIELDS = (
     "input_tokens",
     "cached_input_tokens",
     "output_tokens",
@@ -57,9 +57,10 @@ SETTLE_FIELDS = (
     "seconds",
     "outputs",
     "run_seconds",
-    "error_code",
-    "latency_ms",
 )
+NO_QUANTITIES: tuple[None, ...] = (None,) * len(QUANTITY_FIELDS)
+#: What a request's row records when it settles.
+SETTLE_FIELDS = (*QUANTITY_FIELDS, "error_code", "latency_ms")
 _SETTLE = (
     "UPDATE usage SET hold_state = :state, status = :status, cost_micros = :cost, settled_at = :now, "
     + ", ".join(f"{f} = :{f}" for f in SETTLE_FIELDS)
@@ -188,8 +189,8 @@ USAGE_COLUMNS = (
     "model",
     "provider",
     "modality",
-    "stream",
     "unit_prices",
+    "stream",
     "hold_micros",
     "hold_state",
     "status",
@@ -220,30 +221,34 @@ class Settlement:
     cost_micros: int  # 0 when it failed
     taken_micros: int
     succeeded: bool
-    request: dict[str, Any]  # key_id, model, provider, modality, stream, unit_prices, created_at
-    fields: dict[str, Any]  # SETTLE_FIELDS
+    key_id: str | None
+    billed_as: tuple[str | None, ...]  # model, provider, modality, unit prices (Route)
+    stream: int
+    created_at: str
+    quantities: tuple[Any, ...] = NO_QUANTITIES  # QUANTITY_FIELDS
+    error_code: str | None = None
+    latency_ms: float | None = None
     #: Told, once the batch is over, whether it was recorded (False: recorded before) or the
     #: error that kept it out: called directly, before any waiter of the settle wakes.
     on_commit: Callable[[bool, BaseException | None], None] | None = None
 
     def row(self, now: str) -> tuple[Any, ...]:
-        r, f = self.request, self.fields
+        """Its usage row, in the order of ``USAGE_COLUMNS``."""
         return (
             self.request_id,
             self.account_id,
-            r.get("key_id"),
-            r.get("model"),
-            r.get("provider"),
-            r.get("modality"),
-            r.get("stream"),
-            r.get("unit_prices"),
+            self.key_id,
+            *self.billed_as,
+            self.stream,
             self.hold_micros,
             "captured" if self.succeeded else "released",
             "succeeded" if self.succeeded else "failed",
             self.cost_micros,
-            r.get("created_at") or now,
+            self.created_at,
             now,
-            *map(f.get, SETTLE_FIELDS),
+            *self.quantities,
+            self.error_code,
+            self.latency_ms,
         )
 
 
@@ -369,23 +374,28 @@ class GroupCommit:
         self._soon = False  # a flush is due at the end of this loop iteration
         self._later: asyncio.TimerHandle | None = None  # or within ``delay``
 
-    def _submit(self, kind: str, args: Any, *, waited: bool = True) -> asyncio.Future[Any]:
+    def _submit(self, kind: str, args: Any, *, later: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((kind, args, future))
-        if not self._soon:
-            if waited or not self.delay:
-                self._soon = True
-                loop.call_soon(self._flush)
-            elif self._later is None:
-                self._later = loop.call_later(self.delay, self._flush)
+        if self._soon:
+            return future
+        if not later or not self.delay:
+            self._soon = True
+            loop.call_soon(self._flush)
+        elif self._later is None:
+            self._later = loop.call_later(self.delay, self._flush)
         return future
 
-    def settle(self, settlement: Settlement, *, waited: bool = True) -> asyncio.Future[bool]:
+    def settle(self, settlement: Settlement) -> asyncio.Future[bool]:
         """Record an ended request (and its charge): True once committed, False if it was
-        not (recorded before, or the write failed: see ``Settlement.on_commit``).
-        ``waited=False``: nobody waits for it, so it may wait up to ``delay`` for company."""
-        return self._submit("settle", settlement, waited=waited)
+        not (recorded before, or the write failed: see ``Settlement.on_commit``)."""
+        return self._submit("settle", settlement)
+
+    def settle_later(self, settlement: Settlement) -> asyncio.Future[bool]:
+        """:meth:`settle` for a request nobody waits on: committed within ``delay``,
+        together with the writes queued meanwhile."""
+        return self._submit("settle", settlement, later=True)
 
     def commit(self) -> None:
         """Commit every queued write now (before a read that must see them)."""

@@ -114,6 +114,13 @@ class Route:
     prices_json: str  # the unit prices in force, as stored on each usage row
     jobs: bool = False  # the upstream runs this model as long jobs (tasks, polled)
     input_schema: dict[str, Any] | None = None  # of task inputs, from the plugin
+    #: What each usage row of the route records of it: model, provider, modality, prices.
+    billed_as: tuple[str, str, str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        model = self.model
+        billed_as = (model.id, model.provider, model.modality.value, self.prices_json)
+        object.__setattr__(self, "billed_as", billed_as)
 
 
 @dataclass
