@@ -66,7 +66,8 @@ class Gateway:
 
     def settled(self) -> None:
         """Wait until the charges of the calls answered so far are committed: the gateway
-        commits them right after answering, before it reads the next request (this one)."""
+        commits them within ``gateway.commit_delay_ms``, and at once before answering
+        ``/health``."""
         httpx.get(f"{self.url}/health").raise_for_status()
 
     @property

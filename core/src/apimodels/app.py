@@ -293,8 +293,8 @@ class Frontend:
                 relay = await self._guarded(dispatch.open_stream(route, unified, on_end), *guard)
                 return RelayResponse(relay)
             priced = await self._guarded(dispatch.call(route, unified), *guard)
-            # The charge commits right after the answer goes out: before this process reads
-            # another request, and off the answer's latency (docs/api.md, "Credits and billing").
+            # The charge commits after the answer goes out, with its neighbours' within
+            # gateway.commit_delay_ms, off the answer's latency (docs/self-hosting.md).
             bill.succeed(priced.output.usage, priced.cost_micros)
             return _priced_response(priced, started)
 
