@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from apimodels.accounts import Principal, create_account
+from apimodels.accounts import KeyLimits, Principal, create_account
 from apimodels.app import settle_stream
 from apimodels.billing import Bill, Biller
 from apimodels.db import database_path, open_db
@@ -195,4 +195,35 @@ def test_an_answered_calls_charge_waits_for_company_but_not_for_a_read(
     asyncio.run(run())
     assert ledger.balance(principal.account_id).balance_micros == 10_000 - 600
     assert ledger.balance(principal.account_id).held_micros == 0
+    assert ledger.check() == []
+
+
+def test_a_capped_keys_charge_is_committed_before_its_next_call(
+    db: sqlite_utils.Database,
+) -> None:
+    """Review finding: a key's spending counts once its charge is committed; a charge left
+    waiting for company kept the whole hold counted, and the key's next call got a false
+    429. A capped key's charges are committed at once."""
+    ledger, funded_principal = funded(db, 100_000)
+    principal = Principal(
+        funded_principal.account_id,
+        "key_1",
+        "active",
+        None,
+        None,
+        0.0,
+        KeyLimits(None, None, 1_000),
+    )
+
+    async def run() -> None:
+        b = Biller(GroupCommit(ledger, delay=60.0), TTL, Limiter(db, 5.0), idle_seconds=60)
+        first = await call(b, principal, "c1", 600)
+        first.succeed(Usage(), 50)
+        await asyncio.sleep(0)  # the client's next call: 50 spent of 1,000, 600 more fits
+        second = await call(b, principal, "c2", 600)
+        second.succeed(Usage(), 50)
+        await b.aclose()
+
+    asyncio.run(run())
+    assert ledger.balance(principal.account_id).balance_micros == 100_000 - 100
     assert ledger.check() == []

@@ -579,6 +579,11 @@ def create_app(
         return json_response({"status": "ok"})
 
     routes = [
+        # The model endpoints first: Starlette tries routes in order, a regex each.
+        *(
+            HTTPRoute(f"/v1/{path}", _with_errors(frontend.unified(path)), methods=["POST"])
+            for path in ENDPOINTS
+        ),
         HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),
         HTTPRoute("/v1/usage", _with_errors(receipts.usage), methods=["GET"]),
         HTTPRoute(
@@ -587,10 +592,6 @@ def create_app(
         HTTPRoute("/v1/models", _with_errors(frontend.list_models), methods=["GET"]),
         HTTPRoute("/v1/audio/voices", _with_errors(frontend.list_voices), methods=["GET"]),
         HTTPRoute("/v1/models/{model_id:path}", _with_errors(frontend.get_model), methods=["GET"]),
-        *(
-            HTTPRoute(f"/v1/{path}", _with_errors(frontend.unified(path)), methods=["POST"])
-            for path in ENDPOINTS
-        ),
         HTTPRoute("/health", health, methods=["GET"]),
     ]
     if tasks is not None:

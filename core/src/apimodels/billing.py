@@ -243,8 +243,13 @@ class Biller:
             bill.committed,
         )
         # An answered call's charge may wait a moment to be committed with others';
-        # a stream's last event and a failed call's error wait for theirs.
-        if bill.stream or error_code is not None:
+        # a stream's last event and a failed call's error wait for theirs, and so does a
+        # capped key's next call (its spending counts once committed: Limiter.settled).
+        limits = bill.principal.limits
+        capped = limits is not None and (
+            limits.daily_cap_micros is not None or limits.total_cap_micros is not None
+        )
+        if bill.stream or error_code is not None or capped:
             future = self.ledger.settle(settlement)
         else:
             future = self.ledger.settle_later(settlement)
