@@ -227,3 +227,26 @@ def test_a_capped_keys_charge_is_committed_before_its_next_call(
     asyncio.run(run())
     assert ledger.balance(principal.account_id).balance_micros == 100_000 - 100
     assert ledger.check() == []
+
+
+def test_writes_queued_under_a_loop_that_stopped_are_flushed_by_the_next(
+    db: sqlite_utils.Database,
+) -> None:
+    """Review finding: a flush due on an event loop that stopped never runs; a write queued
+    on the next loop must not wait for it forever."""
+    ledger, principal = funded(db, 10_000)
+    b = Biller(GroupCommit(ledger, delay=0.05), TTL, Limiter(db, 5.0), idle_seconds=60)
+
+    async def first() -> None:
+        bill = await call(b, principal, "l1", 1_000)  # grows the reservation
+        bill.succeed(Usage(), 100)  # and the loop stops before this flush is due
+
+    async def second() -> None:
+        bill = await call(b, principal, "l2", 1_000)  # fits: nothing else is written
+        assert await asyncio.wait_for(bill.succeed(Usage(), 100), 5) is True
+        await b.aclose()
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert db.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 2
+    assert ledger.check() == []

@@ -356,9 +356,9 @@ class GroupCommit:
     """The gateway's ledger writes, committed together on the event loop.
 
     Each write is queued and its future awaited. A write someone waits for (a reservation
-    to grow, a failed or streamed call's settle) has the queue flushed at the end of the
-    loop iteration that queued it; an answered call's charge, which nobody waits for, may
-    wait up to ``delay`` seconds for company (group commit: a batch costs one transaction
+    to grow; :meth:`settle`) has the queue flushed at the end of the loop iteration that
+    queued it; an answered call's charge, which nobody waits for (:meth:`settle_later`),
+    may wait up to ``delay`` seconds for company (group commit: a batch costs one transaction
     and two ``executemany`` calls, however many requests it holds). A flush applies every
     queued write in one SQLite transaction, in order, and answers them once it is
     committed; :meth:`commit` flushes at once, so that a read sees what this process
@@ -373,9 +373,12 @@ class GroupCommit:
         self._queue: list[_Op] = []
         self._soon = False  # a flush is due at the end of this loop iteration
         self._later: asyncio.TimerHandle | None = None  # or within ``delay``
+        self._loop: asyncio.AbstractEventLoop | None = None  # where they are due
 
     def _submit(self, kind: str, args: Any, *, later: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a flush due on a loop that stopped will never come
+            self._loop, self._soon, self._later = loop, False, None
         future = loop.create_future()
         self._queue.append((kind, args, future))
         if self._soon:
