@@ -147,6 +147,11 @@ class KeyLimits:
     daily_cap_micros: int | None
     total_cap_micros: int | None
 
+    @property
+    def caps_spending(self) -> bool:
+        """A daily or total spending cap is set."""
+        return self.daily_cap_micros is not None or self.total_cap_micros is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:

@@ -11,9 +11,9 @@ row, its charge and what it takes from the reservation, batched with its neighbo
 Reservations grow to up to twice what is in flight and what was spent since they last grew
 (taking at most half of what the account has left, so other processes can serve it too),
 return to the account once it has had nothing in flight for
-``gateway.reserve_idle_seconds`` (0: at once), and are renewed while the process lives; a crashed process's reservations expire after
-``gateway.hold_ttl_seconds``. A request in flight when its process is killed leaves no usage
-row and costs nothing.
+``gateway.reserve_idle_seconds`` (0: at once), and are renewed while the process lives; a
+crashed process's reservations expire after ``gateway.hold_ttl_seconds``. A request in
+flight when its process is killed leaves no usage row and costs nothing.
 """
 
 from __future__ import annotations
@@ -246,9 +246,7 @@ class Biller:
         # a stream's last event and a failed call's error wait for theirs, and so does a
         # capped key's next call (its spending counts once committed: Limiter.settled).
         limits = bill.principal.limits
-        capped = limits is not None and (
-            limits.daily_cap_micros is not None or limits.total_cap_micros is not None
-        )
+        capped = limits is not None and limits.caps_spending
         if bill.stream or error_code is not None or capped:
             future = self.ledger.settle(settlement)
         else:

@@ -63,7 +63,7 @@ class Limiter:
                     code="key_rate_limit",
                     headers={"retry-after": str(wait)},
                 )
-        if limits.daily_cap_micros is not None or limits.total_cap_micros is not None:
+        if limits.caps_spending:
             self._sync(principal.account_id, principal.key_id, state)
             day, seconds_left = _today()
             if state.day != day:
@@ -95,9 +95,7 @@ class Limiter:
         """A request admitted with ``hold_micros`` ended costing ``cost_micros``."""
         limits = principal.limits
         state = self._keys.get(principal.key_id)
-        if limits is None or state is None:
-            return
-        if limits.daily_cap_micros is None and limits.total_cap_micros is None:
+        if limits is None or state is None or not limits.caps_spending:
             return
         state.held = max(0, state.held - hold_micros)
         state.spent_day += cost_micros
