@@ -209,7 +209,7 @@ def build_request(
         path = "/audio/speech"
     else:
         return None
-    return httpx.Request("POST", upstream.url(path), headers=headers, json=body)
+    return upstream.json_request("POST", path, body, headers)
 
 
 # --- responses -------------------------------------------------------------------------

@@ -115,11 +115,11 @@ def check_request(
 ) -> PolicyCheck | None:
     if not texts:
         return None
-    request = httpx.Request(
+    request = upstream.json_request(
         "POST",
-        f"{upstream.base_url}/moderations",
-        headers={"authorization": f"Bearer {upstream.api_key}"},
-        json={"model": settings.model, "input": _packed(texts)},
+        "/moderations",
+        {"model": settings.model, "input": _packed(texts)},
+        {"authorization": f"Bearer {upstream.api_key}"},
     )
     return PolicyCheck(request, partial(verdict, settings))
 

@@ -1,0 +1,81 @@
+"""The core's upstream client over a real socket: what plugins get back, and what is never
+carried from one call to the next."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+
+import httpx
+from aiohttp import web
+
+from apimodels.catalog import ProviderConfig
+from apimodels.provider import Upstream
+from apimodels.upstream import UpstreamClient
+
+
+async def _serve(seen: list[dict[str, str]]) -> tuple[web.AppRunner, str]:
+    async def handle(request: web.Request) -> web.Response:
+        seen.append({"cookie": request.headers.get("cookie", ""), "body": await request.text()})
+        body = gzip.compress(json.dumps({"ok": True, "n": len(seen)}).encode())
+        response = web.Response(body=body, content_type="application/json")
+        response.headers["content-encoding"] = "gzip"
+        response.set_cookie("session", f"account-{len(seen)}")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/echo", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # A host name, not an IP: aiohttp's default cookie jar ignores cookies from IP hosts.
+    return runner, f"http://localhost:{port}/v1"
+
+
+def test_a_json_request_is_what_httpx_would_build() -> None:
+    upstream = Upstream("acme", "https://api.acme.test/v1", "k")
+    body = {"model": "m", "messages": [{"role": "user", "content": "héllo"}], "n": 1}
+    ours = upstream.json_request("POST", "/chat/completions", body, {"authorization": "Bearer k"})
+    theirs = httpx.Request(
+        "POST", upstream.url("/chat/completions"), headers={"authorization": "Bearer k"}, json=body
+    )
+    assert ours.content == theirs.content
+    assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
+    assert (ours.method, ours.url) == (theirs.method, theirs.url)
+    # A plugin's own content type wins, as with httpx; the length is always the body's.
+    typed = upstream.json_request(
+        "POST", "/x", body, {"content-type": "application/vnd.acme+json", "content-length": "1"}
+    )
+    assert typed.headers["content-type"] == "application/vnd.acme+json"
+    assert typed.headers["content-length"] == str(len(typed.content))
+
+
+def test_answers_are_read_decoded_and_no_cookie_crosses_calls() -> None:
+    async def scenario() -> None:
+        seen: list[dict[str, str]] = []
+        runner, base_url = await _serve(seen)
+        config = ProviderConfig(package="acme", base_url=base_url)
+        client = UpstreamClient(config)
+        upstream = Upstream("acme", base_url, "k")
+        try:
+            for n in (1, 2):
+                request = upstream.json_request("POST", "/echo", {"n": n}, {})
+                response = await client.send(request)
+                assert response.status_code == 200
+                assert response.json() == {"ok": True, "n": n}  # gunzipped
+                assert response.text == response.content.decode()
+                assert await response.aread() == response.content
+                assert "content-encoding" not in response.headers  # no longer true of it
+                assert response.headers["content-type"].startswith("application/json")
+                assert response.request is request
+                await response.aclose()
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+        assert [s["body"] for s in seen] == ['{"n":1}', '{"n":2}']
+        assert seen[1]["cookie"] == ""  # the first answer's Set-Cookie was not kept
+
+    asyncio.run(scenario())
