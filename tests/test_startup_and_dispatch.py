@@ -166,8 +166,8 @@ def test_provider_hooks_only_see_their_own_provider(
         }
     )
     gw = build_gateway(catalog, pm, environ={})
-    echo_hooks = gw.providers["echo"].hooks.build_request.get_hookimpls()
-    openai_hooks = gw.providers["openai"].hooks.build_request.get_hookimpls()
+    echo_hooks = gw.providers["echo"].hooks.plugin_manager.hook.build_request.get_hookimpls()
+    openai_hooks = gw.providers["openai"].hooks.plugin_manager.hook.build_request.get_hookimpls()
     assert [h.plugin_name for h in echo_hooks] == ["undo-echo"]
     assert [h.plugin_name for h in openai_hooks] == ["openai"]
 

@@ -50,11 +50,11 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
 def broken(kit: Kit, **rules: Any) -> Iterator[None]:
     hooks = kit.server.gateway.routes["openai/gpt-4o-mini"].provider.hooks
     plugin = Broken(**rules)
-    hooks.plugin_manager.register(plugin, name="undo-broken")
+    hooks.register(plugin, name="undo-broken")
     try:
         yield
     finally:
-        hooks.plugin_manager.unregister(plugin)
+        hooks.unregister(plugin)
 
 
 @pytest.mark.parametrize(
