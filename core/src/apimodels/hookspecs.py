@@ -83,7 +83,9 @@ def build_request(
     :param model: the catalog entry; ``model.upstream`` is the id the upstream knows.
     :param request: the validated unified request.
     :param upstream: the provider's base URL, key and settings; ``upstream.url(path)`` is
-        ``base_url + path`` parsed once, cheaper per request than a string URL.
+        ``base_url + path`` parsed once, cheaper per request than a string URL, and
+        ``upstream.json_request(method, path, body, headers)`` builds a JSON request the
+        way ``httpx.Request(json=...)`` does at half its cost.
     :return: an ``httpx.Request`` the core will send (with its pooled client, timeouts and
         retries). Raise :class:`apimodels.errors.InvalidRequest` for input the upstream
         cannot take.
