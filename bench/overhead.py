@@ -10,12 +10,16 @@ rows in SQLite), and the same gateway with ``gateway.billing = false``. Measures
       rounds (the order alternating), the median of each target and the median of the
       rounds' billing on / off ratios, the success rate, and the gateway's RSS; and the
       gateway's CPU time per request (from /proc), the steadier figure on a shared machine:
-      at saturation, throughput is the inverse of it.
+      at saturation, throughput is the inverse of it;
+  (c) both gateways loaded at the same time, 32 connections each, so that they share the
+      machine's slow and fast moments: the ratio of their request rates is the steadiest
+      figure of what billing costs.
 
 The upstream, the gateway and the client each run in their own process. Numbers on a shared
 2-core machine are ratios, not absolutes.
 
     uv run python bench/overhead.py [--rounds 15] [--per-round 200] [--seconds 1] [--load-rounds 15]
+                                    [--together-rounds 5]
 """
 
 from __future__ import annotations
@@ -164,6 +168,15 @@ async def _load(
     return ok / elapsed, ok / max(1, ok + failed), ok + failed
 
 
+async def _together(
+    targets: dict[str, tuple[str, dict]], concurrency: int, seconds: float
+) -> dict[str, tuple[float, float, int]]:
+    """``_load`` on several targets at once, from one client process."""
+    names = list(targets)
+    loads = [_load(*targets[name], concurrency, seconds) for name in names]
+    return dict(zip(names, await asyncio.gather(*loads), strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -174,6 +187,9 @@ def main() -> None:
         "--seconds", type=float, default=1.0, help="duration of each throughput run"
     )
     parser.add_argument("--load-rounds", type=int, default=15, help="throughput rounds")
+    parser.add_argument(
+        "--together-rounds", type=int, default=5, help="rounds of 2 s with both gateways loaded"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.0, help="upstream latency in seconds")
     args = parser.parse_args()
@@ -259,6 +275,19 @@ def main() -> None:
         print(f"  billing on / off: {statistics.median(ratios):.1%} (median of rounds; {spread})")
         cpu_ratio = statistics.median(cpu["no-billing"]) / statistics.median(cpu["billing"])
         print(f"  billing on / off by the gateway's CPU per request: {cpu_ratio:.1%}")
+        gateways = {name: targets[name] for name in ("billing", "no-billing")}
+        together: list[float] = []
+        for _ in range(args.together_rounds):
+            results = asyncio.run(_together(gateways, args.concurrency, 2.0))
+            (on, ok_on, _), (off, ok_off, _) = results["billing"], results["no-billing"]
+            assert min(ok_on, ok_off) == 1.0, results
+            together.append(on / off)
+        if together:
+            print(
+                f"  both loaded at once, {args.concurrency} connections each: billing on / off"
+                f" {statistics.median(together):.1%} (median of {len(together)} rounds of 2 s;"
+                f" rounds {min(together):.1%}-{max(together):.1%})"
+            )
     finally:
         for p in procs.values():
             p.terminate()

@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import dispatch
+from . import dispatch, fastjson
 from .accounts import KeyStore, Principal
 from .billing import Bill, Biller, FreeBill
 from .errors import (
@@ -61,8 +61,7 @@ _ENDPOINT_OF: dict[Modality, str] = {modality: path for path, (_, modality) in E
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(content, status, headers, media_type="application/json")
+    return Response(fastjson.dumps(body), status, headers, media_type="application/json")
 
 
 def error_response(exc: APIError) -> Response:

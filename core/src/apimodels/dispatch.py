@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from . import fastjson
 from .errors import APIError, UpstreamError, UpstreamTimeout
 from .money import format_usd, to_micros
 from .policy.texts import user_texts
@@ -129,8 +129,8 @@ async def call(route: Route, request: UnifiedRequest) -> Priced:
     return Priced(output, price(route, output.usage))
 
 
-def _sse(payload: str) -> bytes:
-    return f"data: {payload}\n\n".encode()
+def _sse(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
 
 
 #: How long the gateway keeps reading an upstream stream after its client left, to learn
@@ -243,14 +243,14 @@ class Relay:
             chunk = self._event(data)
             if chunk is not None and not result.client_gone:
                 result.chunks += 1
-                self._queue.put_nowait(_sse(json.dumps(chunk, separators=(",", ":"))))
+                self._queue.put_nowait(_sse(fastjson.dumps(chunk)))
         if not done and not result.client_gone:
             raise UpstreamError(f"{name} ended the stream before it was complete")
 
     def _end(self, result: StreamResult) -> None:
         """The client's last event (after the settle): the error, or ``[DONE]``."""
         if result.error is not None:
-            self._queue.put_nowait(_sse(json.dumps(result.error.body(), separators=(",", ":"))))
+            self._queue.put_nowait(_sse(fastjson.dumps(result.error.body())))
         else:
             self._queue.put_nowait(b"data: [DONE]\n\n")
         self._queue.put_nowait(None)

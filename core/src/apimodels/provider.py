@@ -6,7 +6,6 @@ Plugins are sans-I/O: they receive these objects, build ``httpx.Request`` object
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -14,6 +13,8 @@ from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel
+
+from . import fastjson
 
 #: An ASGI application (the simulator of an upstream).
 ASGIApp = Callable[..., Any]
@@ -71,13 +72,13 @@ class Upstream:
     ) -> httpx.Request:
         """An ``httpx.Request`` to ``url(path)`` with ``body`` as JSON, read and ready.
 
-        The body is encoded exactly as ``httpx.Request(json=...)`` encodes it, and the
+        The body is compact UTF-8 JSON, as ``httpx.Request(json=...)`` writes it, and the
         request carries the same headers, but it skips httpx's per-request header
-        machinery: about half the cost, 15 us, on the path every call takes.
+        machinery and encodes with orjson: about a third of the cost on the path every
+        call takes.
         """
         url = self.url(path)
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        data = content.encode()
+        data = fastjson.dumps(body)
         request = httpx.Request(
             method,
             url,

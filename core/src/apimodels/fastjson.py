@@ -1,0 +1,28 @@
+"""Writing JSON on the path every call takes: orjson, with the standard library for what
+orjson refuses.
+
+A chat call writes JSON twice (the upstream's request and the client's answer), a stream
+once per event. The standard library's encoder took about 3 % of a request; orjson takes
+a tenth of that. Reading stays with the standard library: orjson reads an integer beyond
+64 bits as a float, silently, and a client's number must reach the upstream as sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+__all__ = ["dumps"]
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as ``json.dumps(value, separators=(",", ":"),
+    ensure_ascii=False).encode()`` writes it, with two differences: floats in their
+    shortest form (``1e-7``, not ``1e-07``), and NaN and infinities as ``null`` rather
+    than invalid JSON."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # JSONEncodeError: ints beyond 64 bits, keys that are not strings...
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

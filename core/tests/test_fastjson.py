@@ -1,0 +1,32 @@
+"""``fastjson.dumps``: orjson's speed, the standard library's JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from apimodels import fastjson
+
+VALUES = [
+    {"model": "m", "messages": [{"role": "user", "content": "héllo ✓ \U0001f600"}], "n": 1},
+    {"usage": {"prompt_tokens": 12, "cost": "0.000006"}, "logprobs": None, "ok": True},
+    [1, 2.5, -0.0, 123456789012, -9223372036854775807, 'a"b\\c\n</script>', {}],
+]
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_same_json_as_the_standard_library(value: object) -> None:
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert fastjson.dumps(value) == expected
+
+
+def test_what_orjson_refuses_the_standard_library_writes() -> None:
+    value = {"seed": 10**30, 1: "an int key"}
+    assert fastjson.dumps(value) == b'{"seed":1000000000000000000000000000000,"1":"an int key"}'
+
+
+def test_floats_read_back_the_same_and_nan_is_null() -> None:
+    floats = [1e-7, 1e300, 0.1, -2.5e-308]
+    assert json.loads(fastjson.dumps(floats)) == floats
+    assert fastjson.dumps({"x": float("nan"), "y": float("inf")}) == b'{"x":null,"y":null}'
