@@ -4,6 +4,7 @@ at all when it fails, and says what it cost."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -364,3 +365,41 @@ def test_receipts_while_a_call_is_in_flight(gateway: Gateway, simulator: Simulat
     assert row["status"] == "succeeded" and Decimal(row["cost"]) > 0
     credits = httpx.get(f"{gateway.url}/v1/credits", headers=auth).json()
     assert credits["pending_holds"] == "0.000000"
+
+
+def test_an_idempotent_answer_is_never_committed_without_its_charge(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """A kill -9 right after an idempotent call must not leave its answer stored and its
+    charge lost (a retry would replay it free): both commit in one transaction."""
+    registry = registry_for(simulator.url, tmp_path)
+    # The longest delay allowed, long enough for the checks below to run within it; and
+    # reserved credits kept (returning them would commit every queued charge at once).
+    text = registry.read_text().replace("commit_delay_ms = 25 ", "commit_delay_ms = 1000 ")
+    text = text.replace("reserve_idle_seconds = 0", "reserve_idle_seconds = 60")
+    registry.write_text(text)
+    server = assemble(registry, tmp_path / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY})
+    account = create_account(server.db, "atomic@example.com")["id"]
+    _, key = create_key(server.db, account)
+    server.ledger.post(account, 5_000_000, kind="grant", reason="test", actor="tests")
+    with serve(server.app) as url:
+        headers = {"authorization": f"Bearer {key}"}
+        plain = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers)
+        answered = httpx.post(
+            f"{url}/v1/chat/completions", json=CHAT, headers=headers | {"Idempotency-Key": "k1"}
+        )
+        assert plain.status_code == answered.status_code == 200
+        # What a crash now would leave (the answer is stored before it is sent): the
+        # database file as another connection sees it.
+        with sqlite3.connect(tmp_path / "gateway.db") as c:
+            state = c.execute("SELECT state FROM idempotency_keys WHERE key = 'k1'").fetchone()
+            charged = {
+                row[0]
+                for row in c.execute(
+                    "SELECT request_id FROM usage WHERE account_id = ?", (account,)
+                )
+            }
+    assert state == ("done",)
+    # The idempotent call's charge is committed with its answer, and the plain call's,
+    # queued before it, with them; without the key a charge may wait for company.
+    assert charged == {plain.headers["x-request-id"], answered.headers["x-request-id"]}

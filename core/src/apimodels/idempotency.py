@@ -10,15 +10,23 @@ client can retry with the same key once the cause is fixed; except a 504 whose t
 (``x-apimodels-task``), which is stored and answered again. An attempt left running by a crash is
 forgotten after ``gateway.hold_ttl_seconds``. Streaming requests cannot be replayed and
 answer 400 when they carry the header.
+
+A stored answer is committed in the same transaction as its call's charge (through the
+ledger's group commit, after the charge queued before it): a crash can lose both, never
+keep an answer that a retry would replay free.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 from starlette.requests import Request
@@ -26,6 +34,11 @@ from starlette.responses import Response
 
 from .db import utcnow
 from .errors import APIError, InvalidRequest
+
+if TYPE_CHECKING:
+    from .ledger import GroupCommit
+
+log = logging.getLogger("apimodels")
 
 HEADER = "idempotency-key"
 #: On an error answer, names a task that goes on (and is billed): the answer is kept, so a
@@ -42,9 +55,15 @@ class IdempotencyConflict(APIError):
 
 
 class Idempotency:
-    def __init__(self, db: sqlite_utils.Database, abandon_after: timedelta) -> None:
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        abandon_after: timedelta,
+        writes: GroupCommit | None = None,
+    ) -> None:
         self.db = db
         self.abandon_after = abandon_after
+        self.writes = writes  # the ledger's queue, when charges are committed through it
         self._lock = threading.Lock()
 
     async def run(
@@ -73,7 +92,7 @@ class Idempotency:
         if response.status_code >= 400 and TASK_HEADER not in response.headers:
             self._forget(account_id, key)
         else:
-            self._store(account_id, key, response)
+            await self._store(account_id, key, response)
         return response
 
     def _claim(self, account_id: str, key: str, digest: str) -> Response | None:
@@ -115,14 +134,21 @@ class Idempotency:
             )
         return None
 
-    def _store(self, account_id: str, key: str, response: Response) -> None:
+    async def _store(self, account_id: str, key: str, response: Response) -> None:
+        """Store the answer before it is sent: a retry right after it finds it."""
         headers = {k: v for k, v in response.headers.items() if k in _REPLAYED_HEADERS}
-        with self._lock, self.db.conn:
-            self.db.conn.execute(
-                "UPDATE idempotency_keys SET state = 'done', status = ?, headers = ?, body = ?"
-                " WHERE account_id = ? AND key = ?",
-                (response.status_code, json.dumps(headers), bytes(response.body), account_id, key),
-            )
+        answer = (response.status_code, json.dumps(headers), bytes(response.body))
+        if self.writes is None:
+            with self._lock, self.db.conn:
+                _store(self.db.conn, account_id, key, *answer)
+            return
+        try:
+            # Shielded: a client that leaves meanwhile cannot take the write out of its batch.
+            await asyncio.shield(self.writes.write(_store, account_id, key, *answer))
+        except Exception as exc:
+            # The call succeeded: answer it. Unstored, the key answers 409 until the attempt
+            # is abandoned, and then runs again.
+            log.error("storing an idempotent answer failed: %s", type(exc).__name__)
 
     def _forget(self, account_id: str, key: str) -> None:
         with self._lock, self.db.conn:
@@ -138,3 +164,13 @@ class Idempotency:
             return self.db.conn.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < ?", (cutoff,)
             ).rowcount
+
+
+def _store(
+    c: sqlite3.Connection, account_id: str, key: str, status: int, headers: str, body: bytes
+) -> None:
+    c.execute(
+        "UPDATE idempotency_keys SET state = 'done', status = ?, headers = ?, body = ?"
+        " WHERE account_id = ? AND key = ?",
+        (status, headers, body, account_id, key),
+    )

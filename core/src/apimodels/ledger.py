@@ -424,6 +424,12 @@ class GroupCommit:
     def renew(self, process: str, expires_at: str) -> asyncio.Future[set[str]]:
         return self._submit("renew", (process, expires_at))
 
+    def write(self, op: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run ``op(connection, *args)`` at the end of this loop iteration, in the
+        transaction of every write queued before it: a record that must never be
+        committed without them (an idempotent answer, and its call's charge)."""
+        return self._submit("write", (op, args))
+
     @staticmethod
     def _apply(c: sqlite3.Connection, batch: list[_Op], now: str) -> list[tuple[Any, Any]]:
         """Apply a batch in order; (result, expected error) per write. Raises on anything
@@ -449,8 +455,11 @@ class GroupCommit:
                     outcomes.append((None, exc))
             elif kind == "unreserve":
                 outcomes.append((unreserve_op(c, *args), None))
-            else:
+            elif kind == "renew":
                 outcomes.append((renew_op(c, *args), None))
+            else:  # "write"
+                op, op_args = args
+                outcomes.append((op(c, *op_args), None))
         settle_pending()
         return outcomes
 

@@ -82,7 +82,7 @@ def assemble(
     server.storage = storage
     task_store = TaskStore(db, ledger)
     runner = TaskRunner(gateway, task_store, storage, catalog.tasks, billing=settings.billing)
-    idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds))
+    idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds), biller.ledger)
     tasks = TasksAPI(gateway, keys, biller, idempotency, task_store, runner, catalog.tasks)
     server.tasks = runner
     sweeper: list[asyncio.Task[None]] = []
