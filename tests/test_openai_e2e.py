@@ -226,6 +226,15 @@ def test_malformed_json_and_missing_field(http: httpx.Client) -> None:
     }
 
 
+def test_a_malformed_upload_is_400(http: httpx.Client) -> None:
+    r = http.post(
+        "/v1/audio/transcriptions",
+        content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_wrong_modality_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(

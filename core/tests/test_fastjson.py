@@ -30,3 +30,8 @@ def test_floats_read_back_the_same_and_nan_is_null() -> None:
     floats = [1e-7, 1e300, 0.1, -2.5e-308]
     assert json.loads(fastjson.dumps(floats)) == floats
     assert fastjson.dumps({"x": float("nan"), "y": float("inf")}) == b'{"x":null,"y":null}'
+
+
+def test_a_lone_surrogate_is_written_escaped() -> None:
+    # Half an emoji, as an upstream may split one across stream chunks.
+    assert fastjson.dumps({"delta": "\ud83d", "n": 1}) == b'{"delta":"\\ud83d","n":1}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pluggy
+import pytest
 
 from apimodels.runtime import first_result
 
@@ -67,7 +68,22 @@ def test_none_when_nobody_answers() -> None:
     assert first_result(pm.hook.answer)(x=1, y=0) is None
 
 
-def test_wrappers_and_collecting_hooks_keep_pluggys_caller() -> None:
+class Defaulted:  # takes an argument only when the call provides it: pluggy's job
+    @impl
+    def answer(self, x: int, y: int = -1) -> Any:
+        return ("defaulted", x, y)
+
+
+def test_wrappers_defaults_and_collecting_hooks_keep_pluggys_caller() -> None:
     pm = manager(Fallback(), Wrapping())
     assert first_result(pm.hook.answer) is pm.hook.answer
     assert first_result(pm.hook.collect) is pm.hook.collect
+    pm = manager(Fallback(), Defaulted())
+    assert first_result(pm.hook.answer) is pm.hook.answer
+    assert pm.hook.answer(x=1, y=2) == ("defaulted", 1, 2)
+
+
+def test_a_missing_argument_is_pluggys_error() -> None:
+    fast = first_result(manager(Fallback()).hook.answer)
+    with pytest.raises(pluggy.HookCallError, match="'y'"):
+        fast(x=1)

@@ -57,3 +57,5 @@ def test_the_fast_lane_keeps_the_body_limit_and_the_error_shape() -> None:
     assert headers[b"x-request-id"].startswith(b"req_")
     status, body, _ = _call(app, "POST", "/v1/chat/completions", b"[1]")
     assert status == 400 and b'"invalid_json"' in body
+    status, body, _ = _call(app, "POST", "/v1/chat/completions", b'{"n": NaN}')
+    assert status == 400 and b'"invalid_json"' in body

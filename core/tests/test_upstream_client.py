@@ -51,6 +51,12 @@ def test_a_json_request_is_what_httpx_would_build() -> None:
     )
     assert typed.headers["content-type"] == "application/vnd.acme+json"
     assert typed.headers["content-length"] == str(len(typed.content))
+    # Header names are case-insensitive: one of each, as httpx.Request(json=...) sends.
+    capitalised = upstream.json_request(
+        "POST", "/x", body, {"Content-Type": "application/json", "Host": "api.acme.test"}
+    )
+    names = [name.lower() for name, _ in capitalised.headers.multi_items()]
+    assert sorted(names) == ["content-length", "content-type", "host"]
 
 
 def test_answers_are_read_decoded_and_no_cookie_crosses_calls() -> None:

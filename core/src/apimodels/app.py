@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
@@ -126,6 +127,7 @@ class RequestContext:
 
         endpoint = self.endpoints.get(scope["path"]) if scope["method"] == "POST" else None
         if endpoint is not None:
+            scope["app"] = self.app  # as Starlette would set it (request.app)
             response = await endpoint(Request(scope, limited_receive, send_with_id))
             await response(scope, limited_receive, send_with_id)
             return
@@ -157,10 +159,15 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     )
 
 
+def _not_a_number(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
-        body = json.loads(raw)
+        # NaN and Infinity are not JSON, and no upstream would receive them as sent.
+        body = json.loads(raw, parse_constant=_not_a_number)
     except (ValueError, RecursionError):
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object.",
@@ -176,7 +183,11 @@ async def read_multipart(request: Request) -> dict[str, Any]:
         raise InvalidRequest(
             "This endpoint takes multipart/form-data with a 'file' part.", param="file"
         )
-    form = await request.form(max_files=1, max_fields=64)
+    try:
+        form = await request.form(max_files=1, max_fields=64)
+    except (MultiPartException, HTTPException) as exc:
+        message = getattr(exc, "message", None) or getattr(exc, "detail", "")
+        raise InvalidRequest(f"The multipart body could not be read: {message}") from None
     try:
         body: dict[str, Any] = {}
         for key, value in form.multi_items():

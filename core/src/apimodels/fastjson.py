@@ -19,10 +19,11 @@ __all__ = ["dumps"]
 
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON, as ``json.dumps(value, separators=(",", ":"),
-    ensure_ascii=False).encode()`` writes it, with two differences: floats in their
-    shortest form (``1e-7``, not ``1e-07``), and NaN and infinities as ``null`` rather
-    than invalid JSON."""
+    ensure_ascii=False).encode()`` writes it, except that floats take their shortest form
+    (``1e-7``, ``0.00001``), NaN and infinities become ``null`` rather than invalid JSON, and
+    dates, UUIDs, enums and dataclasses are written rather than refused."""
     try:
         return orjson.dumps(value)
     except TypeError:  # JSONEncodeError: ints beyond 64 bits, keys that are not strings...
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        # ASCII with escapes: a lone surrogate (half an emoji from an upstream) encodes too.
+        return json.dumps(value, separators=(",", ":")).encode()

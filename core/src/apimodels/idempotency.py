@@ -12,8 +12,9 @@ forgotten after ``gateway.hold_ttl_seconds``. Streaming requests cannot be repla
 answer 400 when they carry the header.
 
 A stored answer is committed in the same transaction as its call's charge (through the
-ledger's group commit, after the charge queued before it): a crash can lose both, never
-keep an answer that a retry would replay free.
+ledger's group commit, after the charge queued before it), before it is sent: a crash can
+lose both, never keep an answer that a retry would replay free. (Should that batch fail
+and its writes be retried one by one, the charge is still written first.)
 """
 
 from __future__ import annotations

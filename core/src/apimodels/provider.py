@@ -79,13 +79,14 @@ class Upstream:
         """
         url = self.url(path)
         data = fastjson.dumps(body)
+        given = {name.lower(): value for name, value in headers.items()}  # one of each name
         request = httpx.Request(
             method,
             url,
             headers={
                 "host": url.netloc.decode("ascii"),
                 "content-type": "application/json",
-                **headers,
+                **given,
                 "content-length": str(len(data)),
             },
             stream=httpx.ByteStream(data),

@@ -54,17 +54,23 @@ def first_result(caller: pluggy.HookCaller) -> Any:
     pluggy's order with the same answer, without pluggy's per-call bookkeeping: about 3 us
     a call, and every request makes five. A hook with a wrapper keeps its pluggy caller."""
     impls = caller.get_hookimpls()
+    spec = caller.spec
     if (
-        caller.spec is None
-        or not caller.spec.opts.get("firstresult")
-        or any(impl.hookwrapper or impl.wrapper for impl in impls)
+        spec is None
+        or not spec.opts.get("firstresult")
+        or spec.kwargdefaults  # pluggy fills these in
+        or any(impl.hookwrapper or impl.wrapper or impl.kwargnames for impl in impls)
     ):
         return caller
     order = [(impl.function, impl.argnames) for impl in reversed(impls)]
 
     def call(**kwargs: Any) -> Any:
         for function, argnames in order:
-            result = function(*[kwargs[name] for name in argnames])
+            try:
+                args = [kwargs[name] for name in argnames]
+            except KeyError as exc:
+                raise pluggy.HookCallError(f"hook call must provide argument {exc}") from exc
+            result = function(*args)
             if result is not None:
                 return result
         return None
@@ -79,7 +85,9 @@ class ProviderHooks:
     A private plugin manager holding only the provider's own plugin and the core fallbacks:
     calls never filter through other plugins, and a plugin registered later cannot answer
     for this provider's models. Its set of implementations is fixed, so each ``firstresult``
-    hook becomes a plain function (:func:`first_result`), unless calls are being traced.
+    hook becomes a plain function (:func:`first_result`), unless calls are being traced:
+    add or remove a plugin with :meth:`register` and :meth:`unregister`, which resolve them
+    again (registering on ``plugin_manager`` directly would not be seen).
     """
 
     def __init__(self, pm: pluggy.PluginManager, owner: object) -> None:
