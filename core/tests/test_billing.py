@@ -250,3 +250,28 @@ def test_writes_queued_under_a_loop_that_stopped_are_flushed_by_the_next(
     asyncio.run(second())
     assert db.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 2
     assert ledger.check() == []
+
+
+def test_a_batch_interrupted_by_a_base_exception_leaves_no_waiter_hanging(
+    db: sqlite_utils.Database,
+) -> None:
+    class Interrupted(BaseException):
+        pass
+
+    def interrupted(c: sqlite3.Connection) -> None:
+        raise Interrupted
+
+    def written(c: sqlite3.Connection) -> str:
+        return "written"
+
+    async def scenario() -> None:
+        group = GroupCommit(Ledger(db))
+        first = group.write(interrupted)
+        second = group.write(written)
+        # The loop reports the interruption of its callback; the batch's futures end.
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(second, 2)
+        assert first.cancelled()
+        assert await group.write(written) == "written"  # the queue goes on
+
+    asyncio.run(scenario())

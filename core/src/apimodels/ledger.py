@@ -482,6 +482,11 @@ class GroupCommit:
             outcomes = [(None, exc)] * len(batch)
         except Exception:
             outcomes = [self._alone(op, now) for op in batch]
+        except BaseException:
+            # Interrupted (rolled back): no waiter of this batch may wait forever.
+            for _, _, future in batch:
+                future.cancel()
+            raise
         for (kind, args, future), (result, error) in zip(batch, outcomes, strict=True):
             if kind == "settle":  # its future tells whether it was recorded, never raises
                 self._settled(args, bool(result), error)
