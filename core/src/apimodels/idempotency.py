@@ -27,7 +27,6 @@ import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import sqlite_utils
 from starlette.requests import Request
@@ -35,9 +34,7 @@ from starlette.responses import Response
 
 from .db import utcnow
 from .errors import APIError, InvalidRequest
-
-if TYPE_CHECKING:
-    from .ledger import GroupCommit
+from .ledger import GroupCommit
 
 log = logging.getLogger("apimodels")
 
@@ -141,11 +138,11 @@ class Idempotency:
         answer = (response.status_code, json.dumps(headers), bytes(response.body))
         if self.writes is None:
             with self._lock, self.db.conn:
-                _store(self.db.conn, account_id, key, *answer)
+                _store_answer(self.db.conn, account_id, key, *answer)
             return
         try:
             # Shielded: a client that leaves meanwhile cannot take the write out of its batch.
-            await asyncio.shield(self.writes.write(_store, account_id, key, *answer))
+            await asyncio.shield(self.writes.write(_store_answer, account_id, key, *answer))
         except Exception as exc:
             # The call succeeded: answer it. Unstored, the key answers 409 until the attempt
             # is abandoned, and then runs again.
@@ -167,7 +164,7 @@ class Idempotency:
             ).rowcount
 
 
-def _store(
+def _store_answer(
     c: sqlite3.Connection, account_id: str, key: str, status: int, headers: str, body: bytes
 ) -> None:
     c.execute(
