@@ -23,6 +23,7 @@ from apimodels.ledger import (
     Settlement,
     reserve_op,
     settle_op,
+    transaction,
     unreserve_op,
 )
 
@@ -30,10 +31,12 @@ TTL = timedelta(minutes=10)
 FAR = (datetime.now(UTC) + TTL).isoformat()
 
 
-def settlement(request_id: str, acct: str, cost: int, taken: int, ok: bool = True) -> Settlement:
+def settlement(
+    request_id: str, acct: str, cost: int, taken: int, ok: bool = True, hold: int = 1_000
+) -> Settlement:
     billed_as = ("m", "p", "chat", "{}")
     return Settlement(
-        request_id, acct, f"p:{acct}", 1_000, cost, taken, ok, None, billed_as, 0, utcnow()
+        request_id, acct, f"p:{acct}", hold, cost, taken, ok, None, billed_as, 0, utcnow()
     )
 
 
@@ -112,6 +115,25 @@ def test_check_finds_tampering(db: sqlite_utils.Database) -> None:
     ledger.post(acct, 1_000, kind="grant", reason="r", actor="t")
     db.execute("UPDATE accounts SET balance_micros = 5000 WHERE id = ?", [acct])
     assert any("entries sum to 1000" in p for p in ledger.check())
+
+
+def test_check_reports_a_balance_below_its_floor(db: sqlite_utils.Database) -> None:
+    """Below zero only by overruns and negative entries, paid back first by later credits."""
+    ledger = Ledger(db)
+    acct = create_account(db, "floor@example.com")["id"]
+    ledger.post(acct, 1_000, kind="grant", reason="r", actor="t")
+    ledger.hold("r1", acct, 1_000, TTL)
+    ledger.capture("r1", 1_300)  # an overrun of 300: the balance may be -300
+    ledger.post(acct, -200, kind="refund", reason="top-up refunded", actor="t")  # -500 now
+    assert ledger.balance(acct).balance_micros == -500
+    assert ledger.check() == []
+    ledger.post(acct, 1_000, kind="topup", reason="r", actor="t")  # pays the 500 back first
+    # A charge that was never covered by a hold takes it below zero: an overdraft.
+    with transaction(ledger) as c:
+        settle_op(c, [settlement("r2", acct, 600, 0, hold=600)], utcnow())
+    assert ledger.balance(acct).balance_micros == -100
+    [problem] = ledger.check()
+    assert f"account {acct}: balance -100" in problem and "below its floor 0" in problem
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -194,8 +216,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(cost=st.integers(0, 4_000), ok=st.booleans())
     def settle(self, cost: int, ok: bool) -> None:
         """A request admitted against the reservation ends (as billing.Biller does it)."""
-        self.n += 1
         cost = cost if ok else 0
+        if cost and self.reserved < 1_000:
+            return  # never admitted: its hold (1,000) was not there (a charge would overdraw)
+        self.n += 1
         taken = min(cost, self.reserved)
         with self.ledger._tx() as c:
             settle_op(c, [settlement(f"r{self.n}", self.acct, cost, taken, ok)], FAR)

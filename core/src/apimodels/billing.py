@@ -200,14 +200,12 @@ class Biller:
 
     async def _reserve(self, reservation: Reservation, need: int, want: int) -> None:
         try:
-            reservation.amount += await self.ledger.reserve(
-                reservation.id,
-                reservation.account_id,
-                self.process,
-                need,
-                want,
-                self._expiry(),
+            granted = await self.ledger.reserve(
+                reservation.id, reservation.account_id, self.process, need, want, self._expiry()
             )
+            # Not ``amount += await ...``: that reads ``amount`` before the await, and would
+            # write back what calls settled meanwhile took from it (an overdraft).
+            reservation.amount += granted
         finally:
             reservation.growing = None
 

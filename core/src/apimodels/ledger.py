@@ -18,7 +18,8 @@ Two ways to set credits aside, both checked atomically against balance minus wha
   charge per request make a second settle of it fail.
 
 A cost larger than what was set aside is charged in full: the balance may then go below
-zero by at most that overrun.
+zero by at most that overrun (and no cost exceeds the bound ``pricing.usage_ceiling`` sets
+from the request). ``check`` reports a balance that ever went lower than that floor.
 
 Durability: SQLite in WAL mode with ``synchronous = NORMAL``. A committed transaction
 survives a crash of the server process (kill -9); a power cut or OS crash can lose the last
@@ -692,6 +693,7 @@ class Ledger:
             " WHERE e.hold_id IS NOT NULL AND u.request_id IS NULL"
         ):
             problems.append(f"entry {entry_id}: a charge for no known request")
+        problems.extend(_below_floor(c))
         cutoff = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
         for (request_id,) in c.execute(
             "SELECT request_id FROM usage WHERE hold_state = 'pending' AND hold_expires_at <= ?",
@@ -703,6 +705,39 @@ class Ledger:
         ):
             problems.append(f"reservation {reservation_id}: expired but still held")
         return problems
+
+
+def _below_floor(c: sqlite3.Connection) -> list[str]:
+    """Accounts whose balance ever went below its floor, replaying entries in order.
+
+    A call is admitted only while the account's available credits cover its hold, so a
+    balance goes below zero only by what charges took beyond their holds (overruns) and
+    what refunds and other negative entries removed; credits added later pay that back
+    first. Anything lower is an overdraft: credits spent that the account never had.
+    """
+    problems: list[str] = []
+    account, balance, deficit, reported = None, 0, 0, False
+    for entry_id, account_id, amount, kind, hold, cost in c.execute(
+        "SELECT e.id, e.account_id, e.amount_micros, e.kind, u.hold_micros, u.cost_micros"
+        " FROM ledger_entries e LEFT JOIN usage u ON u.request_id = e.hold_id"
+        " ORDER BY e.account_id, e.id"
+    ):
+        if account_id != account:
+            account, balance, deficit, reported = account_id, 0, 0, False
+        balance += amount
+        if kind == "charge":
+            deficit += max(0, (cost or 0) - (hold or 0))
+        elif amount < 0:
+            deficit -= amount
+        else:
+            deficit = max(0, deficit - amount)
+        if balance < -deficit and not reported:
+            reported = True
+            problems.append(
+                f"account {account_id}: balance {balance} after entry {entry_id}, below its"
+                f" floor {-deficit} (overdrawn: credits spent that it did not have)"
+            )
+    return problems
 
 
 # --- receipts ----------------------------------------------------------------------------
