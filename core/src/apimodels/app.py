@@ -316,12 +316,14 @@ class Frontend:
                 def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
                     return settle_stream(bill, route, estimate, result)
 
-                relay = await self._guarded(dispatch.open_stream(route, unified, on_end), *guard)
+                relay = await self._guarded(
+                    dispatch.open_stream(route, unified, on_end, estimate), *guard
+                )
                 return RelayResponse(relay)
-            priced = await self._guarded(dispatch.call(route, unified), *guard)
+            priced = await self._guarded(dispatch.call(route, unified, estimate), *guard)
             # The charge commits after the answer goes out, with its neighbours' within
             # gateway.commit_delay_ms, off the answer's latency (docs/self-hosting.md).
-            bill.succeed(priced.output.usage, priced.cost_micros)
+            bill.succeed(priced.usage, priced.cost_micros)
             return _priced_response(priced, started)
 
         endpoint.__name__ = path.replace("/", "_")
@@ -427,8 +429,9 @@ def settle_stream(
     """Bill a finished stream (see docs/api.md, "Streams"):
 
     - the upstream reported usage: that usage, also when the client left early;
-    - the client left and no usage came: the estimate of what was delivered, namely the
-      estimated input and one output token per chunk relayed (capped by the hold);
+    - the client left, or the stream ended without a (readable) usage: the estimate of
+      what was delivered, namely the estimated input and one output token per chunk
+      relayed (capped by the hold);
     - the upstream failed or cut the stream: nothing, like every failed call.
     """
     if (
@@ -437,7 +440,7 @@ def settle_stream(
         and (result.error is None or result.client_gone)
     ):
         return bill.succeed(result.usage, result.cost_micros)
-    if result.client_gone and result.chunks:
+    if result.chunks and (result.client_gone or result.error is None):
         delivered = Usage(input_tokens=estimate.input_tokens, output_tokens=result.chunks)
         try:
             cost = min(dispatch.price(route, delivered), bill.hold_micros)

@@ -103,6 +103,9 @@ class ModelConfig(_Strict):
     modality: Modality
     pricing: Pricing
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    #: The model's context window: the most input tokens an upstream may report for one
+    #: call (without it, no more than the request's own estimate; ``pricing.usage_ceiling``).
+    context_tokens: Annotated[int, Field(ge=1)] | None = None
     # The most one task can produce, for its hold (estimate from the maximum, not the
     # typical case): files, seconds of video or audio, seconds of upstream run time.
     max_outputs: Annotated[int, Field(ge=1, le=100)] = 1

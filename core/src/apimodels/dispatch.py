@@ -22,15 +22,19 @@ from . import fastjson
 from .errors import APIError, UpstreamError, UpstreamTimeout
 from .money import format_usd, to_micros
 from .policy.texts import user_texts
+from .pricing import usage_ceiling, usage_problem
 from .provider import Output, Usage
 from .runtime import Gateway, Route
 from .schemas import UnifiedRequest
 from .upstream import send
 
+log = logging.getLogger("apimodels")
+
 
 @dataclass(slots=True)
 class Priced:
     output: Output
+    usage: Usage  # as the upstream reported it (checked), or the estimate when it did not
     cost_micros: int
 
 
@@ -60,6 +64,22 @@ def price(route: Route, usage: Usage) -> int:
         model=route.model, pricing=route.model.pricing, usage=usage
     )
     return to_micros(amount)
+
+
+def charge(route: Route, usage: Usage | None, estimate: Usage) -> tuple[Usage, int]:
+    """The usage an upstream reported, checked, and its price: an answer without usage is
+    charged its estimate; a usage that is negative, inconsistent or more than the request
+    can use (``pricing.usage_ceiling``) is an unreadable answer, never a price (502)."""
+    if usage is None:
+        return estimate, price(route, estimate)
+    problem = usage_problem(usage, usage_ceiling(route.model, estimate))
+    if problem is not None:
+        log.warning("%s reported an impossible usage: %s", route.provider.name, problem)
+        raise UpstreamError(
+            f"{route.provider.name} reported a usage this request cannot have used",
+            code="upstream_usage_invalid",
+        )
+    return usage, price(route, usage)
 
 
 def estimate(route: Route, request: UnifiedRequest) -> tuple[Usage, int]:
@@ -104,8 +124,8 @@ def upstream_error(route: Route, response: httpx.Response) -> APIError:
     return error
 
 
-async def call(route: Route, request: UnifiedRequest) -> Priced:
-    """A non-streaming call: the normalized output and its cost."""
+async def call(route: Route, request: UnifiedRequest, estimate: Usage) -> Priced:
+    """A non-streaming call: the normalized output and its cost (``charge``)."""
     provider = route.provider
     upstream_request = _upstream_request(route, request)
     assert provider.client is not None
@@ -126,7 +146,7 @@ async def call(route: Route, request: UnifiedRequest) -> Priced:
         raise UpstreamError(f"{provider.name} sent a response that could not be read") from exc
     if output is None:
         raise UpstreamError(f"{provider.name} sent a response that could not be read")
-    return Priced(output, price(route, output.usage))
+    return Priced(output, *charge(route, output.usage, estimate))
 
 
 def _sse(payload: bytes) -> bytes:
@@ -138,7 +158,6 @@ def _sse(payload: bytes) -> bytes:
 DRAIN_SECONDS = 60.0
 
 _background: set[asyncio.Task[None]] = set()
-log = logging.getLogger("apimodels")
 
 
 @dataclass(slots=True)
@@ -168,11 +187,13 @@ class Relay:
         request: UnifiedRequest,
         response: httpx.Response,
         on_end: Callable[[StreamResult], asyncio.Future[bool] | None],
+        estimate: Usage,
     ) -> None:
         self.route = route
         self.request = request
         self.response = response
         self.on_end = on_end
+        self.estimate = estimate
         self.result = StreamResult()
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._drain_until: float | None = None
@@ -194,8 +215,9 @@ class Relay:
         if event is None:
             return None
         if event.usage is not None:
-            self.result.usage = event.usage
-            self.result.cost_micros = price(self.route, event.usage)
+            self.result.usage, self.result.cost_micros = charge(
+                self.route, event.usage, self.estimate
+            )
             if event.chunk is not None and isinstance(event.chunk.get("usage"), dict):
                 event.chunk["usage"]["cost"] = format_usd(self.result.cost_micros)
         return event.chunk
@@ -275,10 +297,11 @@ async def open_stream(
     route: Route,
     request: UnifiedRequest,
     on_end: Callable[[StreamResult], asyncio.Future[bool] | None],
+    estimate: Usage,
 ) -> Relay:
     """Start a streaming call. Errors before the first byte raise (and reach the client as a
     normal error response); after that they end the stream with an error event."""
-    return Relay(route, request, await send_streaming(route, request), on_end)
+    return Relay(route, request, await send_streaming(route, request), on_end, estimate)
 
 
 async def send_streaming(route: Route, request: UnifiedRequest) -> httpx.Response:

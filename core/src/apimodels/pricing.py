@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from .catalog import Pricing
+from .catalog import ModelConfig, Pricing
 from .errors import InvalidRequest
 from .provider import Usage
 
@@ -62,3 +62,66 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
     if pricing.markup:
         total += total * pricing.markup
     return total
+
+
+#: Slack on a measured duration an upstream reports (it may round the length up).
+_SECONDS_SLACK = Decimal(1)
+
+#: Each billable quantity of a usage and the prices that charge it.
+_PRICED_BY = {
+    "input_tokens": ("input_per_1m",),
+    "output_tokens": ("output_per_1m",),
+    "images": ("per_image",),
+    "characters": ("per_1k_chars",),
+    "seconds": ("per_second", "per_minute"),
+    "outputs": ("per_output",),
+    "run_seconds": ("per_run_second",),
+}
+
+
+def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decimal]:
+    """The most an upstream may report of each quantity the model is priced by, for a
+    request whose estimate is ``estimate``.
+
+    The estimate is already the most the request can use (``estimate_usage``: the output
+    limit asked for or the model's, the images asked for, the input's characters or
+    duration, the model's maxima for a job), except for input tokens: images and
+    tokenizers can make a prompt longer than its text suggests, up to the model's context
+    window (``context_tokens``). So the ceiling is the estimate with its input tokens
+    raised to that window, and a duration given a second of slack. No call is charged more
+    than the price of its ceiling.
+    """
+    pricing = model.pricing
+    ceiling: dict[str, int | Decimal] = {}
+    for name, prices in _PRICED_BY.items():
+        if all(getattr(pricing, p) is None for p in prices):
+            continue  # not charged: whatever the upstream says of it costs nothing
+        ceiling[name] = getattr(estimate, name)
+    if "input_tokens" in ceiling:
+        ceiling["input_tokens"] = max(estimate.input_tokens, model.context_tokens or 0)
+    if ceiling.get("seconds"):
+        ceiling["seconds"] = estimate.seconds + _SECONDS_SLACK
+    return ceiling
+
+
+def usage_problem(usage: Usage, ceiling: dict[str, int | Decimal]) -> str | None:
+    """What makes a reported usage impossible (negative, inconsistent, above the
+    ceiling), or None when it can be priced."""
+    for name in ("input_tokens", "cached_input_tokens", "output_tokens", "images"):
+        value = getattr(usage, name)
+        if type(value) is not int or value < 0:
+            return f"{name} is {value!r}"
+    for name in ("characters", "outputs"):
+        value = getattr(usage, name)
+        if type(value) is not int or value < 0:
+            return f"{name} is {value!r}"
+    for name in ("seconds", "run_seconds"):
+        value = getattr(usage, name)
+        if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+            return f"{name} is {value!r}"
+    if usage.cached_input_tokens > usage.input_tokens:
+        return "more cached input tokens than input tokens"
+    for name, most in ceiling.items():
+        if getattr(usage, name) > most:
+            return f"{name} {getattr(usage, name)} is more than this request can use ({most})"
+    return None

@@ -139,11 +139,14 @@ class Output:
     """A normalized upstream answer: the unified body and the usage that pricing needs.
 
     ``body`` is a JSON-able dict (chat, embeddings, images, transcriptions) or raw bytes
-    (speech audio, plain-text transcripts) sent with ``content_type``.
+    (speech audio, plain-text transcripts) sent with ``content_type``. ``usage`` is what
+    the upstream reported, or None when it reported nothing: the call is then charged its
+    estimate. The core checks it before pricing: a usage that is negative, inconsistent or
+    more than the request can use makes the answer unreadable (502, free).
     """
 
     body: dict[str, Any] | bytes
-    usage: Usage
+    usage: Usage | None
     content_type: str = "application/json"
 
 

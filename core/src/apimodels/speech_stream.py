@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .billing import Bill, FreeBill
-from .dispatch import Relay, StreamResult, price, send_streaming
+from .dispatch import Relay, StreamResult, charge, send_streaming
 from .errors import APIError, UpstreamError, UpstreamTimeout
 from .money import format_usd
 from .provider import AudioStream, Usage
@@ -51,7 +51,7 @@ class AudioRelay(Relay):
         cost_micros: int,
     ) -> None:
         self.head, self.usage, self.cost_micros = head, usage, cost_micros
-        super().__init__(route, request, response, on_end)
+        super().__init__(route, request, response, on_end, usage)
 
     what = "audio stream"
 
@@ -103,8 +103,7 @@ async def open_audio_stream(
         head = provider.hooks.parse_audio_stream(
             model=route.model, request=request, response=response
         )
-        usage = head.usage if head.usage is not None else estimate
-        cost = price(route, usage)
+        usage, cost = charge(route, head.usage, estimate)
     except BaseException as exc:
         await response.aclose()
         if isinstance(exc, Exception) and not isinstance(exc, APIError):

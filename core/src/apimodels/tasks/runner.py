@@ -37,7 +37,7 @@ from ..idempotency import TASK_HEADER
 from ..policy.texts import user_texts
 from ..provider import Job, Usage
 from ..runtime import Gateway, Route
-from ..schemas import ENDPOINTS, ChatRequest, ImageRequest, Modality, UnifiedRequest
+from ..schemas import ENDPOINTS, ChatRequest, ImageRequest, Modality, TaskRequest, UnifiedRequest
 from ..storage import ObjectTooLarge, Storage, StorageError, extension_for
 from ..upstream import send
 from .notify import Notifier, account_webhook_secret
@@ -360,7 +360,10 @@ class TaskRunner:
             output = [s.as_dict() for s in stored]
         else:
             output = {"text": job.text or ""}
-        cost = dispatch.price(route, usage)
+        # Checked against the request's estimate like any call's: never a negative price,
+        # never more than the request can use.
+        request = TaskRequest(model=route.model.id, input=json.loads(task["input"]))
+        usage, cost = dispatch.charge(route, usage, dispatch.estimate(route, request)[0])
         await self._finish(task, Finish("succeeded", output=output, usage=usage, cost_micros=cost))
 
     @staticmethod
@@ -426,7 +429,7 @@ class TaskRunner:
             raise APIError(str(exc.errors()[0]["msg"]), code="invalid_input", status=400) from None
         self.store.started(task["id"])
         try:
-            priced = await dispatch.call(route, unified)
+            priced = await dispatch.call(route, unified, dispatch.estimate(route, unified)[0])
         except UpstreamError as exc:
             if exc.code != "upstream_unreachable":
                 raise  # it may have reached the upstream: never sent twice (see upstream.py)
@@ -452,7 +455,7 @@ class TaskRunner:
             Finish(
                 "succeeded",
                 output=output,
-                usage=priced.output.usage,
+                usage=priced.usage,
                 cost_micros=priced.cost_micros,
             ),
         )

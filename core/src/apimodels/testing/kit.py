@@ -192,7 +192,7 @@ class ProviderConformance:
                         break
                     assert time.monotonic() < deadline, f"{model.id}: task did not finish"
                     time.sleep(0.05)
-                assert task.status == "succeeded", f"{model.id}: {task.error}"
+                assert task.status == "succeeded", f"{model.id}: {task.error}" + _hint(r.text)
                 return task, task_id, r.content
             path = f"/v1/{_ENDPOINT[model.modality]}"
             if model.modality is Modality.transcription:
@@ -201,7 +201,7 @@ class ProviderConformance:
                 r = c.post(path, data={"model": model.id, **body}, files=files)
             else:
                 r = c.post(path, json={"model": model.id, **body})
-            assert r.status_code == 200, f"{model.id}: {r.status_code} {r.text}"
+            assert r.status_code == 200, f"{model.id}: {r.status_code} {r.text}" + _hint(r.text)
             request_id = r.headers["x-request-id"]
             if model.modality is Modality.speech:
                 assert r.content and r.headers["content-type"].startswith("audio/"), model.id
@@ -317,3 +317,13 @@ class ProviderConformance:
                     assert Decimal(r.headers["x-apimodels-cost"]) >= 0, model.id
                     audio = b"".join(r.iter_bytes())
                 assert audio, f"{model.id}: no audio"
+
+
+def _hint(answer: str) -> str:
+    """What to fix when the core refused the upstream's usage as more than the estimate."""
+    if "upstream_usage_invalid" not in answer:
+        return ""
+    return (
+        " (the usage the plugin read is more than its estimate: estimate_usage must"
+        " estimate from the maximum, and parse_response read the upstream's usage)"
+    )

@@ -215,9 +215,10 @@ def build_request(
 # --- responses -------------------------------------------------------------------------
 
 
-def _chat_usage(usage: dict[str, Any] | None) -> Usage:
-    if not usage:
-        return Usage()
+def _chat_usage(usage: Any) -> Usage | None:
+    """The upstream's usage (the core checks it before pricing); None when it sent none."""
+    if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+        return None
     details = usage.get("prompt_tokens_details") or {}
     return Usage(
         input_tokens=int(usage.get("prompt_tokens") or 0),
@@ -248,8 +249,8 @@ def _subtitles(segments: list[dict[str, Any]], vtt: bool) -> str:
 
 
 def _transcription(request: TranscriptionRequest, body: dict[str, Any]) -> Output:
-    seconds = Decimal(str(body.get("duration") or 0))
-    usage = Usage(seconds=seconds)
+    duration = body.get("duration")
+    usage = None if duration is None else Usage(seconds=Decimal(str(duration)))
     fmt = request.response_format
     if fmt == "verbose_json":
         return Output(body, usage)
@@ -278,7 +279,7 @@ def parse_response(
         return Output(body, _chat_usage(body.get("usage")))
     if isinstance(request, EmbeddingRequest):
         body["model"] = model.id
-        return Output(body, Usage(input_tokens=int(body["usage"]["prompt_tokens"])))
+        return Output(body, _chat_usage(body.get("usage")))
     if isinstance(request, ImageRequest):
         images = len(body["data"])
         quality, size = body.get("quality"), body.get("size")
