@@ -11,8 +11,9 @@ import httpx
 from aiohttp import web
 
 from apimodels.catalog import ProviderConfig
+from apimodels.errors import UpstreamError
 from apimodels.provider import Upstream
-from apimodels.upstream import UpstreamClient
+from apimodels.upstream import UpstreamClient, send
 
 
 async def _serve(seen: list[dict[str, str]]) -> tuple[web.AppRunner, str]:
@@ -85,3 +86,66 @@ def test_answers_are_read_decoded_and_no_cookie_crosses_calls() -> None:
         assert seen[1]["cookie"] == ""  # the first answer's Set-Cookie was not kept
 
     asyncio.run(scenario())
+
+
+def test_an_answer_longer_than_max_response_bytes_is_refused() -> None:
+    """Declared, chunked or compressed: past the cap the call fails (502), and the
+    connection is not reused half-read."""
+    limit = 64 * 1024
+    big = b'{"pad": "' + b"x" * (limit + 10) + b'"}'
+
+    async def declared(request: web.Request) -> web.Response:
+        return web.Response(body=big, content_type="application/json")
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(0, len(big), 4096):
+            await response.write(big[i : i + 4096])
+        await response.write_eof()
+        return response
+
+    async def bomb(request: web.Request) -> web.Response:
+        response = web.Response(body=gzip.compress(big), content_type="application/json")
+        response.headers["content-encoding"] = "gzip"  # 200 bytes that inflate past the cap
+        return response
+
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"ok": true}', content_type="application/json")
+
+    async def main() -> None:
+        app = web.Application()
+        for name, handler in [("declared", declared), ("chunked", chunked), ("bomb", bomb)]:
+            app.router.add_get(f"/{name}", handler)
+        app.router.add_get("/small", small)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        config = ProviderConfig(package="x", max_response_bytes=limit)
+        client = UpstreamClient(config)
+        try:
+            for name in ("declared", "chunked", "bomb"):
+                request = httpx.Request("GET", f"http://127.0.0.1:{port}/{name}")
+                try:
+                    await send(client, request, provider="acme", max_retries=0)
+                except UpstreamError as exc:
+                    assert exc.code == "upstream_response_too_large", name
+                    assert exc.status == 502 and "acme" in exc.message
+                else:
+                    raise AssertionError(f"{name}: a {len(big)}-byte answer was read")
+            # Under the cap, and on the same pool afterwards: read as usual.
+            ok = await send(
+                client,
+                httpx.Request("GET", f"http://127.0.0.1:{port}/small"),
+                provider="acme",
+                max_retries=0,
+            )
+            assert ok.json() == {"ok": True}
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    asyncio.run(main())

@@ -90,6 +90,9 @@ class ProviderConfig(_Strict):
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     max_connections: Annotated[int, Field(ge=1)] = 256
+    #: The most the gateway reads of one upstream answer (held in memory), or of one line
+    #: of a stream: past it the call fails (502 upstream_response_too_large) and is free.
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     webhook_secret_env: str | None = None  # overrides the plugin's default variable name
     settings: dict[str, Any] = Field(default_factory=dict)
 

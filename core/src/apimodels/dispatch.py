@@ -26,7 +26,7 @@ from .pricing import usage_ceiling, usage_problem
 from .provider import Output, Usage
 from .runtime import Gateway, Route
 from .schemas import UnifiedRequest
-from .upstream import send
+from .upstream import send, too_large
 
 log = logging.getLogger("apimodels")
 
@@ -253,7 +253,8 @@ class Relay:
         """Read the upstream's events into the queue (raise to end the stream in error)."""
         name = self.route.provider.name
         done = False
-        async for line in self.response.aiter_lines():
+        limit = self.route.provider.config.max_response_bytes
+        async for line in _lines(self.response, limit, name):
             if self._drain_until is not None and time.monotonic() > self._drain_until:
                 break  # the client left long ago; stop waiting for the usage
             if not line.startswith("data:"):
@@ -291,6 +292,24 @@ class Relay:
             return
         self.result.client_gone = True
         self._drain_until = time.monotonic() + DRAIN_SECONDS
+
+
+async def _lines(response: httpx.Response, limit: int, provider: str) -> AsyncIterator[str]:
+    """A stream's lines, none longer than ``limit`` bytes (a line is held in memory until
+    its end arrives)."""
+    pending = b""
+    async for chunk in response.aiter_raw():
+        pending += chunk
+        if b"\n" in chunk:
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if len(line) > limit:
+                    raise too_large(provider, limit)
+                yield line.removesuffix(b"\r").decode("utf-8", "replace")
+        if len(pending) > limit:
+            raise too_large(provider, limit)
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 async def open_stream(

@@ -7,6 +7,10 @@ from 1,825 to 430 requests per second between 4 and 32 concurrent connections, a
 through httpx's client on top of aiohttp still cost about 65 us per call; this adapter
 keeps httpx's types for plugins and pays neither.
 
+An answer read whole is read up to the provider's ``max_response_bytes``: past it the
+connection is dropped and the call fails (502), so an upstream cannot fill the gateway's
+memory.
+
 A request is retried only when it cannot have reached the upstream (the connection was
 never made), or when it is idempotent (GET/HEAD) and the upstream answered a transient
 502/503/504. A POST that may have reached the upstream is never re-sent: it could be
@@ -28,6 +32,10 @@ _RETRY_STATUSES = {502, 503, 504}
 _IDEMPOTENT = {"GET", "HEAD"}
 # Hop-by-hop and encoding headers that no longer describe the bytes handed to plugins.
 _DROPPED = {"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"}
+
+
+class ResponseTooLarge(Exception):
+    """An upstream answer longer than the provider's ``max_response_bytes``."""
 
 
 class _Body(httpx.AsyncByteStream):
@@ -119,14 +127,33 @@ class UpstreamClient:
                 response.status, headers=_headers(response), stream=_Body(response), request=request
             )
         try:
-            body = await response.read()
+            body = await self._read(response)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise httpx.ReadTimeout(str(exc)) from exc
         except aiohttp.ClientError as exc:
             raise httpx.ReadError(str(exc)) from exc
+        except ResponseTooLarge:
+            response.close()  # never hand a half-read connection back to the pool
+            raise
         finally:
             response.release()
         return _ReadResponse(response.status, _headers(response), body, request)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, up to ``max_response_bytes``."""
+        limit = self.config.max_response_bytes
+        if (response.content_length or 0) > limit:
+            raise ResponseTooLarge
+        # The common case, one read and no copies; a compressed body is counted as it is
+        # inflated instead (its declared length says nothing of what it inflates to).
+        if response.content_length is not None and "content-encoding" not in response.headers:
+            return await response.read()
+        body = bytearray()
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise ResponseTooLarge
+        return bytes(body)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -154,6 +181,8 @@ async def send(
                 ) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"{provider} did not answer in time") from exc
+        except ResponseTooLarge:
+            raise too_large(provider, client.config.max_response_bytes) from None
         except httpx.TransportError as exc:
             raise UpstreamError(
                 f"connection to {provider} failed", code="upstream_connection_error"
@@ -169,3 +198,10 @@ async def send(
                 return response
         attempt += 1
         await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+
+
+def too_large(provider: str, limit: int) -> UpstreamError:
+    return UpstreamError(
+        f"{provider} sent an answer larger than the gateway reads ({limit} bytes)",
+        code="upstream_response_too_large",
+    )
