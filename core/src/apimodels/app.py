@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -175,7 +175,33 @@ async def read_json(request: Request) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    # Only an escape can smuggle in half a UTF-16 pair (raw bytes must be valid UTF-8), so
+    # ordinary bodies skip the walk.
+    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(body):
+        raise InvalidRequest(
+            "The request body has a string with an unpaired UTF-16 surrogate escape"
+            " (\\ud800-\\udfff): it is not Unicode text. Escape characters outside the"
+            " Basic Multilingual Plane as a surrogate pair, or send them as UTF-8.",
+            code="invalid_json",
+        )
     return body
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    stack = [body]  # not recursive: the body may be nested as deep as the parser allows
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 async def read_multipart(request: Request) -> dict[str, Any]:
@@ -540,6 +566,10 @@ def _wrong_modality(route: Route, path: str) -> InvalidRequest:
     )
 
 
+#: What this process counted since it started (``GET /health`` shows them).
+COUNTERS = {"client_disconnects": 0}
+
+
 def _with_errors(
     endpoint: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -548,6 +578,10 @@ def _with_errors(
             return await endpoint(request)
         except APIError as exc:
             return error_response(exc)
+        except ClientDisconnect:  # the client left while sending: not the server's error
+            COUNTERS["client_disconnects"] += 1
+            log.debug("%s: the client left", request.scope["state"].get("request_id"))
+            return Response(status_code=400)  # nobody is left to read it
         except Exception as exc:  # answered here, so no traceback reaches any log
             return await _internal_error(request, exc)
 
@@ -605,7 +639,7 @@ def create_app(
 
     async def health(request: Request) -> Response:
         biller.ledger.commit()  # answers once this process's queued charges are committed
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "counters": COUNTERS})
 
     # The model endpoints: answered in RequestContext's fast lane, and routed by Starlette
     # too (a GET gets its 405 there). First: Starlette tries routes in order, a regex each.

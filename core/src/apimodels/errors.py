@@ -13,12 +13,23 @@
     └── UpstreamTimeout           504 the provider did not answer in time
 
 Messages are written for the API consumer: never a stack trace, an internal path or an
-upstream key. Plugins raise these (or return ``UpstreamFailure``) to surface upstream errors.
+upstream key; anything key-shaped in a message is redacted when it is answered. Plugins raise these (or return ``UpstreamFailure``) to surface upstream errors.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
+
+#: Anything shaped like an API key or signing secret (ours ``sk-am-``, OpenAI's ``sk-``,
+#: ElevenLabs' ``sk_``, Replicate's ``r8_``, webhook secrets ``whsec_``): a message that
+#: quotes what the client sent (an unknown model, task or request id) never echoes one.
+_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9])(sk-am-|sk-|sk_|r8_|whsec_)[A-Za-z0-9_\-+/=.]{6,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with every key-shaped run cut to its prefix (``sk-am-***``)."""
+    return _KEY_SHAPED.sub(r"\1***", text)
 
 
 class APIError(Exception):
@@ -48,7 +59,7 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": self.message,
+                "message": redact(self.message),
                 "type": self.type,
                 "code": self.code,
                 "param": self.param,
