@@ -742,6 +742,89 @@ def test_the_openai_sdk_parses_every_endpoint(origin: str, live: httpx.Client) -
         bad.models.list()
 
 
+# --- numeric parameters, over a real socket ---------------------------------------------------
+
+#: A JSON integer too large for a float (Python's float() raises OverflowError on it).
+HUGE = "1" + "0" * 400
+CHAT_BODY = '"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]'
+SPEECH_BODY = '"model": "tts-1", "voice": "nova", "input": "hi"'
+_CHAT = "/v1/chat/completions"
+
+
+def post_raw(live: httpx.Client, path: str, base: str, extra: str) -> httpx.Response:
+    """POST ``{base, extra}`` as written, so numbers reach the simulator as typed."""
+    content = f"{{{base}, {extra}}}".encode()
+    return live.post(path, content=content, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "param", "code"),
+    [
+        (_CHAT, '"temperature": 1e308', "temperature", "decimal_above_max_value"),
+        (_CHAT, f'"temperature": {HUGE}', "temperature", "decimal_above_max_value"),
+        (_CHAT, f'"temperature": -{HUGE}', "temperature", "decimal_below_min_value"),
+        (_CHAT, '"temperature": 1e400', "temperature", "decimal_above_max_value"),
+        (_CHAT, '"temperature": -0.1', "temperature", "decimal_below_min_value"),
+        (_CHAT, '"top_p": 1.5', "top_p", "decimal_above_max_value"),
+        (_CHAT, f'"top_p": {HUGE}', "top_p", "decimal_above_max_value"),
+        (_CHAT, '"presence_penalty": 2.5', "presence_penalty", "decimal_above_max_value"),
+        (_CHAT, f'"presence_penalty": -{HUGE}', "presence_penalty", "decimal_below_min_value"),
+        (_CHAT, '"frequency_penalty": -3', "frequency_penalty", "decimal_below_min_value"),
+        (_CHAT, f'"frequency_penalty": {HUGE}', "frequency_penalty", "decimal_above_max_value"),
+        (_CHAT, '"presence_penalty": "lots"', "presence_penalty", "invalid_type"),
+        (_CHAT, '"n": 0', "n", "integer_below_min_value"),
+        (_CHAT, f'"n": {HUGE}', "n", "integer_above_max_value"),
+        (_CHAT, '"max_tokens": 0', "max_tokens", "integer_below_min_value"),
+        (_CHAT, '"max_completion_tokens": 0', "max_completion_tokens", "integer_below_min_value"),
+        (_CHAT, '"logprobs": true, "top_logprobs": 21', "top_logprobs", "integer_above_max_value"),
+        (_CHAT, f'"seed": {HUGE}', "seed", "integer_above_max_value"),
+        ("/v1/audio/speech", f'"speed": {HUGE}', "speed", "decimal_above_max_value"),
+        ("/v1/audio/speech", '"speed": 1e308', "speed", "decimal_above_max_value"),
+        ("/v1/audio/speech", '"speed": 0.1', "speed", "decimal_below_min_value"),
+    ],
+)
+def test_numbers_out_of_bounds_are_400_whatever_their_size(
+    live: httpx.Client, path: str, extra: str, param: str, code: str
+) -> None:
+    base = CHAT_BODY if path == _CHAT else SPEECH_BODY
+    error = error_of(post_raw(live, path, base, extra), 400)
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+    assert len(error["message"]) < 1000
+    assert post_raw(live, path, base, '"n": 1').status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_json_that_is_not_json_is_a_parse_error(live: httpx.Client, constant: str) -> None:
+    """OpenAI's parser is strict JSON: NaN and Infinity are not numbers there."""
+    r = post_raw(live, _CHAT, CHAT_BODY, f'"temperature": {constant}')
+    assert "could not parse the JSON body" in error_of(r, 400)["message"]
+
+
+def test_bounds_themselves_are_accepted(live: httpx.Client) -> None:
+    for extra in (
+        '"temperature": 0, "top_p": 0, "presence_penalty": -2, "frequency_penalty": 2',
+        '"temperature": 2.0, "top_p": 1, "presence_penalty": 2, "frequency_penalty": -2.0',
+        '"logprobs": true, "top_logprobs": 20, "seed": -9223372036854775808',
+    ):
+        assert post_raw(live, _CHAT, CHAT_BODY, extra).status_code == 200, extra
+    for speed in ("0.25", "4"):
+        r = post_raw(live, "/v1/audio/speech", SPEECH_BODY, f'"speed": {speed}')
+        assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("value", "code"), [(HUGE, "decimal_above_max_value"), ("nan", "invalid_type")]
+)
+def test_transcription_temperature_form_field(live: httpx.Client, value: str, code: str) -> None:
+    r = live.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper-1", "temperature": value},
+        files={"file": ("a.wav", wav_file(0.5))},
+    )
+    error = error_of(r, 400)
+    assert (error["param"], error["code"]) == ("temperature", code)
+
+
 # --- the checker itself ----------------------------------------------------------------------
 
 

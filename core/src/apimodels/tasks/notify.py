@@ -8,9 +8,10 @@ rotates it). Deliveries are retried with exponential backoff until a 2xx or
 ``tasks.webhook_retry_hours``.
 
 SSRF: a webhook URL must be https, and its host must resolve only to public addresses
-(no private, loopback, link-local, multicast or reserved ones). The check runs when the task
-is submitted and again at every delivery, inside the connection's own DNS resolution, so a
-name that later re-points to an internal address is refused too. ``tasks.allow_private_webhooks``
+(no private, loopback, link-local, site-local, multicast or reserved ones; IPv4 embedded in
+IPv6 is judged by the IPv4 inside: ``is_public_address``). The check runs when the task is
+submitted and again at every delivery, inside the connection's own DNS resolution, so a name
+that later re-points to an internal address is refused too. ``tasks.allow_private_webhooks``
 lifts both rules (tests, the sandbox, a trusted LAN).
 """
 
@@ -47,10 +48,29 @@ def account_webhook_secret(
     return secret
 
 
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+#: IPv6 ranges whose last 32 bits are an IPv4 address a relay or the kernel delivers to:
+#: IPv4-compatible (``::a.b.c.d``, deprecated, also ``::`` and ``::1``), IPv4-mapped, SIIT
+#: (``::ffff:0:a.b.c.d``) and the well-known NAT64 prefix. ``ipaddress`` calls most of
+#: them global, so they are unwrapped before the check.
+_EMBEDS_IPV4 = tuple(
+    ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+)
+#: Refused whole: Teredo (2001::/32: whoever relays it decides where it goes), the local-use
+#: NAT64 prefix (a site's own translator, embedding anywhere) and deprecated site-local.
+_NEVER = tuple(ipaddress.IPv6Network(n) for n in ("2001::/32", "64:ff9b:1::/48", "fec0::/10"))
+
+
+def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may connect to ``address``: globally routable unicast, with IPv4
+    embedded in IPv6 (NAT64, 6to4, mapped, compatible) judged by the IPv4 inside."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _NEVER):
+            return False
+        if ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif any(ip in net for net in _EMBEDS_IPV4):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not ip.is_multicast
 
 
@@ -72,7 +92,7 @@ def check_url(url: Any, *, allow_private: bool) -> str:
             literal = ipaddress.ip_address(host)
         except ValueError:
             return url
-        if not _public(str(literal)):
+        if not is_public_address(literal):
             raise _private(host)
     return url
 
@@ -95,7 +115,7 @@ async def check_resolves_public(url: str) -> None:
         raise InvalidRequest(
             f"'webhook' host {host} does not resolve", param="webhook", code="webhook_not_allowed"
         ) from None
-    if not infos or not all(_public(str(info[4][0])) for info in infos):
+    if not infos or not all(is_public_address(str(info[4][0])) for info in infos):
         raise _private(host)
 
 
@@ -109,7 +129,7 @@ class PublicOnlyResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
-        public = [r for r in found if _public(r["host"])]
+        public = [r for r in found if is_public_address(r["host"])]
         if not public:
             raise OSError(f"{host} resolves to no public address")
         return public

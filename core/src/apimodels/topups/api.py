@@ -1,7 +1,8 @@
 """``/v1/topups``: an account buys credits (POST) and reads its orders (GET), plus the
 assembly of the whole top-ups feature from ``[topups]`` (``build_topups``).
 
-Amounts in and out are decimal strings (a JSON number is read exactly, never as a float).
+Amounts in and out are decimal strings: ``amount_usd`` is plain ASCII digits with an optional
+fraction (a JSON number is read as its literal text, never as a float, by the same rule).
 An account sees only its own orders: another account's order id is 404. ``Idempotency-Key``
 on the POST makes a retried request answer the first order instead of making a second one.
 """
@@ -9,6 +10,7 @@ on the POST makes a retried request answer the first order instead of making a s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -85,36 +87,46 @@ def render_order(order: dict[str, Any], entries: list[dict[str, Any]]) -> dict[s
     }
 
 
+#: An amount's only form: ASCII digits, optionally a point and more digits. ``Decimal()``
+#: also reads "20_0" (200), fullwidth digits, "1e3", " 20" and "+20": none is an amount.
+PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def _not_an_amount(why: str = "a plain decimal number of US dollars") -> InvalidRequest:
+    return InvalidRequest(
+        f"'amount_usd' must be {why}, e.g. \"20\" or 20.50.",
+        param="amount_usd",
+        code="invalid_value",
+    )
+
+
 def parse_amount(value: Any, config: TopupsConfig) -> Decimal:
-    """``amount_usd`` -> an exact Decimal within the configured bounds, in whole cents."""
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise InvalidRequest(
-            "'amount_usd' must be a number of US dollars, e.g. \"20\" or 20.50.",
-            param="amount_usd",
-            code="invalid_value",
-        )
+    """``amount_usd`` -> an exact Decimal within the configured bounds, in whole cents.
+
+    ``value`` is a string, or a JSON number as its literal text (the body is parsed with
+    ``parse_float=str``) or int: both follow the string rule, so 1e3 is refused either way.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise _not_an_amount()
     try:
         usd = Decimal(value)
     except InvalidOperation:
-        usd = Decimal("NaN")
+        raise _not_an_amount() from None
     if not usd.is_finite():
-        raise InvalidRequest(
-            "'amount_usd' must be a number of US dollars, e.g. \"20\" or 20.50.",
-            param="amount_usd",
-            code="invalid_value",
-        )
+        raise _not_an_amount()
+    # The bounds first, so "1e999999" and "-5" say what is allowed, then the form.
     if not config.min_usd <= usd <= config.max_usd:
         raise InvalidRequest(
             f"'amount_usd' must be from {config.min_usd} to {config.max_usd} USD.",
             param="amount_usd",
             code="amount_out_of_range",
         )
+    if not PLAIN_DECIMAL.fullmatch(value):
+        raise _not_an_amount()
     if usd != usd.quantize(Decimal("0.01")):
-        raise InvalidRequest(
-            "'amount_usd' must be a whole number of cents, e.g. 20 or 20.50.",
-            param="amount_usd",
-            code="invalid_value",
-        )
+        raise _not_an_amount("a whole number of cents")
     return usd
 
 
@@ -148,7 +160,7 @@ class TopupsAPI:
 
     async def _create(self, request: Request, principal: Principal) -> Response:
         try:
-            body = json.loads(await request.body(), parse_float=Decimal)
+            body = json.loads(await request.body(), parse_float=str)  # see parse_amount
         except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):

@@ -20,6 +20,11 @@ error bodies (``{"error": {"message", "type", "param", "code"}}``):
 - ``POST /v1/moderations``: scores for the 13 categories from keyword lists
   (``MODERATION_WORDS``).
 
+Parameters are checked as OpenAI checks them, with its 400 ``invalid_request_error`` bodies:
+numeric ones against the bounds of its OpenAPI description (``temperature`` 0-2, ``top_p``
+0-1, penalties -2 to 2, ``n`` 1-128, ``speed`` 0.25-4 ...) whatever the number's size, and
+bodies as strict JSON (no ``NaN`` or ``Infinity``).
+
 Outputs are deterministic functions of the input (ids and timestamps aside). Usage comes
 from ``tokens()``: one token per 4 characters, rounded up.
 
@@ -274,25 +279,36 @@ def _number(
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = float(value)
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    # NaN passes every comparison: no decimal (JSON has none; a form field can spell "nan").
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
         raise _invalid(
             f"Invalid type for '{name}': expected a decimal, but got a {type(given).__name__} instead.",
             name,
             "invalid_type",
         )
+    shown = _shown(value)  # compared as given: a JSON integer may be too large for a float
     if value < low:
         raise _invalid(
-            f"Invalid '{name}': decimal below minimum value. Expected a value >= {low:g}, but got {value:g} instead.",
+            f"Invalid '{name}': decimal below minimum value. Expected a value >= {low:g}, but got {shown} instead.",
             name,
             "decimal_below_min_value",
         )
     if high is not None and value > high:
         raise _invalid(
-            f"Invalid '{name}': decimal above maximum value. Expected a value <= {high:g}, but got {value:g} instead.",
+            f"Invalid '{name}': decimal above maximum value. Expected a value <= {high:g}, but got {shown} instead.",
             name,
             "decimal_above_max_value",
         )
     return float(value)
+
+
+def _shown(value: float) -> str:
+    """A number for an error message, short whatever its size."""
+    try:
+        return f"{value:g}"
+    except OverflowError:  # an int beyond float's range: JSON allows 10**400
+        digits = str(abs(value))  # at most 4300: Python's JSON refuses longer integers
+        return f"{'-' * (value < 0)}{digits[0]}e+{len(digits) - 1}"
 
 
 def _integer(
@@ -484,6 +500,10 @@ async def chat(request: Request, body: dict[str, Any]) -> Response:
     n = _integer(body, "n", 1, 1, 128) or 1
     _number(body, "temperature", 1.0, 0, 2)
     _number(body, "top_p", 1.0, 0, 1)
+    _number(body, "presence_penalty", 0.0, -2, 2)
+    _number(body, "frequency_penalty", 0.0, -2, 2)
+    _integer(body, "top_logprobs", None, 0, 20)
+    _integer(body, "seed", None, -(2**63), 2**63 - 1)
     limit = _integer(body, "max_completion_tokens", None, 1)
     if model in REASONING_MODELS:
         if body.get("max_tokens") is not None:
@@ -1036,6 +1056,11 @@ async def _pause(request: Request, seconds: float) -> None:
             return
 
 
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity; OpenAI's parser, strict JSON, does not."""
+    raise ValueError(f"{constant} is not JSON")
+
+
 async def _read_body(request: Request) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The request's parameters (None when the JSON is unreadable), and what to record."""
     if request.method == "GET":
@@ -1058,7 +1083,7 @@ async def _read_body(request: Request) -> tuple[dict[str, Any] | None, dict[str,
         return fields, {"json": logged, "files": files}
     raw = await request.body()
     try:
-        body = json.loads(raw) if raw else {}
+        body = json.loads(raw, parse_constant=_not_json) if raw else {}
     except ValueError:
         return None, {"json": None, "raw": raw[:1000].decode(errors="replace")}
     return (body if isinstance(body, dict) else None), {"json": body}
