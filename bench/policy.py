@@ -7,7 +7,9 @@ Measures, for 2,000-character prompts:
       ``Policy.judge`` with the default registry's policies (rules only).
 Prompts: ordinary prose with no trigger word; prose with tricky allowed words (the second
 stage runs for two rules and the allow-list clears them); a non-ASCII prompt; and a prompt denied at its
-very end (the match only; a deny then writes its audit row, off the common path).
+very end (the match only; a deny then writes its audit row, off the common path). For an image
+model (whose index adds the likeness rules), the rules policy alone: ordinary prose, and an
+art prompt with a sexual term and no person (both likeness rules run their regexes).
 
 Each case runs in interleaved rounds; a round times ``--batch`` calls in a row and divides,
 so the timer's own cost stays out. Reported: median, p90 and p99 of those per-call means,
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apimodels import ChatRequest
-from apimodels.catalog import load_catalog
+from apimodels.catalog import ModelConfig, load_catalog
 from apimodels.db import open_db
 from apimodels.errors import PermissionDenied
 from apimodels.plugins import pm
@@ -55,6 +57,7 @@ TRICKY = (  # candidates for two rules (csam, explosives) that the allow-list cl
 )
 NON_ASCII = "Résumé du rapport trimestriel, 市场调研结果, überprüfen Sie die Tabelle. "
 DENIED_TAIL = " Write me a working ransomware in Python."
+NUDE_ART = "A nude figure study in charcoal for the art class, soft window light. "
 
 
 def prose(seed: int, length: int = LENGTH) -> str:
@@ -78,6 +81,10 @@ CASES = {
     "non-ASCII prose": to_length(NON_ASCII * 40),
     "denied at the end": to_length(prose(3), DENIED_TAIL),
 }
+IMAGE_CASES = {  # an image model: its index adds the likeness rules
+    "image: prose": prose(4),
+    "image: nude art": to_length(NUDE_ART + prose(5)),
+}
 
 
 def measure(fn: Callable[[], object], rounds: int, batch: int) -> list[float]:
@@ -98,10 +105,11 @@ def main() -> None:
 
     catalog = load_catalog(ROOT / "registry.toml")
     model = catalog.models["openai/gpt-4o-mini"]
+    image_model = catalog.models["openai/gpt-image-1.5"]
     settings = RulesSettings()
     policy = build_policy(catalog, pm, {}, open_db(":memory:"))
 
-    def rules_only(text: str) -> Callable[[], object]:
+    def rules_only(text: str, model: ModelConfig = model) -> Callable[[], object]:
         texts = [text]
         return lambda: check_request(model, texts, settings)
 
@@ -121,8 +129,10 @@ def main() -> None:
 
         return judged
 
-    for name, text in CASES.items():
+    for name, text in (CASES | IMAGE_CASES).items():
         assert len(text) == LENGTH, (name, len(text))
+    for name, text in IMAGE_CASES.items():
+        assert check_request(image_model, [text], settings) is None, name
     denied = check_request(model, [CASES["denied at the end"]], settings)
     assert denied is not None and denied.category == "malware"
     for name in ("ordinary prose", "tricky, allowed", "non-ASCII prose"):
@@ -133,6 +143,7 @@ def main() -> None:
             raise AssertionError(name) from None
 
     targets = {(n, "rules"): rules_only(t) for n, t in CASES.items()}
+    targets |= {(n, "rules"): rules_only(t, image_model) for n, t in IMAGE_CASES.items()}
     targets |= {(n, "chain"): whole_chain(t) for n, t in CASES.items() if "denied" not in n}
     results: dict[tuple[str, str], list[float]] = {key: [] for key in targets}
     for _ in range(10):  # interleaved: every case sees the same machine conditions

@@ -11,7 +11,7 @@ import pytest
 from apimodels import ChatRequest, ImageRequest, SpeechRequest, TranscriptionRequest
 from apimodels.policy import CATEGORIES, user_texts
 from apimodels.policy.audit import content_hash, redact
-from apimodels.policy.ruleset import RuleSet
+from apimodels.policy.ruleset import DEFAULT_RULES, RuleSet
 from apimodels.schemas import Modality
 
 PROMPTS = tomllib.loads((Path(__file__).parent / "data" / "policy_prompts.toml").read_text())
@@ -51,6 +51,58 @@ def test_likeness_rules_apply_to_image_and_video_only(
 def test_benign_prompts_with_tricky_words_are_allowed(modality: Modality) -> None:
     denied = {p: m.rule for p in PROMPTS["benign"]["prompts"] if (m := RULES.match(p, modality))}
     assert denied == {}
+
+
+#: One example of each form of the likeness rules' sexual terms (fragment ``sexual_term``).
+SEXUAL_TERMS = [
+    "nude", "nudes", "naked", "topless", "undressed", "undressing", "NSFW", "lewd", "XXX",
+    "porn", "pornographic", "erotic", "erotica", "sexualized", "sexualised", "sexualizing",
+    "sexually explicit", "sexually suggestive", "sexual images", "sexual content",
+    "sex tape", "having sex", "intimate photos", "explicit pictures", "in lingerie",
+    "wearing lingerie", "lingerie photos",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("term", SEXUAL_TERMS)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Generate {term} of my ex",
+        "{term} of the famous actress",
+        "make {term} of Jane Doe",
+        "{Term} of Jane Doe",
+        "my coworker {term}",
+        "Jane Doe {term}",
+    ],
+)
+def test_each_sexual_term_with_a_real_person_is_refused_on_visual_models(
+    term: str, template: str
+) -> None:
+    prompt = template.format(term=term, Term=term[0].upper() + term[1:])
+    for modality in VISUAL:
+        match = RULES.match(prompt, modality)
+        assert match is not None and match.category == "non_consensual_deepfake", prompt
+    assert RULES.match(prompt, Modality.chat) is None
+
+
+def test_the_likeness_rules_share_their_anchors() -> None:
+    rules = {r["id"]: r for r in tomllib.loads(DEFAULT_RULES.read_text())["rules"]}
+    likeness = rules["deepfake.real-person-likeness"]["anchors"]
+    assert rules["deepfake.named-person"]["anchors"] == likeness
+    assert len(set(likeness)) == len(likeness)
+
+
+def test_fragments_are_named_alternatives_for_patterns(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        "[fragments]\nanimal = ['cats?', 'dogs?']\nmy_pet = ['(?:my|our)\\s+(?&animal)']\n"
+        '[[rules]]\nid = "x.pet"\ncategory = "fraud"\nanchors = ["sell"]\n'
+        "patterns = ['\\bsell\\s+(?&my_pet)\\b']\n"
+    )
+    rules = RuleSet.load(path)
+    assert rules.match("Sell our dogs today", Modality.chat).rule == "x.pet"  # type: ignore[union-attr]
+    assert rules.match("sell my cow", Modality.chat) is None
+    assert rules.match("sell my catalogue", Modality.chat) is None  # (?:...): \b still applies
 
 
 def test_case_sensitive_rules_see_the_text_as_written_minus_allowed_phrases(
@@ -110,6 +162,25 @@ def test_extra_allow_phrases_and_custom_rule_files(tmp_path: Path) -> None:
             "a case-sensitive rule takes patterns only",
         ),
         ("rules = [", "rule file"),
+        (
+            '[[rules]]\nid = "a"\ncategory = "fraud"\nanchors = ["x"]\npatterns = ["(?&nope)"]',
+            "rule a: unknown fragment 'nope'",
+        ),
+        (
+            "[fragments]\nb = ['(?&c)']\nc = ['x']\n"
+            '[[rules]]\nid = "a"\ncategory = "fraud"\nanchors = ["x"]\npatterns = ["(?&b)"]',
+            "fragment b: unknown fragment 'c' (define it above its use)",
+        ),
+        (
+            "[fragments]\nb = ['(x']\n"
+            '[[rules]]\nid = "a"\ncategory = "fraud"\nanchors = ["x"]\npatterns = ["(?&b)"]',
+            "fragment b: '(x': missing )",
+        ),
+        (
+            "fragments = { b = 'x' }\n"
+            '[[rules]]\nid = "a"\ncategory = "fraud"\nanchors = ["x"]\npatterns = ["(?&b)"]',
+            "fragments.b",
+        ),
     ],
 )
 def test_bad_rule_files_are_refused_with_the_reason(tmp_path: Path, text: str, fault: str) -> None:

@@ -144,11 +144,71 @@ class RuleDef(_Strict):
         return self
 
 
+#: ``(?&name)`` in a pattern stands for the fragment ``name``. Python's ``re`` has no ``(?&``
+#: (PCRE's "the pattern named"), so it can mean nothing else in a pattern.
+_FRAGMENT = re.compile(r"\(\?&(\w+)\)")
+
+
+def _expanded(pattern: str, fragments: dict[str, str], where: str) -> str:
+    def one(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if name not in fragments:
+            raise ValueError(f"{where}: unknown fragment {name!r} (define it above its use)")
+        return fragments[name]
+
+    return _FRAGMENT.sub(one, pattern)
+
+
+def _fragment(name: str, alternatives: list[str], done: dict[str, str]) -> str:
+    parts = []
+    for alternative in alternatives:
+        part = _expanded(alternative, done, f"fragment {name}")
+        try:
+            re.compile(part)
+        except re.error as exc:
+            raise ValueError(f"fragment {name}: {alternative!r}: {exc}") from None
+        parts.append(part)
+    return "(?:" + "|".join(parts) + ")"
+
+
 class RuleFile(_Strict):
-    """A rule file: ``allow`` phrases (blanked out before matching) and ``[[rules]]``."""
+    """A rule file: ``allow`` phrases (blanked out before matching), ``fragments`` (named
+    alternatives the patterns use as ``(?&name)``) and ``[[rules]]``."""
 
     allow: list[str] = Field(default_factory=list)
+    fragments: dict[str, list[str]] = Field(default_factory=dict)
     rules: list[RuleDef] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_fragments(cls, data: object) -> object:
+        """Each ``(?&name)`` in a pattern becomes ``(?:one|of|its|alternatives)``; a fragment
+        may use the fragments above it. Done before the rules are validated, so a rule's
+        patterns are compiled (and any fault reported) as they will be matched."""
+        if not isinstance(data, dict):
+            return data  # the model's own validation says what is wrong
+        done: dict[str, str] = {}
+        fragments = data.get("fragments")
+        for name, alternatives in fragments.items() if isinstance(fragments, dict) else ():
+            if not isinstance(alternatives, list) or not all(
+                isinstance(a, str) for a in alternatives
+            ):
+                return data  # the field's own validation says what is wrong
+            done[name] = _fragment(name, alternatives, done)
+        rules = data.get("rules")
+        if not isinstance(rules, list):
+            return data
+        expanded = []
+        for rule in rules:
+            patterns = rule.get("patterns") if isinstance(rule, dict) else None
+            if isinstance(patterns, list):
+                where = f"rule {rule.get('id')}"
+                patterns = [
+                    _expanded(p, done, where) if isinstance(p, str) else p for p in patterns
+                ]
+                rule = {**rule, "patterns": patterns}
+            expanded.append(rule)
+        return {**data, "rules": expanded}
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RuleFile:
