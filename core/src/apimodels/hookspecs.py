@@ -64,7 +64,9 @@ def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
 
     Estimate from the maximum the request allows (``max_tokens``, the model's
     ``max_output_tokens``, the number of images), not the typical case: a hold that is too
-    small lets a balance go negative.
+    small lets a balance go negative. The estimate is also the ceiling of what the upstream
+    may report: a usage above it (input tokens excepted, which may reach the model's
+    ``context_tokens``) is refused as an unreadable answer (502, free).
 
     :param model: the catalog entry of the requested model.
     :param request: the validated unified request.
@@ -103,9 +105,11 @@ def parse_response(
     :param model: the catalog entry.
     :param request: the unified request it answers.
     :param response: the upstream response, body already read.
-    :return: an :class:`apimodels.Output`: the unified body and the :class:`Usage` that
-        pricing needs. Raise :class:`apimodels.errors.UpstreamError` when the body is not
-        what the upstream promises: the call then costs nothing.
+    :return: an :class:`apimodels.Output`: the unified body and the :class:`Usage` the
+        upstream reported, as it reported it (the core checks it: negative, inconsistent
+        or above the estimate is a 502), or ``usage=None`` when it reported none (the call
+        is then charged its estimate). Raise :class:`apimodels.errors.UpstreamError` when
+        the body is not what the upstream promises: the call then costs nothing.
 
     Stops at the first non-None result.
     """
