@@ -40,6 +40,7 @@ def test_model_list_has_modality_provider_and_pricing(client: openai.OpenAI) -> 
     extra = mini.model_extra or {}
     assert extra["modality"] == "chat" and extra["provider"] == "openai"
     assert extra["pricing"]["input_per_1m"] == "0.15"
+    assert (extra["context_tokens"], extra["max_output_tokens"]) == (128000, 16384)
     assert (
         models["openai/gpt-image-1.5"].model_extra["pricing"]["per_image"]["high/1024x1024"]
         == "0.133"

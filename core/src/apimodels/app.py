@@ -265,6 +265,9 @@ class Frontend:
             "provider": m.provider,
             "modality": m.modality.value,
             "pricing": m.pricing.as_dict(),
+            # The bounds of what a call can be charged for (docs/api.md, "Credits and billing").
+            "context_tokens": m.context_tokens,
+            "max_output_tokens": m.max_output_tokens,
             "description": m.description,
         }
 
