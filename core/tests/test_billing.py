@@ -275,3 +275,41 @@ def test_a_batch_interrupted_by_a_base_exception_leaves_no_waiter_hanging(
         assert await group.write(written) == "written"  # the queue goes on
 
     asyncio.run(scenario())
+
+
+def test_a_call_settled_while_the_reservation_grows_is_not_given_back(
+    db: sqlite_utils.Database,
+) -> None:
+    """Outside testing: 40 concurrent calls against credits for 5 served 6 or 7. Growing
+    wrote back the amount it had read before awaiting the ledger, undoing what a call that
+    settled meanwhile took from the reservation."""
+    ledger, principal = funded(db, 5 * 1_000)
+
+    async def run() -> list[str]:
+        b = biller(ledger, idle_seconds=60)
+        first = await call(b, principal, "r1", 1_000)  # grows to 2,000
+        second = await call(b, principal, "r2", 1_000)
+        reserve = b.ledger.reserve
+
+        def reserve_while_one_settles(*args: Any) -> asyncio.Future[int]:
+            granted = reserve(*args)
+            first.succeed(Usage(), 1_000)  # lands while the growth is in flight
+            return granted
+
+        b.ledger.reserve = reserve_while_one_settles  # type: ignore[method-assign]
+        outcomes = []
+        for n in range(3, 10):
+            try:
+                await call(b, principal, f"r{n}", 1_000)
+                outcomes.append("admitted")
+            except InsufficientCredits:
+                outcomes.append("402")
+            b.ledger.reserve = reserve  # type: ignore[method-assign]
+        await second.succeed(Usage(), 1_000)  # type: ignore[misc]
+        await b.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes.count("admitted") == 3  # 5 calls in all, for credits for 5
+    assert ledger.balance(principal.account_id).held_micros >= 0
+    assert ledger.check() == []
