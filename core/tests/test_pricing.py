@@ -6,10 +6,10 @@ from decimal import Decimal
 
 import pytest
 
-from apimodels.catalog import Pricing
+from apimodels.catalog import ModelConfig, Pricing
 from apimodels.errors import InvalidRequest
 from apimodels.money import format_usd, from_micros, to_micros
-from apimodels.pricing import price_usage
+from apimodels.pricing import price_usage, usage_ceiling, usage_problem
 from apimodels.provider import Usage
 
 
@@ -48,3 +48,53 @@ def test_no_floats_reach_money() -> None:
     cost = price_usage(p, Usage(input_tokens=3, output_tokens=3))
     assert isinstance(cost, Decimal)
     assert cost == Decimal("0.0000009")
+
+
+def _model(**extra: object) -> ModelConfig:
+    return ModelConfig(
+        provider="acme",
+        upstream="m",
+        modality="chat",
+        pricing=Pricing(input_per_1m="1", cached_input_per_1m="0.5", output_per_1m="2"),
+        **extra,
+    )
+
+
+def test_the_ceiling_is_the_estimate_with_input_up_to_the_context_window() -> None:
+    estimate = Usage(input_tokens=50, output_tokens=100, images=3)
+    assert usage_ceiling(_model(context_tokens=8000), estimate) == {
+        "input_tokens": 8000,
+        "output_tokens": 100,
+    }  # images are not priced for this model: whatever is said of them costs nothing
+    assert usage_ceiling(_model(), estimate)["input_tokens"] == 50  # no window: the estimate
+    speech = ModelConfig(
+        provider="acme",
+        upstream="s",
+        modality="transcription",
+        pricing=Pricing(per_minute="0.006"),
+    )
+    assert usage_ceiling(speech, Usage(seconds=Decimal("2.5"))) == {"seconds": Decimal("3.5")}
+
+
+@pytest.mark.parametrize(
+    ("usage", "problem"),
+    [
+        (Usage(input_tokens=-1_000_000_000, output_tokens=5), "input_tokens is -1000000000"),
+        (Usage(input_tokens=10, cached_input_tokens=50), "more cached input tokens"),
+        (Usage(input_tokens=10, output_tokens=10**15), "output_tokens 1000000000000000 is more"),
+        (Usage(input_tokens=8001), "input_tokens 8001 is more"),
+        (Usage(seconds=Decimal("NaN")), "seconds is Decimal('NaN')"),
+        (Usage(run_seconds=Decimal(-1)), "run_seconds is Decimal('-1')"),
+        (Usage(images=-1), "images is -1"),
+        (Usage(input_tokens=True), "input_tokens is True"),  # type: ignore[arg-type]
+        (Usage(input_tokens=8000, cached_input_tokens=8000, output_tokens=100), None),
+        (Usage(), None),
+    ],
+)
+def test_impossible_usage_is_named(usage: Usage, problem: str | None) -> None:
+    ceiling = usage_ceiling(_model(context_tokens=8000), Usage(input_tokens=50, output_tokens=100))
+    found = usage_problem(usage, ceiling)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem), found
