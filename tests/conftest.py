@@ -16,6 +16,15 @@ from apimodels_openai.simulator import create_app as create_simulator
 from support import SIM_KEY, Gateway, Simulator, registry_for
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the randomized fault mix (tests/faults/test_mix.py) 20x longer, over more seeds",
+    )
+
+
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[Simulator]:
     with serve(create_simulator(api_key=SIM_KEY)) as url:

@@ -24,11 +24,15 @@ CALL_MICROS = 15_000  # 1,000 characters at $0.015 per 1k: the hold is the charg
 
 
 @pytest.fixture(scope="module")
-def reserving_gateway(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def reserving_gateway(
+    simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     """A gateway that keeps its reservations between calls, as ``make run`` does."""
     tmp = tmp_path_factory.mktemp("overdraft")
     registry = registry_for(simulator.url, tmp)
-    text = re.sub(r"(?m)^reserve_idle_seconds = \S+", "reserve_idle_seconds = 1", registry.read_text())
+    text = re.sub(
+        r"(?m)^reserve_idle_seconds = \S+", "reserve_idle_seconds = 1", registry.read_text()
+    )
     registry.write_text(text)
     server = assemble(registry, tmp / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY})
     with serve(server.app) as url:

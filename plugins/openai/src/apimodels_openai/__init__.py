@@ -216,15 +216,24 @@ def build_request(
 
 
 def _chat_usage(usage: Any) -> Usage | None:
-    """The upstream's usage (the core checks it before pricing); None when it sent none."""
-    if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+    """The upstream's usage, as it said it (the core refuses an impossible one before
+    pricing it); None when it sent none."""
+    if not isinstance(usage, dict) or not {"prompt_tokens", "completion_tokens"} & set(usage):
         return None
     details = usage.get("prompt_tokens_details") or {}
     return Usage(
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-        cached_input_tokens=int(details.get("cached_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
+        input_tokens=_count(usage.get("prompt_tokens", 0)),
+        cached_input_tokens=_count(details.get("cached_tokens", 0)),
+        output_tokens=_count(usage.get("completion_tokens", 0)),
     )
+
+
+def _count(value: Any) -> Any:
+    """A token count: a whole float as an int; anything else as it came, for the core to
+    refuse (never truncated into something plausible)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return 0 if value is None else value
 
 
 def _timestamp(seconds: float) -> tuple[int, int, int, int]:
