@@ -36,13 +36,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from apimodels.accounts import Principal, create_account
-from apimodels.app import new_request_id
-from apimodels.billing import Biller
-from apimodels.db import Checkpointer, database_path, open_db
-from apimodels.ledger import GroupCommit, Ledger
-from apimodels.limits import Limiter
-from apimodels.provider import Usage
+from apimodels.billing.biller import Biller
+from apimodels.billing.ledger import GroupCommit, Ledger
+from apimodels.billing.limits import Limiter
+from apimodels.http.app import new_request_id
+from apimodels.providers.types import Usage
+from apimodels.store.accounts import Principal, create_account
+from apimodels.store.db import Checkpointer, database_path, open_db
 
 GRANT = 10**15
 HOLD, COST = 12_000, 6

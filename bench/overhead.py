@@ -195,9 +195,9 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "core" / "src"))
-    from apimodels.accounts import create_account, create_key
-    from apimodels.db import open_db
-    from apimodels.ledger import Ledger
+    from apimodels.billing.ledger import Ledger
+    from apimodels.store.accounts import create_account, create_key
+    from apimodels.store.db import open_db
 
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-"))
     up_port = free_port()

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from apimodels import ChatRequest
 from apimodels.catalog import ModelConfig, load_catalog
-from apimodels.db import open_db
 from apimodels.errors import PermissionDenied
 from apimodels.plugins import pm
 from apimodels.policy import build_policy, user_texts
 from apimodels.policy.rules import RulesSettings, check_request
+from apimodels.store.db import open_db
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTH = 2000

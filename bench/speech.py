@@ -65,9 +65,9 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between audio chunks")
     args = parser.parse_args()
 
-    from apimodels.accounts import create_account, create_key
-    from apimodels.db import open_db
-    from apimodels.ledger import Ledger
+    from apimodels.billing.ledger import Ledger
+    from apimodels.store.accounts import create_account, create_key
+    from apimodels.store.db import open_db
 
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-speech-"))
     up_port, gw_port = free_port(), free_port()

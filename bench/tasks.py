@@ -100,9 +100,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=200)
     args = parser.parse_args()
 
-    from apimodels.accounts import create_account, create_key
-    from apimodels.db import open_db
-    from apimodels.ledger import Ledger
+    from apimodels.billing.ledger import Ledger
+    from apimodels.store.accounts import create_account, create_key
+    from apimodels.store.db import open_db
 
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-tasks-"))
     (tmp / "replicate_sim.py").write_text(SIM_APP.format(key=REPLICATE_KEY))

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from apimodels.accounts import create_account, create_key
 from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key
 from apimodels.testing import serve
 from apimodels_openai.simulator import create_app as create_simulator
 from support import SIM_KEY, Gateway, Simulator, registry_for

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import sqlite_utils
 
-from apimodels.accounts import create_account, create_key
-from apimodels.db import database_path, open_db
-from apimodels.ledger import Ledger
+from apimodels.billing.ledger import Ledger
 from apimodels.server import Server
+from apimodels.store.accounts import create_account, create_key
+from apimodels.store.db import database_path, open_db
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_KEY = "sk-sim-e2e-0123456789abcdef"

@@ -15,9 +15,16 @@ import httpx
 import openai
 import pytest
 
-from apimodels import ChatRequest, dispatch
-from apimodels.accounts import KeyStore, create_account, create_key, set_key_limits, set_status
+from apimodels import ChatRequest
+from apimodels.providers import dispatch
 from apimodels.server import assemble
+from apimodels.store.accounts import (
+    KeyStore,
+    create_account,
+    create_key,
+    set_key_limits,
+    set_status,
+)
 from apimodels.testing import serve
 from support import SIM_KEY, Gateway, Simulator, registry_for
 

@@ -172,7 +172,7 @@ def test_credits_ledger_and_account_status(run) -> None:  # type: ignore[no-unty
 def test_ledger_check_fails_on_a_tampered_balance(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run("accounts", "create", "tamper@example.com")
     run("credits", "grant", "tamper@example.com", "10", "--reason", "t")
-    from apimodels.db import open_db
+    from apimodels.store.db import open_db
 
     db = open_db(tmp_path / "cli.db")
     db.execute("UPDATE accounts SET balance_micros = balance_micros + 1")

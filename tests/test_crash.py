@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from apimodels.accounts import create_account, create_key
-from apimodels.db import open_db
-from apimodels.ledger import Ledger
+from apimodels.billing.ledger import Ledger
+from apimodels.store.accounts import create_account, create_key
+from apimodels.store.db import open_db
 from apimodels.testing import serve
 from apimodels_replicate.simulator import create_app as create_replicate
 from support import REPLICATE_KEY, SIM_KEY, TASKS_SETTINGS, Simulator, registry_for

@@ -14,9 +14,9 @@ import httpx
 import openai
 import pytest
 
-from apimodels import media
-from apimodels.accounts import create_account, create_key
+from apimodels.providers import media
 from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key
 from apimodels.testing import serve
 from apimodels_elevenlabs.simulator import ACCOUNT_VOICE
 from apimodels_elevenlabs.simulator import create_app as create_elevenlabs

@@ -16,10 +16,10 @@ import openai
 import pytest
 from click.testing import CliRunner
 
-from apimodels import media
 from apimodels.cli import cli
-from apimodels.db import database_path
+from apimodels.providers import media
 from apimodels.server import assemble
+from apimodels.store.db import database_path
 from apimodels.testing import serve
 from support import SIM_KEY, Gateway, Simulator, registry_for
 

@@ -15,12 +15,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from apimodels import ChatRequest, ModelConfig, Output, ProviderSpec, Upstream, Usage, hookimpl
-from apimodels.accounts import create_account, create_key
 from apimodels.catalog import parse_catalog
 from apimodels.errors import ConfigError
 from apimodels.plugins import pm
-from apimodels.runtime import build_gateway
+from apimodels.providers.runtime import build_gateway
 from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key
 from apimodels.testing import serve
 
 ECHO_REGISTRY = """

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from apimodels.catalog import StorageConfig
-from apimodels.media import png
+from apimodels.providers.media import png
 from apimodels.storage import LocalStorage, ObjectTooLarge, extension_for, open_storage
 from support import Gateway
 

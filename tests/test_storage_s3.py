@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from apimodels.catalog import StorageConfig, parse_catalog
 from apimodels.cli import cli
 from apimodels.errors import ConfigError
-from apimodels.media import png
+from apimodels.providers.media import png
 from apimodels.storage import ObjectTooLarge, StorageError, extension_for, open_storage
 from apimodels.storage.s3 import PART_BYTES, S3Storage
 

@@ -23,9 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apimodels import media, signing
-from apimodels.accounts import create_account, create_key, set_key_limits
+from apimodels import signing
+from apimodels.providers import media
 from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key, set_key_limits
 from apimodels.tasks.notify import account_webhook_secret
 from apimodels.testing import bound_socket, serve
 from apimodels_replicate.simulator import create_app as create_replicate

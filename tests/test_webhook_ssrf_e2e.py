@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from apimodels.accounts import create_account, create_key
 from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key
 from apimodels.testing import serve
 from support import SIM_KEY, Gateway, Simulator, registry_for
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from apimodels.accounts import (
+from apimodels.errors import AuthenticationError, PermissionDenied
+from apimodels.store.accounts import (
     KeyStore,
     create_account,
     create_key,
@@ -18,8 +19,7 @@ from apimodels.accounts import (
     revoke_key,
     rotate_key,
 )
-from apimodels.db import open_db
-from apimodels.errors import AuthenticationError, PermissionDenied
+from apimodels.store.db import open_db
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_duplicate_and_invalid_email(db: sqlite_utils.Database) -> None:
 
 
 def test_migrations_apply_once(tmp_path: Path) -> None:
-    from apimodels.migrations import MIGRATIONS, migrate
+    from apimodels.store.migrations import MIGRATIONS, migrate
 
     db = open_db(tmp_path / "m.db")
     assert migrate(db) == []  # already applied by open_db

@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from apimodels.accounts import KeyLimits, Principal, create_account
-from apimodels.app import settle_stream
-from apimodels.billing import Bill, Biller
-from apimodels.db import database_path, open_db
-from apimodels.dispatch import StreamResult
+from apimodels.billing.biller import Bill, Biller
+from apimodels.billing.ledger import GroupCommit, Ledger
+from apimodels.billing.limits import Limiter
 from apimodels.errors import InsufficientCredits
-from apimodels.ledger import GroupCommit, Ledger
-from apimodels.limits import Limiter
-from apimodels.provider import Usage
+from apimodels.http.app import settle_stream
+from apimodels.providers.dispatch import StreamResult
+from apimodels.providers.types import Usage
+from apimodels.store.accounts import KeyLimits, Principal, create_account
+from apimodels.store.db import database_path, open_db
 
 TTL = timedelta(minutes=10)
 ROUTE: Any = SimpleNamespace(

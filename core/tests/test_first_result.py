@@ -7,7 +7,7 @@ from typing import Any
 import pluggy
 import pytest
 
-from apimodels.runtime import first_result
+from apimodels.providers.runtime import first_result
 
 spec = pluggy.HookspecMarker("demo")
 impl = pluggy.HookimplMarker("demo")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from apimodels.hookspecs import hookimpl
-from apimodels.provider import Usage
+from apimodels.providers.types import Usage
 from apimodels.testing.kit import Kit, ProviderConformance, open_kit
 
 REGISTRY = Path(__file__).parents[2] / "registry.toml"

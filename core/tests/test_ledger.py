@@ -13,10 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from apimodels.accounts import create_account
-from apimodels.db import open_db, utcnow
-from apimodels.errors import InsufficientCredits, NotFound
-from apimodels.ledger import (
+from apimodels.billing.ledger import (
     Balance,
     GroupCommit,
     Ledger,
@@ -26,6 +23,9 @@ from apimodels.ledger import (
     transaction,
     unreserve_op,
 )
+from apimodels.errors import InsufficientCredits, NotFound
+from apimodels.store.accounts import create_account
+from apimodels.store.db import open_db, utcnow
 
 TTL = timedelta(minutes=10)
 FAR = (datetime.now(UTC) + TTL).isoformat()

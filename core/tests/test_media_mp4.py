@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from apimodels import media
+from apimodels.providers import media
 
 
 def box(kind: bytes, payload: bytes, *, large: bool = False) -> bytes:

@@ -12,12 +12,12 @@ import pytest
 from pydantic import BaseModel
 
 from apimodels import ChatRequest, Verdict, hookimpl, hookspecs
-from apimodels.accounts import create_account
 from apimodels.catalog import ModelConfig, parse_catalog
-from apimodels.db import open_db
 from apimodels.errors import ConfigError, PermissionDenied, ServiceUnavailable
 from apimodels.policy import Policy, PolicySpec, build_policy, registered_policies, user_texts
 from apimodels.policy import rules as policy_rules
+from apimodels.store.accounts import create_account
+from apimodels.store.db import open_db
 
 REGISTRY: dict[str, Any] = {
     "providers": {"acme": {"package": "apimodels-acme"}},

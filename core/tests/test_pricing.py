@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 
+from apimodels.billing.money import format_usd, from_micros, to_micros
+from apimodels.billing.pricing import price_usage, usage_ceiling, usage_problem
+from apimodels.billing.usage import Usage
 from apimodels.catalog import ModelConfig, Pricing
 from apimodels.errors import InvalidRequest
-from apimodels.money import format_usd, from_micros, to_micros
-from apimodels.pricing import price_usage, usage_ceiling, usage_problem
-from apimodels.provider import Usage
 
 
 def test_rounding_is_half_up_to_the_micro_dollar() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from apimodels.app import RequestContext, _with_errors, read_json
+from apimodels.http.app import RequestContext, _with_errors, read_json
 
 
 async def _inner(scope: Any, receive: Any, send: Any) -> None:

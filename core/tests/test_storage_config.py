@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from apimodels.catalog import parse_catalog
 from apimodels.cli import cli
-from apimodels.db import open_db
 from apimodels.errors import ConfigError
 from apimodels.storage import LocalStorage, load_secret, open_storage
+from apimodels.store.db import open_db
 
 
 def storage(**table: object):  # type: ignore[no-untyped-def]

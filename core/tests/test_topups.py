@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from apimodels.accounts import create_account
-from apimodels.db import open_db
+from apimodels.billing.ledger import Ledger, transaction
 from apimodels.errors import ConfigError
-from apimodels.ledger import Ledger, transaction
+from apimodels.store.accounts import create_account
+from apimodels.store.db import open_db
 from apimodels.topups.config import RateConfig, TopupsConfig
 from apimodels.topups.orders import (
     credit_op,

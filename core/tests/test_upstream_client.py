@@ -12,8 +12,8 @@ from aiohttp import web
 
 from apimodels.catalog import ProviderConfig
 from apimodels.errors import UpstreamError
-from apimodels.provider import Upstream
-from apimodels.upstream import UpstreamClient, send
+from apimodels.providers.types import Upstream
+from apimodels.providers.upstream import UpstreamClient, send
 
 
 async def _serve(seen: list[dict[str, str]]) -> tuple[web.AppRunner, str]:

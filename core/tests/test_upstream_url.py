@@ -2,7 +2,7 @@
 
 import httpx
 
-from apimodels.provider import Upstream
+from apimodels.providers.types import Upstream
 
 
 def test_url_is_base_plus_path_parsed_once() -> None:

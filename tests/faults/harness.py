@@ -13,10 +13,10 @@ from typing import Any
 
 from faults.upstream import FakeUpstream
 
-from apimodels import dispatch
-from apimodels.accounts import create_account, create_key
+from apimodels.providers import dispatch
 from apimodels.schemas import ENDPOINTS
 from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key
 from apimodels.testing import serve
 from support import SIM_KEY, TASKS_SETTINGS, Gateway, registry_for
 

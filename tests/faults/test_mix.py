@@ -42,9 +42,9 @@ import pytest
 from faults.harness import estimate, gateway_for, micros, rows, settled
 from faults.upstream import WAV, FakeUpstream, Fault
 
-from apimodels import dispatch
-from apimodels.accounts import create_account, create_key, revoke_key
-from apimodels.provider import Usage
+from apimodels.providers import dispatch
+from apimodels.providers.types import Usage
+from apimodels.store.accounts import create_account, create_key, revoke_key
 from support import Gateway
 
 SEEDS, SMALL_SEEDS = [11, 12, 13], {13}  # SMALL_SEEDS: the account starts nearly empty

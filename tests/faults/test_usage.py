@@ -21,8 +21,8 @@ import pytest
 from faults.harness import CHAT, EMBED, estimate, gateway_for, micros, row, settled
 from faults.upstream import FakeUpstream, Fault
 
-from apimodels import dispatch
-from apimodels.provider import Usage
+from apimodels.providers import dispatch
+from apimodels.providers.types import Usage
 from support import Gateway
 
 #: Impossible usages for CHAT (max_tokens 10, gpt-4o-mini: 128,000 tokens of context), and

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from apimodels import media
+from apimodels.providers import media
 
 WAV = media.wav(media.tone(0.2))
 PROMPT_TOKENS, COMPLETION_TOKENS = 12, 5

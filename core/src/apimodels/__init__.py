@@ -15,8 +15,9 @@ from .errors import (
     UpstreamTimeout,
 )
 from .hookspecs import hookimpl
-from .provider import (
+from .providers.types import (
     AudioStream,
+    Job,
     Output,
     ProviderSpec,
     StreamEvent,
@@ -45,6 +46,7 @@ __all__ = [
     "EmbeddingRequest",
     "ImageRequest",
     "InvalidRequest",
+    "Job",
     "Modality",
     "ModelConfig",
     "NotFound",

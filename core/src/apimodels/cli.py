@@ -18,8 +18,8 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from . import accounts as acc
 from .errors import APIError, ConfigError
+from .store import accounts as acc
 
 # Piped output is not cut to 80 columns: ids and keys must survive `| grep`.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -41,7 +41,7 @@ class _Group(click.Group):
 
 
 def _db(ctx: click.Context) -> Any:
-    from .db import open_db
+    from .store.db import open_db
 
     return open_db(ctx.obj["db"])
 
@@ -92,7 +92,7 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
     """Run the gateway."""
     import uvicorn
 
-    from .sandbox import demo_key
+    from .providers.sandbox import demo_key
     from .server import assemble
     from .storage import LocalStorage
 
@@ -148,7 +148,7 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
 def plugins(ctx: click.Context) -> None:
     """List installed plugins, the providers they serve and whether the catalog enables them."""
     from .plugins import get_plugins, pm
-    from .runtime import registered_providers
+    from .providers.runtime import registered_providers
 
     providers = registered_providers(pm)
     try:
@@ -296,8 +296,8 @@ def tasks() -> None:
 @click.pass_context
 def tasks_list(ctx: click.Context, account: str | None, status: str | None, limit: int) -> None:
     """List tasks, newest first."""
-    from .ledger import Ledger
-    from .money import format_usd
+    from .billing.ledger import Ledger
+    from .billing.money import format_usd
     from .tasks import TaskStore
 
     db = _db(ctx)
@@ -391,7 +391,7 @@ def _usd(value: str, *, signed: bool = False) -> int:
     """A USD amount typed by an operator -> micro-USD, exactly (no rounding allowed)."""
     from decimal import Decimal, InvalidOperation
 
-    from .money import MICROS_PER_USD
+    from .billing.money import MICROS_PER_USD
 
     try:
         amount = Decimal(value)
@@ -408,13 +408,13 @@ def _usd(value: str, *, signed: bool = False) -> int:
 
 
 def _ledger(ctx: click.Context) -> Any:
-    from .ledger import Ledger
+    from .billing.ledger import Ledger
 
     return Ledger(_db(ctx))
 
 
 def _show_balance(ledger: Any, account_id: str) -> None:
-    from .money import format_usd
+    from .billing.money import format_usd
 
     b = ledger.balance(account_id)
     console.print(
@@ -476,7 +476,7 @@ def credits_adjust(ctx: click.Context, account: str, usd: str, reason: str) -> N
 @click.pass_context
 def credits_show(ctx: click.Context, account: str) -> None:
     """Show ACCOUNT's balance, pending holds and latest ledger entries."""
-    from .money import format_usd
+    from .billing.money import format_usd
 
     ledger = _ledger(ctx)
     acct = acc.get_account(ledger.db, account)
@@ -667,7 +667,7 @@ def orders() -> None:
 def _order_row(o: dict[str, Any]) -> list[str]:
     from decimal import Decimal
 
-    from .money import format_usd
+    from .billing.money import format_usd
 
     charged = f"{Decimal(o['amount_minor']) / 100:.2f} {o['currency'].upper()}"
     return [
@@ -707,7 +707,7 @@ def orders_list(ctx: click.Context, account: str | None, status: str | None, lim
 @click.pass_context
 def orders_show(ctx: click.Context, order_id: str) -> None:
     """Show ORDER_ID with its exchange rate and its ledger entries, as JSON."""
-    from .topups.api import render_order
+    from .http.topups import render_order
     from .topups.orders import get_order, order_entries
 
     db = _db(ctx)
@@ -742,9 +742,9 @@ def orders_refund(
     """
     from decimal import Decimal
 
-    from .ledger import transaction
-    from .money import format_usd
-    from .topups.api import env_secret
+    from .billing.ledger import transaction
+    from .billing.money import format_usd
+    from .http.topups import env_secret
     from .topups.orders import get_order, order_op, refund_total_op
     from .topups.rates import usd_micros_to_minor
     from .topups.stripe_gateway import StripeGateway
@@ -814,7 +814,7 @@ def orders_reconcile(ctx: click.Context, ask_stripe: bool, days: int) -> None:
     db = _db(ctx)
     problems = reconcile(db)
     if ask_stripe:
-        from .topups.api import env_secret
+        from .http.topups import env_secret
         from .topups.stripe_gateway import StripeGateway
 
         config = _catalog(ctx).topups

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .catalog import ModelConfig, Pricing
     from .errors import APIError
     from .policy.spec import PolicyCheck, PolicySpec
-    from .provider import (
+    from .providers.types import (
         AudioStream,
         Job,
         Output,
@@ -280,7 +280,7 @@ def parse_job(model: ModelConfig, data: dict[str, Any], upstream: Upstream) -> J
     :param data: the upstream's JSON description of the job.
     :param upstream: the provider's base URL, key and settings (to build the requests that
         download output files, with whatever authorization they need).
-    :return: a :class:`apimodels.provider.Job`. Map the upstream's states onto queued,
+    :return: a :class:`apimodels.Job`. Map the upstream's states onto queued,
         running, succeeded, failed and canceled; report failures in words fit for the API
         consumer (never a key or an internal host).
 

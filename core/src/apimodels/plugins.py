@@ -10,20 +10,21 @@ variables help when debugging:
 from __future__ import annotations
 
 import os
-import sys
 from importlib import metadata
 from typing import Any
 
 import pluggy
 
-from . import default_hooks, hookspecs
+from . import hookspecs
 from .policy import rules as policy_rules
+from .providers import default_hooks
+from .providers.runtime import trace_hook_calls
 
 GROUP = "apimodels"
 
 pm = pluggy.PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)
-pm.register(default_hooks, name="apimodels.default_hooks")
+pm.register(default_hooks, name="apimodels.providers.default_hooks")
 pm.register(policy_rules, name="apimodels.policy.rules")  # the built-in `rules` policy
 
 
@@ -36,18 +37,6 @@ def _load_installed() -> None:
     for ep in metadata.entry_points(group=GROUP):
         if ep.name in names and pm.get_plugin(ep.name) is None:
             pm.register(ep.load(), name=ep.name)
-
-
-def trace_hook_calls(manager: pluggy.PluginManager) -> None:
-    """Print every hook call of ``manager`` and its result to stderr."""
-
-    def before(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
-        print(f"[apimodels] {hook_name}({', '.join(kwargs)})", file=sys.stderr)
-
-    def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
-        print(f"[apimodels] {hook_name} -> {outcome.get_result()!r}", file=sys.stderr)
-
-    manager.add_hookcall_monitoring(before, after)
 
 
 _load_installed()

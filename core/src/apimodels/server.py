@@ -14,20 +14,21 @@ from typing import Any
 import sqlite_utils
 from starlette.types import ASGIApp
 
-from .accounts import KeyStore
-from .app import create_app
-from .billing import Biller
+from .billing.biller import Biller
+from .billing.ledger import GroupCommit, Ledger
+from .billing.limits import Limiter
 from .catalog import Catalog, load_catalog
-from .db import Checkpointer, database_path, open_db
-from .idempotency import Idempotency
-from .ledger import GroupCommit, Ledger
-from .limits import Limiter
+from .http.app import create_app
+from .http.idempotency import Idempotency
+from .http.tasks import TasksAPI
 from .plugins import pm
 from .policy import build_policy
-from .runtime import Gateway, build_gateway
-from .sandbox import Simulators
+from .providers.runtime import Gateway, build_gateway
+from .providers.sandbox import Simulators
 from .storage import Storage, load_secret, open_storage
-from .tasks import TaskRunner, TasksAPI, TaskStore
+from .store.accounts import KeyStore
+from .store.db import Checkpointer, database_path, open_db
+from .tasks import TaskRunner, TaskStore
 
 log = logging.getLogger("apimodels")
 
@@ -168,7 +169,7 @@ def assemble(
 
 def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None) -> list:
     """The top-ups routes; in sandbox mode always on, backed by a local Stripe simulator."""
-    from .topups.api import build_topups
+    from .http.topups import build_topups
 
     env = dict(os.environ if environ is None else environ)
     if sandbox:

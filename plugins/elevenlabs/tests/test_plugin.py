@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 import apimodels_elevenlabs as plugin
-from apimodels import InvalidRequest, ModelConfig, SpeechRequest, Upstream, Usage, media
+from apimodels import InvalidRequest, ModelConfig, SpeechRequest, Upstream, Usage
+from apimodels.billing.pricing import price_usage
 from apimodels.catalog import load_catalog
 from apimodels.errors import RateLimited, ServiceUnavailable, UpstreamError
-from apimodels.pricing import price_usage
+from apimodels.providers import media
 
 CATALOG = load_catalog(Path(__file__).parents[3] / "registry.toml")
 MODELS = {k: m for k, m in CATALOG.models.items() if m.provider == "elevenlabs"}

@@ -19,8 +19,9 @@ import pytest
 from starlette.testclient import TestClient
 
 import apimodels_elevenlabs as plugin
-from apimodels import SpeechRequest, Upstream, media
+from apimodels import SpeechRequest, Upstream
 from apimodels.catalog import load_catalog
+from apimodels.providers import media
 from apimodels.testing import OpenAPI, serve
 from apimodels_elevenlabs.simulator import (
     ACCOUNT_VOICE,

@@ -29,7 +29,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from apimodels import media
+from apimodels.providers import media
 from apimodels.testing import serve
 from apimodels_openai.simulator import (
     EMBEDDING_DIMENSIONS,

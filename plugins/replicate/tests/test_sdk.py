@@ -16,7 +16,7 @@ import replicate
 from replicate.exceptions import ModelError, ReplicateError
 from replicate.webhook import InvalidSignatureError, Webhooks
 
-from apimodels import media
+from apimodels.providers import media
 from apimodels_replicate.simulator import NSFW_ERROR
 
 

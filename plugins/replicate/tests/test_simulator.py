@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apimodels import media
+from apimodels.providers import media
 from apimodels.signing import sign, verify
 from apimodels.testing import serve
 from apimodels_replicate.models import MODELS

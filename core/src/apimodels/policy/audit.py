@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from ..db import utcnow
+from ..store.db import utcnow
 
 _REDACTIONS = [
     (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[email]"),

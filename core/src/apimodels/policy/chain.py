@@ -20,17 +20,19 @@ import pluggy
 import sqlite_utils
 from pydantic import BaseModel
 
-from ..accounts import KeyStore
 from ..catalog import Catalog, ModelConfig, PolicyConfig
 from ..errors import APIError, ConfigError, PayloadTooLarge, PermissionDenied, ServiceUnavailable
-from ..provider import Verdict
-from ..upstream import send
+from ..providers.types import Verdict
+from ..providers.upstream import send
+from ..store.accounts import KeyStore
 from . import audit
 from .spec import CATEGORIES, UPSTREAM_REFUSAL, PolicyCheck, PolicySpec
 from .suspension import suspend_if_over
+from .texts import user_texts
 
 if TYPE_CHECKING:
-    from ..runtime import Provider
+    from ..providers.runtime import Gateway, Provider, Route
+    from ..schemas import UnifiedRequest
 
 log = logging.getLogger("apimodels")
 
@@ -324,3 +326,23 @@ def build_policy(
             for name in sorted(set(registered) - set(catalog.policies))
         )
     return Policy(enabled, catalog, db, keys)
+
+
+async def check_policy(
+    gateway: Gateway,
+    route: Route,
+    request: UnifiedRequest,
+    account_id: str,
+    key_id: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Ask every enabled policy; any deny wins (403 content_policy_violation, audited)."""
+    if gateway.policy is not None and gateway.policy.policies:
+        await gateway.policy.judge(
+            account_id,
+            key_id,
+            route.model,
+            user_texts(request),
+            request=request,
+            request_id=request_id,
+        )

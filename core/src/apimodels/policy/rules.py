@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ..catalog import ModelConfig
 from ..hookspecs import hookimpl
-from ..provider import Verdict
+from ..providers.types import Verdict
 from .ruleset import DEFAULT_RULES, RuleSet
 from .spec import PolicySpec
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 from pydantic import BaseModel
 
-from ..provider import Verdict
+from ..providers.types import Verdict
 
 #: The prohibited uses of the Terms: every deny names one of these.
 CATEGORIES: dict[str, str] = {

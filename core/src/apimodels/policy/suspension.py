@@ -14,8 +14,8 @@ from datetime import timedelta
 
 import sqlite_utils
 
-from ..accounts import KeyStore, get_account, set_status
 from ..catalog import SafetyConfig
+from ..store.accounts import KeyStore, get_account, set_status
 from .audit import recent_count
 
 log = logging.getLogger("apimodels")

@@ -14,8 +14,8 @@ from pathlib import Path
 import sqlite_utils
 
 from ..catalog import StorageConfig
-from ..db import utcnow
 from ..errors import ConfigError
+from ..store.db import utcnow
 from .base import (
     CONTENT_TYPES,
     MAX_URL_TTL_SECONDS,

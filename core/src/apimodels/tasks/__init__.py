@@ -5,11 +5,11 @@
 - ``runner``: the worker inside each server process: submits and polls upstream jobs, runs
   other models' calls in the background, copies outputs into storage, settles, notifies.
 - ``notify``: signed client webhooks, with retries and the SSRF rules.
-- ``api``: the HTTP endpoints, and the one that takes upstream job webhooks.
+
+Their HTTP endpoints (and the one that takes upstream job webhooks) are ``http.tasks``.
 """
 
-from .api import TasksAPI
 from .runner import TaskRunner
 from .store import TaskStore
 
-__all__ = ["TaskRunner", "TaskStore", "TasksAPI"]
+__all__ = ["TaskRunner", "TaskStore"]

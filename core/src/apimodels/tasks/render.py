@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..money import format_usd
+from ..billing.money import format_usd
 from .store import TERMINAL
 
 

@@ -30,19 +30,18 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from .. import dispatch, media
 from ..catalog import TasksConfig
 from ..errors import APIError, InvalidRequest, UpstreamError, UpstreamTimeout
-from ..idempotency import TASK_HEADER
 from ..policy.texts import user_texts
-from ..provider import Job, Usage
-from ..runtime import Gateway, Route
+from ..providers import dispatch, media
+from ..providers.runtime import Gateway, Route
+from ..providers.types import Job, Usage
+from ..providers.upstream import send
 from ..schemas import ENDPOINTS, ChatRequest, ImageRequest, Modality, TaskRequest, UnifiedRequest
 from ..storage import ObjectTooLarge, Storage, StorageError, extension_for
-from ..upstream import send
 from .notify import Notifier, account_webhook_secret
 from .render import render_task
-from .store import TERMINAL, Finish, TaskStore
+from .store import TASK_HEADER, TERMINAL, Finish, TaskStore
 
 log = logging.getLogger("apimodels")
 

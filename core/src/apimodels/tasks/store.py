@@ -24,13 +24,18 @@ from typing import Any
 
 import sqlite_utils
 
-from ..billing import usage_fields
+from ..billing.biller import usage_fields
+from ..billing.ledger import Ledger, capture_op, hold_op, release_op, transaction
 from ..errors import NotFound
-from ..ledger import Ledger, capture_op, hold_op, release_op, transaction
-from ..provider import Usage
+from ..providers.types import Usage
 
 TERMINAL = ("succeeded", "failed", "canceled")
 STATUSES = ("queued", "running", *TERMINAL)
+
+
+#: On an error answer, names a task that goes on (and is billed): the answer is kept, so a
+#: retry with the same key answers it again instead of starting a second task.
+TASK_HEADER = "x-apimodels-task"
 
 
 def new_task_id() -> str:

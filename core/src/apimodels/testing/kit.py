@@ -43,14 +43,14 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from .. import media
-from ..accounts import create_account, create_key
 from ..catalog import Catalog, ModelConfig, TasksConfig, load_catalog
-from ..dispatch import upstream_error
-from ..provider import Usage
+from ..providers import media
+from ..providers.dispatch import upstream_error
+from ..providers.types import Usage
 from ..responses import RESPONSES, Task
 from ..schemas import Modality
 from ..server import Server, assemble
+from ..store.accounts import create_account, create_key
 from . import serve
 
 #: What the kit sends each modality's endpoint, unless ``inputs`` says otherwise.

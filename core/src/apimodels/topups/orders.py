@@ -23,9 +23,9 @@ from typing import Any
 
 import sqlite_utils
 
-from ..db import utcnow
+from ..billing.ledger import post_op
 from ..errors import NotFound
-from ..ledger import post_op
+from ..store.db import utcnow
 from .rates import Rate, minor_to_usd_micros, usd_cents, usd_micros, usd_to_cny_fen
 
 CREDITABLE = ("open", "processing")

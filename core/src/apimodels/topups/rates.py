@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Protocol
 
+from ..billing.money import MICROS_PER_USD
 from ..errors import ConfigError, ServiceUnavailable
-from ..money import MICROS_PER_USD
 from .config import RateConfig
 
 #: Minor units per major unit of the currencies Stripe charges here (cent, fen).

@@ -25,9 +25,9 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..db import utcnow
+from ..billing.ledger import Ledger, transaction
 from ..errors import InvalidRequest, NotFound
-from ..ledger import Ledger, transaction
+from ..store.db import utcnow
 from .orders import credit_op, dispute_op, order_op, refund_total_op, transition_op
 
 log = logging.getLogger("apimodels.topups")

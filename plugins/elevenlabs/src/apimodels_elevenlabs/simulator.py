@@ -51,7 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from apimodels import media
+from apimodels.providers import media
 
 from .voices import PREMADE
 

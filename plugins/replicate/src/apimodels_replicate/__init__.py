@@ -32,6 +32,8 @@ import httpx
 from apimodels import (
     APIError,
     InvalidRequest,
+    Job,
+    Modality,
     ModelConfig,
     PermissionDenied,
     ProviderSpec,
@@ -41,8 +43,6 @@ from apimodels import (
     hookimpl,
     signing,
 )
-from apimodels.provider import Job
-from apimodels.schemas import Modality
 
 from .models import MODELS
 

@@ -95,7 +95,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from apimodels import media
+from apimodels.providers import media
 from apimodels.signing import new_secret, sign
 
 from .inputs import describe, validate_input

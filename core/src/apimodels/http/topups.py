@@ -20,15 +20,12 @@ import sqlite_utils
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..accounts import KeyStore, Principal
+from ..billing.ledger import Ledger
+from ..billing.money import format_usd
 from ..errors import APIError, ConfigError, InvalidRequest
-from ..idempotency import HEADER as IDEMPOTENCY_HEADER
-from ..idempotency import Idempotency
-from ..ledger import Ledger
-from ..money import format_usd
-from ..receipts import page_limit
-from .config import TopupsConfig
-from .orders import (
+from ..store.accounts import KeyStore, Principal
+from ..topups.config import TopupsConfig
+from ..topups.orders import (
     get_order,
     list_orders,
     new_order,
@@ -36,9 +33,12 @@ from .orders import (
     set_creation_failed,
     set_opened,
 )
-from .rates import RateSource, fresh_rate, load_source
-from .stripe_gateway import StripeGateway
-from .webhook import StripeWebhook
+from ..topups.rates import RateSource, fresh_rate, load_source
+from ..topups.stripe_gateway import StripeGateway
+from ..topups.webhook import StripeWebhook
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import Idempotency
+from .receipts import page_limit
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 #: A POST /v1/topups left in flight by a crash is forgotten after this (it made no charge).

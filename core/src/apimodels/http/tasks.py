@@ -22,21 +22,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import dispatch
-from ..accounts import KeyStore, Principal
-from ..app import read_json, validation_error
-from ..billing import Biller
+from ..billing.biller import Biller
 from ..catalog import TasksConfig
 from ..errors import InvalidRequest, NotFound, PermissionDenied
-from ..idempotency import HEADER as IDEMPOTENCY_HEADER
-from ..idempotency import Idempotency
-from ..receipts import page_limit
-from ..runtime import Gateway, Route
+from ..policy import check_policy
+from ..providers import dispatch
+from ..providers.runtime import Gateway, Route
 from ..schemas import TaskRequest
-from .notify import check_resolves_public, check_url
-from .render import render_task
-from .runner import TaskRunner, unified_request
-from .store import STATUSES, TERMINAL, TaskStore, new_task_id
+from ..store.accounts import KeyStore, Principal
+from ..tasks.notify import check_resolves_public, check_url
+from ..tasks.render import render_task
+from ..tasks.runner import TaskRunner, unified_request
+from ..tasks.store import STATUSES, TERMINAL, TaskStore, new_task_id
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import Idempotency
+from .reading import read_json, validation_error
+from .receipts import page_limit
 
 
 class TaskCreate(BaseModel):
@@ -156,7 +157,7 @@ class TasksAPI:
                     code="invalid_input",
                 ) from None
         request_id = request.scope["state"]["request_id"] if request is not None else None
-        await dispatch.check_policy(
+        await check_policy(
             self.gateway, route, unified, principal.account_id, principal.key_id, request_id
         )
         return dispatch.estimate(route, unified)[1]

@@ -1,6 +1,6 @@
 """One call through the gateway, after authentication and validation:
 
-policy -> estimate -> build the upstream request -> send -> map errors -> normalize -> price.
+estimate -> build the upstream request -> send -> map errors -> normalize -> price.
 
 The plugin hooks do the provider-specific parts; this module owns the order and the rule
 that a failure anywhere costs nothing.
@@ -18,14 +18,13 @@ from typing import Any
 
 import httpx
 
-from . import fastjson
-from .errors import APIError, UpstreamError, UpstreamTimeout
-from .money import format_usd, to_micros
-from .policy.texts import user_texts
-from .pricing import usage_ceiling, usage_problem
-from .provider import Output, Usage
-from .runtime import Gateway, Route
-from .schemas import UnifiedRequest
+from .. import fastjson
+from ..billing.money import format_usd, to_micros
+from ..billing.pricing import usage_ceiling, usage_problem
+from ..errors import APIError, UpstreamError, UpstreamTimeout
+from ..schemas import UnifiedRequest
+from .runtime import Route
+from .types import Output, Usage
 from .upstream import send, too_large
 
 log = logging.getLogger("apimodels")
@@ -36,26 +35,6 @@ class Priced:
     output: Output
     usage: Usage  # as the upstream reported it (checked), or the estimate when it did not
     cost_micros: int
-
-
-async def check_policy(
-    gateway: Gateway,
-    route: Route,
-    request: UnifiedRequest,
-    account_id: str,
-    key_id: str | None = None,
-    request_id: str | None = None,
-) -> None:
-    """Ask every enabled policy; any deny wins (403 content_policy_violation, audited)."""
-    if gateway.policy is not None and gateway.policy.policies:
-        await gateway.policy.judge(
-            account_id,
-            key_id,
-            route.model,
-            user_texts(request),
-            request=request,
-            request_id=request_id,
-        )
 
 
 def price(route: Route, usage: Usage) -> int:

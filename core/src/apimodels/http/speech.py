@@ -25,13 +25,13 @@ import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .billing import Bill, FreeBill
-from .dispatch import Relay, StreamResult, charge, send_streaming
-from .errors import APIError, UpstreamError, UpstreamTimeout
-from .money import format_usd
-from .provider import AudioStream, Usage
-from .runtime import Route
-from .schemas import UnifiedRequest
+from ..billing.biller import Bill, FreeBill
+from ..billing.money import format_usd
+from ..errors import APIError, UpstreamError, UpstreamTimeout
+from ..providers.dispatch import Relay, StreamResult, charge, send_streaming
+from ..providers.runtime import Route
+from ..providers.types import AudioStream, Usage
+from ..schemas import UnifiedRequest
 
 log = logging.getLogger("apimodels")
 

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import httpx
 
-from .catalog import ProviderConfig
-from .errors import UpstreamError, UpstreamTimeout
+from ..catalog import ProviderConfig
+from ..errors import UpstreamError, UpstreamTimeout
 
 _RETRY_STATUSES = {502, 503, 504}
 _IDEMPOTENT = {"GET", "HEAD"}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from .catalog import ModelConfig, Pricing
-from .errors import InvalidRequest
-from .provider import Usage
+from ..catalog import ModelConfig, Pricing
+from ..errors import InvalidRequest
+from .usage import Usage
 
 _MILLION = Decimal(1_000_000)
 _THOUSAND = Decimal(1_000)

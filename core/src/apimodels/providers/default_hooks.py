@@ -7,12 +7,12 @@ from decimal import Decimal
 
 import httpx
 
-from .catalog import ModelConfig, Pricing
-from .errors import APIError, InvalidRequest, NotFound, RateLimited, UpstreamError
-from .hookspecs import hookimpl
-from .pricing import price_usage as _price_usage
-from .provider import AudioStream, Usage
-from .schemas import TaskRequest, UnifiedRequest
+from ..billing.pricing import price_usage as _price_usage
+from ..catalog import ModelConfig, Pricing
+from ..errors import APIError, InvalidRequest, NotFound, RateLimited, UpstreamError
+from ..hookspecs import hookimpl
+from ..schemas import TaskRequest, UnifiedRequest
+from .types import AudioStream, Usage
 
 
 @hookimpl(trylast=True)

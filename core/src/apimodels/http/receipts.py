@@ -13,10 +13,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .accounts import KeyStore
-from .errors import InvalidRequest
-from .ledger import GroupCommit, get_usage, list_usage
-from .money import format_usd
+from ..billing.ledger import GroupCommit, get_usage, list_usage
+from ..billing.money import format_usd
+from ..errors import InvalidRequest
+from ..store.accounts import KeyStore
 
 _QUANTITIES = (
     "input_tokens",

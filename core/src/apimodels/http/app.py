@@ -19,18 +19,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import dispatch, fastjson
-from .accounts import KeyStore, Principal
-from .billing import Bill, Biller, FreeBill
-from .errors import (
+from .. import fastjson
+from ..billing.biller import Bill, Biller, FreeBill
+from ..billing.money import format_usd
+from ..errors import (
     APIError,
     InvalidRequest,
     NotFound,
@@ -39,16 +37,19 @@ from .errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from ..policy import check_policy
+from ..policy.texts import user_texts
+from ..providers import dispatch
+from ..providers.runtime import Gateway, Route
+from ..providers.types import Usage
+from ..schemas import ENDPOINTS, ImageRequest, Modality, SpeechRequest, UnifiedRequest
+from ..storage import FILES_PATH, LocalStorage, Storage, content_type_for
+from ..store.accounts import KeyStore, Principal
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency
-from .money import format_usd
-from .policy.texts import user_texts
-from .provider import Usage
+from .reading import read_json, read_multipart, validation_error
 from .receipts import Receipts
-from .runtime import Gateway, Route
-from .schemas import ENDPOINTS, ImageRequest, Modality, SpeechRequest, UnifiedRequest
-from .speech_stream import open_audio_stream
-from .storage import FILES_PATH, LocalStorage, Storage, content_type_for
+from .speech import open_audio_stream
 from .voices import Voices
 
 if TYPE_CHECKING:
@@ -138,104 +139,6 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body is larger than this server accepts ({limit} bytes)")
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def validation_error(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors()[0]
-    param = _param(err["loc"])
-    if err["type"] == "missing":
-        return InvalidRequest(
-            f"Missing required parameter: '{param}'.",
-            param=param,
-            code="missing_required_parameter",
-        )
-    return InvalidRequest(
-        f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value"
-    )
-
-
-def _not_a_number(constant: str) -> float:
-    raise ValueError(f"{constant} is not JSON")
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        # NaN and Infinity are not JSON, and no upstream would receive them as sent.
-        body = json.loads(raw, parse_constant=_not_a_number)
-    except (ValueError, RecursionError):
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. Send a JSON object.",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    # Only an escape can smuggle in half a UTF-16 pair (raw bytes must be valid UTF-8), so
-    # ordinary bodies skip the walk.
-    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(body):
-        raise InvalidRequest(
-            "The request body has a string with an unpaired UTF-16 surrogate escape"
-            " (\\ud800-\\udfff): it is not Unicode text. Escape characters outside the"
-            " Basic Multilingual Plane as a surrogate pair, or send them as UTF-8.",
-            code="invalid_json",
-        )
-    return body
-
-
-def _has_lone_surrogate(body: Any) -> bool:
-    stack = [body]  # not recursive: the body may be nested as deep as the parser allows
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(value, dict):
-            stack.extend(value)
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return False
-
-
-async def read_multipart(request: Request) -> dict[str, Any]:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidRequest(
-            "This endpoint takes multipart/form-data with a 'file' part.", param="file"
-        )
-    try:
-        form = await request.form(max_files=1, max_fields=64)
-    except (MultiPartException, HTTPException) as exc:
-        message = getattr(exc, "message", None) or getattr(exc, "detail", "")
-        raise InvalidRequest(f"The multipart body could not be read: {message}") from None
-    try:
-        body: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "file":
-                    raise InvalidRequest(f"Unexpected file part {key!r}.", param=key)
-                body["file"] = await value.read()
-                body["filename"] = value.filename or "audio"
-                body["file_content_type"] = value.content_type or "application/octet-stream"
-            else:
-                body[key] = value
-        if "file" not in body:
-            raise InvalidRequest(
-                "Missing required parameter: 'file'.",
-                param="file",
-                code="missing_required_parameter",
-            )
-        return body
-    finally:
-        await form.close()
-
-
 class Frontend:
     """The endpoints, bound to one assembled gateway and key store."""
 
@@ -318,7 +221,7 @@ class Frontend:
             if isinstance(unified, SpeechRequest):
                 self.voices.resolve(route, unified.voice)
             request_id = request.scope["state"]["request_id"]
-            await dispatch.check_policy(
+            await check_policy(
                 self.gateway, route, unified, principal.account_id, principal.key_id, request_id
             )
             # The estimate also refuses an unpriced variant: all before any hold or I/O.

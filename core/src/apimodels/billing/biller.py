@@ -26,15 +26,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .accounts import Principal
-from .db import utcnow
-from .errors import APIError, InsufficientCredits
+from ..errors import APIError, InsufficientCredits
+from ..store.accounts import Principal
+from ..store.db import utcnow
 from .ledger import NO_QUANTITIES, QUANTITY_FIELDS, GroupCommit, Settlement
 from .limits import Limiter
-from .provider import Usage
-from .runtime import Route
+from .usage import Usage
+
+if TYPE_CHECKING:  # an annotation only: billing sits below the providers
+    from ..providers.runtime import Route
 
 log = logging.getLogger("apimodels")
 

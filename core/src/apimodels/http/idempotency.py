@@ -32,16 +32,14 @@ import sqlite_utils
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .db import utcnow
-from .errors import APIError, InvalidRequest
-from .ledger import GroupCommit
+from ..billing.ledger import GroupCommit
+from ..errors import APIError, InvalidRequest
+from ..store.db import utcnow
+from ..tasks.store import TASK_HEADER
 
 log = logging.getLogger("apimodels")
 
 HEADER = "idempotency-key"
-#: On an error answer, names a task that goes on (and is billed): the answer is kept, so a
-#: retry with the same key answers it again instead of starting a second task.
-TASK_HEADER = "x-apimodels-task"
 TTL = timedelta(hours=24)
 _REPLAYED_HEADERS = ("content-type", "x-apimodels-cost", "x-request-id", TASK_HEADER)
 

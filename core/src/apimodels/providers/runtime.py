@@ -12,21 +12,22 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pluggy
 
-from . import default_hooks, hookspecs
-from .catalog import Catalog, ModelConfig, ProviderConfig
-from .errors import ConfigError, ServiceUnavailable
-from .plugins import trace_hook_calls
-from .provider import ProviderSpec, Upstream
+from .. import hookspecs
+from ..catalog import Catalog, ModelConfig, ProviderConfig
+from ..errors import ConfigError, ServiceUnavailable
+from . import default_hooks
+from .types import ProviderSpec, Upstream
 from .upstream import UpstreamClient
 
 if TYPE_CHECKING:
-    from .policy import Policy
+    from ..policy import Policy
 
 log = logging.getLogger("apimodels")
 
@@ -47,6 +48,18 @@ PROVIDER_HOOKS = (
     "list_voices",
     "parse_audio_stream",
 )
+
+
+def trace_hook_calls(manager: pluggy.PluginManager) -> None:
+    """Print every hook call of ``manager`` and its result to stderr."""
+
+    def before(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+        print(f"[apimodels] {hook_name}({', '.join(kwargs)})", file=sys.stderr)
+
+    def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+        print(f"[apimodels] {hook_name} -> {outcome.get_result()!r}", file=sys.stderr)
+
+    manager.add_hookcall_monitoring(before, after)
 
 
 def first_result(caller: pluggy.HookCaller) -> Any:
@@ -94,7 +107,7 @@ class ProviderHooks:
         own = pluggy.PluginManager(pm.project_name)
         own.add_hookspecs(hookspecs)
         own.register(owner, name=pm.get_name(owner))
-        own.register(default_hooks, name="apimodels.default_hooks")
+        own.register(default_hooks, name="apimodels.providers.default_hooks")
         self.traced = bool(os.environ.get("APIMODELS_TRACE_PLUGINS"))
         if self.traced:
             trace_hook_calls(own)

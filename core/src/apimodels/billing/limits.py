@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
 
-from .accounts import Principal
-from .errors import RateLimited
+from ..errors import RateLimited
+from ..store.accounts import Principal
 
 
 @dataclass(slots=True)

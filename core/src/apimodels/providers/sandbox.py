@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import sqlite_utils
 import uvicorn
 
-from .accounts import create_account, create_key, list_keys, revoke_key
-from .ledger import Ledger
+from ..billing.ledger import Ledger
+from ..store.accounts import create_account, create_key, list_keys, revoke_key
 from .runtime import Gateway, sandbox_base_url
 
 DEMO_EMAIL = "demo@sandbox.apimodels"

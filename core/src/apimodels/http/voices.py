@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import InvalidRequest
-from .provider import Voice
-from .runtime import Gateway, Route
+from ..errors import InvalidRequest
+from ..providers.runtime import Gateway, Route
+from ..providers.types import Voice
 
 
 def voice_object(provider: str, voice: Voice, models: list[str] | None) -> dict[str, Any]:

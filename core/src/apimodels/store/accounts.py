@@ -25,8 +25,8 @@ from typing import Any
 
 import sqlite_utils
 
+from ..errors import AuthenticationError, NotFound, PermissionDenied
 from .db import utcnow
-from .errors import AuthenticationError, NotFound, PermissionDenied
 
 KEY_PREFIX = "sk-am-"
 _ALPHABET = string.ascii_letters + string.digits

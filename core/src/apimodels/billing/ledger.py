@@ -12,7 +12,7 @@ Two ways to set credits aside, both checked atomically against balance minus wha
   the actual cost or ``release``. Settling is a compare-and-set on the hold's state, so a
   hold is settled at most once, whoever tries (the worker, a webhook, the expiry sweep).
 - A **reservation** per server process and account (synchronous calls, see
-  ``billing.Biller``): the process sets credits aside ahead of its requests and admits them
+  ``biller.Biller``): the process sets credits aside ahead of its requests and admits them
   against that in memory; each request that ends is written once, whole (``settle_op``),
   taking its cost from the reservation. The primary key of its usage row and the unique
   charge per request make a second settle of it fail.
@@ -41,14 +41,14 @@ from typing import Any
 
 import sqlite_utils
 
-from .db import utcnow
-from .errors import InsufficientCredits, NotFound
+from ..errors import InsufficientCredits, NotFound
+from ..store.db import utcnow
 
 log = logging.getLogger("apimodels")
 
 ENTRY_KINDS = ("grant", "topup", "charge", "refund", "adjustment")
 
-#: A request's quantities, as its usage row records them (``billing.usage_values``).
+#: A request's quantities, as its usage row records them (``biller.usage_values``).
 QUANTITY_FIELDS = (
     "input_tokens",
     "cached_input_tokens",

@@ -1,0 +1,141 @@
+"""The core's folder tree is its architecture: each part imports only the parts below it,
+and every module imports on its own (no import circles)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "apimodels"
+
+#: What each part may import at run time (annotations under ``TYPE_CHECKING`` aside), from
+#: the bottom up. A top-level module is a part of its own.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "fastjson": set(),
+    "signing": set(),
+    "schemas": set(),
+    "responses": {"schemas"},
+    "topups.config": set(),  # the [topups] table, read by the catalog with every other table
+    "catalog": {"errors", "schemas", "topups.config"},
+    "store": {"errors"},
+    "billing": {"errors", "catalog", "store"},
+    # What plugins see: the hooks and the objects passed to them (providers and policies).
+    "interface": {"errors", "schemas", "catalog", "fastjson", "billing"},
+    "providers": {"errors", "schemas", "catalog", "fastjson", "store", "billing", "interface"},
+    "policy": {"errors", "schemas", "catalog", "store", "interface", "providers"},
+    "storage": {"errors", "catalog", "store"},
+    "topups": {"errors", "store", "billing", "topups.config"},
+    "tasks": {
+        "errors",
+        "schemas",
+        "catalog",
+        "signing",
+        "store",
+        "billing",
+        "interface",
+        "providers",
+        "policy",
+        "storage",
+    },
+    "http": {
+        "errors",
+        "schemas",
+        "catalog",
+        "fastjson",
+        "store",
+        "billing",
+        "interface",
+        "providers",
+        "policy",
+        "storage",
+        "topups",
+        "tasks",
+        "topups.config",
+    },
+    "plugins": {"interface", "providers", "policy"},
+}
+#: The plugin interface, wherever its modules sit.
+INTERFACE = {"hookspecs", "providers.types", "policy.spec"}
+#: Assembly and tools at the top may import anything.
+TOP = {"server", "cli", "scaffold", "testing", "__init__"}
+
+
+def part(module: str) -> str:
+    """The part of the architecture a module (``a.b``, relative to apimodels) belongs to."""
+    if module in INTERFACE:
+        return "interface"
+    if module == "topups.config":
+        return module
+    return module.split(".")[0]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def runtime_imports(module: str, path: Path) -> set[str]:
+    """The core modules ``module`` imports when it runs (not those under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text())
+    guarded = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    known = modules()
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            for alias in node.names:
+                name = f"{target}.{alias.name}" if target else alias.name
+                found.add(name if name in known else target)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("apimodels."):
+            found.add(node.module.removeprefix("apimodels."))
+    return {m for m in found if m}
+
+
+def test_each_part_imports_only_the_parts_below_it() -> None:
+    wrong = []
+    for module, path in sorted(modules().items()):
+        own = part(module)
+        if own in TOP or module == "__init__":
+            continue
+        for imported in sorted(runtime_imports(module, path)):
+            other = part(imported)
+            if other != own and other not in ALLOWED[own]:
+                wrong.append(f"{module} ({own}) imports {imported} ({other})")
+    assert wrong == []
+
+
+def test_every_module_imports_alone() -> None:
+    """In a fresh interpreter each, so that an import circle shows whatever the order."""
+    names = sorted(f"apimodels.{m}" if m != "__init__" else "apimodels" for m in modules())
+    script = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        f"for name in {names!r}:\n"
+        "    for loaded in [m for m in sys.modules if m.startswith('apimodels')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == ""
