@@ -16,6 +16,15 @@ from apimodels.providers.types import Upstream
 from apimodels.providers.upstream import UpstreamClient, send
 
 
+async def _site(app: web.Application) -> tuple[web.AppRunner, int]:
+    """``app`` served on an ephemeral port of 127.0.0.1."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 async def _serve(seen: list[dict[str, str]]) -> tuple[web.AppRunner, str]:
     async def handle(request: web.Request) -> web.Response:
         seen.append({"cookie": request.headers.get("cookie", ""), "body": await request.text()})
@@ -27,11 +36,7 @@ async def _serve(seen: list[dict[str, str]]) -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_post("/v1/echo", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _site(app)
     # A host name, not an IP: aiohttp's default cookie jar ignores cookies from IP hosts.
     return runner, f"http://localhost:{port}/v1"
 
@@ -119,11 +124,7 @@ def test_an_answer_longer_than_max_response_bytes_is_refused() -> None:
         for name, handler in [("declared", declared), ("chunked", chunked), ("bomb", bomb)]:
             app.router.add_get(f"/{name}", handler)
         app.router.add_get("/small", small)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await _site(app)
         config = ProviderConfig(package="x", max_response_bytes=limit)
         client = UpstreamClient(config)
         try:
