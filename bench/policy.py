@@ -105,7 +105,7 @@ def main() -> None:
 
     catalog = load_catalog(ROOT / "registry.toml")
     model = catalog.models["openai/gpt-4o-mini"]
-    image_model = catalog.models["openai/gpt-image-1.5"]
+    image_model = catalog.models["openai/gpt-image-2"]
     settings = RulesSettings()
     policy = build_policy(catalog, pm, {}, open_db(":memory:"))
 

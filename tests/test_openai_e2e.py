@@ -42,8 +42,8 @@ def test_model_list_has_modality_provider_and_pricing(client: openai.OpenAI) -> 
     assert extra["pricing"]["input_per_1m"] == "0.15"
     assert (extra["context_tokens"], extra["max_output_tokens"]) == (128000, 16384)
     assert (
-        models["openai/gpt-image-1.5"].model_extra["pricing"]["per_image"]["high/1024x1024"]
-        == "0.133"
+        models["openai/gpt-image-2"].model_extra["pricing"]["per_image"]["high/1024x1024"]
+        == "0.211"
     )
     assert client.models.retrieve("openai/whisper-1").model_extra["modality"] == "transcription"
 
@@ -127,20 +127,20 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
 
 def test_images_b64_are_real_png(client: openai.OpenAI) -> None:
     raw = client.images.with_raw_response.generate(
-        model="openai/gpt-image-1.5", prompt="a red bicycle", size="1024x1536", quality="high", n=2
+        model="openai/gpt-image-2", prompt="a red bicycle", size="1024x1536", quality="high", n=2
     )
     result = raw.parse()
     width, height = png_size(base64.b64decode(result.data[0].b64_json))
     assert height > width > 0  # portrait, as asked
-    assert raw.headers["x-apimodels-cost"] == "0.400000"  # 2 x high/1024x1536 at $0.200
+    assert raw.headers["x-apimodels-cost"] == "0.330000"  # 2 x high/1024x1536 at $0.165
     # quality "auto": held at the dearest variant, charged for the one the upstream made
     auto = client.images.with_raw_response.generate(
-        model="openai/gpt-image-1.5", prompt="a cat", size="1024x1024"
+        model="openai/gpt-image-2", prompt="a cat", size="1024x1024"
     )
     made = auto.parse()
     assert (
         auto.headers["x-apimodels-cost"]
-        == {"low": "0.009000", "medium": "0.034000", "high": "0.133000"}[made.quality]
+        == {"low": "0.006000", "medium": "0.053000", "high": "0.211000"}[made.quality]
     )
 
 
@@ -149,7 +149,7 @@ def test_image_size_without_a_price_is_refused_before_any_upstream_call(
 ) -> None:
     before = simulator.received()
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(model="openai/gpt-image-1.5", prompt="x", size="1792x1024")
+        client.images.generate(model="openai/gpt-image-2", prompt="x", size="1792x1024")
     assert "no price" in info.value.message
     assert simulator.received() == before
 
@@ -239,7 +239,7 @@ def test_a_malformed_upload_is_400(http: httpx.Client) -> None:
 def test_wrong_modality_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="openai/gpt-image-1.5", messages=[{"role": "user", "content": "x"}]
+            model="openai/gpt-image-2", messages=[{"role": "user", "content": "x"}]
         )
     assert info.value.code == "wrong_modality"
     assert "/v1/images/generations" in info.value.message
@@ -346,7 +346,7 @@ def test_the_upstream_got_what_the_spec_describes(
 def test_reasoning_model_with_max_tokens(client: openai.OpenAI) -> None:
     """A client written for older models sends max_tokens; the upstream gets what it takes."""
     done = client.chat.completions.create(
-        model="openai/gpt-5-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=40
+        model="openai/gpt-6.1-terra", messages=[{"role": "user", "content": "Hi"}], max_tokens=40
     )
     assert done.choices[0].message.content is not None
     assert done.usage.completion_tokens <= 40

@@ -66,7 +66,7 @@ def call(client: openai.OpenAI, modality: str, prompt: str) -> Any:
         )
     if modality == "image":
         return client.images.generate(
-            model="openai/gpt-image-1.5", prompt=prompt, size="1024x1024", quality="low"
+            model="openai/gpt-image-2", prompt=prompt, size="1024x1024", quality="low"
         )
     if modality == "speech":
         return client.audio.speech.create(model="openai/tts-1", voice="nova", input=prompt).read()
@@ -303,7 +303,7 @@ def test_an_upstream_refusal_is_a_free_403_and_audited(
     assert usage["status"] == "failed" and usage["hold_state"] == "released"
     [row] = violations(gateway, account_id)
     assert row["source"] == "upstream" and row["category"] == "upstream_refusal"
-    assert row["plugin"] == "openai" and row["model"] == "openai/gpt-image-1.5"
+    assert row["plugin"] == "openai" and row["model"] == "openai/gpt-image-2"
     assert "A quiet lake at dawn" in row["excerpt"]
 
 

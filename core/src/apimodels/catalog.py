@@ -8,6 +8,7 @@ price for its modality is an error, never a free model.
 from __future__ import annotations
 
 import tomllib
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,6 +116,12 @@ class ModelConfig(_Strict):
     max_output_seconds: Annotated[Decimal, Field(ge=0)] | None = None
     max_run_seconds: Annotated[Decimal, Field(ge=0)] | None = None
     task_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    #: Its life upstream: from ``deprecated_at`` (or as soon as ``retires_at`` is known) its
+    #: calls carry Deprecation and Sunset headers; from ``retires_at`` they answer 410
+    #: model_retired without calling upstream. ``replacement``: the model to move to.
+    deprecated_at: date | None = None
+    retires_at: date | None = None
+    replacement: str | None = None
     description: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -133,6 +140,8 @@ class ModelConfig(_Strict):
             and self.max_output_seconds is None
         ):
             raise ValueError("a video model priced per_second needs max_output_seconds")
+        if self.deprecated_at and self.retires_at and self.deprecated_at > self.retires_at:
+            raise ValueError("deprecated_at comes after retires_at")
         return self
 
 
@@ -257,6 +266,11 @@ class Catalog(_Strict):
                 raise ValueError(
                     f"model {model_id!r} names provider {model.provider!r}, "
                     "which has no [providers] entry"
+                )
+            if model.replacement is not None and model.replacement not in self.models:
+                raise ValueError(
+                    f"model {model_id!r} names replacement {model.replacement!r},"
+                    " which the catalog does not list"
                 )
         return self
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -196,11 +196,31 @@ def policies(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--deprecated", is_flag=True, help="Only models with a deprecation or retirement date."
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 if a served model is past its retires_at (for CI or a daily cron).",
+)
 @click.pass_context
-def models(ctx: click.Context, as_json: bool) -> None:
-    """Print the catalog's served models with their prices (USD)."""
+def models(ctx: click.Context, as_json: bool, deprecated: bool, check: bool) -> None:
+    """Print the catalog's served models with their prices (USD) and retirement dates."""
     catalog = _catalog(ctx)
-    served = catalog.served_models()
+    served = sorted(catalog.served_models().values(), key=lambda m: m.id)
+    today = datetime.now(UTC).date()
+    if deprecated or check:
+        served = [m for m in served if m.deprecated_at or m.retires_at]
+    if check:
+        retired = [m for m in served if m.retires_at and m.retires_at <= today]
+        for m in retired:
+            instead = f"; replace it with {m.replacement}" if m.replacement else ""
+            console.print(f"[red]{m.id} retired on {m.retires_at}{instead}[/red]")
+        if retired:
+            raise SystemExit(1)
+        console.print(f"no served model is past its retirement date ({len(served)} dated)")
+        return
     if as_json:
         out = [
             {
@@ -209,20 +229,42 @@ def models(ctx: click.Context, as_json: bool) -> None:
                 "upstream": m.upstream,
                 "modality": m.modality.value,
                 "pricing": m.pricing.as_dict(),
+                "deprecated_at": m.deprecated_at and m.deprecated_at.isoformat(),
+                "retires_at": m.retires_at and m.retires_at.isoformat(),
+                "replacement": m.replacement,
             }
-            for m in served.values()
+            for m in served
         ]
         click.echo(json.dumps(out, indent=2))
         return
-    table = Table("model", "modality", "upstream", "pricing (USD)")
-    for m in sorted(served.values(), key=lambda m: m.id):
+    if deprecated:
+        table = Table("model", "deprecated", "retires", "replacement", "status")
+        for m in served:
+            table.add_row(
+                m.id,
+                str(m.deprecated_at or "-"),
+                str(m.retires_at or "-"),
+                m.replacement or "-",
+                _lifecycle_status(m.retires_at, today),
+            )
+        console.print(table)
+        return
+    table = Table("model", "modality", "upstream", "pricing (USD)", "retires")
+    for m in served:
         prices = "; ".join(
             f"{k}: "
             + (", ".join(f"{vk}={vv}" for vk, vv in v.items()) if isinstance(v, dict) else v)
             for k, v in m.pricing.as_dict().items()
         )
-        table.add_row(m.id, m.modality.value, m.upstream, prices)
+        table.add_row(m.id, m.modality.value, m.upstream, prices, str(m.retires_at or ""))
     console.print(table)
+
+
+def _lifecycle_status(retires: date | None, today: date) -> str:
+    if retires is None:
+        return "deprecated"
+    days = (retires - today).days
+    return "retired (410)" if days <= 0 else f"retires in {days} days"
 
 
 @cli.group()

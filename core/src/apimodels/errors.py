@@ -6,6 +6,7 @@
     ├── InsufficientCredits       402 balance minus holds is short
     ├── PermissionDenied          403 suspended account or policy refusal
     ├── NotFound                  404 unknown model, task or route
+    ├── ModelRetired              410 the model was retired upstream (names its replacement)
     ├── PayloadTooLarge           413 body over the configured size
     ├── RateLimited               429 too many requests (may carry Retry-After)
     ├── ServiceUnavailable        503 provider not configured (missing upstream key)
@@ -93,6 +94,12 @@ class NotFound(APIError):
     status = 404
     type = "invalid_request_error"
     default_code = "not_found"
+
+
+class ModelRetired(APIError):
+    status = 410
+    type = "invalid_request_error"
+    default_code = "model_retired"
 
 
 class PayloadTooLarge(APIError):

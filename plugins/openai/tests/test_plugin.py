@@ -62,19 +62,19 @@ def test_chat_estimate_is_an_upper_bound() -> None:
 
 
 def test_image_estimate_prices_auto_at_the_dearest_variant() -> None:
-    req = ImageRequest(model="openai/gpt-image-1.5", prompt="x", n=2)
-    usage = plugin.estimate_usage(model("openai/gpt-image-1.5"), req)
-    assert usage.images == 2 and usage.variant in {"high/1024x1536", "high/1536x1024"}
-    sized = ImageRequest(model="openai/gpt-image-1.5", prompt="x", size="1024x1024", quality="auto")
-    assert plugin.estimate_usage(model("openai/gpt-image-1.5"), sized).variant == "high/1024x1024"
-    low = ImageRequest(model="openai/gpt-image-1.5", prompt="x", size="1536x1024", quality="low")
-    assert plugin.estimate_usage(model("openai/gpt-image-1.5"), low).variant == "low/1536x1024"
+    req = ImageRequest(model="openai/gpt-image-2", prompt="x", n=2)
+    usage = plugin.estimate_usage(model("openai/gpt-image-2"), req)
+    assert usage.images == 2 and usage.variant == "high/1024x1024"  # $0.211, the dearest
+    sized = ImageRequest(model="openai/gpt-image-2", prompt="x", size="1024x1024", quality="auto")
+    assert plugin.estimate_usage(model("openai/gpt-image-2"), sized).variant == "high/1024x1024"
+    low = ImageRequest(model="openai/gpt-image-2", prompt="x", size="1536x1024", quality="low")
+    assert plugin.estimate_usage(model("openai/gpt-image-2"), low).variant == "low/1536x1024"
 
 
 def test_image_response_is_priced_by_what_was_made() -> None:
-    req = ImageRequest(model="openai/gpt-image-1.5", prompt="x")
+    req = ImageRequest(model="openai/gpt-image-2", prompt="x")
     body = {"created": 1, "data": [{"b64_json": "AA=="}], "quality": "low", "size": "1024x1024"}
-    out = plugin.parse_response(model("openai/gpt-image-1.5"), req, httpx.Response(200, json=body))
+    out = plugin.parse_response(model("openai/gpt-image-2"), req, httpx.Response(200, json=body))
     assert out.usage.images == 1 and out.usage.variant == "low/1024x1024"
 
 
@@ -187,7 +187,7 @@ def test_error_mapping() -> None:
             }
         },
     )
-    assert isinstance(plugin.parse_error(model("openai/gpt-image-1.5"), refusal), PermissionDenied)
+    assert isinstance(plugin.parse_error(model("openai/gpt-image-2"), refusal), PermissionDenied)
     bad = httpx.Response(
         400,
         json={
@@ -210,12 +210,12 @@ def test_error_mapping() -> None:
 def test_reasoning_models_get_max_completion_tokens() -> None:
     req = ChatRequest.model_validate(
         {
-            "model": "openai/gpt-5-mini",
+            "model": "openai/gpt-6.1-terra",
             "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 64,
         }
     )
-    body = json.loads(plugin.build_request(model("openai/gpt-5-mini"), req, UPSTREAM).content)
+    body = json.loads(plugin.build_request(model("openai/gpt-6.1-terra"), req, UPSTREAM).content)
     assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
     older = plugin.build_request(model("openai/gpt-4o"), chat(max_tokens=64), UPSTREAM)
     assert json.loads(older.content)["max_tokens"] == 64

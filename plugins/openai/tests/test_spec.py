@@ -98,7 +98,7 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "/images/generations",
-        {"model": "gpt-image-1.5", "prompt": "a fox", "quality": "low", "size": "1024x1024"},
+        {"model": "gpt-image-2", "prompt": "a fox", "quality": "low", "size": "1024x1024"},
     ),
     (
         "/moderations",
@@ -216,9 +216,7 @@ UNIFIED = [
         {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     ),
     EmbeddingRequest(model="openai/text-embedding-3-small", input=["a", "b"], dimensions=8),
-    ImageRequest(
-        model="openai/gpt-image-1.5", prompt="a fox", size="1536x1024", quality="high", n=2
-    ),
+    ImageRequest(model="openai/gpt-image-2", prompt="a fox", size="1536x1024", quality="high", n=2),
     SpeechRequest(
         model="openai/tts-1-hd", input="Hello", voice="nova", response_format="flac", speed=1.25
     ),

@@ -107,7 +107,9 @@ class RequestContext:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                # and any the endpoint added (a deprecated model's Deprecation and Sunset)
+                extra = scope["state"].get("headers", ())
+                message["headers"] = [*message.get("headers", []), header, *extra]
             await send(message)
 
         limit = self.max_body_bytes
@@ -171,6 +173,9 @@ class Frontend:
             # The bounds of what a call can be charged for (docs/api.md, "Credits and billing").
             "context_tokens": m.context_tokens,
             "max_output_tokens": m.max_output_tokens,
+            "deprecated_at": m.deprecated_at and m.deprecated_at.isoformat(),
+            "retires_at": m.retires_at and m.retires_at.isoformat(),
+            "replacement": m.replacement,
             "description": m.description,
         }
 
@@ -215,6 +220,8 @@ class Frontend:
                 raise _unknown_model(unified.model)
             if route.model.modality is not modality:
                 raise _wrong_modality(route, path)
+            if route.lifecycle is not None:  # 410 once retired; dated headers before that
+                request.scope["state"]["headers"] = route.lifecycle.at(time.time())
             route.provider.ensure_available()
             if route.jobs:
                 return await self._through_task(request, principal, route, unified, started)

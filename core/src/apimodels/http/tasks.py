@@ -15,6 +15,7 @@ fetch the task again for fresh ones.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -118,6 +119,8 @@ class TasksAPI:
                 code="model_not_found",
                 param="model",
             )
+        if route.lifecycle is not None:
+            request.scope["state"]["headers"] = route.lifecycle.at(time.time())
         route.provider.ensure_available()
         hold = await self.validate(route, body.input, principal, request)
         webhook = None

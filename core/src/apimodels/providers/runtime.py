@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -21,7 +22,7 @@ import pluggy
 
 from .. import hookspecs
 from ..catalog import Catalog, ModelConfig, ProviderConfig
-from ..errors import ConfigError, ServiceUnavailable
+from ..errors import ConfigError, ModelRetired, ServiceUnavailable
 from . import default_hooks
 from .types import ProviderSpec, Upstream
 from .upstream import UpstreamClient
@@ -167,6 +168,53 @@ class Provider:
             raise ServiceUnavailable(self.unavailable)
 
 
+class Lifecycle:
+    """A deprecated or retiring model's dates, resolved once: the headers its calls carry
+    (RFC 9745 ``Deprecation``, RFC 8594 ``Sunset``, a ``Link`` to the replacement) and the
+    moment it answers 410 instead."""
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        start = model.deprecated_at or date.min
+        self.deprecated_from = _epoch(start) if start != date.min else float("-inf")
+        self.retired_from = _epoch(model.retires_at) if model.retires_at else float("inf")
+        headers = []
+        if model.deprecated_at:
+            headers.append((b"deprecation", f"@{int(self.deprecated_from)}".encode()))
+        if model.retires_at:
+            sunset = datetime.fromtimestamp(self.retired_from, UTC)
+            headers.append((b"sunset", sunset.strftime("%a, %d %b %Y %H:%M:%S GMT").encode()))
+        if model.replacement:
+            link = f'</v1/models/{model.replacement}>; rel="successor-version"'
+            headers.append((b"link", link.encode()))
+        self.headers = headers
+
+    def at(self, now: float) -> list[tuple[bytes, bytes]]:
+        """The headers of a call made at ``now``; 410 once the model is retired."""
+        if now >= self.retired_from:
+            model = self.model
+            instead = f"; use '{model.replacement}' instead" if model.replacement else ""
+            raise ModelRetired(
+                f"The model '{model.id}' was retired on {model.retires_at}{instead}.",
+                param="model",
+            )
+        return self.headers if now >= self.deprecated_from else []
+
+    def notice(self, today: date) -> str | None:
+        """A startup warning when the model retires within 14 days, or has retired."""
+        model, retires = self.model, self.model.retires_at
+        if retires is None or (retires - today).days > 14:
+            return None
+        instead = f" (replacement: {model.replacement})" if model.replacement else ""
+        if retires <= today:
+            return f"model {model.id} retired on {retires}: it answers 410{instead}"
+        return f"model {model.id} retires on {retires}, in {(retires - today).days} days{instead}"
+
+
+def _epoch(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     model: ModelConfig
@@ -176,11 +224,15 @@ class Route:
     input_schema: dict[str, Any] | None = None  # of task inputs, from the plugin
     #: What each usage row of the route records of it: model, provider, modality, prices.
     billed_as: tuple[str, str, str, str] = field(init=False)
+    #: Its dates when deprecated or retiring (None: nothing to check per request).
+    lifecycle: Lifecycle | None = field(init=False)
 
     def __post_init__(self) -> None:
         model = self.model
         billed_as = (model.id, model.provider, model.modality.value, self.prices_json)
         object.__setattr__(self, "billed_as", billed_as)
+        dated = model.deprecated_at or model.retires_at
+        object.__setattr__(self, "lifecycle", Lifecycle(model) if dated else None)
 
 
 @dataclass
@@ -296,6 +348,10 @@ def build_gateway(
             jobs=hooks.runs_jobs,
             input_schema=hooks.input_schema(model=model),
         )
+    today = datetime.now(UTC).date()
+    for route in routes.values():
+        if route.lifecycle is not None and (notice := route.lifecycle.notice(today)):
+            notices.append(notice)
     return Gateway(
         catalog,
         providers,

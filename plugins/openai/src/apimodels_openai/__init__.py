@@ -56,7 +56,7 @@ _AUDIO_TYPES = {
 }
 
 #: Upstream ids of reasoning models, which take max_completion_tokens and not max_tokens.
-_REASONING_PREFIXES = ("gpt-5", "o1", "o3", "o4")
+_REASONING_PREFIXES = ("gpt-6", "gpt-5", "o1", "o3", "o4")
 #: Per-message framing tokens OpenAI adds around each chat message (an upper bound).
 _MESSAGE_OVERHEAD = 8
 #: Default output ceiling for a chat model whose catalog entry has no max_output_tokens.

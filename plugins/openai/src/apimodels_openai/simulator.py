@@ -83,6 +83,9 @@ from apimodels.providers import media
 # --- what the simulator knows ------------------------------------------------------------
 
 CHAT_MODELS = (
+    "gpt-6.1-sol",
+    "gpt-6.1-terra",
+    "gpt-6-luna",
     "gpt-5",
     "gpt-5-mini",
     "gpt-4o-mini",
@@ -93,19 +96,19 @@ CHAT_MODELS = (
 )
 #: Reasoning models: they bill hidden reasoning tokens, take only max_completion_tokens and
 #: the default temperature, like OpenAI's.
-REASONING_MODELS = ("gpt-5", "gpt-5-mini")
+REASONING_MODELS = ("gpt-6.1-sol", "gpt-6.1-terra", "gpt-6-luna", "gpt-5", "gpt-5-mini")
 EMBEDDING_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
 IMAGE_SIZES = {
     "dall-e-2": ("256x256", "512x512", "1024x1024"),
     "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
     "gpt-image-1": ("1024x1024", "1536x1024", "1024x1536", "auto"),
-    "gpt-image-1.5": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+    "gpt-image-2": ("1024x1024", "1536x1024", "1024x1536", "auto"),
 }
 IMAGE_QUALITIES = {
     "dall-e-2": ("standard", "auto"),
     "dall-e-3": ("standard", "hd", "auto"),
     "gpt-image-1": ("low", "medium", "high", "auto"),
-    "gpt-image-1.5": ("low", "medium", "high", "auto"),
+    "gpt-image-2": ("low", "medium", "high", "auto"),
 }
 #: GPT Image output tokens per image, by quality and size (OpenAI's published table).
 IMAGE_TOKENS = {
@@ -114,7 +117,7 @@ IMAGE_TOKENS = {
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
 SPEECH_MODELS = ("tts-1", "tts-1-hd")
-TRANSCRIPTION_MODELS = ("whisper-1",)
+TRANSCRIPTION_MODELS = ("gpt-transcribe", "whisper-1")
 MODERATION_MODELS = ("omni-moderation-latest",)
 #: Every model the simulator knows, as ``GET /v1/models`` lists them.
 MODELS = (
@@ -702,7 +705,7 @@ async def embeddings(request: Request, body: dict[str, Any]) -> Response:
 
 # --- images ----------------------------------------------------------------------------------
 
-_PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image-1": 32000, "gpt-image-1.5": 32000}
+_PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image-1": 32000, "gpt-image-2": 32000}
 
 
 def _thumbnail(size: str) -> tuple[int, int]:
