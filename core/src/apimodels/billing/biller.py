@@ -31,33 +31,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import APIError, InsufficientCredits
 from ..store.accounts import Principal
 from ..store.db import utcnow
-from .ledger import NO_QUANTITIES, QUANTITY_FIELDS, GroupCommit, Settlement
+from .ledger import GroupCommit, Settlement
 from .limits import Limiter
-from .usage import Usage
+from .usage import NO_QUANTITIES, Usage, usage_values
 
 if TYPE_CHECKING:  # an annotation only: billing sits below the providers
     from ..providers.runtime import Route
 
 log = logging.getLogger("apimodels")
-
-
-def usage_values(usage: Usage) -> tuple[Any, ...]:
-    """A usage as its request's usage row records it (``ledger.QUANTITY_FIELDS``)."""
-    return (
-        usage.input_tokens,
-        usage.cached_input_tokens,
-        usage.output_tokens,
-        usage.images,
-        usage.characters,
-        str(usage.seconds) if usage.seconds else None,
-        usage.outputs or None,
-        str(usage.run_seconds) if usage.run_seconds else None,
-    )
-
-
-def usage_fields(usage: Usage) -> dict[str, Any]:
-    """A usage as the columns of its request's usage row."""
-    return dict(zip(QUANTITY_FIELDS, usage_values(usage), strict=True))
 
 
 @dataclass(slots=True)

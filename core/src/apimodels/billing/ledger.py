@@ -43,23 +43,12 @@ import sqlite_utils
 
 from ..errors import InsufficientCredits, NotFound
 from ..store.db import utcnow
+from .usage import NO_QUANTITIES, QUANTITY_FIELDS
 
 log = logging.getLogger("apimodels")
 
 ENTRY_KINDS = ("grant", "topup", "charge", "refund", "adjustment")
 
-#: A request's quantities, as its usage row records them (``biller.usage_values``).
-QUANTITY_FIELDS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "images",
-    "characters",
-    "seconds",
-    "outputs",
-    "run_seconds",
-)
-NO_QUANTITIES: tuple[None, ...] = (None,) * len(QUANTITY_FIELDS)
 #: What a request's row records when it settles.
 SETTLE_FIELDS = (*QUANTITY_FIELDS, "error_code", "latency_ms")
 _SETTLE = (

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from ..catalog import ModelConfig, Pricing
 from ..errors import InvalidRequest
-from .usage import Usage
+from .usage import QUANTITIES, Usage
 
 _MILLION = Decimal(1_000_000)
 _THOUSAND = Decimal(1_000)
@@ -67,18 +67,6 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
 #: Slack on a measured duration an upstream reports (it may round the length up).
 _SECONDS_SLACK = Decimal(1)
 
-#: Each billable quantity of a usage and the prices that charge it.
-_PRICED_BY = {
-    "input_tokens": ("input_per_1m",),
-    "output_tokens": ("output_per_1m",),
-    "images": ("per_image",),
-    "characters": ("per_1k_chars",),
-    "seconds": ("per_second", "per_minute"),
-    "outputs": ("per_output",),
-    "run_seconds": ("per_run_second",),
-}
-
-
 def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decimal]:
     """The most an upstream may report of each quantity the model is priced by, for a
     request whose estimate is ``estimate``.
@@ -93,10 +81,10 @@ def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decima
     """
     pricing = model.pricing
     ceiling: dict[str, int | Decimal] = {}
-    for name, prices in _PRICED_BY.items():
-        if all(getattr(pricing, p) is None for p in prices):
+    for quantity in QUANTITIES:
+        if all(getattr(pricing, p) is None for p in quantity.prices):
             continue  # not charged: whatever the upstream says of it costs nothing
-        ceiling[name] = getattr(estimate, name)
+        ceiling[quantity.name] = getattr(estimate, quantity.name)
     if "input_tokens" in ceiling:
         ceiling["input_tokens"] = max(estimate.input_tokens, model.context_tokens or 0)
     if ceiling.get("seconds"):
@@ -107,18 +95,13 @@ def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decima
 def usage_problem(usage: Usage, ceiling: dict[str, int | Decimal]) -> str | None:
     """What makes a reported usage impossible (negative, inconsistent, above the
     ceiling), or None when it can be priced."""
-    for name in ("input_tokens", "cached_input_tokens", "output_tokens", "images"):
-        value = getattr(usage, name)
-        if type(value) is not int or value < 0:
-            return f"{name} is {value!r}"
-    for name in ("characters", "outputs"):
-        value = getattr(usage, name)
-        if type(value) is not int or value < 0:
-            return f"{name} is {value!r}"
-    for name in ("seconds", "run_seconds"):
-        value = getattr(usage, name)
-        if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
-            return f"{name} is {value!r}"
+    for quantity in QUANTITIES:
+        value = getattr(usage, quantity.name)
+        if quantity.decimal:
+            if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+                return f"{quantity.name} is {value!r}"
+        elif type(value) is not int or value < 0:
+            return f"{quantity.name} is {value!r}"
     if usage.cached_input_tokens > usage.input_tokens:
         return "more cached input tokens than input tokens"
     for name, most in ceiling.items():

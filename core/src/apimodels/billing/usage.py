@@ -1,10 +1,18 @@
 """The billable quantities of one call: what pricing multiplies by the catalog's unit
-prices, what the usage row records, and what an upstream's report is checked against."""
+prices, what the usage row records, and what an upstream's report is checked against.
+
+``QUANTITIES`` is the one table of them. A new pricing unit is a row there, a field of
+``Usage``, a price of the catalog's ``Pricing`` and a column of the usage table (a
+migration); the row's column lists, the receipts, the ceiling on what an upstream may
+report and the JSON forms all follow from the table.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 
@@ -26,22 +34,67 @@ class Usage:
     variant: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            k: getattr(self, k)
-            for k in (
-                "input_tokens",
-                "cached_input_tokens",
-                "output_tokens",
-                "images",
-                "characters",
-                "outputs",
-            )
-            if getattr(self, k)
-        }
-        if self.seconds:
-            out["seconds"] = str(self.seconds)
-        if self.run_seconds:
-            out["run_seconds"] = str(self.run_seconds)
+        """The quantities it has (decimals as strings), and its variant."""
+        out = {q.name: q.json(v) for q, v in zip(QUANTITIES, _values(self), strict=True) if v}
         if self.variant:
             out["variant"] = self.variant
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    """One billable quantity: its ``Usage`` field and usage-row column, how the row stores
+    it, and the catalog prices that charge it (none: priced through another, as cached input
+    tokens are at the cached-input price)."""
+
+    name: str
+    stored: Callable[[Any], Any]
+    prices: tuple[str, ...]
+    decimal: bool = False  # a duration (Decimal), not a count
+
+    def json(self, value: Any) -> Any:
+        return str(value) if self.decimal else value
+
+
+def _as_is(value: int) -> int:
+    return value
+
+
+def _or_none(value: Any) -> Any:
+    return value or None
+
+
+def _decimal(value: Decimal) -> str | None:
+    return str(value) if value else None
+
+
+#: Every quantity, in the order of the usage row's columns.
+QUANTITIES = (
+    Quantity("input_tokens", _as_is, ("input_per_1m",)),
+    Quantity("cached_input_tokens", _as_is, ()),
+    Quantity("output_tokens", _as_is, ("output_per_1m",)),
+    Quantity("images", _as_is, ("per_image",)),
+    Quantity("characters", _as_is, ("per_1k_chars",)),
+    Quantity("seconds", _decimal, ("per_second", "per_minute"), decimal=True),
+    Quantity("outputs", _or_none, ("per_output",)),
+    Quantity("run_seconds", _decimal, ("per_run_second",), decimal=True),
+)
+#: The usage row's quantity columns.
+QUANTITY_FIELDS = tuple(q.name for q in QUANTITIES)
+NO_QUANTITIES: tuple[None, ...] = (None,) * len(QUANTITY_FIELDS)
+_values = attrgetter(*QUANTITY_FIELDS)
+#: Only these are converted; the others are stored as they are (0.4 µs a request, not 1.4).
+_CONVERTED = tuple((i, q.stored) for i, q in enumerate(QUANTITIES) if q.stored is not _as_is)
+
+
+def usage_values(usage: Usage) -> tuple[Any, ...]:
+    """A usage as its request's usage row records it, in ``QUANTITY_FIELDS`` order."""
+    values = list(_values(usage))
+    for i, stored in _CONVERTED:
+        values[i] = stored(values[i])
+    return tuple(values)
+
+
+def usage_fields(usage: Usage) -> dict[str, Any]:
+    """A usage as the columns of its request's usage row."""
+    return dict(zip(QUANTITY_FIELDS, usage_values(usage), strict=True))

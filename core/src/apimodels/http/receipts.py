@@ -15,24 +15,13 @@ from starlette.responses import Response
 
 from ..billing.ledger import GroupCommit, get_usage, list_usage
 from ..billing.money import format_usd
+from ..billing.usage import QUANTITY_FIELDS
 from ..errors import InvalidRequest
 from ..store.accounts import KeyStore
 
-_QUANTITIES = (
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "images",
-    "characters",
-    "outputs",
-)
-
 
 def render_usage(row: dict[str, Any]) -> dict[str, Any]:
-    usage = {k: row[k] for k in _QUANTITIES if row.get(k)}
-    for name in ("seconds", "run_seconds"):
-        if row.get(name):
-            usage[name] = row[name]
+    usage = {k: row[k] for k in QUANTITY_FIELDS if row.get(k)}
     return {
         "id": row["request_id"],
         "object": "generation",

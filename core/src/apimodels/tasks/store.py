@@ -24,8 +24,8 @@ from typing import Any
 
 import sqlite_utils
 
-from ..billing.biller import usage_fields
 from ..billing.ledger import Ledger, capture_op, hold_op, release_op, transaction
+from ..billing.usage import usage_fields
 from ..errors import NotFound
 from ..providers.types import Usage
 
