@@ -67,6 +67,7 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
 #: Slack on a measured duration an upstream reports (it may round the length up).
 _SECONDS_SLACK = Decimal(1)
 
+
 def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decimal]:
     """The most an upstream may report of each quantity the model is priced by, for a
     request whose estimate is ``estimate``.
