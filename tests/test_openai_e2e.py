@@ -8,7 +8,7 @@ import io
 import struct
 import time
 import wave
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import httpx
 import openai
@@ -187,6 +187,55 @@ def test_transcription_upload(client: openai.OpenAI, fmt: str) -> None:
         assert text.startswith("WEBVTT")
     else:
         assert text.strip()
+
+
+@pytest.mark.parametrize(
+    ("model", "prices"),
+    [("openai/gpt-4o-transcribe", (6, 2.5, 10)), ("openai/gpt-4o-mini-transcribe", (3, 1.25, 5))],
+)
+def test_token_priced_transcription_is_billed_from_its_usage(
+    client: openai.OpenAI, gateway: Gateway, model: str, prices: tuple[float, float, float]
+) -> None:
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model=model,
+        file=("hello.wav", wav_bytes(30.0), "audio/wav"),
+        prompt="A greeting, spoken slowly.",
+        response_format="json",
+    )
+    usage = raw.http_response.json()["usage"]
+    assert usage["type"] == "tokens"
+    audio, text = (usage["input_token_details"][k] for k in ("audio_tokens", "text_tokens"))
+    assert audio == 300  # 30 s at 10 tokens a second
+    per_audio, per_text, per_output = (Decimal(str(p)) / 1_000_000 for p in prices)
+    exact = audio * per_audio + text * per_text + usage["output_tokens"] * per_output
+    cost = Decimal(raw.headers["x-apimodels-cost"])
+    assert cost == exact.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP) > 0
+    assert usage["cost"] == raw.headers["x-apimodels-cost"]
+    row = gateway.db.execute(
+        "SELECT audio_input_tokens, input_tokens, hold_micros, cost_micros FROM usage"
+        " WHERE request_id = ?",
+        [raw.headers["x-request-id"]],
+    ).fetchone()
+    assert row[:2] == (300, text)
+    assert row[2] >= row[3]  # the hold (17 tokens a second, 2,000 out) covered it
+    generation = client.get(
+        f"/generation/{raw.headers['x-request-id']}", cast_to=httpx.Response
+    ).json()
+    assert generation["usage"]["audio_input_tokens"] == 300
+
+
+def test_token_priced_transcription_answers_only_json_or_text(
+    client: openai.OpenAI, simulator: Simulator
+) -> None:
+    before = simulator.received()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(
+            model="openai/gpt-4o-transcribe",
+            file=("hello.wav", wav_bytes(1.0), "audio/wav"),
+            response_format="srt",
+        )
+    assert caught.value.body["param"] == "response_format"
+    assert simulator.received() == before
 
 
 # --- errors, each surfacing as the SDK's own exception class --------------------------

@@ -55,6 +55,7 @@ class Pricing(_Strict):
     per_minute: Price | None = None
     per_output: Price | None = None  # per file a task produces (a video, a song)
     per_run_second: Price | None = None  # per second of upstream hardware time
+    audio_input_per_1m: Price | None = None  # audio read as tokens (input_per_1m: its text)
     markup: Price = Decimal(0)
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,7 +76,7 @@ REQUIRED_PRICES: dict[Modality, list[tuple[str, ...]]] = {
     Modality.embedding: [("input_per_1m",)],
     Modality.image: [("per_image", "per_run_second")],
     Modality.speech: [("per_1k_chars", "per_run_second")],
-    Modality.transcription: [("per_minute", "per_second", "per_run_second")],
+    Modality.transcription: [("per_minute", "per_second", "per_run_second", "audio_input_per_1m")],
     Modality.video: [("per_second", "per_output", "per_run_second")],
 }
 
@@ -140,6 +141,8 @@ class ModelConfig(_Strict):
             and self.max_output_seconds is None
         ):
             raise ValueError("a video model priced per_second needs max_output_seconds")
+        if self.pricing.audio_input_per_1m is not None and self.context_tokens is None:
+            raise ValueError("a model priced per audio token needs context_tokens (its bound)")
         if self.deprecated_at and self.retires_at and self.deprecated_at > self.retires_at:
             raise ValueError("deprecated_at comes after retires_at")
         return self

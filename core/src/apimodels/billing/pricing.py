@@ -59,6 +59,8 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
         total += usage.outputs * pricing.per_output
     if usage.run_seconds and pricing.per_run_second is not None:
         total += usage.run_seconds * pricing.per_run_second
+    if usage.audio_input_tokens and pricing.audio_input_per_1m is not None:
+        total += usage.audio_input_tokens * pricing.audio_input_per_1m / _MILLION
     if pricing.markup:
         total += total * pricing.markup
     return total
@@ -74,11 +76,11 @@ def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decima
 
     The estimate is already the most the request can use (``estimate_usage``: the output
     limit asked for or the model's, the images asked for, the input's characters or
-    duration, the model's maxima for a job), except for input tokens: images and
-    tokenizers can make a prompt longer than its text suggests, up to the model's context
-    window (``context_tokens``). So the ceiling is the estimate with its input tokens
-    raised to that window, and a duration given a second of slack. No call is charged more
-    than the price of its ceiling.
+    duration, the model's maxima for a job), except for input tokens (of text or
+    audio): images, tokenizers and audio encodings can make an input longer than the
+    estimate suggests, up to the model's context window (``context_tokens``). So the
+    ceiling is the estimate with its input tokens raised to that window, and a duration
+    given a second of slack. No call is charged more than the price of its ceiling.
     """
     pricing = model.pricing
     ceiling: dict[str, int | Decimal] = {}
@@ -86,8 +88,9 @@ def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decima
         if all(getattr(pricing, p) is None for p in quantity.prices):
             continue  # not charged: whatever the upstream says of it costs nothing
         ceiling[quantity.name] = getattr(estimate, quantity.name)
-    if "input_tokens" in ceiling:
-        ceiling["input_tokens"] = max(estimate.input_tokens, model.context_tokens or 0)
+    for tokens in ("input_tokens", "audio_input_tokens"):
+        if tokens in ceiling:
+            ceiling[tokens] = max(getattr(estimate, tokens), model.context_tokens or 0)
     if ceiling.get("seconds"):
         ceiling["seconds"] = estimate.seconds + _SECONDS_SLACK
     return ceiling

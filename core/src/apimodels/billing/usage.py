@@ -31,6 +31,7 @@ class Usage:
     seconds: Decimal = field(default_factory=Decimal)
     outputs: int = 0  # files a task produced (videos, songs), for ``per_output`` prices
     run_seconds: Decimal = field(default_factory=Decimal)  # upstream hardware time of a job
+    audio_input_tokens: int = 0  # audio a model reads as tokens (``input_tokens``: text)
     variant: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +79,7 @@ QUANTITIES = (
     Quantity("seconds", _decimal, ("per_second", "per_minute"), decimal=True),
     Quantity("outputs", _or_none, ("per_output",)),
     Quantity("run_seconds", _decimal, ("per_run_second",), decimal=True),
+    Quantity("audio_input_tokens", _as_is, ("audio_input_per_1m",)),
 )
 #: The usage row's quantity columns.
 QUANTITY_FIELDS = tuple(q.name for q in QUANTITIES)

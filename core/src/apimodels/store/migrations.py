@@ -348,3 +348,9 @@ def m009_reservations(db: sqlite_utils.Database) -> None:
     db.execute(
         "CREATE UNIQUE INDEX idx_entries_hold ON ledger_entries (hold_id) WHERE hold_id IS NOT NULL"
     )
+
+
+@migration
+def m010_audio_input_tokens(db: sqlite_utils.Database) -> None:
+    # Audio a model reads as tokens (gpt-4o-transcribe), priced apart from its text tokens.
+    db["usage"].add_column("audio_input_tokens", int)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import wave
 from decimal import Decimal
 from typing import Any
@@ -65,6 +66,12 @@ _DEFAULT_MAX_OUTPUT = 4096
 _PART_ALLOWANCE = 2000
 #: Lowest audio bitrate assumed when estimating a transcription's length from its size.
 _MIN_BYTES_PER_SECOND = 2000  # 16 kbit/s
+#: Audio tokens per second of input audio, for the hold of a model priced per audio token.
+#: OpenAI counts one per 100 ms (its Realtime cost guide); its per-minute estimate for
+#: gpt-4o-transcribe implies up to 16.7: the hold takes the higher figure.
+_AUDIO_TOKENS_PER_SECOND = 17
+#: Transcript formats of the models priced per token (they read and bill audio as tokens).
+_TOKEN_TRANSCRIPT_FORMATS = ("json", "text")
 
 
 def _simulator(**kwargs: Any) -> Any:
@@ -161,8 +168,20 @@ def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
         seconds = _wav_seconds(request.file)
         if seconds is None:
             seconds = Decimal(len(request.file)) / _MIN_BYTES_PER_SECOND
-        return Usage(seconds=seconds)
+        if not _token_priced(model):
+            return Usage(seconds=seconds)
+        return Usage(
+            seconds=seconds,
+            audio_input_tokens=math.ceil(seconds * _AUDIO_TOKENS_PER_SECOND),
+            input_tokens=_text_tokens_upper_bound(request.prompt or ""),
+            output_tokens=model.max_output_tokens or _DEFAULT_MAX_OUTPUT,
+        )
     return None
+
+
+def _token_priced(model: ModelConfig) -> bool:
+    """A transcription model that reads audio as tokens (gpt-4o-transcribe), not seconds."""
+    return model.pricing.audio_input_per_1m is not None
 
 
 # --- requests --------------------------------------------------------------------------
@@ -182,9 +201,18 @@ def build_request(
             exclude_none=True, exclude={"file", "filename", "file_content_type", "response_format"}
         )
         fields["model"] = model.upstream
-        # verbose_json carries the duration that billing needs; the client's format is
-        # rendered from it in parse_response.
-        fields["response_format"] = "verbose_json"
+        # The answer that carries what billing needs (verbose_json: the duration; json: the
+        # token usage of a model priced per token); the client's format is rendered from it.
+        if not _token_priced(model):
+            fields["response_format"] = "verbose_json"
+        elif request.response_format in _TOKEN_TRANSCRIPT_FORMATS:
+            fields["response_format"] = "json"
+        else:
+            raise InvalidRequest(
+                f"{model.id} answers response_format json or text, not {request.response_format}",
+                param="response_format",
+                code="unsupported_value",
+            )
         files = {"file": (request.filename, request.file, request.file_content_type)}
         data = {k: str(v) for k, v in fields.items()}
         return httpx.Request(
@@ -257,14 +285,39 @@ def _subtitles(segments: list[dict[str, Any]], vtt: bool) -> str:
     return "\n".join(lines)
 
 
-def _transcription(request: TranscriptionRequest, body: dict[str, Any]) -> Output:
+def _transcript_usage(model: ModelConfig, body: dict[str, Any]) -> Usage | None:
+    """A transcription's usage: tokens (TranscriptTextUsageTokens) for a model priced per
+    token, else the duration; None when the answer has none in the model's unit."""
+    usage = body.get("usage")
+    if _token_priced(model):
+        if not isinstance(usage, dict) or "input_tokens" not in usage:
+            return None  # no tokens (a duration, or nothing): charged its estimate
+        details = usage.get("input_token_details")
+        if isinstance(details, dict):
+            text, audio = details.get("text_tokens", 0), details.get("audio_tokens", 0)
+        else:  # no split: all of it at the audio price, the dearer one
+            text, audio = 0, usage["input_tokens"]
+        return Usage(
+            input_tokens=_count(text),
+            audio_input_tokens=_count(audio),
+            output_tokens=_count(usage.get("output_tokens", 0)),
+        )
     duration = body.get("duration")
-    usage = None if duration is None else Usage(seconds=Decimal(str(duration)))
+    return None if duration is None else Usage(seconds=Decimal(str(duration)))
+
+
+def _transcription(
+    model: ModelConfig, request: TranscriptionRequest, body: dict[str, Any]
+) -> Output:
+    usage = _transcript_usage(model, body)
     fmt = request.response_format
     if fmt == "verbose_json":
         return Output(body, usage)
-    if fmt == "json":
-        return Output({"text": body["text"]}, usage)
+    if fmt == "json":  # with the upstream's usage, as OpenAI's json answer has it
+        json_body = {"text": body["text"]}
+        if isinstance(body.get("usage"), dict):
+            json_body["usage"] = body["usage"]
+        return Output(json_body, usage)
     if fmt == "text":
         return Output((body["text"] + "\n").encode(), usage, "text/plain; charset=utf-8")
     text = _subtitles(body.get("segments") or [], vtt=fmt == "vtt")
@@ -282,7 +335,7 @@ def parse_response(
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     if isinstance(request, TranscriptionRequest):
-        return _transcription(request, body)
+        return _transcription(model, request, body)
     if isinstance(request, ChatRequest):
         body["model"] = model.id
         return Output(body, _chat_usage(body.get("usage")))

@@ -16,7 +16,8 @@ error bodies (``{"error": {"message", "type", "param", "code"}}``):
   flac; silent frames for mp3, opus and aac (see ``media``). 15 characters a second;
 - ``POST /v1/audio/transcriptions``: a templated transcript whose length follows the
   audio's real duration (read from its headers, else guessed from its size), in every
-  ``response_format``;
+  ``response_format``; the gpt-4o transcription models answer json or text only, with a
+  token usage (10 audio tokens a second, the prompt's and the transcript's text tokens);
 - ``POST /v1/moderations``: scores for the 13 categories from keyword lists
   (``MODERATION_WORDS``).
 
@@ -117,7 +118,11 @@ IMAGE_TOKENS = {
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
 SPEECH_MODELS = ("tts-1", "tts-1-hd")
-TRANSCRIPTION_MODELS = ("gpt-transcribe", "whisper-1")
+#: Transcription models billed per token: they answer json or text, with a token usage.
+TOKEN_TRANSCRIPTION_MODELS = ("gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+#: Audio tokens per second of input audio (OpenAI: one per 100 ms).
+AUDIO_TOKENS_PER_SECOND = 10
+TRANSCRIPTION_MODELS = ("gpt-transcribe", "whisper-1", *TOKEN_TRANSCRIPTION_MODELS)
 MODERATION_MODELS = ("omni-moderation-latest",)
 #: Every model the simulator knows, as ``GET /v1/models`` lists them.
 MODELS = (
@@ -912,7 +917,7 @@ def subtitles(segments: list[dict[str, Any]], vtt: bool) -> str:
 
 
 async def transcriptions(request: Request, form: dict[str, Any]) -> Response:
-    _model(form, TRANSCRIPTION_MODELS)
+    model = _model(form, TRANSCRIPTION_MODELS)
     upload = form.get("file")
     if not isinstance(upload, Upload):
         raise _missing("file")
@@ -922,6 +927,13 @@ async def transcriptions(request: Request, form: dict[str, Any]) -> Response:
             f"Maximum content size limit ({_MAX_UPLOAD}) exceeded ({len(upload.data)} bytes read)",
         )
     fmt = _choice(form, "response_format", TRANSCRIPTION_FORMATS, "json")
+    token_priced = model in TOKEN_TRANSCRIPTION_MODELS
+    if token_priced and fmt not in ("json", "text"):
+        raise _invalid(
+            f"response_format '{fmt}' is not compatible with model '{model}'. Use 'json' or 'text' instead.",
+            "response_format",
+            "unsupported_value",
+        )
     _number(form, "temperature", 0.0, 0, 1)
     seconds = media.duration(upload.data)
     if seconds is None:
@@ -935,7 +947,18 @@ async def transcriptions(request: Request, form: dict[str, Any]) -> Response:
         )
     segments = _segments(upload.filename or "audio", seconds, _digest(upload.data))
     text = "".join(s["text"] for s in segments).strip()
-    usage = {"type": "duration", "seconds": math.ceil(seconds)}
+    usage: dict[str, Any] = {"type": "duration", "seconds": math.ceil(seconds)}
+    if token_priced:  # TranscriptTextUsageTokens
+        audio = math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+        prompt = tokens(str(form.get("prompt") or ""))
+        output = tokens(text)
+        usage = {
+            "type": "tokens",
+            "input_tokens": audio + prompt,
+            "input_token_details": {"text_tokens": prompt, "audio_tokens": audio},
+            "output_tokens": output,
+            "total_tokens": audio + prompt + output,
+        }
     if fmt == "text":
         return Response(text + "\n", media_type="text/plain; charset=utf-8")
     if fmt in ("srt", "vtt"):
