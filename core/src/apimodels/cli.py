@@ -118,7 +118,7 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
         curl = (
             f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' "
-            '-d \'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}\''
+            '-d \'{"model": "openai/gpt-6-luna", "messages": [{"role": "user", "content": "Hello"}]}\''
         )
         body = (
             "[bold yellow]SANDBOX MODE: every provider is a local simulator. "
