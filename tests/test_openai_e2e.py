@@ -399,3 +399,35 @@ def test_reasoning_model_with_max_tokens(client: openai.OpenAI) -> None:
     )
     assert done.choices[0].message.content is not None
     assert done.usage.completion_tokens <= 40
+
+
+# --- aliases ---------------------------------------------------------------------------
+
+
+def test_a_bare_name_is_an_alias_with_the_same_route_and_price(
+    client: openai.OpenAI, gateway: Gateway
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+    )
+    answer = raw.parse()
+    canonical = client.chat.completions.with_raw_response.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+    )
+    assert raw.headers["x-apimodels-cost"] == canonical.headers["x-apimodels-cost"]
+    assert answer.model == "openai/gpt-4o-mini"  # the answer names the model that served it
+    row = gateway.db.execute(
+        "SELECT model, unit_prices FROM usage WHERE request_id = ?", [raw.headers["x-request-id"]]
+    ).fetchone()
+    assert row[0] == "openai/gpt-4o-mini"
+    embedded = client.embeddings.create(model="text-embedding-3-small", input="hello")
+    assert embedded.model == "openai/text-embedding-3-small"
+
+
+def test_aliases_are_listed_as_such(client: openai.OpenAI) -> None:
+    models = {m.id: m.model_extra or {} for m in client.models.list()}
+    assert models["gpt-4o-mini"]["alias_of"] == "openai/gpt-4o-mini"
+    assert models["gpt-4o-mini"]["pricing"] == models["openai/gpt-4o-mini"]["pricing"]
+    assert "alias_of" not in models["openai/gpt-4o-mini"]
+    one = client.models.retrieve("whisper-1")
+    assert (one.id, (one.model_extra or {})["alias_of"]) == ("whisper-1", "openai/whisper-1")

@@ -119,3 +119,15 @@ def test_image_price_table_and_pricing_as_dict() -> None:
     }
     pricing = parse_catalog(data).models["a/img"].pricing
     assert pricing.as_dict() == {"per_image": {"hd/1024x1024": "0.08"}, "markup": "0.1"}
+
+
+def test_an_alias_must_name_a_listed_model_and_not_shadow_one(tmp_path: Path) -> None:
+    base = (Path(__file__).resolve().parents[2] / "registry.toml").read_text()
+    for extra, message in [
+        ('"bad" = "openai/gpt-9"\n', "names 'openai/gpt-9'"),
+        ('"openai/gpt-4o" = "openai/gpt-4o-mini"\n', "already a model's id"),
+    ]:
+        path = tmp_path / "registry.toml"
+        path.write_text(base.replace("[aliases]\n", "[aliases]\n" + extra, 1))
+        with pytest.raises(ConfigError, match=message):
+            load_catalog(path)

@@ -246,6 +246,9 @@ class Catalog(_Strict):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    #: Other names clients may send for a model (``"gpt-4o-mini" = "openai/gpt-4o-mini"``):
+    #: the same route, the same price.
+    aliases: dict[str, str] = Field(default_factory=dict)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     topups: TopupsConfig = Field(default_factory=TopupsConfig)
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
@@ -274,6 +277,13 @@ class Catalog(_Strict):
                 raise ValueError(
                     f"model {model_id!r} names replacement {model.replacement!r},"
                     " which the catalog does not list"
+                )
+        for alias, target in self.aliases.items():
+            if alias in self.models:
+                raise ValueError(f"alias {alias!r} is already a model's id")
+            if target not in self.models:
+                raise ValueError(
+                    f"alias {alias!r} names {target!r}, which the catalog does not list"
                 )
         return self
 

@@ -179,9 +179,15 @@ class Frontend:
             "description": m.description,
         }
 
+    def _alias_object(self, alias: str, route: Route) -> dict[str, Any]:
+        return {**self._model_object(route), "id": alias, "alias_of": route.model.id}
+
     def _models_list(self) -> dict[str, Any]:
         routes = sorted(self.gateway.routes.values(), key=lambda r: r.model.id)
-        return {"object": "list", "data": [self._model_object(r) for r in routes]}
+        aliases = sorted(self.gateway.aliases.items())
+        data = [self._model_object(r) for r in routes]
+        data += [self._alias_object(alias, route) for alias, route in aliases]
+        return {"object": "list", "data": data}
 
     async def list_models(self, request: Request) -> Response:
         self.keys.authenticate(request.headers.get("authorization"))
@@ -190,9 +196,11 @@ class Frontend:
     async def get_model(self, request: Request) -> Response:
         self.keys.authenticate(request.headers.get("authorization"))
         model_id = request.path_params["model_id"]
-        route = self.gateway.routes.get(model_id)
+        route = self.gateway.route(model_id)
         if route is None:
             raise _unknown_model(model_id)
+        if route.model.id != model_id:
+            return json_response(self._alias_object(model_id, route))
         return json_response(self._model_object(route))
 
     def unified(self, path: str) -> Callable[[Request], Awaitable[Response]]:
@@ -215,7 +223,7 @@ class Frontend:
                 unified = schema.model_validate(body)
             except ValidationError as exc:
                 raise validation_error(exc) from None
-            route = self.gateway.routes.get(unified.model)
+            route = self.gateway.route(unified.model)
             if route is None:
                 raise _unknown_model(unified.model)
             if route.model.modality is not modality:

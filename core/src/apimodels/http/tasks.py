@@ -112,7 +112,7 @@ class TasksAPI:
             body = TaskCreate.model_validate(await read_json(request))
         except ValidationError as exc:
             raise validation_error(exc) from None
-        route = self.gateway.routes.get(body.model)
+        route = self.gateway.route(body.model)
         if route is None:
             raise NotFound(
                 f"The model '{body.model}' does not exist or is not served here.",

@@ -242,6 +242,8 @@ class Gateway:
     routes: dict[str, Route]
     pm: pluggy.PluginManager
     sandbox: bool = False
+    #: The catalog's aliases of served models, each to its model's route.
+    aliases: dict[str, Route] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     policy: Policy | None = None  # the enabled safety policies (set by server.assemble)
 
@@ -255,6 +257,10 @@ class Gateway:
             if provider.client is not None:
                 await provider.client.aclose()
                 provider.client = None
+
+    def route(self, model: str) -> Route | None:
+        """The route of a model id or alias (an id first: the usual case, one lookup)."""
+        return self.routes.get(model) or self.aliases.get(model)
 
     def point_at(self, name: str, base_url: str, api_key: str) -> None:
         """Send a provider's traffic to ``base_url`` with ``api_key`` (sandbox simulators)."""
@@ -352,6 +358,7 @@ def build_gateway(
     for route in routes.values():
         if route.lifecycle is not None and (notice := route.lifecycle.notice(today)):
             notices.append(notice)
+    aliases = {a: routes[m] for a, m in catalog.aliases.items() if m in routes}
     return Gateway(
         catalog,
         providers,
@@ -359,4 +366,5 @@ def build_gateway(
         pm,
         sandbox=sandbox,
         notices=notices,
+        aliases=aliases,
     )
