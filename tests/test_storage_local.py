@@ -218,3 +218,11 @@ def test_relative_path_is_under_the_database_folder(tmp_path: Path) -> None:
     storage = open_storage(StorageConfig(path="media/out"), SECRET, base_dir=tmp_path)
     assert isinstance(storage, LocalStorage)
     assert storage.root == (tmp_path / "media" / "out").resolve() and storage.root.is_dir()
+
+
+def test_the_files_api_is_not_here(gateway: Gateway) -> None:
+    """OpenAI's Files API (``client.files.list()``) is not served: 404, not a signature error."""
+    for path in ("/v1/files", "/v1/files/"):
+        r = httpx.get(gateway.url + path, headers={"authorization": f"Bearer {gateway.key}"})
+        assert r.status_code == 404, (path, r.status_code, r.headers)
+        assert error_code(r) == "unknown_url", path

@@ -587,6 +587,7 @@ def create_app(
                 "/webhooks/{provider}/{id}", _with_errors(tasks.upstream_webhook), methods=["POST"]
             ),
         ]
+    routes.append(HTTPRoute("/v1/files", files_api, methods=["GET", "POST"]))  # not here: 404
     if isinstance(storage, LocalStorage):
         routes.append(files_route(storage))
     # Features assembled elsewhere (top-ups...), each endpoint answering errors the same way.
@@ -622,6 +623,8 @@ def files_route(storage: LocalStorage) -> HTTPRoute:
     No API key: the URL's signature is the credential (403 if tampered or expired)."""
 
     async def get_file(request: Request) -> Response:
+        if not request.path_params["key"]:  # OpenAI's Files API (client.files.list()): not here
+            raise NotFound(f"Unknown path: GET {request.url.path}", code="unknown_url")
         query = request.query_params
         path, st = await storage.locate(
             request.path_params["key"], query.get("expires"), query.get("signature")
@@ -638,3 +641,9 @@ def files_route(storage: LocalStorage) -> HTTPRoute:
         )
 
     return HTTPRoute(f"{FILES_PATH}{{key:path}}", _with_errors(get_file), methods=["GET"])
+
+
+async def files_api(request: Request) -> Response:
+    """``/v1/files``, OpenAI's Files API (``client.files.list()``): not served here. Answered
+    as the unknown path it is, rather than redirected to the signed-file route's prefix."""
+    return await _http_error(request, HTTPException(404))
