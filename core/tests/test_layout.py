@@ -85,11 +85,12 @@ def modules() -> dict[str, Path]:
 def runtime_imports(module: str, path: Path) -> set[str]:
     """The core modules ``module`` imports when it runs (not those under TYPE_CHECKING)."""
     tree = ast.parse(path.read_text())
-    guarded = {
+    guarded = {  # the body of ``if TYPE_CHECKING:`` (not its else, nor ``if not ...``)
         id(n)
         for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for n in ast.walk(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for child in node.body
+        for n in ast.walk(child)
     }
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     known = modules()
@@ -103,8 +104,15 @@ def runtime_imports(module: str, path: Path) -> set[str]:
             for alias in node.names:
                 name = f"{target}.{alias.name}" if target else alias.name
                 found.add(name if name in known else target)
+        elif isinstance(node, ast.ImportFrom) and node.module == "apimodels":
+            for alias in node.names:  # ``from apimodels import x``: a module, or the package
+                found.add(alias.name if alias.name in known else "__init__")
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("apimodels."):
             found.add(node.module.removeprefix("apimodels."))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("apimodels."):
+                    found.add(alias.name.removeprefix("apimodels."))
     return {m for m in found if m}
 
 

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 
 from apimodels.catalog import ProviderConfig
 from apimodels.errors import UpstreamError
+from apimodels.providers import dispatch
+from apimodels.providers.dispatch import _lines
 from apimodels.providers.types import Upstream
 from apimodels.providers.upstream import UpstreamClient, send
 
@@ -150,3 +155,58 @@ def test_an_answer_longer_than_max_response_bytes_is_refused() -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def test_a_streamed_error_answer_is_read_only_up_to_error_bytes() -> None:
+    """An upstream's error answer on a stream is mapped from its first bytes: the rest of a
+    huge body is never read (review finding: it was read whole, past any cap)."""
+    pulled = 0
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            nonlocal pulled
+            for _ in range(2560):  # 10 MiB
+                pulled += 1
+                yield b'{"error": {"message": "' + b"x" * 4096
+
+    seen: list[httpx.Response] = []
+
+    def parse_error(model: Any, response: httpx.Response) -> UpstreamError:
+        seen.append(response)
+        return UpstreamError("acme failed")
+
+    hooks = SimpleNamespace(parse_error=parse_error)
+    upstream = Upstream("acme", "http://127.0.0.1", "k")
+    route: Any = SimpleNamespace(
+        model=None, provider=SimpleNamespace(hooks=hooks, upstream=upstream)
+    )
+    response = httpx.Response(500, stream=Endless(), request=httpx.Request("GET", "http://x"))
+    with pytest.raises(UpstreamError):
+        asyncio.run(dispatch.raise_for_status(route, response))
+    assert len(seen[0].content) == dispatch.ERROR_BYTES
+    assert pulled <= dispatch.ERROR_BYTES // 4096 + 1
+
+
+def test_stream_lines_end_at_lf_crlf_or_cr_and_long_ones_are_refused() -> None:
+    def stream(*chunks: bytes) -> httpx.Response:
+        class Chunks(httpx.AsyncByteStream):
+            async def __aiter__(self):  # type: ignore[no-untyped-def]
+                for chunk in chunks:
+                    yield chunk
+
+        return httpx.Response(200, stream=Chunks())
+
+    async def lines(response: httpx.Response, limit: int = 100) -> list[str]:
+        return [line async for line in _lines(response, limit, "acme")]
+
+    assert asyncio.run(lines(stream(b"data: a\r\n", b"data: b\n\nda", b"ta: c"))) == [
+        "data: a",
+        "data: b",
+        "",
+        "data: c",
+    ]
+    assert asyncio.run(lines(stream(b"x\ry\r", b"\nz"))) == ["x", "y", "", "z"]
+    assert asyncio.run(lines(stream(b"\xe2\x82", b"\xac\n"))) == ["€"]
+    with pytest.raises(UpstreamError) as caught:
+        asyncio.run(lines(stream(b"a" * 60, b"a" * 60, b"\n")))
+    assert caught.value.code == "upstream_response_too_large"

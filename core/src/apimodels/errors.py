@@ -23,9 +23,13 @@ import re
 from typing import Any, ClassVar
 
 #: Anything shaped like an API key or signing secret (ours ``sk-am-``, OpenAI's ``sk-``,
-#: ElevenLabs' ``sk_``, Replicate's ``r8_``, webhook secrets ``whsec_``): a message that
-#: quotes what the client sent (an unknown model, task or request id) never echoes one.
-_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9])(sk-am-|sk-|sk_|r8_|whsec_)[A-Za-z0-9_\-+/=.]{6,}")
+#: ElevenLabs' and Stripe's ``sk_``, Stripe's restricted ``rk_``, Replicate's ``r8_``,
+#: Hugging Face's ``hf_``, webhook secrets ``whsec_``), at least 16 characters after its
+#: prefix: a message that quotes what the client sent (an unknown model, task or request id)
+#: or an upstream's words never echoes one, and a voice or file name is left alone.
+_KEY_SHAPED = re.compile(
+    r"(?<![A-Za-z0-9_\-])(sk-am-|sk-|sk_|rk_|r8_|hf_|whsec_)[A-Za-z0-9_\-+/=.]{16,}"
+)
 
 
 def redact(text: str) -> str:

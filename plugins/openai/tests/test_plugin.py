@@ -219,3 +219,58 @@ def test_reasoning_models_get_max_completion_tokens() -> None:
     assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
     older = plugin.build_request(model("openai/gpt-4o"), chat(max_tokens=64), UPSTREAM)
     assert json.loads(older.content)["max_tokens"] == 64
+
+
+def test_an_upload_is_held_for_the_longest_it_can_last() -> None:
+    """Exact where the headers say (WAV), else the size at the format's lowest bitrate: a
+    12 kbit/s voice note is never held (and capped) shorter than it is."""
+    whisper = model("openai/whisper-1")
+    wav = TranscriptionRequest(model="openai/whisper-1", file=_wav(2.0))
+    assert plugin.estimate_usage(whisper, wav).seconds == Decimal(2)
+    mp3 = TranscriptionRequest(model="openai/whisper-1", file=b"ID3" + b"\0" * 99_997)
+    assert plugin.estimate_usage(whisper, mp3).seconds == Decimal(100)  # 8 kbit/s
+    opus_90k = TranscriptionRequest(model="openai/whisper-1", file=b"\x1aE\xdf\xa3" + bytes(89_996))
+    assert plugin.estimate_usage(whisper, opus_90k).seconds == Decimal(180)  # 4 kbit/s
+    token = model("openai/gpt-4o-transcribe")
+    long = TranscriptionRequest(model="openai/gpt-4o-transcribe", file=bytes(25_000_000))
+    held = plugin.estimate_usage(token, long)
+    assert held.audio_input_tokens == token.context_tokens == 16000  # never past the window
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        (
+            {
+                "input_tokens": 310,
+                "input_token_details": {"text_tokens": 10, "audio_tokens": 300},
+                "output_tokens": 5,
+            },
+            (10, 300),
+        ),
+        (
+            {"input_tokens": 1000, "input_token_details": {"text_tokens": 10}, "output_tokens": 5},
+            (10, 990),
+        ),
+        ({"input_tokens": 1000, "input_token_details": {}, "output_tokens": 5}, (0, 1000)),
+        (
+            {
+                "input_tokens": 1000,
+                "input_token_details": {"text_tokens": 10, "audio_tokens": 5},
+                "output_tokens": 5,
+            },
+            (0, 1000),
+        ),
+        ({"input_tokens": 1000, "output_tokens": 5}, (0, 1000)),
+    ],
+)
+def test_a_token_transcript_usage_is_never_undercounted(
+    usage: dict, expected: tuple[int, int]
+) -> None:
+    req = TranscriptionRequest(model="openai/gpt-4o-transcribe", file=_wav(1.0))
+    body = {"text": "hi", "usage": {"type": "tokens", **usage}}
+    out = plugin.parse_response(
+        model("openai/gpt-4o-transcribe"), req, httpx.Response(200, json=body)
+    )
+    assert (out.usage.input_tokens, out.usage.audio_input_tokens) == expected
+    assert out.usage.output_tokens == 5

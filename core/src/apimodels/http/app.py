@@ -395,6 +395,8 @@ def settle_stream(
             log.error("pricing a stream of %s failed: %s", route.model.id, type(exc).__name__)
             return bill.fail(exc)
         return bill.succeed(delivered, cost)
+    if result.error is None and not result.client_gone:  # ended, with nothing in it: free
+        return bill.fail(UpstreamError("the stream ended with neither content nor usage"))
     return bill.fail(result.error)
 
 

@@ -81,15 +81,32 @@ def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
     return built
 
 
+#: The most of an upstream's error answer the gateway reads (the plugin maps it from this).
+ERROR_BYTES = 64 * 1024
+
+
 async def raise_for_status(route: Route, response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
-        await response.aread()
-    except httpx.HTTPError:
-        pass
-    finally:
-        await response.aclose()
+        response.content  # noqa: B018  read whole already (and capped): nothing more to read
+    except httpx.ResponseNotRead:  # a stream: its first ERROR_BYTES, never the rest
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) >= ERROR_BYTES:
+                    break
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+        response = httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=bytes(body[:ERROR_BYTES]),
+            request=response.request,
+        )
     raise upstream_error(route, response)
 
 
@@ -274,17 +291,22 @@ class Relay:
 
 
 async def _lines(response: httpx.Response, limit: int, provider: str) -> AsyncIterator[str]:
-    """A stream's lines, none longer than ``limit`` bytes (a line is held in memory until
-    its end arrives)."""
-    pending = b""
+    """A stream's lines (ended by LF, CRLF or CR, as SSE allows), none longer than ``limit``
+    bytes: a line is held in memory until its end arrives."""
+    pending = bytearray()
     async for chunk in response.aiter_raw():
-        pending += chunk
-        if b"\n" in chunk:
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if len(line) > limit:
-                    raise too_large(provider, limit)
-                yield line.removesuffix(b"\r").decode("utf-8", "replace")
+        if b"\r" in chunk:  # a CRLF cut between chunks only adds an empty line: harmless
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        start = 0
+        end = chunk.find(b"\n")
+        while end != -1:
+            pending += chunk[start:end]
+            if len(pending) > limit:
+                raise too_large(provider, limit)
+            yield pending.decode("utf-8", "replace")
+            pending.clear()
+            start, end = end + 1, chunk.find(b"\n", end + 1)
+        pending += chunk[start:]  # appended, never copied whole: linear in the line's length
         if len(pending) > limit:
             raise too_large(provider, limit)
     if pending:

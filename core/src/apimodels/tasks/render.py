@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..billing.money import format_usd
+from ..errors import redact
 from .store import TERMINAL
 
 
@@ -36,7 +37,7 @@ def render_task(task: dict[str, Any], storage: Any, origin: str = "") -> dict[st
         "input": json.loads(task["input"]),
         "output": output,
         "error": (
-            {"code": task["error_code"], "message": task["error_message"]}
+            {"code": task["error_code"], "message": redact(task["error_message"] or "")}
             if task["error_code"]
             else None
         ),

@@ -36,6 +36,7 @@ from apimodels import (
     Voice,
     hookimpl,
 )
+from apimodels.providers import media
 
 PROVIDER = "openai"
 
@@ -64,8 +65,11 @@ _MESSAGE_OVERHEAD = 8
 _DEFAULT_MAX_OUTPUT = 4096
 #: Tokens allowed per non-text content part (an image in a chat message) in the estimate.
 _PART_ALLOWANCE = 2000
-#: Lowest audio bitrate assumed when estimating a transcription's length from its size.
-_MIN_BYTES_PER_SECOND = 2000  # 16 kbit/s
+#: Lowest audio bitrates, for the longest a file of a given size can last (the hold, and the
+#: most seconds an upstream may bill): MP3's lowest bitrate is 8 kbit/s; speech codecs
+#: (Opus, AMR, AAC) go down to about 4.
+_MIN_MP3_BYTES_PER_SECOND = 1000
+_MIN_BYTES_PER_SECOND = 500
 #: Audio tokens per second of input audio, for the hold of a model priced per audio token.
 #: OpenAI counts one per 100 ms (its Realtime cost guide); its per-minute estimate for
 #: gpt-4o-transcribe implies up to 16.7: the hold takes the higher figure.
@@ -121,6 +125,20 @@ def _worst_variant(model: ModelConfig, variant: str) -> str:
     return max(candidates, key=lambda v: table[v]) if candidates else variant
 
 
+def _longest_seconds(data: bytes) -> Decimal:
+    """The longest an uploaded audio file can last: exact where its headers say (WAV, FLAC,
+    Ogg Opus), else its size at the lowest bitrate of its format."""
+    seconds = _wav_seconds(data)
+    if seconds is not None:
+        return seconds
+    if data[:4] == b"fLaC" or (data[:4] == b"OggS" and b"OpusHead" in data[:64]):
+        exact = media.duration(data)
+        if exact is not None:
+            return Decimal(str(exact))
+    mp3 = data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE6 == 0xE2)
+    return Decimal(len(data)) / (_MIN_MP3_BYTES_PER_SECOND if mp3 else _MIN_BYTES_PER_SECOND)
+
+
 def _wav_seconds(data: bytes) -> Decimal | None:
     try:
         with wave.open(io.BytesIO(data)) as w:
@@ -165,15 +183,16 @@ def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
     if isinstance(request, SpeechRequest):
         return Usage(characters=len(request.input))
     if isinstance(request, TranscriptionRequest):
-        seconds = _wav_seconds(request.file)
-        if seconds is None:
-            seconds = Decimal(len(request.file)) / _MIN_BYTES_PER_SECOND
+        seconds = _longest_seconds(request.file)
         if not _token_priced(model):
             return Usage(seconds=seconds)
+        # Never more input than the model's context window holds (a token-priced model must
+        # have one): a long file is refused upstream, not held for hours of tokens.
+        window = model.context_tokens or 0
         return Usage(
             seconds=seconds,
-            audio_input_tokens=math.ceil(seconds * _AUDIO_TOKENS_PER_SECOND),
-            input_tokens=_text_tokens_upper_bound(request.prompt or ""),
+            audio_input_tokens=min(math.ceil(seconds * _AUDIO_TOKENS_PER_SECOND), window),
+            input_tokens=min(_text_tokens_upper_bound(request.prompt or ""), window),
             output_tokens=model.max_output_tokens or _DEFAULT_MAX_OUTPUT,
         )
     return None
@@ -292,11 +311,16 @@ def _transcript_usage(model: ModelConfig, body: dict[str, Any]) -> Usage | None:
     if _token_priced(model):
         if not isinstance(usage, dict) or "input_tokens" not in usage:
             return None  # no tokens (a duration, or nothing): charged its estimate
+        total = usage["input_tokens"]
         details = usage.get("input_token_details")
-        if isinstance(details, dict):
-            text, audio = details.get("text_tokens", 0), details.get("audio_tokens", 0)
-        else:  # no split: all of it at the audio price, the dearer one
-            text, audio = 0, usage["input_tokens"]
+        details = details if isinstance(details, dict) else {}
+        text, audio = details.get("text_tokens"), details.get("audio_tokens")
+        if isinstance(text, int) and isinstance(audio, int) and text + audio == total:
+            pass
+        elif isinstance(text, int) and audio is None and isinstance(total, int):
+            audio = total - text  # the split is one part and the whole
+        else:  # no split, or parts that do not add up: all of it at the audio price (dearer)
+            text, audio = 0, total
         return Usage(
             input_tokens=_count(text),
             audio_input_tokens=_count(audio),

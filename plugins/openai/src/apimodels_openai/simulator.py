@@ -16,7 +16,7 @@ error bodies (``{"error": {"message", "type", "param", "code"}}``):
   flac; silent frames for mp3, opus and aac (see ``media``). 15 characters a second;
 - ``POST /v1/audio/transcriptions``: a templated transcript whose length follows the
   audio's real duration (read from its headers, else guessed from its size), in every
-  ``response_format``; the gpt-4o transcription models answer json or text only, with a
+  ``response_format``; the gpt-4o transcription models answer json only, with a
   token usage (10 audio tokens a second, the prompt's and the transcript's text tokens);
 - ``POST /v1/moderations``: scores for the 13 categories from keyword lists
   (``MODERATION_WORDS``).
@@ -118,7 +118,7 @@ IMAGE_TOKENS = {
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
 SPEECH_MODELS = ("tts-1", "tts-1-hd")
-#: Transcription models billed per token: they answer json or text, with a token usage.
+#: Transcription models billed per token: they answer json only, with a token usage.
 TOKEN_TRANSCRIPTION_MODELS = ("gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 #: Audio tokens per second of input audio (OpenAI: one per 100 ms).
 AUDIO_TOKENS_PER_SECOND = 10
@@ -928,9 +928,9 @@ async def transcriptions(request: Request, form: dict[str, Any]) -> Response:
         )
     fmt = _choice(form, "response_format", TRANSCRIPTION_FORMATS, "json")
     token_priced = model in TOKEN_TRANSCRIPTION_MODELS
-    if token_priced and fmt not in ("json", "text"):
+    if token_priced and fmt != "json":  # the spec: "only json" for these models
         raise _invalid(
-            f"response_format '{fmt}' is not compatible with model '{model}'. Use 'json' or 'text' instead.",
+            f"response_format '{fmt}' is not compatible with model '{model}'. Use 'json' instead.",
             "response_format",
             "unsupported_value",
         )
