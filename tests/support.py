@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,9 +15,10 @@ import httpx
 import sqlite_utils
 
 from apimodels.billing.ledger import Ledger
-from apimodels.server import Server
+from apimodels.server import Server, assemble
 from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import database_path, open_db
+from apimodels.testing import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_KEY = "sk-sim-e2e-0123456789abcdef"
@@ -126,3 +129,24 @@ def registry_for(
     path = tmp / "registry.toml"
     path.write_text(text + extra)
     return path
+
+
+@contextmanager
+def gateway_of_its_own(
+    simulator: Simulator,
+    tmp: Path,
+    edit: Callable[[str], str] = lambda text: text,
+    *,
+    credits_micros: int = 10_000_000,
+) -> Iterator[Gateway]:
+    """A gateway served on its own registry (``registry_for``, then ``edit``-ed), with one
+    account holding ``credits_micros`` and its key."""
+    registry = registry_for(simulator.url, tmp)
+    registry.write_text(edit(registry.read_text()))
+    server = assemble(registry, tmp / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY})
+    account = create_account(server.db, f"{tmp.name}@example.com")
+    _, key = create_key(server.db, account["id"])
+    if credits_micros:
+        server.ledger.post(account["id"], credits_micros, kind="grant", reason="t", actor="tests")
+    with serve(server.app) as url:
+        yield Gateway(url, server, key, account["id"])

@@ -16,8 +16,7 @@ import pytest
 
 from apimodels.catalog import load_catalog
 from apimodels.server import assemble
-from apimodels.testing import serve
-from support import ROOT, SIM_KEY, Gateway, Simulator, registry_for
+from support import ROOT, SIM_KEY, Gateway, Simulator, gateway_of_its_own, registry_for
 
 TODAY = datetime.now(UTC).date()
 SOON = TODAY + timedelta(days=30)
@@ -39,26 +38,19 @@ retires_at = {SOON}
 """
 
 
-def dated(registry: Path) -> None:
-    """Give three models of the registry the dates above (merged into their tables)."""
-    text = registry.read_text()
+def dated(text: str) -> str:
+    """The registry's text with the dates above merged into three models' tables."""
     for block in DATES.strip().split("\n\n"):
         header, *lines = block.splitlines()
         text = text.replace(header + "\n", header + "\n" + "\n".join(lines) + "\n", 1)
-    registry.write_text(text)
+    return text
 
 
 @pytest.fixture(scope="module")
 def dated_gateway(
     simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("lifecycle")
-    registry = registry_for(simulator.url, tmp)
-    dated(registry)
-    server = assemble(registry, tmp / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY})
-    with serve(server.app) as url:
-        gateway = Gateway(url, server, "", "")
-        gateway.account_id, gateway.key = gateway.new_account("dated@example.com", 10_000_000)
+    with gateway_of_its_own(simulator, tmp_path_factory.mktemp("lifecycle"), dated) as gateway:
         yield gateway
 
 

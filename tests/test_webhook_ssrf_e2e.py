@@ -8,10 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from apimodels.server import assemble
-from apimodels.store.accounts import create_account, create_key
-from apimodels.testing import serve
-from support import SIM_KEY, Gateway, Simulator, registry_for
+from support import Gateway, Simulator, gateway_of_its_own
 
 HIDDEN = [
     "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
@@ -29,15 +26,8 @@ def strict_gateway(
     simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """A gateway with the default webhook rules (no allow_private_webhooks)."""
-    tmp = tmp_path_factory.mktemp("ssrf6")
-    server = assemble(
-        registry_for(simulator.url, tmp), tmp / "g.db", environ={"OPENAI_API_KEY": SIM_KEY}
-    )
-    account = create_account(server.db, "ssrf6@example.com")
-    _, key = create_key(server.db, account["id"], "k")
-    server.ledger.post(account["id"], 10_000_000, kind="grant", reason="t", actor="tests")
-    with serve(server.app) as url:
-        yield Gateway(url, server, key, account["id"])
+    with gateway_of_its_own(simulator, tmp_path_factory.mktemp("ssrf6")) as gateway:
+        yield gateway
 
 
 @pytest.mark.parametrize("address", HIDDEN)

@@ -15,9 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from apimodels.server import assemble
-from apimodels.testing import serve
-from support import SIM_KEY, Gateway, Simulator, registry_for
+from support import Gateway, Simulator, gateway_of_its_own
 
 SPEECH = {"model": "openai/tts-1", "input": "a" * 1000, "voice": "alloy"}
 CALL_MICROS = 15_000  # 1,000 characters at $0.015 per 1k: the hold is the charge
@@ -28,15 +26,14 @@ def reserving_gateway(
     simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """A gateway that keeps its reservations between calls, as ``make run`` does."""
-    tmp = tmp_path_factory.mktemp("overdraft")
-    registry = registry_for(simulator.url, tmp)
-    text = re.sub(
-        r"(?m)^reserve_idle_seconds = \S+", "reserve_idle_seconds = 1", registry.read_text()
-    )
-    registry.write_text(text)
-    server = assemble(registry, tmp / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY})
-    with serve(server.app) as url:
-        yield Gateway(url, server, "", "")
+
+    def keep_reservations(text: str) -> str:
+        return re.sub(r"(?m)^reserve_idle_seconds = \S+", "reserve_idle_seconds = 1", text)
+
+    with gateway_of_its_own(
+        simulator, tmp_path_factory.mktemp("overdraft"), keep_reservations
+    ) as gateway:
+        yield gateway
 
 
 async def _burst(url: str, key: str, n: int) -> list[int]:
