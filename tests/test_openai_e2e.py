@@ -144,6 +144,35 @@ def test_images_b64_are_real_png(client: openai.OpenAI) -> None:
     )
 
 
+def test_images_asked_for_as_urls_are_stored_and_signed(
+    client: openai.OpenAI, gateway: Gateway
+) -> None:
+    """GPT image models answer base64 only: asked for URLs, the gateway keeps the images in
+    its output store and answers signed URLs (it once answered url: null)."""
+    raw = client.images.with_raw_response.generate(
+        model="openai/gpt-image-2",
+        prompt="a lighthouse",
+        size="1024x1024",
+        quality="low",
+        n=2,
+        response_format="url",
+    )
+    result = raw.parse()
+    assert [item.b64_json for item in result.data] == [None, None]
+    urls = [item.url for item in result.data]
+    assert all(url and url.startswith(gateway.url + "/v1/files/") for url in urls)
+    images = [httpx.get(url) for url in urls]  # the signature is the credential
+    assert all(r.status_code == 200 and r.content.startswith(b"\x89PNG") for r in images)
+    assert images[0].content != images[1].content  # two images, each stored
+    assert raw.headers["x-apimodels-cost"] == "0.012000"  # 2 x low/1024x1024, charged once
+    assert (
+        gateway.db.execute(
+            "SELECT count(*) FROM ledger_entries WHERE hold_id = ?", [raw.headers["x-request-id"]]
+        ).fetchone()[0]
+        == 1
+    )
+
+
 def test_image_size_without_a_price_is_refused_before_any_upstream_call(
     client: openai.OpenAI, simulator: Simulator
 ) -> None:

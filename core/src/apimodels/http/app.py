@@ -8,6 +8,7 @@ answer carries ``x-request-id``; every error is in OpenAI's shape.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from ..errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -43,8 +45,16 @@ from ..providers import dispatch
 from ..providers.runtime import Gateway, Route
 from ..providers.types import Usage
 from ..schemas import ENDPOINTS, ImageRequest, Modality, SpeechRequest, UnifiedRequest
-from ..storage import FILES_PATH, LocalStorage, Storage, content_type_for
+from ..storage import (
+    FILES_PATH,
+    LocalStorage,
+    Storage,
+    StorageError,
+    content_type_for,
+    extension_for,
+)
 from ..store.accounts import KeyStore, Principal
+from ..tasks.render import absolute_url
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency
 from .reading import read_json, read_multipart, validation_error
@@ -151,12 +161,14 @@ class Frontend:
         biller: Biller,
         idempotency: Idempotency,
         tasks: TasksAPI | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.gateway = gateway
         self.keys = keys
         self.biller = biller
         self.idempotency = idempotency
         self.tasks = tasks
+        self.storage = storage  # where images asked for as URLs are kept
         self.models_body = json.dumps(self._models_list(), separators=(",", ":")).encode()
         self.voices = Voices(gateway)
 
@@ -268,6 +280,10 @@ class Frontend:
                 )
                 return RelayResponse(relay)
             priced = await self._guarded(dispatch.call(route, unified, estimate), *guard)
+            if isinstance(unified, ImageRequest) and unified.response_format == "url":
+                # A model that answers bytes: kept in the output store, answered as URLs (a
+                # failure to store them fails the call, which is then free).
+                await self._guarded(self._image_urls(priced, request, principal), *guard)
             # The charge commits after the answer goes out, with its neighbours' within
             # gateway.commit_delay_ms, off the answer's latency (docs/self-hosting.md).
             bill.succeed(priced.usage, priced.cost_micros)
@@ -275,6 +291,33 @@ class Frontend:
 
         endpoint.__name__ = path.replace("/", "_")
         return endpoint
+
+    async def _image_urls(
+        self, priced: dispatch.Priced, request: Request, principal: Principal
+    ) -> None:
+        """Replace each ``b64_json`` image of an answer by a signed URL of the output store."""
+        body = priced.output.body
+        items = body.get("data") if isinstance(body, dict) else None
+        if not items or not any("b64_json" in item for item in items):
+            return  # the upstream answered URLs itself
+        if self.storage is None:
+            raise ServiceUnavailable("image URLs need output storage; ask for b64_json instead")
+        fmt = str(body.get("output_format") or "png")
+        content_type = {"jpeg": "image/jpeg", "webp": "image/webp"}.get(fmt, "image/png")
+        origin = str(request.base_url)
+        request_id = request.scope["state"]["request_id"]
+        for index, item in enumerate(items):
+            data = item.pop("b64_json", None)
+            if data is None:
+                continue
+            key = self.storage.object_key(
+                principal.account_id, request_id, index, extension_for(content_type)
+            )
+            try:
+                await self.storage.put(key, base64.b64decode(data), content_type)
+            except StorageError as exc:
+                raise ServiceUnavailable(f"the image could not be stored: {exc}") from None
+            item["url"] = absolute_url(self.storage.url(key), origin)
 
     async def _through_task(
         self,
@@ -557,7 +600,7 @@ def create_app(
     storage: Storage | None = None,
     extra_routes: Sequence[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = (),
 ) -> ASGIApp:
-    frontend = Frontend(gateway, keys, biller, idempotency, tasks)
+    frontend = Frontend(gateway, keys, biller, idempotency, tasks, storage)
     receipts = Receipts(keys, biller.ledger)
 
     async def health(request: Request) -> Response:

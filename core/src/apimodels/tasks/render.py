@@ -17,7 +17,7 @@ def render_task(task: dict[str, Any], storage: Any, origin: str = "") -> dict[st
     if isinstance(output, list):
         output = [
             {
-                "url": _absolute(storage.url(item["key"]), origin),
+                "url": absolute_url(storage.url(item["key"]), origin),
                 "content_type": item["content_type"],
                 "bytes": item["bytes"],
             }
@@ -46,5 +46,6 @@ def render_task(task: dict[str, Any], storage: Any, origin: str = "") -> dict[st
     }
 
 
-def _absolute(url: str, origin: str) -> str:
+def absolute_url(url: str, origin: str) -> str:
+    """``url`` made absolute on ``origin`` when it is a path (a local signed file URL)."""
     return origin.rstrip("/") + url if url.startswith("/") else url

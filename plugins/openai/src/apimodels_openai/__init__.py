@@ -252,6 +252,10 @@ def build_request(
         path = "/embeddings"
     elif isinstance(request, ImageRequest):
         path = "/images/generations"
+        if model.upstream.startswith("gpt-image"):
+            # GPT image models always answer base64 and take no response_format: the core
+            # stores the images when the client asked for URLs.
+            body.pop("response_format", None)
     elif isinstance(request, SpeechRequest):
         path = "/audio/speech"
     else:
