@@ -127,12 +127,12 @@ def test_receipts_match_the_ledger(gateway: Gateway) -> None:
             )
         )
     request_id = raw.headers["x-request-id"]
-    cost = Decimal(done.usage.model_extra["cost"])
+    cost = Decimal(str(done.usage.model_extra["cost"]))
     generation = httpx.get(f"{gateway.url}/v1/generation/{request_id}", headers=headers).json()
-    assert generation["status"] == "succeeded" and Decimal(generation["cost"]) == cost
+    assert generation["status"] == "succeeded" and Decimal(str(generation["cost"])) == cost
     assert generation["usage"]["output_tokens"] == done.usage.completion_tokens
     assert generation["unit_prices"]["output_per_1m"] == "0.60"
-    stream_cost = Decimal(chunks[-1].usage.model_extra["cost"])
+    stream_cost = Decimal(str(chunks[-1].usage.model_extra["cost"]))
     credits = httpx.get(f"{gateway.url}/v1/credits", headers=headers).json()
     assert credits["currency"] == "USD" and credits["pending_holds"] == "0.000000"
     assert Decimal(credits["balance"]) == Decimal("5") - cost - stream_cost
@@ -369,7 +369,7 @@ def test_receipts_while_a_call_is_in_flight(gateway: Gateway, simulator: Simulat
     assert page.status_code == 200 and page.json()["data"] == []
     assert Decimal(credits["pending_holds"]) > 0 and credits["balance"] == "5.000000"
     [row] = httpx.get(f"{gateway.url}/v1/usage", headers=auth).json()["data"]
-    assert row["status"] == "succeeded" and Decimal(row["cost"]) > 0
+    assert row["status"] == "succeeded" and Decimal(str(row["cost"])) > 0
     credits = httpx.get(f"{gateway.url}/v1/credits", headers=auth).json()
     assert credits["pending_holds"] == "0.000000"
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -120,7 +121,7 @@ def test_sandbox_serve_prints_a_working_key_and_curl_line(tmp_path: Path) -> Non
             time.sleep(0.2)
             task = httpx.get(f"{base}/tasks/{task['id']}", headers=headers).json()
         assert task["status"] == "succeeded", task
-        assert task["cost"] == "0.600000"  # 4 s at $0.15
+        assert Decimal(str(task["cost"])) == Decimal("0.600000")  # 4 s at $0.15
         video = httpx.get(task["output"][0]["url"])
         assert video.status_code == 200 and video.content[4:8] == b"ftyp"
     finally:

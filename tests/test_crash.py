@@ -188,7 +188,7 @@ def test_kill_9_with_a_task_running_then_restart(simulator: Simulator, tmp_path:
             charges = watch.execute(
                 "SELECT amount_micros FROM ledger_entries WHERE hold_id = ?", (task_id,)
             ).fetchall()
-            assert [c[0] for c in charges] == [-int(Decimal(task["cost"]) * 1_000_000)]
+            assert [c[0] for c in charges] == [-int(Decimal(str(task["cost"])) * 1_000_000)]
             b = Ledger(watch).balance(account)
             assert b.held_micros == 0 and b.balance_micros == 5_000_000 + charges[0][0]
             check = _cli(registry, db_path, "ledger", "check")

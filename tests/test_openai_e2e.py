@@ -61,9 +61,9 @@ def test_chat_reports_usage_and_cost(client: openai.OpenAI) -> None:
         Decimal(usage.prompt_tokens) * Decimal("0.15")
         + Decimal(usage.completion_tokens) * Decimal("0.60")
     ) / 1_000_000
-    cost = Decimal(usage.model_extra["cost"])
+    cost = Decimal(str(usage.model_extra["cost"]))
     assert cost == expected.quantize(Decimal("0.000001"))
-    assert raw.headers["x-apimodels-cost"] == usage.model_extra["cost"]
+    assert Decimal(raw.headers["x-apimodels-cost"]) == Decimal(str(usage.model_extra["cost"]))
     assert raw.headers["x-request-id"].startswith("req_")
 
 
@@ -99,7 +99,7 @@ def test_chat_stream_usage_chunk_carries_the_cost(client: openai.OpenAI) -> None
     )
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
-    assert Decimal(last.usage.model_extra["cost"]) > 0
+    assert Decimal(str(last.usage.model_extra["cost"])) > 0
     assert all(c.usage is None for c in chunks[:-1])
 
 
@@ -120,7 +120,7 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
     result = client.embeddings.create(model="openai/text-embedding-3-small", input=["one", "two"])
     assert len(result.data) == 2 and len(result.data[0].embedding) == 1536
     assert result.usage.prompt_tokens > 0
-    assert Decimal(result.usage.model_extra["cost"]) >= 0
+    assert Decimal(str(result.usage.model_extra["cost"])) >= 0
     small = client.embeddings.create(model="openai/text-embedding-3-small", input="x", dimensions=8)
     assert len(small.data[0].embedding) == 8
 
@@ -239,7 +239,7 @@ def test_token_priced_transcription_is_billed_from_its_usage(
     exact = audio * per_audio + text * per_text + usage["output_tokens"] * per_output
     cost = Decimal(raw.headers["x-apimodels-cost"])
     assert cost == exact.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP) > 0
-    assert usage["cost"] == raw.headers["x-apimodels-cost"]
+    assert Decimal(str(usage["cost"])) == Decimal(raw.headers["x-apimodels-cost"])
     row = gateway.db.execute(
         "SELECT audio_input_tokens, input_tokens, hold_micros, cost_micros FROM usage"
         " WHERE request_id = ?",

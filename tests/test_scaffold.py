@@ -85,7 +85,7 @@ def test_a_new_plugin_installs_passes_its_tests_and_serves(tmp_path: Path) -> No
             )
             assert reply.choices[0].message.content == "You said: hello plugin world"
             # 3 words in at $1.00/1M, 5 words out at $2.00/1M
-            assert Decimal(reply.usage.cost) == Decimal("0.000013")  # type: ignore[union-attr]
+            assert Decimal(str(reply.usage.cost)) == Decimal("0.000013")  # type: ignore[union-attr]
             stream = client.chat.completions.create(
                 model="acme-echo/echo-1",
                 messages=[{"role": "user", "content": "stream me"}],
@@ -95,7 +95,7 @@ def test_a_new_plugin_installs_passes_its_tests_and_serves(tmp_path: Path) -> No
             chunks = list(stream)
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             assert text == "You said: stream me"
-            assert Decimal(chunks[-1].usage.cost) > 0  # type: ignore[union-attr]
+            assert Decimal(str(chunks[-1].usage.cost)) > 0  # type: ignore[union-attr]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)

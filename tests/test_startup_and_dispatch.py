@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -140,7 +141,9 @@ def test_dispatch_goes_through_the_registered_plugins_hooks(
                 model="echo/parrot", messages=[{"role": "user", "content": "polly"}]
             )
             assert done.choices[0].message.content == "polly"
-            assert done.usage.model_extra["cost"] == "0.000011"  # 5 * 1/1M + 3 * 2/1M
+            assert Decimal(str(done.usage.model_extra["cost"])) == Decimal(
+                "0.000011"
+            )  # 5 * 1/1M + 3 * 2/1M
             assert [m.id for m in client.models.list()] == ["echo/parrot"]
     assert EchoPlugin.calls == ["estimate_usage", "build_request", "parse_response"]
 

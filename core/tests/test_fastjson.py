@@ -7,6 +7,7 @@ import json
 import pytest
 
 from apimodels import fastjson
+from apimodels.billing.money import usd_number
 
 VALUES = [
     {"model": "m", "messages": [{"role": "user", "content": "héllo ✓ \U0001f600"}], "n": 1},
@@ -35,3 +36,10 @@ def test_floats_read_back_the_same_and_nan_is_null() -> None:
 def test_a_lone_surrogate_is_written_escaped() -> None:
     # Half an emoji, as an upstream may split one across stream chunks.
     assert fastjson.dumps({"delta": "\ud83d", "n": 1}) == b'{"delta":"\\ud83d","n":1}'
+
+
+def test_a_cost_is_an_exact_json_number() -> None:
+    body = {"usage": {"cost": usd_number(135)}, "big": 2**70}  # 2**70: the stdlib's path
+    assert fastjson.dumps({"usage": {"cost": usd_number(135)}}) == b'{"usage":{"cost":0.000135}}'
+    assert fastjson.dumps({"cost": usd_number(1_234_567)}) == b'{"cost":1.234567}'
+    assert json.loads(fastjson.dumps(body))["usage"]["cost"] == 0.000135

@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "topups.config": set(),  # the [topups] table, read by the catalog with every other table
     "catalog": {"errors", "schemas", "topups.config"},
     "store": {"errors"},
-    "billing": {"errors", "catalog", "store"},
+    "billing": {"errors", "catalog", "store", "fastjson"},
     # What plugins see: the hooks and the objects passed to them (providers and policies).
     "interface": {"errors", "schemas", "catalog", "fastjson", "billing"},
     "providers": {"errors", "schemas", "catalog", "fastjson", "store", "billing", "interface"},
@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "topups": {"errors", "store", "billing", "topups.config"},
     "tasks": {
         "errors",
+        "fastjson",
         "schemas",
         "catalog",
         "signing",

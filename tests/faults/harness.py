@@ -71,9 +71,9 @@ def gateway_for(
         yield Gateway(url, server, key, account)
 
 
-def micros(usd: str) -> int:
+def micros(usd: str | float) -> int:
     """A USD amount as the API writes it ("0.000123") in micro-USD, exactly."""
-    value = Decimal(usd) * 1_000_000
+    value = Decimal(str(usd)) * 1_000_000  # a JSON number reads as its shortest float
     assert value == value.to_integral_value(), usd
     return int(value)
 

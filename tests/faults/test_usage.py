@@ -160,7 +160,7 @@ def test_a_task_with_an_impossible_usage_fails_and_is_free(
         assert r.status_code == 202, r.text
         task = wait_task(http, r.json()["id"])
     assert task["status"] == "failed" and task["error"]["code"] == code
-    assert task["cost"] == "0.000000"
+    assert task["cost"] == 0
     free(gw, account_id, task["id"], code)
 
 
@@ -234,7 +234,7 @@ def test_a_stream_without_usage_is_charged_its_input_estimate_and_one_token_per_
     assert cost == 103 < hold
     headers = {"authorization": f"Bearer {key}"}
     generation = httpx.get(f"{gw.url}/v1/generation/{raw.headers['x-request-id']}", headers=headers)
-    assert Decimal(generation.json()["cost"]) == Decimal("0.000103")
+    assert Decimal(str(generation.json()["cost"])) == Decimal("0.000103")
     assert generation.json()["usage"]["output_tokens"] == 7
     assert settled(gw, account_id) == (1_000_000 - cost, 0)
     assert gw.ledger.check() == []

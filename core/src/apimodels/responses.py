@@ -3,14 +3,16 @@ like once normalized. The conformance kit validates plugins' outputs against the
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .schemas import Modality
 
-#: A cost as the API reports it: USD, a decimal string with six places.
-Cost = Annotated[str, Field(pattern=r"^-?\d+\.\d{6}$")]
+#: A cost as the API reports it: USD, a JSON number of at most six decimal places (read
+#: exactly: pydantic reads a float through its shortest decimal form).
+Cost = Annotated[Decimal, Field(ge=0, decimal_places=6)]
 
 
 class _Open(BaseModel):

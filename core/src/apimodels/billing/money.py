@@ -26,3 +26,11 @@ def from_micros(micros: int) -> Decimal:
 def format_usd(micros: int) -> str:
     """Micro-USD as the decimal string used in responses and headers, e.g. ``"0.000135"``."""
     return str(from_micros(micros))
+
+
+def usd_number(micros: int) -> Decimal:
+    """Micro-USD as a JSON *number* written exactly from the decimal (``0.000135``, never
+    float noise such as ``0.00013500000000000001``): a cost in a response body, where
+    OpenRouter's clients and litellm read a number. ``fastjson.dumps`` writes a Decimal
+    that way."""
+    return from_micros(micros)

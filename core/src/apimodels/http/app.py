@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import fastjson
 from ..billing.biller import Bill, Biller, FreeBill
-from ..billing.money import format_usd
+from ..billing.money import format_usd, usd_number
 from ..errors import (
     APIError,
     InvalidRequest,
@@ -349,15 +349,14 @@ class Frontend:
         if task["status"] != "succeeded":
             raise task_error(task)
         rendered = self.tasks.render(task, request)
-        cost = rendered["cost"]
         body = {
             "created": int(time.time()),
             "data": [{"url": item["url"]} for item in rendered["output"] or []],
-            "usage": {"cost": cost},
+            "usage": {"cost": rendered["cost"]},
             "task_id": task["id"],
         }
         headers = {
-            "x-apimodels-cost": cost,
+            "x-apimodels-cost": format_usd(task["cost_micros"] or 0),
             "openai-processing-ms": str(int((time.perf_counter() - started) * 1000)),
         }
         return json_response(body, headers=headers)
@@ -464,16 +463,15 @@ class RelayResponse(StreamingResponse):
 
 def _priced_response(priced: dispatch.Priced, started: float) -> Response:
     output = priced.output
-    cost = format_usd(priced.cost_micros)
     headers = {
-        "x-apimodels-cost": cost,
+        "x-apimodels-cost": format_usd(priced.cost_micros),
         "openai-processing-ms": str(int((time.perf_counter() - started) * 1000)),
     }
     if isinstance(output.body, dict):
         usage = output.body.get("usage")
         if not isinstance(usage, dict):
             usage = output.body["usage"] = {}
-        usage["cost"] = cost
+        usage["cost"] = usd_number(priced.cost_micros)  # a number; the header keeps the string
         return json_response(output.body, headers=headers)
     return Response(output.body, media_type=output.content_type, headers=headers)
 

@@ -13,8 +13,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import fastjson
 from ..billing.ledger import GroupCommit, get_usage, list_usage
-from ..billing.money import format_usd
+from ..billing.money import format_usd, usd_number
 from ..billing.usage import QUANTITY_FIELDS
 from ..errors import InvalidRequest
 from ..store.accounts import KeyStore
@@ -34,7 +35,7 @@ def render_usage(row: dict[str, Any]) -> dict[str, Any]:
         "stream": bool(row["stream"]),
         "usage": usage,
         "unit_prices": json.loads(row["unit_prices"]) if row.get("unit_prices") else {},
-        "cost": None if row["cost_micros"] is None else format_usd(row["cost_micros"]),
+        "cost": None if row["cost_micros"] is None else usd_number(row["cost_micros"]),
         "hold": format_usd(row["hold_micros"] or 0),
         "error_code": row["error_code"],
         "latency_ms": row["latency_ms"],
@@ -70,7 +71,7 @@ def page_limit(value: str | None, default: int = 20) -> int:
 
 
 def _json(body: Any) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(fastjson.dumps(body), media_type="application/json")
 
 
 class Receipts:

@@ -14,7 +14,6 @@ fetch the task again for fresh ones.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import fastjson
 from ..billing.biller import Biller
 from ..catalog import TasksConfig
 from ..errors import InvalidRequest, NotFound, PermissionDenied
@@ -50,11 +50,7 @@ class TaskCreate(BaseModel):
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-        status,
-        media_type="application/json",
-    )
+    return Response(fastjson.dumps(body), status, media_type="application/json")
 
 
 def _schema_error(route: Route, error: Any) -> InvalidRequest:

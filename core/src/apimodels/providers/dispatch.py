@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from .. import fastjson
-from ..billing.money import format_usd, to_micros
+from ..billing.money import to_micros, usd_number
 from ..billing.pricing import usage_ceiling, usage_problem
 from ..errors import APIError, UpstreamError, UpstreamTimeout
 from ..schemas import UnifiedRequest
@@ -215,7 +215,7 @@ class Relay:
                 self.route, event.usage, self.estimate
             )
             if event.chunk is not None and isinstance(event.chunk.get("usage"), dict):
-                event.chunk["usage"]["cost"] = format_usd(self.result.cost_micros)
+                event.chunk["usage"]["cost"] = usd_number(self.result.cost_micros)
         return event.chunk
 
     async def _run(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..billing.money import format_usd
+from ..billing.money import usd_number
 from ..errors import redact
 from .store import TERMINAL
 
@@ -41,7 +41,7 @@ def render_task(task: dict[str, Any], storage: Any, origin: str = "") -> dict[st
             if task["error_code"]
             else None
         ),
-        "cost": format_usd(task["cost_micros"] or 0) if status in TERMINAL else None,
+        "cost": usd_number(task["cost_micros"] or 0) if status in TERMINAL else None,
         "webhook": task["webhook_url"],
     }
 

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from .. import fastjson
 from ..catalog import TasksConfig
 from ..errors import APIError, InvalidRequest, UpstreamError, UpstreamTimeout
 from ..policy.texts import user_texts
@@ -551,9 +552,7 @@ class TaskRunner:
         attempts = task["webhook_attempts"]
         try:
             secret = account_webhook_secret(self.store.db, task["account_id"])
-            body = json.dumps(
-                render_task(task, self.storage, self.public_url), separators=(",", ":")
-            ).encode()
+            body = fastjson.dumps(render_task(task, self.storage, self.public_url))
             error = await self.notifier.deliver(task["webhook_url"], secret, task["id"], body)
         except Exception as exc:
             error = type(exc).__name__

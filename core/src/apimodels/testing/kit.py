@@ -226,7 +226,7 @@ class ProviderConformance:
                 assert kit.secret.encode() not in raw, f"{model.id}: the upstream key leaked"
                 row = c.get(f"/v1/generation/{request_id}").json()
                 assert row["status"] == "succeeded", f"{model.id}: {row}"
-                assert Decimal(row["cost"]) >= 0, f"{model.id}: negative cost"
+                assert Decimal(str(row["cost"])) >= 0, f"{model.id}: negative cost"
                 assert row["unit_prices"], f"{model.id}: no unit prices recorded"
 
     def test_the_hold_covers_the_actual_cost(self, kit: Kit) -> None:
@@ -234,7 +234,7 @@ class ProviderConformance:
             for model in self.models(kit):
                 _, request_id, _ = self.call(kit, model)
                 row = c.get(f"/v1/generation/{request_id}").json()
-                assert Decimal(row["cost"]) <= Decimal(row["hold"]), (
+                assert Decimal(str(row["cost"])) <= Decimal(row["hold"]), (
                     f"{model.id}: charged {row['cost']} on a hold of {row['hold']}: "
                     "estimate_usage must estimate from the maximum"
                 )
@@ -311,7 +311,7 @@ class ProviderConformance:
                     chunks += 1
                     usage = event.get("usage") or usage
                 assert chunks > 1, f"{model.id}: not streamed"
-                assert usage and Decimal(usage["cost"]) >= 0, f"{model.id}: no usage or cost"
+                assert usage and Decimal(str(usage["cost"])) >= 0, f"{model.id}: no usage or cost"
             speech = [
                 m
                 for m in self.models(kit)
