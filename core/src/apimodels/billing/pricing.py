@@ -70,7 +70,17 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
 _SECONDS_SLACK = Decimal(1)
 
 
-def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decimal]:
+def priced_quantities(pricing: Pricing) -> tuple[str, ...]:
+    """The quantities a price charges (whatever an upstream says of the others costs
+    nothing); a route resolves them once, at startup."""
+    return tuple(
+        q.name for q in QUANTITIES if any(getattr(pricing, p) is not None for p in q.prices)
+    )
+
+
+def usage_ceiling(
+    model: ModelConfig, estimate: Usage, priced: tuple[str, ...] | None = None
+) -> dict[str, int | Decimal]:
     """The most an upstream may report of each quantity the model is priced by, for a
     request whose estimate is ``estimate``.
 
@@ -82,12 +92,9 @@ def usage_ceiling(model: ModelConfig, estimate: Usage) -> dict[str, int | Decima
     ceiling is the estimate with its input tokens raised to that window, and a duration
     given a second of slack. No call is charged more than the price of its ceiling.
     """
-    pricing = model.pricing
-    ceiling: dict[str, int | Decimal] = {}
-    for quantity in QUANTITIES:
-        if all(getattr(pricing, p) is None for p in quantity.prices):
-            continue  # not charged: whatever the upstream says of it costs nothing
-        ceiling[quantity.name] = getattr(estimate, quantity.name)
+    if priced is None:
+        priced = priced_quantities(model.pricing)
+    ceiling: dict[str, int | Decimal] = {name: getattr(estimate, name) for name in priced}
     for tokens in ("input_tokens", "audio_input_tokens"):
         if tokens in ceiling:
             ceiling[tokens] = max(getattr(estimate, tokens), model.context_tokens or 0)

@@ -51,7 +51,7 @@ def charge(route: Route, usage: Usage | None, estimate: Usage) -> tuple[Usage, i
     can use (``pricing.usage_ceiling``) is an unreadable answer, never a price (502)."""
     if usage is None:
         return estimate, price(route, estimate)
-    problem = usage_problem(usage, usage_ceiling(route.model, estimate))
+    problem = usage_problem(usage, usage_ceiling(route.model, estimate, route.priced))
     if problem is not None:
         log.warning("%s reported an impossible usage: %s", route.provider.name, problem)
         raise UpstreamError(

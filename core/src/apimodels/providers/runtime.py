@@ -15,12 +15,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pluggy
 
 from .. import hookspecs
+from ..billing.pricing import priced_quantities
 from ..catalog import Catalog, ModelConfig, ProviderConfig
 from ..errors import ConfigError, ModelRetired, ServiceUnavailable
 from . import default_hooks
@@ -175,15 +177,15 @@ class Lifecycle:
 
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
-        start = model.deprecated_at or date.min
-        self.deprecated_from = _epoch(start) if start != date.min else float("-inf")
-        self.retired_from = _epoch(model.retires_at) if model.retires_at else float("inf")
+        deprecated, retires = model.deprecated_at, model.retires_at
+        self.deprecated_from = _epoch(deprecated) if deprecated else float("-inf")
+        self.retired_from = _epoch(retires) if retires else float("inf")
         headers = []
-        if model.deprecated_at:
+        if deprecated:
             headers.append((b"deprecation", f"@{int(self.deprecated_from)}".encode()))
-        if model.retires_at:
+        if retires:  # an HTTP-date, whatever the process's locale
             sunset = datetime.fromtimestamp(self.retired_from, UTC)
-            headers.append((b"sunset", sunset.strftime("%a, %d %b %Y %H:%M:%S GMT").encode()))
+            headers.append((b"sunset", format_datetime(sunset, usegmt=True).encode()))
         if model.replacement:
             link = f'</v1/models/{model.replacement}>; rel="successor-version"'
             headers.append((b"link", link.encode()))
@@ -226,6 +228,8 @@ class Route:
     billed_as: tuple[str, str, str, str] = field(init=False)
     #: Its dates when deprecated or retiring (None: nothing to check per request).
     lifecycle: Lifecycle | None = field(init=False)
+    #: The usage quantities its price charges (``pricing.usage_ceiling`` checks those).
+    priced: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         model = self.model
@@ -233,6 +237,7 @@ class Route:
         object.__setattr__(self, "billed_as", billed_as)
         dated = model.deprecated_at or model.retires_at
         object.__setattr__(self, "lifecycle", Lifecycle(model) if dated else None)
+        object.__setattr__(self, "priced", priced_quantities(model.pricing))
 
 
 @dataclass
