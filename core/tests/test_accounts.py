@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from apimodels.store.accounts import (
     revoke_key,
     rotate_key,
 )
-from apimodels.store.db import open_db
+from apimodels.store.db import Checkpointer, open_db
 
 
 @pytest.fixture
@@ -117,3 +118,18 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
     names = [r["name"] for r in db.query("SELECT name FROM _migrations")]
     assert names == [m.__name__ for m in MIGRATIONS]
     assert {"accounts", "api_keys"} <= set(db.table_names())
+
+
+def test_closing_the_checkpointer_waits_for_a_checkpoint_in_flight(tmp_path: Path) -> None:
+    """Shutdown closed the checkpointer's connection while a worker thread was still
+    checkpointing on it: a segfault. Closing now waits, and a late checkpoint is a no-op."""
+    open_db(tmp_path / "c.db")
+    checkpointer = Checkpointer(str(tmp_path / "c.db"))
+    threads = [threading.Thread(target=checkpointer.checkpoint) for _ in range(20)]
+    for t in threads:
+        t.start()
+    checkpointer.close()
+    for t in threads:
+        t.join()
+    checkpointer.checkpoint()  # after close: nothing, no error
+    assert checkpointer.conn is None

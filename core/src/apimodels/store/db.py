@@ -7,6 +7,7 @@ each taking a ``sqlite_utils.Database``, so another backend later replaces one l
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,11 +63,21 @@ class Checkpointer:
     """
 
     def __init__(self, path: str) -> None:
-        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn: sqlite3.Connection | None = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None
+        )
         self.conn.execute("PRAGMA busy_timeout = 5000")
+        # Shutdown cancels the task awaiting a checkpoint, not the thread running it: closing
+        # the connection under that thread crashed the process (a segfault in sqlite3).
+        self._lock = threading.Lock()
 
     def checkpoint(self) -> None:
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        with self._lock:
+            if self.conn is not None:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
-        self.conn.close()
+        with self._lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
