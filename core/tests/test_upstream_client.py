@@ -16,7 +16,7 @@ from aiohttp import web
 from apimodels.catalog import ProviderConfig
 from apimodels.errors import UpstreamError
 from apimodels.providers import dispatch
-from apimodels.providers.dispatch import _lines
+from apimodels.providers.framing import lines as _lines
 from apimodels.providers.types import Upstream
 from apimodels.providers.upstream import UpstreamClient, send
 

@@ -86,8 +86,14 @@ class ProviderConfig(_Strict):
 
     package: str = Field(description="the distribution that provides the plugin, for pip/uv")
     enabled: bool = True
+    #: The registered provider this one is an instance of, when a plugin serves several
+    #: named providers (``kind = "openai-compatible"``, each with its own ``base_url``,
+    #: key and models); default: the table's own name.
+    kind: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
+    #: Sent with every request to this upstream (an organization or project header).
+    headers: dict[str, str] = Field(default_factory=dict)
     timeout: Annotated[float, Field(gt=0)] = 120.0
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2

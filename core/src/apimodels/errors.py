@@ -10,11 +10,19 @@
     ├── PayloadTooLarge           413 body over the configured size
     ├── RateLimited               429 too many requests (may carry Retry-After)
     ├── ServiceUnavailable        503 provider not configured (missing upstream key)
+    │   └── UpstreamOverloaded    503 the provider is overloaded: retry later
     ├── UpstreamError             502 the provider failed or answered nonsense
     └── UpstreamTimeout           504 the provider did not answer in time
 
 Messages are written for the API consumer: never a stack trace, an internal path or an
-upstream key; anything key-shaped in a message is redacted when it is answered. Plugins raise these (or return ``UpstreamFailure``) to surface upstream errors.
+upstream key; anything key-shaped in a message is redacted when it is answered, and the
+core scrubs the provider's own key from every error a plugin's hook returns or raises.
+
+``retriable`` says whether the same request may succeed if tried again later or on
+another route (rate limits, overload, an upstream's failure or timeout), as against a
+request that will fail wherever it goes (bad input, a refusal). A plugin may set it per
+error (``UpstreamError(..., retriable=False)`` for an upstream that will never answer this
+request); fallbacks and clients' retries follow it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class APIError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "api_error"
     default_code: ClassVar[str | None] = None
+    #: May the same request succeed later or elsewhere (see the module's docstring)?
+    retriable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -52,6 +62,7 @@ class APIError(Exception):
         param: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        retriable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -60,6 +71,8 @@ class APIError(Exception):
         self.headers = headers or {}
         if status is not None:
             self.status = status  # type: ignore[misc]  # honest upstream 4xx mapping
+        if retriable is not None:
+            self.retriable = retriable  # type: ignore[misc]
 
     def body(self) -> dict[str, Any]:
         return {
@@ -116,24 +129,35 @@ class RateLimited(APIError):
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+    retriable = True
 
 
 class ServiceUnavailable(APIError):
     status = 503
     type = "service_unavailable"
     default_code = "provider_unavailable"
+    retriable = True
+
+
+class UpstreamOverloaded(ServiceUnavailable):
+    """The upstream is overloaded (Anthropic's 529, "try again shortly"): retriable,
+    with ``Retry-After`` when the upstream gave one."""
+
+    default_code = "upstream_overloaded"
 
 
 class UpstreamError(APIError):
     status = 502
     type = "upstream_error"
     default_code = "upstream_error"
+    retriable = True
 
 
 class UpstreamTimeout(APIError):
     status = 504
     type = "upstream_error"
     default_code = "upstream_timeout"
+    retriable = True
 
 
 class ConfigError(Exception):

@@ -102,6 +102,11 @@ def parse_response(
 ) -> Output | None:
     """Normalize a successful (2xx) upstream response to the unified response.
 
+    An upstream that reports errors in a 2xx body (``{"error": ...}`` with HTTP 200): raise
+    the :class:`apimodels.errors.APIError` it means here (``RateLimited``,
+    ``UpstreamOverloaded``, ``InvalidRequest``...); the core answers it like a ``parse_error``
+    mapping, scrubbed of the provider's key, and the call costs nothing.
+
     :param model: the catalog entry.
     :param request: the unified request it answers.
     :param response: the upstream response, body already read.
@@ -117,15 +122,33 @@ def parse_response(
 
 @hookspec(firstresult=True)
 def parse_stream_event(
-    model: ModelConfig, request: UnifiedRequest, data: str
+    model: ModelConfig,
+    request: UnifiedRequest,
+    data: str | bytes,
+    event: str | None,
+    state: dict[str, Any],
 ) -> StreamEvent | None:
-    """Normalize one server-sent event of a streaming upstream response.
+    """Normalize one event of a streaming upstream response, read in the provider's
+    ``stream_format`` (server-sent events by default).
+
+    The chunk to forward is a Chat Completions chunk (``choices[].delta``); the Responses
+    and Messages front ends translate it for their clients. Raise an
+    :class:`apimodels.errors.APIError` for an error the upstream reports inside the stream:
+    before the first chunk it reaches the client as an ordinary HTTP error, after it as the
+    stream's last event; either way the call costs nothing and the message is scrubbed of
+    the provider's key.
 
     :param model: the catalog entry.
     :param request: the unified request it answers.
-    :param data: the event's ``data:`` payload (``[DONE]`` is handled by the core).
-    :return: a :class:`apimodels.StreamEvent`: the chunk to forward, and the usage when the
-        event reports it (the core prices it and adds the cost to that chunk).
+    :param data: the event's payload: an SSE event's ``data`` (its lines joined; OpenAI's
+        ``[DONE]`` is handled by the core), one NDJSON line, or a chunk of bytes.
+    :param event: the SSE event's name (``event:``), or None.
+    :param state: a dict kept for the whole stream, empty at its first event: keep what
+        later events need (the message id, the usage so far, open content blocks).
+    :return: a :class:`apimodels.StreamEvent`: the chunk to forward (None: nothing), the
+        usage when the event reports it (the core prices it and adds the cost to that
+        chunk), and ``done=True`` on the terminal event of an upstream that sends no
+        ``[DONE]``.
 
     Stops at the first non-None result.
     """

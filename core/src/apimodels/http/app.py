@@ -273,7 +273,13 @@ class Frontend:
             if stream:
 
                 def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
-                    return settle_stream(bill, route, estimate, result)
+                    settled = settle_stream(bill, route, estimate, result)
+                    if result.error is not None and result.chunks:  # before: _guarded's
+                        try:  # a refusal mid-stream is audited like any other
+                            self._refused(result.error, principal, route, unified, request_id)
+                        except Exception as exc:
+                            log.error("auditing %s failed: %s", request_id, type(exc).__name__)
+                    return settled
 
                 relay = await self._guarded(
                     dispatch.open_stream(route, unified, on_end, estimate), *guard

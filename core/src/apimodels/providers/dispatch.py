@@ -25,7 +25,8 @@ from ..errors import APIError, UpstreamError, UpstreamTimeout
 from ..schemas import UnifiedRequest
 from .runtime import Route
 from .types import Output, Usage
-from .upstream import send, too_large
+from .framing import READERS
+from .upstream import send
 
 log = logging.getLogger("apimodels")
 
@@ -71,13 +72,18 @@ def estimate(route: Route, request: UnifiedRequest) -> tuple[Usage, int]:
 
 def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
     provider = route.provider
-    built = provider.hooks.build_request(
-        model=route.model, request=request, upstream=provider.upstream
-    )
+    try:
+        built = provider.hooks.build_request(
+            model=route.model, request=request, upstream=provider.upstream
+        )
+    except APIError as exc:
+        raise scrubbed(route, exc) from None
     if built is None:
         raise UpstreamError(
             f"provider {provider.name} cannot serve this request", code="not_supported"
         )
+    if provider.config.headers:  # an instance's own headers (registry.toml)
+        built.headers.update(provider.config.headers)
     return built
 
 
@@ -111,9 +117,13 @@ async def raise_for_status(route: Route, response: httpx.Response) -> None:
 
 
 def upstream_error(route: Route, response: httpx.Response) -> APIError:
-    """The client's error for an upstream error response: the plugin's mapping, with the
-    upstream key scrubbed from it should the upstream have echoed it back."""
-    error: APIError = route.provider.hooks.parse_error(model=route.model, response=response)
+    """The client's error for an upstream error response: the plugin's mapping, scrubbed."""
+    return scrubbed(route, route.provider.hooks.parse_error(model=route.model, response=response))
+
+
+def scrubbed(route: Route, error: APIError) -> APIError:
+    """``error`` without the provider's key, should the upstream have echoed it back: every
+    error a hook returns or raises passes here before a client can see it."""
     secret = route.provider.upstream.api_key
     if secret and secret in error.message:
         error.message = error.message.replace(secret, "***")
@@ -136,8 +146,8 @@ async def call(route: Route, request: UnifiedRequest, estimate: Usage) -> Priced
         output = provider.hooks.parse_response(
             model=route.model, request=request, response=response
         )
-    except APIError:
-        raise
+    except APIError as exc:  # an error the upstream reported in a 2xx body
+        raise scrubbed(route, exc) from None
     except Exception as exc:  # an answer the plugin cannot read is the upstream's failure
         raise UpstreamError(f"{provider.name} sent a response that could not be read") from exc
     if output is None:
@@ -167,14 +177,35 @@ class StreamResult:
     client_gone: bool = False
 
 
-class Relay:
-    """Relays one upstream server-sent-event stream to the client, chunk by chunk.
+class ClientStream:
+    """How a relayed stream is written for its client: Chat Completions chunks as
+    server-sent events, ended by ``data: [DONE]``, or by an ``{"error": ...}`` event when
+    the stream fails after its first byte (the OpenAI SDKs raise it as an ``APIError``).
 
-    A pump task reads the upstream and queues each normalized chunk for the client. The
-    pump, not the client's request, owns the upstream stream: if the client leaves (or
-    its task is cancelled), the pump keeps reading for at most ``DRAIN_SECONDS`` to learn
-    the final usage. ``on_end`` is called exactly once, by the pump, with the
-    :class:`StreamResult`; the client's last event is sent after it is settled.
+    Other front ends (the Responses and Messages APIs) subclass it to write their own
+    events from the same chunks; one instance serves one stream, so it may keep state.
+    """
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        """The bytes of one normalized chunk (b"": nothing to send for it)."""
+        return _sse(fastjson.dumps(chunk))
+
+    def end(self, result: StreamResult) -> bytes:
+        """The last bytes, once the stream is settled: its error, or its normal end."""
+        if result.error is not None:
+            return _sse(fastjson.dumps(result.error.body()))
+        return b"data: [DONE]\n\n"
+
+
+class Relay:
+    """Relays one upstream stream to the client, event by event.
+
+    A pump task reads the upstream in its provider's framing (``framing``) and queues each
+    normalized chunk for the client. The pump, not the client's request, owns the upstream
+    stream: if the client leaves (or its task is cancelled), the pump keeps reading for at
+    most ``DRAIN_SECONDS`` to learn the final usage. ``on_end`` is called exactly once, by
+    the pump, with the :class:`StreamResult`; the client's last event is sent after it is
+    settled. The plugin's ``parse_stream_event`` gets one ``state`` dict per stream.
     """
 
     def __init__(
@@ -184,39 +215,53 @@ class Relay:
         response: httpx.Response,
         on_end: Callable[[StreamResult], asyncio.Future[bool] | None],
         estimate: Usage,
+        client: ClientStream | None = None,
     ) -> None:
         self.route = route
         self.request = request
         self.response = response
         self.on_end = on_end
         self.estimate = estimate
+        self.client = client or ClientStream()
         self.result = StreamResult()
+        self.state: dict[str, Any] = {}
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._begun = asyncio.get_running_loop().create_future()
         self._drain_until: float | None = None
         self._pump = asyncio.get_running_loop().create_task(self._run())
         _background.add(self._pump)
         self._pump.add_done_callback(_background.discard)
 
-    def _event(self, data: str) -> dict[str, Any] | None:
+    async def begun(self) -> None:
+        """Wait for the first chunk (or the end): until then nothing is sent to the client,
+        so an error the upstream reports before its first chunk is still a plain HTTP error
+        (raised here), and the stream could still be sent elsewhere."""
         try:
-            event = self.route.provider.hooks.parse_stream_event(
-                model=self.route.model, request=self.request, data=data
-            )
-        except APIError:
+            await asyncio.shield(self._begun)
+        except BaseException:
+            self.abandon()
             raise
-        except Exception as exc:
-            raise UpstreamError(
-                f"{self.route.provider.name} sent a malformed stream event"
-            ) from exc
-        if event is None:
-            return None
-        if event.usage is not None:
-            self.result.usage, self.result.cost_micros = charge(
-                self.route, event.usage, self.estimate
+        error = self.result.error
+        if self.result.chunks == 0 and error is not None:
+            raise error
+
+    def _event(self, event: str | None, data: str | bytes) -> tuple[dict[str, Any] | None, bool]:
+        route = self.route
+        try:
+            parsed = route.provider.hooks.parse_stream_event(
+                model=route.model, request=self.request, data=data, event=event, state=self.state
             )
-            if event.chunk is not None and isinstance(event.chunk.get("usage"), dict):
-                event.chunk["usage"]["cost"] = usd_number(self.result.cost_micros)
-        return event.chunk
+        except APIError as exc:  # an error the upstream reported inside the stream
+            raise scrubbed(route, exc) from None
+        except Exception as exc:
+            raise UpstreamError(f"{route.provider.name} sent a malformed stream event") from exc
+        if parsed is None:
+            return None, False
+        if parsed.usage is not None:
+            self.result.usage, self.result.cost_micros = charge(route, parsed.usage, self.estimate)
+            if parsed.chunk is not None and isinstance(parsed.chunk.get("usage"), dict):
+                parsed.chunk["usage"]["cost"] = usd_number(self.result.cost_micros)
+        return parsed.chunk, parsed.done
 
     async def _run(self) -> None:
         """Pump the upstream into the queue; settle once, whatever happens; then end."""
@@ -247,37 +292,41 @@ class Relay:
 
     async def _relay(self, result: StreamResult) -> None:
         """Read the upstream's events into the queue (raise to end the stream in error)."""
-        name = self.route.provider.name
+        provider = self.route.provider
+        framing = provider.spec.stream_format
         done = False
-        limit = self.route.provider.config.max_response_bytes
-        async for line in _lines(self.response, limit, name):
+        events = READERS[framing](self.response, provider.config.max_response_bytes, provider.name)
+        async for event, data in events:
             if self._drain_until is not None and time.monotonic() > self._drain_until:
                 break  # the client left long ago; stop waiting for the usage
-            if not line.startswith("data:"):
-                continue  # comments, event names, keep-alives
-            data = line[5:].strip()
-            if data == "[DONE]":
+            if framing == "sse" and data == "[DONE]":  # OpenAI's terminal event
                 done = True
                 break
-            chunk = self._event(data)
+            chunk, done = self._event(event, data)
             if chunk is not None and not result.client_gone:
                 result.chunks += 1
-                self._queue.put_nowait(_sse(fastjson.dumps(chunk)))
+                self._queue.put_nowait(self.client.chunk(chunk))
+                if not self._begun.done():
+                    self._begun.set_result(None)
+            if done:
+                break
+        else:
+            done = done or framing == "bytes"  # a byte stream is whole at its end
         if not done and not result.client_gone:
-            raise UpstreamError(f"{name} ended the stream before it was complete")
+            raise UpstreamError(f"{provider.name} ended the stream before it was complete")
 
     def _end(self, result: StreamResult) -> None:
-        """The client's last event (after the settle): the error, or ``[DONE]``."""
-        if result.error is not None:
-            self._queue.put_nowait(_sse(fastjson.dumps(result.error.body())))
-        else:
-            self._queue.put_nowait(b"data: [DONE]\n\n")
+        """The client's last event (after the settle), then the end of the queue."""
+        self._queue.put_nowait(self.client.end(result))
         self._queue.put_nowait(None)
+        if not self._begun.done():
+            self._begun.set_result(None)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             while (item := await self._queue.get()) is not None:
-                yield item
+                if item:
+                    yield item
         except (asyncio.CancelledError, GeneratorExit):
             self.abandon()
             raise
@@ -290,38 +339,19 @@ class Relay:
         self._drain_until = time.monotonic() + DRAIN_SECONDS
 
 
-async def _lines(response: httpx.Response, limit: int, provider: str) -> AsyncIterator[str]:
-    """A stream's lines (ended by LF, CRLF or CR, as SSE allows), none longer than ``limit``
-    bytes: a line is held in memory until its end arrives."""
-    pending = bytearray()
-    async for chunk in response.aiter_raw():
-        if b"\r" in chunk:  # a CRLF cut between chunks only adds an empty line: harmless
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        start = 0
-        end = chunk.find(b"\n")
-        while end != -1:
-            pending += chunk[start:end]
-            if len(pending) > limit:
-                raise too_large(provider, limit)
-            yield pending.decode("utf-8", "replace")
-            pending.clear()
-            start, end = end + 1, chunk.find(b"\n", end + 1)
-        pending += chunk[start:]  # appended, never copied whole: linear in the line's length
-        if len(pending) > limit:
-            raise too_large(provider, limit)
-    if pending:
-        yield pending.decode("utf-8", "replace")
-
-
 async def open_stream(
     route: Route,
     request: UnifiedRequest,
     on_end: Callable[[StreamResult], asyncio.Future[bool] | None],
     estimate: Usage,
+    client: ClientStream | None = None,
 ) -> Relay:
-    """Start a streaming call. Errors before the first byte raise (and reach the client as a
-    normal error response); after that they end the stream with an error event."""
-    return Relay(route, request, await send_streaming(route, request), on_end, estimate)
+    """Start a streaming call and wait for its first chunk. Errors until then raise (and
+    reach the client as a normal error response, the call settled free); after that they
+    end the stream with ``client``'s error event."""
+    relay = Relay(route, request, await send_streaming(route, request), on_end, estimate, client)
+    await relay.begun()
+    return relay
 
 
 async def send_streaming(route: Route, request: UnifiedRequest) -> httpx.Response:

@@ -297,9 +297,9 @@ def registered_providers(pm: pluggy.PluginManager) -> dict[str, tuple[ProviderSp
     return found
 
 
-def sandbox_base_url(spec: ProviderSpec, origin: str) -> str:
+def sandbox_base_url(base_url: str, origin: str) -> str:
     """The simulator's URL for a provider: its real base URL's path on a local origin."""
-    return origin.rstrip("/") + urlsplit(spec.base_url).path.rstrip("/")
+    return origin.rstrip("/") + urlsplit(base_url).path.rstrip("/")
 
 
 def build_gateway(
@@ -317,13 +317,16 @@ def build_gateway(
     for name, config in catalog.providers.items():
         if not config.enabled:
             continue
-        if name not in registered:
+        kind = config.kind or name
+        if kind not in registered:
             raise ConfigError(
-                f"provider {name!r} is enabled in the catalog but no installed plugin provides it: "
-                f"install it with `pip install {config.package}` (or `uv pip install "
+                f"provider {name!r} is enabled in the catalog but no installed plugin provides "
+                f"{kind!r}: install it with `pip install {config.package}` (or `uv pip install "
                 f"{config.package}`), or set enabled = false"
             )
-        spec, owner = registered[name]
+        spec, owner = registered[kind]
+        if not (config.base_url or spec.base_url):
+            raise ConfigError(f"registry.toml: providers.{name}: set base_url")
         settings = None
         if spec.settings is not None:
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -43,7 +44,11 @@ class Simulators:
                 gateway.notices.append(provider.unavailable)
                 continue
             api_key = "sk-sim-" + secrets.token_hex(16)
-            app = provider.spec.simulator(api_key=api_key)
+            factory = provider.spec.simulator
+            # An instance's simulator may act out its settings (a server's quirks).
+            takes_settings = "settings" in inspect.signature(factory).parameters
+            extra = {"settings": provider.upstream.settings} if takes_settings else {}
+            app = factory(api_key=api_key, **extra)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", 0))
@@ -61,7 +66,7 @@ class Simulators:
                     raise RuntimeError(f"the {name} simulator did not start")
                 await asyncio.sleep(0.01)
             origin = f"http://127.0.0.1:{port}"
-            gateway.point_at(name, sandbox_base_url(provider.spec, origin), api_key)
+            gateway.point_at(name, sandbox_base_url(provider.config.base_url or provider.spec.base_url, origin), api_key)
             secret = getattr(getattr(app, "state", None), "webhook_secret", None)
             if isinstance(secret, str):  # the simulator signs its webhooks with its own
                 gateway.take_webhook_secret(name, secret)

@@ -25,12 +25,18 @@ class ProviderSpec:
     """A provider a plugin serves, registered through the ``register_providers`` hook.
 
     :param name: the provider's name, as used in registry.toml (``[providers.NAME]``).
-    :param base_url: the upstream's real base URL, used unless registry.toml overrides it.
+    :param base_url: the upstream's real base URL, used unless registry.toml overrides it;
+        empty for a provider configured only as instances, each with its own ``base_url``.
     :param api_key_env: the environment variable that holds the upstream key by default.
     :param simulator: a factory returning an ASGI app that imitates the upstream; called with
-        ``api_key=`` (the key the simulator should demand). Sandbox mode and the tests use it.
+        ``api_key=`` (the key the simulator should demand) and, if it takes it, ``settings=``
+        (the instance's validated settings). Sandbox mode and the tests use it.
     :param settings: a pydantic model for the provider's own settings in registry.toml
         (the keys of ``[providers.NAME.settings]``), validated at startup.
+    :param stream_format: how the upstream frames a streamed answer, each event then given
+        to ``parse_stream_event``: ``"sse"`` (server-sent events: named events, multi-line
+        data), ``"ndjson"`` (one JSON document per line) or ``"bytes"`` (each chunk as it
+        arrives).
     """
 
     name: str
@@ -40,6 +46,7 @@ class ProviderSpec:
     settings: type[BaseModel] | None = None
     description: str = ""
     webhook_secret_env: str | None = None  # the secret that signs the upstream's webhooks
+    stream_format: Literal["sse", "ndjson", "bytes"] = "sse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +120,18 @@ class Output:
 
 @dataclass(slots=True)
 class StreamEvent:
-    """One server-sent event of a stream, normalized.
+    """One event of a streamed answer, normalized.
 
     ``chunk`` is forwarded to the client (None drops the event); ``usage`` is set on the
     event that reports the final usage, which the core prices and annotates with the cost.
+    ``done`` marks the stream's terminal event: the core stops reading there, and a stream
+    that ends without one (or, for SSE, without ``data: [DONE]``) was cut short (502,
+    free). A ``bytes`` stream is complete at the end of its body.
     """
 
     chunk: dict[str, Any] | None
     usage: Usage | None = None
+    done: bool = False
 
 
 @dataclass(frozen=True, slots=True)
