@@ -23,9 +23,9 @@ from ..billing.money import to_micros, usd_number
 from ..billing.pricing import usage_ceiling, usage_problem
 from ..errors import APIError, UpstreamError, UpstreamTimeout
 from ..schemas import UnifiedRequest
+from .framing import READERS
 from .runtime import Route
 from .types import Output, Usage
-from .framing import READERS
 from .upstream import send
 
 log = logging.getLogger("apimodels")

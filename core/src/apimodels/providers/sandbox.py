@@ -66,7 +66,11 @@ class Simulators:
                     raise RuntimeError(f"the {name} simulator did not start")
                 await asyncio.sleep(0.01)
             origin = f"http://127.0.0.1:{port}"
-            gateway.point_at(name, sandbox_base_url(provider.config.base_url or provider.spec.base_url, origin), api_key)
+            gateway.point_at(
+                name,
+                sandbox_base_url(provider.config.base_url or provider.spec.base_url, origin),
+                api_key,
+            )
             secret = getattr(getattr(app, "state", None), "webhook_secret", None)
             if isinstance(secret, str):  # the simulator signs its webhooks with its own
                 gateway.take_webhook_secret(name, secret)
