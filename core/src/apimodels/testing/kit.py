@@ -20,7 +20,14 @@ mode serving only that provider's models, each on its own socket of 127.0.0.1, a
   client's 401; upstream rate limits a 429; upstream failures a 502) and no upstream key
   appears in any error;
 - streaming works where the modality streams (chat: chunks, then usage with its cost;
-  speech: audio relayed with its cost in ``x-apimodels-cost``).
+  speech: audio relayed with its cost in ``x-apimodels-cost``), in the provider's
+  ``stream_format``;
+- embeddings answer both ``encoding_format``s: floats, and the same vector as base64 of
+  little-endian float32 (the plugin passes it through or encodes it itself);
+- errors the upstream reports with a 2xx status (``errors_in_2xx``: bodies it sends) and
+  inside a stream after its first event (``failing_stream``: the raw bytes of one) reach
+  the client as errors, cost nothing and never carry the upstream key. The kit serves
+  them from a replaying upstream; ``{key}`` in them stands for the upstream key.
 
 Models the upstream runs as jobs (the provider implements ``build_job_request``) are run as
 tasks. ``simulator_knobs`` is posted to the simulator's ``/_sim/knobs`` first (to make a
@@ -30,8 +37,11 @@ slow simulator quick). Installing ``apimodels[testing]`` also loads apimodels' p
 
 from __future__ import annotations
 
+import array
+import base64
 import io
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +57,7 @@ import pytest
 from ..catalog import Catalog, ModelConfig, TasksConfig, load_catalog
 from ..providers import media
 from ..providers.dispatch import upstream_error
+from ..providers.runtime import sandbox_base_url
 from ..providers.types import Usage
 from ..responses import RESPONSES, Task
 from ..schemas import Modality
@@ -147,6 +158,12 @@ class ProviderConformance:
     inputs: ClassVar[dict[str, dict[str, Any]]] = {}
     simulator_knobs: ClassVar[dict[str, Any]] = {}
     task_timeout: ClassVar[float] = 60.0
+    #: JSON bodies the upstream answers with HTTP 200 for a failed call (empty: it never does).
+    errors_in_2xx: ClassVar[list[bytes]] = []
+    #: A streamed answer (raw bytes, in the provider's framing) that fails after its first
+    #: event; ``failing_stream_type`` is its content type.
+    failing_stream: ClassVar[bytes | None] = None
+    failing_stream_type: ClassVar[str] = "text/event-stream"
 
     # --- the fixture ----------------------------------------------------------------------
 
@@ -325,6 +342,99 @@ class ProviderConformance:
                     assert Decimal(r.headers["x-apimodels-cost"]) >= 0, model.id
                     audio = b"".join(r.iter_bytes())
                 assert audio, f"{model.id}: no audio"
+
+    # --- errors the upstream reports in 2xx answers ----------------------------------------
+
+    @contextmanager
+    def replaying(self, kit: Kit, body: bytes, content_type: str) -> Iterator[str]:
+        """Point the provider at an upstream that answers every request with ``body``
+        (HTTP 200, ``{key}`` replaced by the upstream key); yields the key."""
+        provider = kit.server.gateway.providers[self.provider]
+        upstream = provider.upstream
+        payload = body.replace(b"{key}", kit.secret.encode())
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            while (await receive()).get("more_body"):
+                pass
+            headers = [(b"content-type", content_type.encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+
+        with serve(app, lifespan="off") as origin:
+            base = sandbox_base_url(upstream.base_url, origin)
+            kit.server.gateway.point_at(self.provider, base, kit.secret)
+            try:
+                yield kit.secret
+            finally:
+                kit.server.gateway.point_at(self.provider, upstream.base_url, kit.secret)
+
+    def _plain_models(self, kit: Kit, modality: Modality) -> list[ModelConfig]:
+        return [
+            m
+            for m in self.models(kit)
+            if m.modality is modality and not kit.server.gateway.routes[m.id].jobs
+        ]
+
+    def test_errors_in_2xx_bodies_are_errors_free_and_scrubbed(self, kit: Kit) -> None:
+        if not self.errors_in_2xx:
+            pytest.skip("the upstream reports no errors with a 2xx status (errors_in_2xx)")
+        models = [
+            m
+            for m in self.models(kit)
+            if m.modality in _ENDPOINT
+            and m.modality is not Modality.transcription
+            and not kit.server.gateway.routes[m.id].jobs
+        ]
+        with kit.client() as c:
+            for body in self.errors_in_2xx:
+                with self.replaying(kit, body, "application/json") as secret:
+                    for model in models:
+                        path = f"/v1/{_ENDPOINT[model.modality]}"
+                        r = c.post(path, json={"model": model.id, **self._input(kit, model)})
+                        assert r.status_code >= 400, f"{model.id}: a 2xx error body became 200"
+                        assert secret not in r.text, f"{model.id}: the upstream key leaked"
+                        row = c.get(f"/v1/generation/{r.headers['x-request-id']}").json()
+                        assert Decimal(str(row["cost"])) == 0, f"{model.id}: a failure was charged"
+
+    def test_an_error_inside_a_stream_ends_it_free_and_scrubbed(self, kit: Kit) -> None:
+        if self.failing_stream is None:
+            pytest.skip("no failing_stream given")
+        with (
+            kit.client() as c,
+            self.replaying(kit, self.failing_stream, self.failing_stream_type) as secret,
+        ):
+            for model in self._plain_models(kit, Modality.chat):
+                body = {"model": model.id, **self._input(kit, model), "stream": True}
+                with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    text = r.read().decode()
+                assert secret not in text, f"{model.id}: the upstream key leaked"
+                if r.status_code == 200:  # failed after its first chunk: an error event
+                    last = [line for line in text.splitlines() if line.startswith("data: ")][-1]
+                    assert "error" in json.loads(last[6:]), f"{model.id}: no error event at the end"
+                else:
+                    assert r.status_code >= 400, f"{model.id}: {r.status_code}"
+                row = c.get(f"/v1/generation/{r.headers['x-request-id']}").json()
+                assert Decimal(str(row["cost"])) == 0, f"{model.id}: a failed stream was charged"
+
+    def test_embeddings_in_float_and_base64(self, kit: Kit) -> None:
+        models = self._plain_models(kit, Modality.embedding)
+        if not models:
+            pytest.skip("no embedding model")
+        with kit.client() as c:
+            for model in models:
+                body = {"model": model.id, **self._input(kit, model)}
+                floats = c.post("/v1/embeddings", json={**body, "encoding_format": "float"})
+                packed = c.post("/v1/embeddings", json={**body, "encoding_format": "base64"})
+                assert floats.status_code == packed.status_code == 200, model.id
+                vector = floats.json()["data"][0]["embedding"]
+                data = packed.json()["data"][0]["embedding"]
+                assert isinstance(vector, list) and isinstance(data, str), model.id
+                decoded = array.array("f", base64.b64decode(data))
+                if sys.byteorder == "big":
+                    decoded.byteswap()
+                assert len(decoded) == len(vector), f"{model.id}: base64 is another vector"
 
 
 def _hint(answer: str) -> str:
