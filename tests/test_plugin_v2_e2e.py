@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import ClassVar
 
 import acme_plugin
 import httpx
@@ -173,7 +174,7 @@ def test_a_stream_cut_before_its_terminal_event_is_free(gateway: Gateway) -> Non
 class TestAcmeConformance(ProviderConformance):
     provider = "acme"
     registry = REGISTRY
-    errors_in_2xx = [b'{"error": {"kind": "overloaded", "message": "busy, key {key}"}}']
+    errors_in_2xx: ClassVar[list[bytes]] = [b'{"error": {"kind": "overloaded", "message": "busy, key {key}"}}']
     failing_stream = (
         b'{"type": "start", "id": "g"}\n{"type": "token", "text": "Hi"}\n'
         b'{"type": "error", "kind": "boom", "message": "the key {key} broke"}\n'

@@ -160,9 +160,11 @@ def parse_error(model: ModelConfig, response: httpx.Response) -> APIError | None
 
     Map honestly: the client's bad input stays a 400, the upstream rejecting the gateway's
     own key is a 502 (not the client's 401), upstream rate limits a 429 with ``Retry-After``,
-    upstream 5xx a 502. Never copy an upstream key or internal detail into the message.
-    The core ships a generic fallback, so implement this only to read the upstream's own
-    error codes.
+    "overloaded" a 503 (``UpstreamOverloaded``), upstream 5xx a 502. Never copy an upstream
+    key or internal detail into the message (the core also scrubs the provider's key). The
+    core ships a generic fallback, so implement this only to read the upstream's own error
+    codes. Errors in 2xx answers are raised from ``parse_response`` and
+    ``parse_stream_event`` instead; docs/plugins.md lists every error class.
 
     :param model: the catalog entry.
     :param response: the upstream response, body already read.
