@@ -174,7 +174,9 @@ def test_a_stream_cut_before_its_terminal_event_is_free(gateway: Gateway) -> Non
 class TestAcmeConformance(ProviderConformance):
     provider = "acme"
     registry = REGISTRY
-    errors_in_2xx: ClassVar[list[bytes]] = [b'{"error": {"kind": "overloaded", "message": "busy, key {key}"}}']
+    errors_in_2xx: ClassVar[list[bytes]] = [
+        b'{"error": {"kind": "overloaded", "message": "busy, key {key}"}}'
+    ]
     failing_stream = (
         b'{"type": "start", "id": "g"}\n{"type": "token", "text": "Hi"}\n'
         b'{"type": "error", "kind": "boom", "message": "the key {key} broke"}\n'

@@ -178,7 +178,7 @@ def test_a_streamed_error_answer_is_read_only_up_to_error_bytes() -> None:
     hooks = SimpleNamespace(parse_error=parse_error)
     upstream = Upstream("acme", "http://127.0.0.1", "k")
     route: Any = SimpleNamespace(
-        model=None, provider=SimpleNamespace(hooks=hooks, upstream=upstream)
+        model=None, provider=SimpleNamespace(hooks=hooks, upstream=upstream, secrets=lambda: [])
     )
     response = httpx.Response(500, stream=Endless(), request=httpx.Request("GET", "http://x"))
     with pytest.raises(UpstreamError):

@@ -81,6 +81,14 @@ REQUIRED_PRICES: dict[Modality, list[tuple[str, ...]]] = {
 }
 
 
+class UpstreamKey(_Strict):
+    """One more upstream key of a provider (``[[providers.NAME.keys]]``): the environment
+    variable that holds it, and its share of the calls."""
+
+    env: str
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
 class ProviderConfig(_Strict):
     """``[providers.NAME]``: how the gateway reaches one upstream."""
 
@@ -94,6 +102,11 @@ class ProviderConfig(_Strict):
     api_key_env: str | None = None
     #: Sent with every request to this upstream (an organization or project header).
     headers: dict[str, str] = Field(default_factory=dict)
+    #: More keys (accounts) to spread calls over by weight, besides the provider's own
+    #: variable (``api_key_env``, weight 1, used when set). A key the upstream refuses (429,
+    #: or 401/403 of the key) rests ``key_cooldown_seconds`` (or its Retry-After).
+    keys: list[UpstreamKey] = Field(default_factory=list)
+    key_cooldown_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
     timeout: Annotated[float, Field(gt=0)] = 120.0
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2

@@ -24,6 +24,7 @@ from ..billing.pricing import usage_ceiling, usage_problem
 from ..errors import APIError, UpstreamError, UpstreamTimeout
 from ..schemas import UnifiedRequest
 from .framing import READERS
+from .keys import PooledKey
 from .runtime import Route
 from .types import Output, Usage
 from .upstream import send
@@ -70,11 +71,17 @@ def estimate(route: Route, request: UnifiedRequest) -> tuple[Usage, int]:
     return usage, price(route, usage)
 
 
-def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
+def _upstream_request(
+    route: Route, request: UnifiedRequest
+) -> tuple[httpx.Request, PooledKey | None]:
+    """The upstream request, signed with one of the provider's keys (and which one)."""
     provider = route.provider
+    key = provider.keys.pick() if provider.keys is not None else None
     try:
         built = provider.hooks.build_request(
-            model=route.model, request=request, upstream=provider.upstream
+            model=route.model,
+            request=request,
+            upstream=provider.upstream if key is None else key.upstream,
         )
     except APIError as exc:
         raise scrubbed(route, exc) from None
@@ -84,7 +91,7 @@ def _upstream_request(route: Route, request: UnifiedRequest) -> httpx.Request:
         )
     if provider.config.headers:  # an instance's own headers (registry.toml)
         built.headers.update(provider.config.headers)
-    return built
+    return built, key
 
 
 #: The most of an upstream's error answer the gateway reads (the plugin maps it from this).
@@ -122,18 +129,24 @@ def upstream_error(route: Route, response: httpx.Response) -> APIError:
 
 
 def scrubbed(route: Route, error: APIError) -> APIError:
-    """``error`` without the provider's key, should the upstream have echoed it back: every
+    """``error`` without the provider's keys, should the upstream have echoed one back: every
     error a hook returns or raises passes here before a client can see it."""
-    secret = route.provider.upstream.api_key
-    if secret and secret in error.message:
-        error.message = error.message.replace(secret, "***")
+    for secret in route.provider.secrets():
+        if secret in error.message:
+            error.message = error.message.replace(secret, "***")
     return error
+
+
+def _refused(route: Route, key: PooledKey | None, error: APIError) -> None:
+    """Rest the key an upstream refused (several keys only)."""
+    if key is not None and route.provider.keys is not None:
+        route.provider.keys.refused(key, error)
 
 
 async def call(route: Route, request: UnifiedRequest, estimate: Usage) -> Priced:
     """A non-streaming call: the normalized output and its cost (``charge``)."""
     provider = route.provider
-    upstream_request = _upstream_request(route, request)
+    upstream_request, key = _upstream_request(route, request)
     assert provider.client is not None
     response = await send(
         provider.client,
@@ -141,12 +154,13 @@ async def call(route: Route, request: UnifiedRequest, estimate: Usage) -> Priced
         provider=provider.name,
         max_retries=provider.config.max_retries,
     )
-    await raise_for_status(route, response)
     try:
+        await raise_for_status(route, response)
         output = provider.hooks.parse_response(
             model=route.model, request=request, response=response
         )
-    except APIError as exc:  # an error the upstream reported in a 2xx body
+    except APIError as exc:  # mapped, or an error the upstream reported in a 2xx body
+        _refused(route, key, exc)
         raise scrubbed(route, exc) from None
     except Exception as exc:  # an answer the plugin cannot read is the upstream's failure
         raise UpstreamError(f"{provider.name} sent a response that could not be read") from exc
@@ -358,12 +372,17 @@ async def send_streaming(route: Route, request: UnifiedRequest) -> httpx.Respons
     """Send a request whose answer is read as a stream; an error status raises (mapped)."""
     provider = route.provider
     assert provider.client is not None
+    upstream_request, key = _upstream_request(route, request)
     response = await send(
         provider.client,
-        _upstream_request(route, request),
+        upstream_request,
         provider=provider.name,
         max_retries=provider.config.max_retries,
         stream=True,
     )
-    await raise_for_status(route, response)
+    try:
+        await raise_for_status(route, response)
+    except APIError as exc:
+        _refused(route, key, exc)
+        raise
     return response

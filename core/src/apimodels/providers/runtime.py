@@ -26,6 +26,7 @@ from ..billing.pricing import priced_quantities
 from ..catalog import Catalog, ModelConfig, ProviderConfig
 from ..errors import ConfigError, ModelRetired, ServiceUnavailable
 from . import default_hooks
+from .keys import KeyPool, PooledKey
 from .types import ProviderSpec, Upstream
 from .upstream import UpstreamClient
 
@@ -164,10 +165,17 @@ class Provider:
     upstream: Upstream
     client: UpstreamClient | None = None
     unavailable: str | None = None  # why its models answer 503, if they do
+    keys: KeyPool | None = None  # several upstream keys (None: just ``upstream``'s)
 
     def ensure_available(self) -> None:
         if self.unavailable:
             raise ServiceUnavailable(self.unavailable)
+
+    def secrets(self) -> list[str]:
+        """Every upstream key of the provider (never to be shown to anyone)."""
+        if self.keys is not None:
+            return self.keys.secrets()
+        return [self.upstream.api_key] if self.upstream.api_key else []
 
 
 class Lifecycle:
@@ -273,6 +281,7 @@ class Gateway:
         p.upstream = Upstream(
             name, base_url.rstrip("/"), api_key, p.upstream.settings, p.upstream.webhook_secret
         )
+        p.keys = None  # a simulator takes its one key
         p.unavailable = None
 
     def take_webhook_secret(self, name: str, secret: str) -> None:
@@ -295,6 +304,13 @@ def registered_providers(pm: pluggy.PluginManager) -> dict[str, tuple[ProviderSp
                 )
             found[spec.name] = (spec, impl.plugin)
     return found
+
+
+def _key_envs(config: ProviderConfig, spec: ProviderSpec) -> list[tuple[str, int]]:
+    """The variables that may hold a provider's keys, with their weights: its own (used
+    when set), then those ``keys`` lists."""
+    own = config.api_key_env or spec.api_key_env
+    return [(own, 1), *((k.env, k.weight) for k in config.keys)]
 
 
 def sandbox_base_url(base_url: str, origin: str) -> str:
@@ -333,24 +349,36 @@ def build_gateway(
                 settings = spec.settings.model_validate(config.settings)
             except Exception as exc:  # pydantic's message names the field
                 raise ConfigError(f"registry.toml: providers.{name}.settings: {exc}") from None
-        key_env = config.api_key_env or spec.api_key_env
-        api_key = env.get(key_env) or None
-        unavailable = None
-        if api_key is None and not sandbox:
-            unavailable = (
-                f"provider {name} is not configured on this server (its key {key_env} is not set)"
-            )
-            notices.append(f"provider {name}: {key_env} is not set; its models will answer 503")
         secret_env = config.webhook_secret_env or spec.webhook_secret_env
-        upstream = Upstream(
-            name,
-            (config.base_url or spec.base_url).rstrip("/"),
-            api_key,
-            settings,
-            env.get(secret_env) if secret_env else None,
-        )
+        webhook_secret = env.get(secret_env) if secret_env else None
+        base_url = (config.base_url or spec.base_url).rstrip("/")
+        keys = []
+        for i, (key_env, weight) in enumerate(_key_envs(config, spec)):
+            if env.get(key_env):
+                upstream = Upstream(name, base_url, env[key_env], settings, webhook_secret)
+                keys.append(PooledKey(upstream, key_env, weight))
+            elif i > 0:  # a listed key
+                notices.append(f"provider {name}: {key_env} is not set; that key is left out")
+        unavailable = None
+        if not keys:
+            key_env = config.api_key_env or spec.api_key_env
+            upstream = Upstream(name, base_url, None, settings, webhook_secret)
+            if not sandbox:
+                unavailable = (
+                    f"provider {name} is not configured on this server "
+                    f"(its key {key_env} is not set)"
+                )
+                notices.append(f"provider {name}: {key_env} is not set; its models will answer 503")
+        else:
+            upstream = keys[0].upstream
         providers[name] = Provider(
-            name, spec, config, ProviderHooks(pm, owner), upstream, unavailable=unavailable
+            name,
+            spec,
+            config,
+            ProviderHooks(pm, owner),
+            upstream,
+            unavailable=unavailable,
+            keys=KeyPool(keys, config.key_cooldown_seconds) if len(keys) > 1 else None,
         )
     routes = {}
     for model_id, model in catalog.served_models().items():

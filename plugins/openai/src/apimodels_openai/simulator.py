@@ -66,7 +66,7 @@ import secrets
 import struct
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -1115,7 +1115,7 @@ async def _read_body(request: Request) -> tuple[dict[str, Any] | None, dict[str,
     return (body if isinstance(body, dict) else None), {"json": body}
 
 
-def _check_key(request: Request, api_key: str) -> None:
+def _check_key(request: Request, api_key: str | frozenset[str]) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise OpenAIError(
@@ -1126,7 +1126,7 @@ def _check_key(request: Request, api_key: str) -> None:
             "your browser and are prompted for a username and password. You can obtain an API "
             f"key from {KEYS_URL}.",
         )
-    if given.strip() != api_key:
+    if given.strip() not in (api_key if isinstance(api_key, frozenset) else {api_key}):
         raise OpenAIError(
             401,
             f"Incorrect API key provided: {mask_key(given.strip())}. You can find your API key at {KEYS_URL}.",
@@ -1146,7 +1146,9 @@ async def _cut_json() -> AsyncIterator[bytes]:
     raise _CutStream
 
 
-def _endpoint(handler: Handler, api_key: str | None) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    handler: Handler, api_key: str | frozenset[str] | None
+) -> Callable[[Request], Awaitable[Response]]:
     """Wraps an endpoint with what every ``/v1`` request goes through: recording, latency,
     the key check, the failure queue, then OpenAI's error bodies and response headers."""
 
@@ -1159,8 +1161,11 @@ def _endpoint(handler: Handler, api_key: str | None) -> Callable[[Request], Awai
             body, logged = None, {"json": None}
         state.seq += 1
         headers = {k: v for k, v in request.headers.items() if k != "authorization"}
+        key = mask_key(request.headers.get("authorization", "").partition(" ")[2].strip())
         state.requests.append(
-            {"seq": state.seq, "method": request.method, "path": path, "headers": headers} | logged
+            {"seq": state.seq, "method": request.method, "path": path, "headers": headers}
+            | {"key": key}
+            | logged
         )
         request.state.model = body.get("model") if isinstance(body, dict) else None
         try:
@@ -1267,15 +1272,17 @@ ENDPOINTS: dict[str, tuple[str, Handler]] = {
 }
 
 
-def create_app(*, api_key: str | None = None, latency: float = 0.0) -> Starlette:
-    """The simulator. With ``api_key``, every ``/v1`` request must bear it as a Bearer token;
-    ``latency`` is the default of the ``latency`` knob."""
+def create_app(*, api_key: str | Collection[str] | None = None, latency: float = 0.0) -> Starlette:
+    """The simulator. With ``api_key`` (or several: an organization's keys), every ``/v1``
+    request must bear it as a Bearer token; the request log shows which, masked as OpenAI
+    masks keys. ``latency`` is the default of the ``latency`` knob."""
+    keys = api_key if api_key is None or isinstance(api_key, str) else frozenset(api_key)
     routes = [
-        Route(path, _endpoint(handler, api_key), methods=[method])
+        Route(path, _endpoint(handler, keys), methods=[method])
         for path, (method, handler) in ENDPOINTS.items()
     ]
     routes += [
-        Route("/v1/{rest:path}", _endpoint(unknown_path, api_key), methods=_ALL_METHODS),
+        Route("/v1/{rest:path}", _endpoint(unknown_path, keys), methods=_ALL_METHODS),
         Route("/_sim/knobs", knobs_endpoint, methods=["GET", "POST", "DELETE"]),
         Route("/_sim/requests", requests_endpoint, methods=["GET", "DELETE"]),
         Route("/_sim/files/{name}", files_endpoint, methods=["GET"]),
