@@ -141,6 +141,10 @@ class ModelConfig(_Strict):
     #: model_retired without calling upstream. ``replacement``: the model to move to.
     deprecated_at: date | None = None
     retires_at: date | None = None
+    #: Other models (ids of this catalog, of the same modality: another provider, or another
+    #: upstream id) tried in order when this one's upstream fails in a way another may not
+    #: (``gateway.max_attempts``). The call is billed once, at the serving model's price.
+    fallbacks: list[str] = Field(default_factory=list)
     replacement: str | None = None
     description: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
@@ -190,6 +194,10 @@ class GatewayConfig(_Strict):
     # webhooks go to {public_url}/webhooks/..., and output URLs in client webhooks start with
     # it. Without it jobs are only polled, and the API makes URLs from each request's host.
     public_url: BaseURL | None = None
+    # Fallbacks: the most routes one call tries (its model, then the fallbacks it or its
+    # catalog entry names), and no new attempt once this much time has passed.
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    fallback_seconds: Annotated[float, Field(gt=0)] = 60.0
 
 
 class TasksConfig(_Strict):
@@ -292,6 +300,13 @@ class Catalog(_Strict):
                     f"model {model_id!r} names provider {model.provider!r}, "
                     "which has no [providers] entry"
                 )
+            for other in model.fallbacks:
+                target = self.models.get(other)
+                if target is None or target.modality is not model.modality or other == model_id:
+                    raise ValueError(
+                        f"model {model_id!r} falls back to {other!r}, which is not another"
+                        f" {model.modality.value} model of the catalog"
+                    )
             if model.replacement is not None and model.replacement not in self.models:
                 raise ValueError(
                     f"model {model_id!r} names replacement {model.replacement!r},"

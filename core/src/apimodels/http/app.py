@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..policy import check_policy
 from ..policy.texts import user_texts
-from ..providers import dispatch
+from ..providers import dispatch, fallback
 from ..providers.runtime import Gateway, Route
 from ..providers.types import Usage
 from ..schemas import ENDPOINTS, ImageRequest, Modality, SpeechRequest, UnifiedRequest
@@ -251,8 +251,12 @@ class Frontend:
             await check_policy(
                 self.gateway, route, unified, principal.account_id, principal.key_id, request_id
             )
-            # The estimate also refuses an unpriced variant: all before any hold or I/O.
-            estimate, hold = dispatch.estimate(route, unified)
+            # The estimate also refuses an unpriced variant: all before any hold or I/O. The
+            # hold covers the dearest route the call may take (its fallbacks').
+            attempts = fallback.plan(self.gateway, route, unified)
+            estimate = attempts[0].estimate
+            hold = max(a.hold_micros for a in attempts)
+            deadline = self.gateway.catalog.gateway.fallback_seconds
             stream = bool(getattr(unified, "stream", False))
             if stream and IDEMPOTENCY_HEADER in request.headers:
                 raise InvalidRequest(
@@ -272,20 +276,38 @@ class Frontend:
                 )
             if stream:
 
-                def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
-                    settled = settle_stream(bill, route, estimate, result)
-                    if result.error is not None and result.chunks:  # before: _guarded's
-                        try:  # a refusal mid-stream is audited like any other
-                            self._refused(result.error, principal, route, unified, request_id)
-                        except Exception as exc:
-                            log.error("auditing %s failed: %s", request_id, type(exc).__name__)
-                    return settled
+                def on_end_of(attempt: fallback.Attempt) -> Callable[..., Any]:
+                    def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
+                        if attempt is not attempts[0] and isinstance(bill, Bill):
+                            bill.billed_as = attempt.route.billed_as  # the route that served
+                        settled = settle_stream(bill, attempt.route, attempt.estimate, result)
+                        if result.error is not None and result.chunks:  # before: _guarded's
+                            try:  # a refusal mid-stream is audited like any other
+                                self._refused(result.error, principal, route, unified, request_id)
+                            except Exception as exc:
+                                log.error("auditing %s: %s", request_id, type(exc).__name__)
+                        return settled
 
-                relay = await self._guarded(
-                    dispatch.open_stream(route, unified, on_end, estimate), *guard
+                    return on_end
+
+                def open_stream(attempt: fallback.Attempt) -> Awaitable[dispatch.Relay]:
+                    return dispatch.open_stream(
+                        attempt.route, unified, on_end_of(attempt), attempt.estimate
+                    )
+
+                served, relay = await self._guarded(
+                    fallback.first_served(attempts, open_stream, deadline), *guard
                 )
-                return RelayResponse(relay)
-            priced = await self._guarded(dispatch.call(route, unified, estimate), *guard)
+                return RelayResponse(relay, fallback.route_header(served))
+
+            def call_upstream(attempt: fallback.Attempt) -> Awaitable[dispatch.Priced]:
+                return dispatch.call(attempt.route, unified, attempt.estimate)
+
+            served, priced = await self._guarded(
+                fallback.first_served(attempts, call_upstream, deadline), *guard
+            )
+            if served is not attempts[0] and isinstance(bill, Bill):
+                bill.billed_as = served.route.billed_as  # billed as the route that served
             if isinstance(unified, ImageRequest) and unified.response_format == "url":
                 # A model that answers bytes: kept in the output store, answered as URLs (a
                 # failure to store them fails the call, which is then free).
@@ -293,7 +315,7 @@ class Frontend:
             # The charge commits after the answer goes out, with its neighbours' within
             # gateway.commit_delay_ms, off the answer's latency (docs/self-hosting.md).
             bill.succeed(priced.usage, priced.cost_micros)
-            return _priced_response(priced, started)
+            return _priced_response(priced, started, fallback.route_header(served))
 
         endpoint.__name__ = path.replace("/", "_")
         return endpoint
@@ -452,11 +474,11 @@ class RelayResponse(StreamingResponse):
     """A server-sent-event response that never strands its upstream stream or its hold:
     if the client leaves before (or while) it is read, the relay finishes in the background."""
 
-    def __init__(self, relay: dispatch.Relay) -> None:
+    def __init__(self, relay: dispatch.Relay, headers: dict[str, str] | None = None) -> None:
         super().__init__(
             relay,
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})},
         )
         self.relay = relay
 
@@ -467,11 +489,14 @@ class RelayResponse(StreamingResponse):
             self.relay.abandon()  # a no-op when the relay finished
 
 
-def _priced_response(priced: dispatch.Priced, started: float) -> Response:
+def _priced_response(
+    priced: dispatch.Priced, started: float, route: dict[str, str] | None = None
+) -> Response:
     output = priced.output
     headers = {
         "x-apimodels-cost": format_usd(priced.cost_micros),
         "openai-processing-ms": str(int((time.perf_counter() - started) * 1000)),
+        **(route or {}),
     }
     if isinstance(output.body, dict):
         usage = output.body.get("usage")

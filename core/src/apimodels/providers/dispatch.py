@@ -360,10 +360,16 @@ async def open_stream(
     estimate: Usage,
     client: ClientStream | None = None,
 ) -> Relay:
-    """Start a streaming call and wait for its first chunk. Errors until then raise (and
-    reach the client as a normal error response, the call settled free); after that they
-    end the stream with ``client``'s error event."""
-    relay = Relay(route, request, await send_streaming(route, request), on_end, estimate, client)
+    """Start a streaming call and wait for its first chunk. Errors until then raise, and
+    settling the call is then the caller's (it may try another route, or answer the error,
+    free); after that they end the stream with ``client``'s error event."""
+
+    def settle(result: StreamResult) -> asyncio.Future[bool] | None:
+        if result.error is not None and not result.chunks and not result.client_gone:
+            return None  # raised by begun(): the caller's to settle
+        return on_end(result)
+
+    relay = Relay(route, request, await send_streaming(route, request), settle, estimate, client)
     await relay.begun()
     return relay
 

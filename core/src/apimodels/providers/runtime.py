@@ -257,6 +257,8 @@ class Gateway:
     sandbox: bool = False
     #: The catalog's aliases of served models, each to its model's route.
     aliases: dict[str, Route] = field(default_factory=dict)
+    #: Each model's fallback routes, in order (only models that have some).
+    fallbacks: dict[str, tuple[Route, ...]] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     policy: Policy | None = None  # the enabled safety policies (set by server.assemble)
 
@@ -395,6 +397,11 @@ def build_gateway(
         if route.lifecycle is not None and (notice := route.lifecycle.notice(today)):
             notices.append(notice)
     aliases = {a: routes[m] for a, m in catalog.aliases.items() if m in routes}
+    fallbacks = {}
+    for model_id, route in routes.items():
+        served = tuple(routes[f] for f in route.model.fallbacks if f in routes)
+        if served:
+            fallbacks[model_id] = served
     return Gateway(
         catalog,
         providers,
@@ -403,4 +410,5 @@ def build_gateway(
         sandbox=sandbox,
         notices=notices,
         aliases=aliases,
+        fallbacks=fallbacks,
     )
