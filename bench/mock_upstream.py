@@ -1,7 +1,8 @@
 """A minimal OpenAI-shaped upstream with a fixed latency, for benchmarks.
 
 Deliberately tiny (raw ASGI, canned bytes) so that the benchmark measures the gateway, not
-the mock. Latency in seconds comes from the MOCK_LATENCY environment variable (default 0).
+the mock. Latency in seconds comes from the MOCK_LATENCY environment variable (default 0);
+MOCK_STATUS=503 makes it an upstream that refuses every call at once (bench/fallback.py).
 Run: ``python -m uvicorn --app-dir bench mock_upstream:app --port 9000``.
 """
 
@@ -12,6 +13,7 @@ import json
 import os
 
 LATENCY = float(os.environ.get("MOCK_LATENCY", "0"))
+STATUS = int(os.environ.get("MOCK_STATUS", "200"))
 
 BODY = json.dumps(
     {
@@ -31,6 +33,11 @@ BODY = json.dumps(
     }
 ).encode()
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+FAILED = b'{"error": {"message": "overloaded", "type": "server_error", "code": null}}'
+FAILED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(FAILED)).encode()),
+]
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -42,5 +49,9 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         more = message.get("more_body", False)
     if LATENCY:
         await asyncio.sleep(LATENCY)
+    if STATUS != 200:
+        await send({"type": "http.response.start", "status": STATUS, "headers": FAILED_HEADERS})
+        await send({"type": "http.response.body", "body": FAILED})
+        return
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
