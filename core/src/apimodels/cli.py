@@ -392,7 +392,7 @@ def tasks_delete(ctx: click.Context, task_id: str) -> None:
         try:
             if task["output_expired_at"] is not None:
                 return 0
-            return await remove_task_content(store, storage, task, scan=True)
+            return (await remove_task_content(store, storage, task, scan=True))[0]
         finally:
             await storage.aclose()
 

@@ -27,11 +27,12 @@ async def remove_task_content(
     *,
     scan: bool = False,
     now: datetime | None = None,
-) -> int:
+) -> tuple[int, bool]:
     """Delete ``task``'s output files, then clear its input, output and error text (the
     billing record stays). ``scan`` also looks in the task's folder of the store for files
     its row does not name (a worker that lost a race with a cancel). Returns the number of
-    files deleted; raises ``StorageError`` (the row is then left as it was)."""
+    files deleted and whether this call cleared the row (False: another did it first);
+    raises ``StorageError`` (the row is then left as it was)."""
     keys = output_keys(task)
     if scan:
         folder = f"{storage.account_prefix(task['account_id'])}/{task['id']}"
@@ -39,5 +40,4 @@ async def remove_task_content(
             keys.update(o.key for o in batch)
     for key in sorted(keys):
         await storage.delete(key)
-    store.erase(task["id"], now)
-    return len(keys)
+    return len(keys), store.erase(task["id"], now)

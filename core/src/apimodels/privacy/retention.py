@@ -123,11 +123,12 @@ class Sweeper:
         if task is None:  # another sweeper has it, or finished it
             return
         try:
-            report.files += await remove_task_content(self.store, self.storage, task, now=now)
+            files, erased = await remove_task_content(self.store, self.storage, task, now=now)
         except StorageError as exc:  # the claim runs out; the next pass tries again
             log.warning("task %s: outputs not deleted: %s", task_id, exc)
             return
-        report.tasks += 1
+        report.files += files
+        report.tasks += erased
 
     # --- 2. closed accounts -------------------------------------------------------------
 
