@@ -596,10 +596,11 @@ def documented_places() -> set[str]:
 def prompt_places(gw: Gateway, needle: str) -> set[str]:
     """Every column of every table holding ``needle``, and ``output store`` for any file."""
     found = set()
-    tables = [r[0] for r in gw.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    db = gw.db  # once: each use of gw.db first waits for the server's pending commits
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     for table in tables:
-        for column in [c.name for c in gw.db[table].columns]:
-            hit = gw.db.execute(
+        for column in [c.name for c in db[table].columns]:
+            hit = db.execute(
                 f"SELECT 1 FROM [{table}] WHERE instr(CAST([{column}] AS TEXT), ?) > 0 LIMIT 1",
                 [needle],
             ).fetchone()
@@ -666,3 +667,35 @@ def test_a_prompt_is_kept_only_where_the_privacy_document_says(
     assert prompt_places(gw, needle) == set()
     assert all(needle not in r.getMessage() for r in caplog.records)
     assert account_id
+
+
+def test_the_privacy_documents_say_what_the_plugins_declare() -> None:
+    """docs/privacy.md's list of upstreams is generated from the shipped plugins'
+    declarations (cog), and the Privacy Policy template renders with the shipped figures."""
+    import subprocess
+    import sys
+
+    from apimodels.catalog import load_catalog
+    from apimodels.plugins import pm
+    from apimodels.privacy.policy import render_privacy_policy
+    from apimodels.providers.runtime import registered_providers
+
+    declared = {name: spec.data_sent for name, (spec, _) in registered_providers(pm).items()}
+    assert {"openai", "replicate", "elevenlabs"} <= set(declared)
+    assert all(declared[name] for name in ("openai", "replicate", "elevenlabs"))
+    check = subprocess.run(
+        [sys.executable, "-m", "cogapp", "--check", str(ROOT / "docs" / "privacy.md")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    page = render_privacy_policy(
+        load_catalog(ROOT / "registry.toml"),
+        declared,
+        operator="Example AI Ltd",
+        contact="privacy@example.com",
+    )
+    assert "Example AI Ltd" in page and "privacy@example.com" in page
+    assert "for 30 days after the task ended" in page and "10 years" in page
+    assert f"**openai**: {declared['openai']}" in page
+    assert "$" not in page

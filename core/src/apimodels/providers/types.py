@@ -40,6 +40,7 @@ class ProviderSpec:
     settings: type[BaseModel] | None = None
     description: str = ""
     webhook_secret_env: str | None = None  # the secret that signs the upstream's webhooks
+    data_sent: str = ""  # what the upstream receives, for docs/privacy.md ("prompts, ...")
 
 
 @dataclass(frozen=True, slots=True)
