@@ -847,6 +847,7 @@ def storage_sweep(ctx: click.Context, dry_run: bool) -> None:
     import asyncio
 
     from .billing.ledger import Ledger
+    from .http.idempotency import TTL
     from .privacy import Sweeper
     from .storage import load_secret, open_storage
     from .tasks import TaskStore
@@ -856,7 +857,9 @@ def storage_sweep(ctx: click.Context, dry_run: bool) -> None:
     ledger = Ledger(db)
     config = catalog.storage
     store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
-    sweeper = Sweeper(db, ledger, TaskStore(db, ledger), store, config, catalog.privacy)
+    sweeper = Sweeper(
+        db, ledger, TaskStore(db, ledger), store, config, catalog.privacy, idempotency_ttl=TTL
+    )
 
     async def run() -> Any:
         try:

@@ -19,7 +19,7 @@ from .billing.ledger import GroupCommit, Ledger
 from .billing.limits import Limiter
 from .catalog import Catalog, load_catalog
 from .http.app import create_app
-from .http.idempotency import Idempotency
+from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
 from .plugins import pm
 from .policy import build_policy
@@ -131,7 +131,9 @@ def assemble(
         if simulators is not None:
             await simulators.start(gateway)
         sweeper.append(asyncio.create_task(runner.run()))
-        retention = Sweeper(db, ledger, task_store, storage, catalog.storage, catalog.privacy)
+        retention = Sweeper(
+            db, ledger, task_store, storage, catalog.storage, catalog.privacy, idempotency_ttl=TTL
+        )
         interval = catalog.storage.sweep_interval_minutes
         sweeper.append(asyncio.create_task(sweep_periodically(retention, interval)))
         if server.stripe_simulator is not None:

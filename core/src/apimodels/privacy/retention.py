@@ -30,7 +30,6 @@ import sqlite_utils
 
 from ..billing.ledger import Ledger
 from ..catalog import PrivacyConfig, StorageConfig
-from ..http.idempotency import TTL as IDEMPOTENCY_TTL
 from ..policy.audit import clear_excerpts
 from ..storage import Storage, StorageError
 from ..store import accounts as acc
@@ -79,6 +78,8 @@ class Sweeper:
         storage: Storage,
         storage_config: StorageConfig,
         privacy: PrivacyConfig,
+        *,
+        idempotency_ttl: timedelta = timedelta(hours=24),  # http.idempotency.TTL
     ) -> None:
         self.db = db
         self.ledger = ledger
@@ -86,6 +87,7 @@ class Sweeper:
         self.storage = storage
         self.retention_days = storage_config.retention_days
         self.privacy = privacy
+        self.idempotency_ttl = idempotency_ttl
 
     async def sweep(self, now: datetime | None = None, *, dry_run: bool = False) -> SweepReport:
         """One pass (see the module docstring); ``now`` is for tests that move the clock."""
@@ -180,7 +182,7 @@ class Sweeper:
     # --- 5. and 6. ------------------------------------------------------------------------
 
     def _idempotent_answers(self, now: datetime, *, count_only: bool = False) -> int:
-        cutoff = _iso(now - IDEMPOTENCY_TTL)
+        cutoff = _iso(now - self.idempotency_ttl)
         if count_only:
             sql = "SELECT count(*) FROM idempotency_keys WHERE created_at < ?"
             return self.db.execute(sql, [cutoff]).fetchone()[0]
