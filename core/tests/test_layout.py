@@ -41,7 +41,19 @@ ALLOWED: dict[str, set[str]] = {
         "policy",
         "storage",
     },
+    # Deleting content and enforcing retention: over tasks, storage, the ledger and audit.
+    "privacy": {
+        "errors",
+        "catalog",
+        "store",
+        "billing",
+        "policy",
+        "storage",
+        "topups",
+        "tasks",
+    },
     "http": {
+        "privacy",
         "errors",
         "schemas",
         "catalog",

@@ -237,6 +237,10 @@ class StorageConfig(_Strict):
     addressing_style: Literal["path", "virtual"] = "path"
     access_key_id_env: str = "APIMODELS_STORAGE_ACCESS_KEY_ID"
     secret_access_key_env: str = "APIMODELS_STORAGE_SECRET_ACCESS_KEY"
+    # Outputs are deleted this many days after their task ended (0: kept until deleted);
+    # `apimodels accounts retention` sets an account's own. See docs/privacy.md.
+    retention_days: Annotated[int, Field(ge=0)] = 30
+    sweep_interval_minutes: Annotated[float, Field(gt=0)] = 60.0  # how often each server sweeps
 
     @model_validator(mode="after")
     def _s3_complete(self) -> StorageConfig:
@@ -268,6 +272,14 @@ class SafetyConfig(_Strict):
     max_judged_chars: Annotated[int, Field(ge=1000)] = 2_000_000
 
 
+class PrivacyConfig(_Strict):
+    """``[privacy]``: how long the rest is kept (see docs/privacy.md)."""
+
+    audit_excerpt_days: Annotated[int, Field(ge=1)] = 90  # then excerpts of refusals go
+    close_grace_days: Annotated[int, Field(ge=0)] = 30  # a closed account's outputs, then go
+    billing_retention_days: Annotated[int, Field(ge=1)] = 3653  # then email and key names go
+
+
 class Catalog(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
@@ -280,6 +292,7 @@ class Catalog(_Strict):
     topups: TopupsConfig = Field(default_factory=TopupsConfig)
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -360,6 +360,49 @@ def tasks_list(ctx: click.Context, account: str | None, status: str | None, limi
     console.print(table)
 
 
+@tasks.command("delete")
+@click.argument("task_id")
+@click.pass_context
+def tasks_delete(ctx: click.Context, task_id: str) -> None:
+    """Delete TASK_ID's output files and its input and output text (any account's).
+
+    Its billing record stays. An unfinished task is canceled first (cost 0); its job
+    upstream is not told (the API's DELETE, run by the server, cancels it there too)."""
+    import asyncio
+
+    from .billing.ledger import Ledger
+    from .errors import NotFound
+    from .privacy import remove_task_content
+    from .storage import load_secret, open_storage
+    from .tasks import TaskStore
+    from .tasks.store import TERMINAL, Finish
+
+    db = _db(ctx)
+    store = TaskStore(db, Ledger(db))
+    task = store.load(task_id)
+    if task is None:
+        raise NotFound(f"No task found with id '{task_id}'.")
+    if task["status"] not in TERMINAL:
+        store.finish(task_id, Finish("canceled", error_code="deleted", error_message="deleted"))
+    task = store.mark_deleted(task["account_id"], task_id)
+    config = _catalog(ctx).storage
+    storage = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+
+    async def remove() -> int:
+        try:
+            if task["output_expired_at"] is not None:
+                return 0
+            return (await remove_task_content(store, storage, task, scan=True))[0]
+        finally:
+            await storage.aclose()
+
+    files = asyncio.run(remove())
+    console.print(
+        f"deleted {task_id}: {files} output file(s) and its content; its billing record stays",
+        highlight=False,
+    )
+
+
 @cli.group()
 def keys() -> None:
     """Manage API keys (shown once, stored hashed)."""
@@ -591,18 +634,113 @@ def accounts_unsuspend(ctx: click.Context, account: str, reason: str) -> None:
 @accounts.command("close")
 @click.argument("account")
 @click.option("--reason", required=True, help="Why the account is closed.")
+@click.option(
+    "--export",
+    "export_to",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="First write the account's export (JSON) to this file.",
+)
 @click.pass_context
-def accounts_close(ctx: click.Context, account: str, reason: str) -> None:
-    """Close ACCOUNT for good: all keys revoked, no more calls (export its data first)."""
-    _set_status(ctx, account, "closed", reason)
+def accounts_close(ctx: click.Context, account: str, reason: str, export_to: Path | None) -> None:
+    """Close ACCOUNT for good (see docs/privacy.md, "Closing an account").
+
+    Unfinished tasks are canceled (cost 0), every key is revoked, and the balance is
+    forfeited per the Terms, recorded as a ledger entry: refund paid top-ups first with
+    `apimodels orders refund`. Outputs are deleted after [privacy] close_grace_days; the
+    email and key names are pseudonymized after billing_retention_days."""
+    from .billing.ledger import Ledger
+    from .billing.money import format_usd
+    from .privacy import close_account
+    from .tasks import TaskStore
+
+    db = _db(ctx)
+    if export_to is not None:
+        _write_export(ctx, db, account, export_to)
+    catalog = _catalog(ctx)
+    ledger = Ledger(db)
+    closed = close_account(
+        db,
+        ledger,
+        TaskStore(db, ledger),
+        account,
+        reason,
+        actor=_actor(),
+        grace_days=catalog.privacy.close_grace_days,
+    )
+    fate = (
+        f"a balance of {format_usd(closed.forfeited_micros)} USD forfeited"
+        if closed.forfeited_micros >= 0
+        else f"a debt of {format_usd(-closed.forfeited_micros)} USD written off"
+    )
+    console.print(
+        f"{closed.account_id} is closed: keys revoked, {closed.tasks_canceled} unfinished "
+        f"task(s) canceled, {fate} (ledger entry); its outputs are deleted after "
+        f"{closed.outputs_deleted_after}",
+        highlight=False,
+    )
+    err_console.print(
+        "Running servers refuse its keys within gateway.key_cache_seconds.", style="dim"
+    )
+
+
+def _write_export(ctx: click.Context, db: Any, account: str, path: Path | None) -> None:
+    from .billing.ledger import Ledger
+    from .privacy import export_account
+    from .storage import load_secret, open_storage
+    from .tasks import TaskStore
+
+    catalog = _catalog(ctx)
+    config = catalog.storage
+    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    public_url = str(catalog.gateway.public_url or "")
+    data = export_account(db, TaskStore(db, Ledger(db)), store, account, public_url=public_url)
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    if path is None:
+        click.echo(text)
+    else:
+        path.write_text(text + "\n")
+        err_console.print(f"export written to {path}", highlight=False)
 
 
 @accounts.command("export")
 @click.argument("account")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write to this file instead of printing.",
+)
 @click.pass_context
-def accounts_export(ctx: click.Context, account: str) -> None:
-    """Print everything stored about ACCOUNT as JSON (keys without their hashes)."""
-    click.echo(json.dumps(acc.export_account(_db(ctx), account), indent=2))
+def accounts_export(ctx: click.Context, account: str, output: Path | None) -> None:
+    """Print everything kept about ACCOUNT as JSON: the account, keys (never their hashes),
+    usage, ledger, tasks, top-up orders, policy violations, and links (valid 7 days) to
+    the output files still held."""
+    _write_export(ctx, _db(ctx), account, output)
+
+
+@accounts.command("retention")
+@click.argument("account")
+@click.argument("days", required=False, type=click.IntRange(min=0))
+@click.option("--default", "use_default", is_flag=True, help="Use storage.retention_days again.")
+@click.pass_context
+def accounts_retention(
+    ctx: click.Context, account: str, days: int | None, use_default: bool
+) -> None:
+    """Keep ACCOUNT's outputs DAYS days after their task ended (0: until deleted)."""
+    if (days is None) == (not use_default):
+        raise click.UsageError("give DAYS or --default")
+    row = acc.set_output_retention(_db(ctx), account, None if use_default else days)
+    days_set = row["output_retention_days"]
+    console.print(
+        f"{row['id']}: outputs kept "
+        + (
+            "as storage.retention_days says"
+            if days_set is None
+            else ("until deleted" if days_set == 0 else f"{days_set} days")
+        ),
+        highlight=False,
+    )
 
 
 @keys.command("limit")
@@ -696,6 +834,45 @@ def storage_check(ctx: click.Context) -> None:
         sys.exit(1)
     finally:
         asyncio.run(store.aclose())
+
+
+@storage.command("sweep")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
+@click.pass_context
+def storage_sweep(ctx: click.Context, dry_run: bool) -> None:
+    """Remove what has outlived its retention (docs/privacy.md): task outputs past
+    storage.retention_days, closed accounts' outputs, old audit excerpts and idempotent
+    answers; pseudonymize closed accounts past the billing retention. Every server does
+    this every storage.sweep_interval_minutes; safe to run beside them."""
+    import asyncio
+
+    from .billing.ledger import Ledger
+    from .http.idempotency import TTL
+    from .privacy import Sweeper
+    from .storage import load_secret, open_storage
+    from .tasks import TaskStore
+
+    catalog = _catalog(ctx)
+    db = _db(ctx)
+    ledger = Ledger(db)
+    config = catalog.storage
+    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    sweeper = Sweeper(
+        db, ledger, TaskStore(db, ledger), store, config, catalog.privacy, idempotency_ttl=TTL
+    )
+
+    async def run() -> Any:
+        try:
+            return await sweeper.sweep(dry_run=dry_run)
+        finally:
+            await store.aclose()
+
+    report = asyncio.run(run())
+    table = Table("", "would be removed" if dry_run else "removed")
+    for name, value in report.as_dict().items():
+        if name != "dry_run":
+            table.add_row(name.replace("_", " "), str(value))
+    console.print(table)
 
 
 # --- top-up orders: review and correct billing errors -------------------------------------

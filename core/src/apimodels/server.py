@@ -19,10 +19,11 @@ from .billing.ledger import GroupCommit, Ledger
 from .billing.limits import Limiter
 from .catalog import Catalog, load_catalog
 from .http.app import create_app
-from .http.idempotency import Idempotency
+from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
 from .plugins import pm
 from .policy import build_policy
+from .privacy.retention import Sweeper, sweep_periodically
 from .providers.runtime import Gateway, build_gateway
 from .providers.sandbox import Simulators
 from .storage import Storage, load_secret, open_storage
@@ -130,6 +131,11 @@ def assemble(
         if simulators is not None:
             await simulators.start(gateway)
         sweeper.append(asyncio.create_task(runner.run()))
+        retention = Sweeper(
+            db, ledger, task_store, storage, catalog.storage, catalog.privacy, idempotency_ttl=TTL
+        )
+        interval = catalog.storage.sweep_interval_minutes
+        sweeper.append(asyncio.create_task(sweep_periodically(retention, interval)))
         if server.stripe_simulator is not None:
             await server.stripe_simulator.start()
         for hook in server.started_hooks:

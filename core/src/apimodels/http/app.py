@@ -656,6 +656,7 @@ def create_app(
             HTTPRoute("/v1/tasks", _with_errors(tasks.submit), methods=["POST"]),
             HTTPRoute("/v1/tasks", _with_errors(tasks.list), methods=["GET"]),
             HTTPRoute("/v1/tasks/{id}", _with_errors(tasks.get), methods=["GET"]),
+            HTTPRoute("/v1/tasks/{id}", _with_errors(tasks.delete), methods=["DELETE"]),
             HTTPRoute("/v1/tasks/{id}/cancel", _with_errors(tasks.cancel), methods=["POST"]),
             HTTPRoute(
                 "/webhooks/{provider}/{id}", _with_errors(tasks.upstream_webhook), methods=["POST"]

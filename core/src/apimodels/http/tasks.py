@@ -4,6 +4,8 @@
     GET  /v1/tasks                  the account's tasks, newest first (limit, starting_after, status)
     GET  /v1/tasks/{id}             one task (another account's id is 404)
     POST /v1/tasks/{id}/cancel      cancel a queued or running task: cost 0
+    DELETE /v1/tasks/{id}           delete its output files and content (canceled first if
+                                    running); the billing record stays
     POST /webhooks/{provider}/{id}  an upstream's signed job event
 
 Before anything is held or sent, a task's input is validated (against the model's input
@@ -25,11 +27,13 @@ from starlette.responses import Response
 from .. import fastjson
 from ..billing.biller import Biller
 from ..catalog import TasksConfig
-from ..errors import InvalidRequest, NotFound, PermissionDenied
+from ..errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
 from ..policy import check_policy
+from ..privacy import remove_task_content
 from ..providers import dispatch
 from ..providers.runtime import Gateway, Route
 from ..schemas import TaskRequest
+from ..storage import StorageError
 from ..store.accounts import KeyStore, Principal
 from ..tasks.notify import check_resolves_public, check_url
 from ..tasks.render import render_task
@@ -228,6 +232,26 @@ class TasksAPI:
                 status=409,
             )
         await self.runner.cancel(task)
+        return _json(self.render(self.store.get(principal.account_id, task["id"]), request))
+
+    async def delete(self, request: Request) -> Response:
+        """The owner deletes a task: canceled first if unfinished (cost 0), then its files and
+        content go; its billing record stays. Deleting it again answers the same object."""
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        task = self.store.get(principal.account_id, request.path_params["id"])
+        if task["status"] not in TERMINAL:
+            await self.runner.cancel(task)
+        task = self.store.mark_deleted(principal.account_id, task["id"])
+        if task["output_expired_at"] is None:
+            try:
+                await remove_task_content(self.store, self.runner.storage, task, scan=True)
+            except StorageError:
+                # Marked deleted: the retention sweep finishes it. A retry confirms.
+                raise ServiceUnavailable(
+                    "The task's files could not be deleted right now; it is marked deleted "
+                    "and they will be removed shortly. Retry to confirm.",
+                    code="storage_unavailable",
+                ) from None
         return _json(self.render(self.store.get(principal.account_id, task["id"]), request))
 
     async def upstream_webhook(self, request: Request) -> Response:

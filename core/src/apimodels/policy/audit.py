@@ -122,3 +122,18 @@ def list_violations(
             [account_id, limit],
         )
     )
+
+
+def clear_excerpts(db: sqlite_utils.Database, before: str, *, dry_run: bool = False) -> int:
+    """Remove the excerpt and content of violations recorded before ``before`` (the row,
+    its category and hash stay: the account's record). Returns how many rows (would) change."""
+    where = "created_at < ? AND (excerpt != '' OR content IS NOT NULL)"
+    if dry_run:
+        return db.execute(
+            f"SELECT count(*) FROM policy_violations WHERE {where}", [before]
+        ).fetchone()[0]
+    with db.conn:
+        db.execute("BEGIN IMMEDIATE")
+        return db.execute(
+            f"UPDATE policy_violations SET excerpt = '', content = NULL WHERE {where}", [before]
+        ).rowcount

@@ -47,6 +47,7 @@ class ProviderSpec:
     description: str = ""
     webhook_secret_env: str | None = None  # the secret that signs the upstream's webhooks
     stream_format: Literal["sse", "ndjson", "bytes"] = "sse"
+    data_sent: str = ""  # what the upstream receives, for docs/privacy.md ("prompts, ...")
 
 
 @dataclass(frozen=True, slots=True)

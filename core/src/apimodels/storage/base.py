@@ -1,7 +1,7 @@
 """The storage interface: where task outputs are copied before a task succeeds.
 
-A backend is one class with three operations: ``put`` an object, a signed expiring ``url``
-for it, and ``delete`` it. Keys come from ``object_key``, which every backend shares:
+A backend is one class with four operations: ``put`` an object, a signed expiring ``url``
+for it, ``delete`` it, and ``scan`` what is stored (for the retention sweep). Keys come from ``object_key``, which every backend shares:
 
     {account prefix}/{task id}/{index}.{ext}
 
@@ -82,6 +82,14 @@ class StoredObject:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """An object found by ``scan``: its key and when it was written (unix seconds)."""
+
+    key: str
+    modified_at: float
+
+
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid storage key; raise ``ValueError`` otherwise."""
     if not isinstance(key, str) or len(key) > 512 or not _KEY.fullmatch(key):
@@ -143,9 +151,12 @@ class Storage(ABC):
         ext = ext.removeprefix(".").lower()
         if not _EXT.fullmatch(ext):
             raise ValueError(f"not a valid file extension: {ext!r}")
+        return f"{self.account_prefix(account_id)}/{task_id}/{index}.{ext}"
+
+    def account_prefix(self, account_id: str) -> str:
+        """The first segment of every key of ``account_id``'s outputs."""
         digest = hmac.new(self._prefix_key, account_id.encode(), hashlib.sha256).digest()
-        prefix = base64.b32encode(digest[:20]).decode().lower()
-        return f"{prefix}/{task_id}/{index}.{ext}"
+        return base64.b32encode(digest[:20]).decode().lower()
 
     def too_large(self) -> ObjectTooLarge:
         return ObjectTooLarge(
@@ -169,6 +180,11 @@ class Storage(ABC):
     @abstractmethod
     async def delete(self, key: str) -> None:
         """Remove the object at ``key``; no error if there is none."""
+
+    @abstractmethod
+    def scan(self, prefix: str = "") -> AsyncIterator[list[Listed]]:
+        """Every object whose key starts with ``prefix`` (a whole segment or segments, no
+        trailing ``/``; "" for all), in batches: the retention sweep's view of the store."""
 
     async def aclose(self) -> None:  # noqa: B027  # optional: backends holding resources override it
         """Release what the backend holds (connections); called at server shutdown."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import math
@@ -17,12 +18,14 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import NotFound, PermissionDenied
 from .base import (
     Body,
+    Listed,
     Storage,
     StoredObject,
     check_key,
@@ -92,7 +95,18 @@ class LocalStorage(Storage):
         return f"{self.base_url}{FILES_PATH}{key}?expires={expires_at}&signature={signature}"
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
+        path = self.path(key)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(_prune, path.parent, self.root)
+
+    async def scan(self, prefix: str = "") -> AsyncIterator[list[Listed]]:
+        # One batch per folder under the prefix: an account's outputs, never the whole tree.
+        base = self.path(prefix) if prefix else self.root
+        tops = [base] if prefix else await asyncio.to_thread(_folders, base)
+        for top in tops:
+            found = await asyncio.to_thread(_files, top, self.root)
+            if found:
+                yield found
 
     def _signature(self, key: str, expires: str) -> str:
         mac = hmac.new(self._url_key, f"GET\n{key}\n{expires}".encode(), hashlib.sha256)
@@ -130,6 +144,36 @@ class LocalStorage(Storage):
         if st is None or not stat.S_ISREG(st.st_mode):
             raise NotFound("No file is stored under this URL.", code="file_not_found")
         return path, st
+
+
+def _folders(root: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(root) if e.is_dir() and e.name[0] != "."]
+    except FileNotFoundError:
+        return []
+
+
+def _files(top: Path, root: Path) -> list[Listed]:
+    """Stored files under ``top`` (a half-written temporary file, named with a '.', is not)."""
+    found = []
+    for folder, _, names in os.walk(top):
+        for name in names:
+            if name[0] == ".":
+                continue
+            path = Path(folder, name)
+            try:
+                found.append(Listed(path.relative_to(root).as_posix(), path.stat().st_mtime))
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+    return found
+
+
+def _prune(folder: Path, root: Path) -> None:
+    """Remove the folder a delete left empty (a task's), not its account's: another task's
+    ``put`` may be creating a folder there at this moment."""
+    if folder.parent != root and folder != root:
+        with contextlib.suppress(OSError):  # not empty (or gone)
+            folder.rmdir()
 
 
 def _sync(f: BinaryIO) -> None:

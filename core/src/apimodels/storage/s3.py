@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import AsyncIterator
 from typing import Any
 
-from .base import Body, Storage, StorageError, StoredObject, check_key, check_ttl, chunks
+from .base import Body, Listed, Storage, StorageError, StoredObject, check_key, check_ttl, chunks
 
 PART_BYTES = 8 * 1024 * 1024
 
@@ -106,6 +107,23 @@ class S3Storage(Storage):
 
     async def delete(self, key: str) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=check_key(key))
+
+    async def scan(self, prefix: str = "") -> AsyncIterator[list[Listed]]:
+        # ListObjectsV2 answers up to 1,000 keys a page: one batch per page.
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"{prefix}/" if prefix else ""}
+            if token:
+                args["ContinuationToken"] = token
+            page = await self._call(self.client.list_objects_v2, **args)
+            batch = [
+                Listed(o["Key"], o["LastModified"].timestamp()) for o in page.get("Contents", [])
+            ]
+            if batch:
+                yield batch
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     async def aclose(self) -> None:
         self.client.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sqlite3
 import string
 import time
 from dataclasses import dataclass
@@ -256,10 +257,77 @@ def set_status(db: sqlite_utils.Database, account: str, status: str, reason: str
             [status, reason, acct["id"]],
         )
         if status == "closed":
-            db.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL",
-                [now, acct["id"]],
-            )
+            close_op(db.conn, acct["id"], reason, now)
+    return get_account(db, acct["id"])
+
+
+# --- closing and personal data (apimodels.privacy) ------------------------------------------
+
+
+def close_op(c: sqlite3.Connection, account_id: str, reason: str, now: str) -> bool:
+    """Close an open account and revoke its keys, inside the caller's transaction; False if
+    it was closed already. ``closed_at`` starts the grace period of its outputs."""
+    closed = c.execute(
+        "UPDATE accounts SET status = 'closed', status_reason = ?, closed_at = ?"
+        " WHERE id = ? AND closed_at IS NULL",
+        (reason, now, account_id),
+    ).rowcount
+    c.execute(
+        "UPDATE api_keys SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL",
+        (now, account_id),
+    )
+    return closed == 1
+
+
+def closed_before(db: sqlite_utils.Database, moment: str, step: str) -> list[str]:
+    """Accounts closed before ``moment`` that have not had ``step`` yet
+    (``outputs_deleted_at`` or ``pseudonymized_at``)."""
+    if step not in ("outputs_deleted_at", "pseudonymized_at"):
+        raise ValueError(f"unknown step {step!r}")
+    return [
+        r[0]
+        for r in db.execute(
+            f"SELECT id FROM accounts WHERE closed_at IS NOT NULL AND closed_at < ?"
+            f" AND {step} IS NULL ORDER BY closed_at",
+            [moment],
+        ).fetchall()
+    ]
+
+
+def outputs_deleted(db: sqlite_utils.Database, account_id: str, now: str) -> None:
+    """A closed account's outputs are all gone (its grace period ended)."""
+    with db.conn:
+        db.execute(
+            "UPDATE accounts SET outputs_deleted_at = ? WHERE id = ? AND outputs_deleted_at IS NULL",
+            [now, account_id],
+        )
+
+
+def pseudonymize(db: sqlite_utils.Database, account_id: str, now: str) -> bool:
+    """Replace what names a closed account's holder: the email becomes
+    ``{id}@closed.invalid``, key names and the status reason go, the webhook secret too.
+    Ids, amounts and times stay (the billing records). False when already done."""
+    with db.conn:
+        db.execute("BEGIN IMMEDIATE")
+        done = db.execute(
+            "UPDATE accounts SET email = id || '@closed.invalid', status_reason = 'closed',"
+            " webhook_secret = NULL, pseudonymized_at = ?"
+            " WHERE id = ? AND closed_at IS NOT NULL AND pseudonymized_at IS NULL",
+            [now, account_id],
+        ).rowcount
+        db.execute("UPDATE api_keys SET name = '' WHERE account_id = ?", [account_id])
+    return done == 1
+
+
+def set_output_retention(
+    db: sqlite_utils.Database, account: str, days: int | None
+) -> dict[str, Any]:
+    """Keep ACCOUNT's outputs ``days`` days (0: until deleted; None: the server's default)."""
+    if days is not None and days < 0:
+        raise ValueError("retention is a number of days >= 0")
+    acct = get_account(db, account)
+    with db.conn:
+        db.execute("UPDATE accounts SET output_retention_days = ? WHERE id = ?", [days, acct["id"]])
     return get_account(db, acct["id"])
 
 

@@ -354,3 +354,25 @@ def m009_reservations(db: sqlite_utils.Database) -> None:
 def m010_audio_input_tokens(db: sqlite_utils.Database) -> None:
     # Audio a model reads as tokens (gpt-4o-transcribe), priced apart from its text tokens.
     db["usage"].add_column("audio_input_tokens", int)
+
+
+@migration
+def m011_privacy(db: sqlite_utils.Database) -> None:
+    # Outputs deleted by their owner or by the retention sweep (apimodels.privacy): the task
+    # row stays as the billing record, its content goes.
+    db["tasks"].add_column("deleted_at", str)  # DELETE /v1/tasks/{id}
+    db["tasks"].add_column("output_expired_at", str)  # its output files and content removed
+    db["tasks"].add_column("purge_until", str)  # a sweeper's claim while it removes them
+    db.execute(
+        "CREATE INDEX idx_tasks_outputs_held ON tasks (completed_at)"
+        " WHERE output_expired_at IS NULL AND completed_at IS NOT NULL"
+    )
+    # Deletions a crash left half done, for the sweep to finish.
+    db.execute(
+        "CREATE INDEX idx_tasks_deleting ON tasks (deleted_at)"
+        " WHERE deleted_at IS NOT NULL AND output_expired_at IS NULL"
+    )
+    db["accounts"].add_column("output_retention_days", int)  # the operator's override
+    db["accounts"].add_column("closed_at", str)
+    db["accounts"].add_column("outputs_deleted_at", str)  # a closed account's grace ended
+    db["accounts"].add_column("pseudonymized_at", str)  # its email and key names replaced

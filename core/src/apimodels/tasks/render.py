@@ -12,7 +12,8 @@ from .store import TERMINAL
 
 def render_task(task: dict[str, Any], storage: Any, origin: str = "") -> dict[str, Any]:
     """A task row as the API's task object; output files get fresh signed URLs (a local
-    storage's relative URLs made absolute with ``origin``, the gateway's own URL)."""
+    storage's relative URLs made absolute with ``origin``, the gateway's own URL). A deleted
+    or expired task keeps its billing record (status, times, cost); its content is null."""
     output = json.loads(task["output"]) if task["output"] else None
     if isinstance(output, list):
         output = [
@@ -43,6 +44,8 @@ def render_task(task: dict[str, Any], storage: Any, origin: str = "") -> dict[st
         ),
         "cost": usd_number(task["cost_micros"] or 0) if status in TERMINAL else None,
         "webhook": task["webhook_url"],
+        "output_expired_at": task["output_expired_at"],
+        "deleted": task["deleted_at"] is not None,
     }
 
 

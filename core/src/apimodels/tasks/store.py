@@ -10,6 +10,12 @@ nothing. That is how a task is charged exactly once.
 Workers claim due tasks with a lease (``lease_until``): a compare-and-set, so two workers on
 one database never advance the same task at once, and a crashed worker's tasks are taken
 over when its leases run out.
+
+Removing a task's content (its owner's ``DELETE``, the retention sweep) keeps the row as
+the billing record: id, model, status, times and cost stay; input, output and error text
+go. Output files go first, then ``erase`` clears the row: a crash in between leaves a row
+that still names its files, and the next sweep removes them again (deletes are idempotent).
+Sweepers claim rows with ``purge_until``, a compare-and-set like the workers' leases.
 """
 
 from __future__ import annotations
@@ -177,6 +183,120 @@ class TaskStore:
         ).fetchall()
         tasks = [self._row(r) for r in rows[:limit]]
         return tasks, len(rows) > limit
+
+    # --- removing content ------------------------------------------------------------------
+
+    def mark_deleted(self, account_id: str, task_id: str) -> dict[str, Any]:
+        """The owner deletes an ended task: its input and error text go now (and any stored
+        idempotent answer naming it, which repeats its input); its output goes in ``erase``,
+        once its files are removed. Another account's task is 404."""
+        with transaction(self.ledger) as c:
+            row = c.execute(
+                "UPDATE tasks SET deleted_at = COALESCE(deleted_at, ?), input = 'null',"
+                " error_message = NULL WHERE id = ? AND account_id = ?"
+                f" AND status IN {TERMINAL} RETURNING *",
+                (now_iso(), task_id, account_id),
+            ).fetchone()
+            if row is not None:
+                c.execute(
+                    "DELETE FROM idempotency_keys WHERE account_id = ? AND state = 'done'"
+                    " AND instr(CAST(body AS TEXT), ?) > 0",
+                    (account_id, f'"id":"{task_id}"'),
+                )
+        if row is None:
+            self.get(account_id, task_id)  # 404 when it is not the account's
+            raise RuntimeError(f"task {task_id} has not ended")  # the caller cancels first
+        return self._row(row)
+
+    def outputs_due(self, now: datetime, default_days: int, limit: int) -> list[str]:
+        """Ended tasks whose outputs outlived their account's retention (``default_days``
+        unless the account has its own; 0 keeps them), and deletions a crash left half done."""
+        ids = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM tasks WHERE deleted_at IS NOT NULL"
+                " AND output_expired_at IS NULL LIMIT ?",
+                (limit,),
+            ).fetchall()
+        ]
+        overrides = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT output_retention_days FROM accounts"
+                " WHERE output_retention_days IS NOT NULL"
+            ).fetchall()
+        ]
+        for days in {default_days, *overrides}:
+            if days <= 0 or len(ids) >= limit:
+                continue
+            rule = "(a.output_retention_days = ?2" + (
+                " OR a.output_retention_days IS NULL)" if days == default_days else ")"
+            )
+            ids += [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT t.id FROM tasks t JOIN accounts a ON a.id = t.account_id"
+                    " WHERE t.output_expired_at IS NULL AND t.completed_at IS NOT NULL"
+                    f" AND t.completed_at < ?1 AND {rule} ORDER BY t.completed_at LIMIT ?3",
+                    (_iso(now - timedelta(days=days)), days, limit - len(ids)),
+                ).fetchall()
+            ]
+        return ids
+
+    def account_outputs(self, account_id: str) -> list[str]:
+        """An account's ended tasks whose outputs are still held (a closed account's)."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM tasks WHERE account_id = ? AND output_expired_at IS NULL"
+                " AND completed_at IS NOT NULL",
+                (account_id,),
+            ).fetchall()
+        ]
+
+    def unfinished(self, account_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM tasks WHERE account_id = ? AND status IN ('queued', 'running')",
+                (account_id,),
+            ).fetchall()
+        ]
+
+    def forget_webhooks(self, account_id: str) -> None:
+        """Drop the webhook URLs of a pseudonymized account's tasks (they may name it)."""
+        with transaction(self.ledger) as c:
+            c.execute(
+                "UPDATE tasks SET webhook_url = NULL, webhook_error = NULL WHERE account_id = ?",
+                (account_id,),
+            )
+
+    def claim_purge(
+        self, task_id: str, now: datetime, lease_seconds: float
+    ) -> dict[str, Any] | None:
+        """Take an ended task whose content is to go, unless another sweeper holds it (None)."""
+        with transaction(self.ledger) as c:
+            row = c.execute(
+                "UPDATE tasks SET purge_until = ? WHERE id = ? AND output_expired_at IS NULL"
+                f" AND status IN {TERMINAL} AND (purge_until IS NULL OR purge_until <= ?)"
+                " RETURNING *",
+                (_iso(now + timedelta(seconds=lease_seconds)), task_id, _iso(now)),
+            ).fetchone()
+        return None if row is None else self._row(row)
+
+    def erase(self, task_id: str, now: datetime | None = None) -> bool:
+        """Its files are gone: clear the task's input, output and error text, once (False
+        when another sweeper finished first)."""
+        with transaction(self.ledger) as c:
+            return (
+                c.execute(
+                    "UPDATE tasks SET input = 'null', output = NULL, error_message = NULL,"
+                    " output_expired_at = ?, purge_until = NULL"
+                    " WHERE id = ? AND output_expired_at IS NULL",
+                    (_iso(now or datetime.now(UTC)), task_id),
+                ).rowcount
+                == 1
+            )
 
     def _row(self, row: tuple[Any, ...]) -> dict[str, Any]:
         return dict(zip(self._columns, row, strict=True))

@@ -132,6 +132,7 @@ def register_providers(register: Any) -> None:
             simulator=_simulator,
             settings=Settings,
             description="ElevenLabs: text to speech, streamed",
+            data_sent="the text to speak",
         )
     )
 

@@ -93,6 +93,7 @@ def register_providers(register: Any) -> None:
             api_key_env="OPENAI_API_KEY",
             simulator=_simulator,
             description="OpenAI: chat, embeddings, images, speech, transcription",
+            data_sent="prompts and messages, images and audio sent for editing or transcription, text to speak",
         )
     )
 

@@ -76,6 +76,7 @@ def register_providers(register: Callable[[ProviderSpec], None]) -> None:
             simulator=_simulator,
             description="Replicate: image, video, audio and language models run as predictions",
             webhook_secret_env="REPLICATE_WEBHOOK_SECRET",
+            data_sent="task inputs (prompts, and images or audio given as inputs)",
         )
     )
 
