@@ -198,13 +198,18 @@ FUTURE = (
     "plugin 'acme-future' (apimodels-acme-future 0.3) supports hook API >=3,<4, but apimodels "
     f"{apimodels.__version__} has hook API {apimodels.HOOK_API_VERSION}"
 )
-TYPO = "plugin 'acme-typo' (apimodels-acme-typo 0.3) declares apimodels_hook_api = 'two', which is not a version range"  # fmt: skip
+TYPO = "plugin 'acme-typo' (apimodels-acme-typo 0.3) declares apimodels_hook_api = 'two', which is not a version range"
 
 
 def test_plugins_lists_the_unusable_ones_with_the_real_reason(
     troubled: dict[str, str], tmp_path: Path
 ) -> None:
-    listing = _apimodels("--registry", _catalog(tmp_path, "acme-eager", "apimodels-acme-eager"), "plugins", env=troubled)  # fmt: skip
+    listing = _apimodels(
+        "--registry",
+        _catalog(tmp_path, "acme-eager", "apimodels-acme-eager"),
+        "plugins",
+        env=troubled,
+    )
     assert listing.returncode == 0, listing.stderr
     rows = {
         cells[0]: cells
@@ -235,7 +240,9 @@ def test_serve_refuses_to_start_when_the_catalog_needs_an_unusable_plugin(
     troubled: dict[str, str], tmp_path: Path, provider: str, package: str, message: str
 ) -> None:
     catalog = _catalog(tmp_path, provider, package)
-    served = _apimodels("--registry", catalog, "--db", tmp_path / "g.db", "serve", "--sandbox", env=troubled)  # fmt: skip
+    served = _apimodels(
+        "--registry", catalog, "--db", tmp_path / "g.db", "serve", "--sandbox", env=troubled
+    )
     assert served.returncode == 1
     error = " ".join(served.stderr.split())
     assert error.startswith(f"error: {message}")

@@ -309,7 +309,8 @@ def plugin() -> None:
 )
 def plugin_new(name: str, directory: Path) -> None:
     """Create a provider plugin package for NAME: hooks for a toy upstream, its simulator,
-    a catalog snippet and tests that run the conformance kit, all passing as made."""
+    a catalog snippet and tests that run the conformance kit, all passing as made. The package
+    depends on this apimodels' minor series and declares its hook-API version."""
     from .scaffold import new_plugin
 
     try:
