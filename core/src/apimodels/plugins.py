@@ -26,18 +26,20 @@ import sys
 import threading
 from dataclasses import dataclass, field, replace
 from importlib import metadata
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pluggy
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from . import HOOK_API_VERSION, __version__, hookspecs
-from .catalog import Catalog
 from .errors import ConfigError
 from .policy import rules as policy_rules
 from .providers import default_hooks
 from .providers.runtime import trace_hook_calls
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 GROUP = "apimodels"
 #: Where a plugin declares the hook-API versions it supports (a PEP 440 specifier string).
