@@ -30,7 +30,7 @@ from pathlib import Path
 from apimodels import ChatRequest
 from apimodels.catalog import ModelConfig, load_catalog
 from apimodels.errors import PermissionDenied
-from apimodels.plugins import pm
+from apimodels.plugins import load_plugins, pm
 from apimodels.policy import build_policy, user_texts
 from apimodels.policy.rules import RulesSettings, check_request
 from apimodels.store.db import open_db
@@ -107,6 +107,7 @@ def main() -> None:
     model = catalog.models["openai/gpt-4o-mini"]
     image_model = catalog.models["openai/gpt-image-2"]
     settings = RulesSettings()
+    load_plugins()
     policy = build_policy(catalog, pm, {}, open_db(":memory:"))
 
     def rules_only(text: str, model: ModelConfig = model) -> Callable[[], object]:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from apimodels import ChatRequest, ModelConfig, Output, ProviderSpec, Upstream, Usage, hookimpl
 from apimodels.catalog import parse_catalog
 from apimodels.errors import ConfigError
-from apimodels.plugins import pm
+from apimodels.plugins import load_plugins, pm
 from apimodels.providers.runtime import build_gateway
 from apimodels.server import assemble
 from apimodels.store.accounts import create_account, create_key
@@ -152,6 +152,7 @@ def test_provider_hooks_only_see_their_own_provider(
     echo_plugin: EchoPlugin, tmp_path: Path
 ) -> None:
     """The OpenAI plugin's hooks are not asked about echo models, and vice versa."""
+    load_plugins()  # the installed ones, as `apimodels serve` does
     catalog = parse_catalog(
         {
             "providers": {

@@ -68,7 +68,7 @@ ALLOWED: dict[str, set[str]] = {
         "tasks",
         "topups.config",
     },
-    "plugins": {"interface", "providers", "policy"},
+    "plugins": {"errors", "interface", "providers", "policy"},
 }
 #: The plugin interface, wherever its modules sit.
 INTERFACE = {"hookspecs", "providers.types", "policy.spec"}

@@ -43,7 +43,15 @@ from .schemas import (
 
 __version__ = "0.1.0"
 
+#: The version of the plugin interface (the hooks, their arguments and the types above). A
+#: plugin declares the versions it supports as ``apimodels_hook_api = ">=2,<3"`` in its
+#: entry-point module; see docs/plugins.md, "Compatibility". 1: everything before it was
+#: numbered; 2: stream framings, errors from any answer, provider instances (additive, so
+#: plugins written for 1 still load).
+HOOK_API_VERSION = 2
+
 __all__ = [
+    "HOOK_API_VERSION",
     "APIError",
     "AudioStream",
     "AuthenticationError",

@@ -146,38 +146,64 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
 @cli.command()
 @click.pass_context
 def plugins(ctx: click.Context) -> None:
-    """List installed plugins, the providers they serve and whether the catalog enables them."""
-    from .plugins import get_plugins, pm
+    """List installed plugins: package, version, the hook-API versions each declares, the
+    providers it serves and which the catalog enables. A plugin that could not be loaded is
+    listed as failed or incompatible, and the reason printed below the table.
+
+    Install one with a line in plugins.local.txt and `make sync` (see docs/self-hosting.md,
+    "Installing a plugin"), or `pip install` into this environment."""
+    from . import HOOK_API_VERSION
+    from .plugins import InstalledPlugin, load_plugins, pm
+    from .providers import default_hooks
     from .providers.runtime import registered_providers
 
+    records = load_plugins()
     providers = registered_providers(pm)
     try:
         catalog = _catalog(ctx)
         enabled = {n for n, p in catalog.providers.items() if p.enabled}
     except ConfigError:
         enabled = set()
-    table = Table("plugin", "package", "version", "providers", "enabled", "hooks")
-    for p in get_plugins():
-        served = sorted(n for n, (_, owner) in providers.items() if pm.get_name(owner) == p["name"])
-        on = ", ".join(n for n in served if n in enabled) or "-"
+    # Installed plugins (loaded or not), then those the core registers itself.
+    rows: list[tuple[str, InstalledPlugin | None]] = [(r.name, r) for r in records]
+    listed = {r.name for r in records}
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin)
+        if name and plugin is not default_hooks and name not in listed:
+            rows.append((name, None))
+    table = Table(
+        "plugin", "package", "version", "hook API", "status", "providers", "enabled", "hooks",
+        title=f"hook API of this apimodels: {HOOK_API_VERSION}",
+    )  # fmt: skip
+    for name, record in sorted(rows, key=lambda row: row[0]):
+        served = sorted(n for n, (_, owner) in providers.items() if pm.get_name(owner) == name)
+        plugin = pm.get_plugin(name)
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or []) if plugin else []
+        status = record.status if record else "loaded"
         table.add_row(
-            p["name"],
-            p.get("package", "-"),
-            p.get("version", "-"),
+            name,
+            (record and record.package) or "-",
+            (record and record.version) or "-",
+            (record.hook_api or "undeclared") if record else "built in",
+            status if status == "loaded" else f"[red]{status}[/]",
             ", ".join(served) or "-",
-            on,
-            ", ".join(p["hooks"]),
+            ", ".join(n for n in served if n in enabled) or "-",
+            ", ".join(hooks) or "-",
         )
     console.print(table)
+    for record in records:
+        if record.error:
+            err_console.print(f"[bold red]error:[/] {escape(record.error)}", highlight=False)
 
 
 @cli.command()
 @click.pass_context
 def policies(ctx: click.Context) -> None:
     """List installed safety policies and how registry.toml's [policies] sets them."""
-    from .plugins import pm
+    from .plugins import load_plugins, pm
     from .policy import registered_policies
 
+    load_plugins()
     try:
         configured = _catalog(ctx).policies
     except ConfigError:
@@ -283,7 +309,8 @@ def plugin() -> None:
 )
 def plugin_new(name: str, directory: Path) -> None:
     """Create a provider plugin package for NAME: hooks for a toy upstream, its simulator,
-    a catalog snippet and tests that run the conformance kit, all passing as made."""
+    a catalog snippet and tests that run the conformance kit, all passing as made. The package
+    depends on this apimodels' minor series and declares its hook-API version."""
     from .scaffold import new_plugin
 
     try:

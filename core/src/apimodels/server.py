@@ -21,7 +21,7 @@ from .catalog import Catalog, load_catalog
 from .http.app import create_app
 from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
-from .plugins import pm
+from .plugins import check_plugins, pm
 from .policy import build_policy
 from .privacy.retention import Sweeper, sweep_periodically
 from .providers.runtime import Gateway, build_gateway
@@ -58,7 +58,9 @@ def assemble(
     """Load and check everything; raise ConfigError before serving anything if it is wrong.
     ``registry`` is the catalog's file, or a catalog already loaded (the conformance kit)."""
     catalog = registry if isinstance(registry, Catalog) else load_catalog(registry)
+    broken_plugins = check_plugins(catalog)  # loads the installed plugins, once
     gateway = build_gateway(catalog, pm, sandbox=sandbox, environ=environ)
+    gateway.notices[:0] = broken_plugins
     db = open_db(database)
     settings = catalog.gateway
     keys = KeyStore(db, settings.key_cache_seconds)

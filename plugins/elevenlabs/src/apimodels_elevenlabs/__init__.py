@@ -51,6 +51,7 @@ from apimodels.errors import ServiceUnavailable
 
 from .voices import PREMADE
 
+apimodels_hook_api = ">=2,<3"  # the hook-API versions this plugin is written for
 PROVIDER = "elevenlabs"
 #: ElevenLabs' range for ``voice_settings.speed``.
 SPEED_RANGE = (0.7, 1.2)

@@ -38,6 +38,7 @@ from apimodels import (
 )
 from apimodels.providers import media
 
+apimodels_hook_api = ">=2,<3"  # the hook-API versions this plugin is written for
 PROVIDER = "openai"
 
 # Image defaults of the DALL-E models (retired upstream, still mapped for catalogs that

@@ -46,6 +46,7 @@ from apimodels import (
 
 from .models import MODELS
 
+apimodels_hook_api = ">=2,<3"  # the hook-API versions this plugin is written for
 NAME = "replicate"
 _STATUS = {
     "starting": "queued",
