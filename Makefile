@@ -44,6 +44,7 @@ bench: sync
 	$(UV) run --no-sync python bench/storage.py
 	$(UV) run --no-sync python bench/policy.py
 	$(UV) run --no-sync python bench/speech.py
+	$(UV) run --no-sync python bench/fallback.py
 
 lint: sync
 	$(UV) run --no-sync ruff check .
