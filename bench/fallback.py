@@ -25,7 +25,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from overhead import free_port, pct, wait_ready  # noqa: E402
+from overhead import free_port, funded_key, pct, wait_ready  # noqa: E402
 
 REGISTRY = """
 [gateway]
@@ -77,9 +77,6 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "core" / "src"))
-    from apimodels.billing.ledger import Ledger
-    from apimodels.store.accounts import create_account, create_key
-    from apimodels.store.db import open_db
 
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-"))
     ports = {"up": free_port(), "down": free_port(), "gateway": free_port()}
@@ -92,11 +89,7 @@ def main() -> None:
         procs.append(subprocess.Popen(mock, env={**env, "MOCK_STATUS": status}))
     origin = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
     (tmp / "registry.toml").write_text(REGISTRY.format(up=origin["up"], down=origin["down"]))
-    db = open_db(tmp / "bench.db")
-    account = create_account(db, "bench@example.com")["id"]
-    _, key = create_key(db, account)
-    Ledger(db).post(account, 10**12, kind="grant", reason="bench", actor="bench")
-    db.conn.close()
+    key = funded_key(tmp / "bench.db")
     serve = [sys.executable, "-m", "apimodels.cli", "--registry", str(tmp / "registry.toml"),
              "--db", str(tmp / "bench.db"), "serve", "--port", str(ports["gateway"]),
              "--no-access-log"]  # fmt: skip

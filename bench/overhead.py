@@ -82,6 +82,20 @@ def wait_ready(url: str) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
+def funded_key(path: Path) -> str:
+    """A new database at ``path`` with one account holding $1,000,000 of credits: its key."""
+    from apimodels.billing.ledger import Ledger
+    from apimodels.store.accounts import create_account, create_key
+    from apimodels.store.db import open_db
+
+    db = open_db(path)
+    account = create_account(db, "bench@example.com")["id"]
+    _, key = create_key(db, account)
+    Ledger(db).post(account, 10**12, kind="grant", reason="bench", actor="bench")
+    db.conn.close()
+    return key
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -195,9 +209,6 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "core" / "src"))
-    from apimodels.billing.ledger import Ledger
-    from apimodels.store.accounts import create_account, create_key
-    from apimodels.store.db import open_db
 
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-"))
     up_port = free_port()
@@ -217,11 +228,7 @@ def main() -> None:
         (folder / "registry.toml").write_text(
             REGISTRY.format(upstream=upstream, billing=str(billing).lower())
         )
-        db = open_db(folder / "bench.db")
-        account = create_account(db, "bench@example.com")["id"]
-        _, key = create_key(db, account)
-        Ledger(db).post(account, 10**12, kind="grant", reason="bench", actor="bench")
-        db.conn.close()
+        key = funded_key(folder / "bench.db")
         port = free_port()
         serve = [sys.executable, "-m", "apimodels.cli", "--registry", str(folder / "registry.toml"),
                  "--db", str(folder / "bench.db"), "serve", "--port", str(port), "--no-access-log"]  # fmt: skip

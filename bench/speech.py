@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import free_port, pct, rss_mb, wait_ready
+from overhead import free_port, funded_key, pct, rss_mb, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "A sentence of speech for the benchmark, spoken twice over."  # 4 s: 47 chunks of pcm
@@ -65,10 +65,6 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between audio chunks")
     args = parser.parse_args()
 
-    from apimodels.billing.ledger import Ledger
-    from apimodels.store.accounts import create_account, create_key
-    from apimodels.store.db import open_db
-
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-speech-"))
     up_port, gw_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
@@ -76,11 +72,7 @@ def main() -> None:
     sim = [sys.executable, "-m", "uvicorn", "--factory", "apimodels_elevenlabs.simulator:create_app",
            "--port", str(up_port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
     (tmp / "registry.toml").write_text(REGISTRY.format(upstream=upstream))
-    db = open_db(tmp / "bench.db")
-    account = create_account(db, "bench@example.com")["id"]
-    _, key = create_key(db, account)
-    Ledger(db).post(account, 10**12, kind="grant", reason="bench", actor="bench")
-    db.conn.close()
+    key = funded_key(tmp / "bench.db")
     serve = [sys.executable, "-m", "apimodels.cli", "--registry", str(tmp / "registry.toml"),
              "--db", str(tmp / "bench.db"), "serve", "--port", str(gw_port), "--no-access-log"]  # fmt: skip
     procs = [subprocess.Popen(sim, env=env)]

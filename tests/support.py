@@ -18,7 +18,7 @@ from apimodels.billing.ledger import Ledger
 from apimodels.server import Server, assemble
 from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import database_path, open_db
-from apimodels.testing import serve
+from apimodels.testing import bound_socket, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_KEY = "sk-sim-e2e-0123456789abcdef"
@@ -149,4 +149,28 @@ def gateway_of_its_own(
     if credits_micros:
         server.ledger.post(account["id"], credits_micros, kind="grant", reason="t", actor="tests")
     with serve(server.app) as url:
+        yield Gateway(url, server, key, account["id"])
+
+
+@contextmanager
+def tasks_gateway_of_its_own(
+    simulator: Simulator, replicate: Simulator, tmp: Path, email: str
+) -> Iterator[Gateway]:
+    """A gateway for tasks: OpenAI and Replicate on their simulators, ``public_url`` its own
+    origin (so Replicate's signed webhooks reach it), and one funded account (``email``)."""
+    sock = bound_socket()
+    origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    registry = registry_for(simulator.url, tmp, replicate=replicate.url, tasks=TASKS_SETTINGS)
+    text = registry.read_text().replace("[gateway]\n", f'[gateway]\npublic_url = "{origin}"\n', 1)
+    registry.write_text(text)
+    environ = {
+        "OPENAI_API_KEY": SIM_KEY,
+        "REPLICATE_API_TOKEN": REPLICATE_KEY,
+        "REPLICATE_WEBHOOK_SECRET": REPLICATE_SECRET,
+    }
+    server = assemble(registry, tmp / "gateway.db", environ=environ)
+    account = create_account(server.db, email)
+    _, key = create_key(server.db, account["id"], email.split("@")[0])
+    server.ledger.post(account["id"], 100_000_000, kind="grant", reason="t", actor="tests")
+    with serve(server.app, sock=sock) as url:
         yield Gateway(url, server, key, account["id"])

@@ -24,21 +24,18 @@ from apimodels.cli import cli
 from apimodels.privacy import Sweeper, close_account, export_account
 from apimodels.privacy.closing import FORFEITED, SETTLED
 from apimodels.privacy.retention import CLAIM_SECONDS
-from apimodels.server import assemble
 from apimodels.storage import LocalStorage
-from apimodels.store.accounts import create_account, create_key, set_output_retention
+from apimodels.store.accounts import create_key, set_output_retention
 from apimodels.tasks import TaskStore
-from apimodels.testing import bound_socket, serve
+from apimodels.testing import serve
 from apimodels_replicate.simulator import create_app as create_replicate
 from support import (
     REPLICATE_KEY,
     REPLICATE_SECRET,
     ROOT,
-    SIM_KEY,
-    TASKS_SETTINGS,
     Gateway,
     Simulator,
-    registry_for,
+    tasks_gateway_of_its_own,
 )
 
 DAY = timedelta(days=1)
@@ -55,21 +52,8 @@ def gw(
     simulator: Simulator, replicate: Simulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("privacy")
-    sock = bound_socket()
-    origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    registry = registry_for(simulator.url, tmp, replicate=replicate.url, tasks=TASKS_SETTINGS)
-    text = registry.read_text().replace("[gateway]\n", f'[gateway]\npublic_url = "{origin}"\n', 1)
-    registry.write_text(text)
-    server = assemble(
-        registry,
-        tmp / "gateway.db",
-        environ={"OPENAI_API_KEY": SIM_KEY, "REPLICATE_API_TOKEN": REPLICATE_KEY},
-    )
-    account = create_account(server.db, "privacy@example.com")
-    _, key = create_key(server.db, account["id"], "privacy")
-    server.ledger.post(account["id"], 100_000_000, kind="grant", reason="t", actor="tests")
-    with serve(server.app, sock=sock) as url:
-        yield Gateway(url, server, key, account["id"])
+    with tasks_gateway_of_its_own(simulator, replicate, tmp, "privacy@example.com") as gateway:
+        yield gateway
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ from apimodels.providers import media
 from apimodels.server import assemble
 from apimodels.store.accounts import create_account, create_key, set_key_limits
 from apimodels.tasks.notify import account_webhook_secret
-from apimodels.testing import bound_socket, serve
+from apimodels.testing import serve
 from apimodels_replicate.simulator import create_app as create_replicate
 from support import (
     REPLICATE_KEY,
@@ -38,6 +38,7 @@ from support import (
     Gateway,
     Simulator,
     registry_for,
+    tasks_gateway_of_its_own,
 )
 
 
@@ -85,25 +86,8 @@ def tasks_gateway(
     simulator: Simulator, replicate: Simulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("tasks")
-    sock = bound_socket()
-    origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    registry = registry_for(simulator.url, tmp, replicate=replicate.url, tasks=TASKS_SETTINGS)
-    text = registry.read_text().replace("[gateway]\n", f'[gateway]\npublic_url = "{origin}"\n', 1)
-    registry.write_text(text)
-    server = assemble(
-        registry,
-        tmp / "gateway.db",
-        environ={
-            "OPENAI_API_KEY": SIM_KEY,
-            "REPLICATE_API_TOKEN": REPLICATE_KEY,
-            "REPLICATE_WEBHOOK_SECRET": REPLICATE_SECRET,
-        },
-    )
-    account = create_account(server.db, "tasks@example.com")
-    _, key = create_key(server.db, account["id"], "tasks")
-    server.ledger.post(account["id"], 100_000_000, kind="grant", reason="tasks", actor="tests")
-    with serve(server.app, sock=sock) as url:
-        yield Gateway(url, server, key, account["id"])
+    with tasks_gateway_of_its_own(simulator, replicate, tmp, "tasks@example.com") as gateway:
+        yield gateway
 
 
 @pytest.fixture(autouse=True)
