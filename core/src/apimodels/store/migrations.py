@@ -354,3 +354,22 @@ def m009_reservations(db: sqlite_utils.Database) -> None:
 def m010_audio_input_tokens(db: sqlite_utils.Database) -> None:
     # Audio a model reads as tokens (gpt-4o-transcribe), priced apart from its text tokens.
     db["usage"].add_column("audio_input_tokens", int)
+
+
+@migration
+def m011_stored_responses(db: sqlite_utils.Database) -> None:
+    # Responses API answers kept for GET /v1/responses/{id} and previous_response_id
+    # (store: true, the API's default): the answer as sent, and the conversation so far in
+    # Chat Completions messages, to continue it.
+    db["stored_responses"].create(
+        {
+            "id": str,
+            "account_id": str,
+            "created_at": str,
+            "body": str,  # the Response object, JSON
+            "history": str,  # the chat messages up to and including the answer, JSON
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "created_at", "body", "history"},
+    )
