@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import fastjson
-from ..errors import InvalidRequest
+from ..errors import APIError, InvalidRequest
 from ..providers.dispatch import StreamResult
 from ..schemas import MAX_OUTPUT_TOKENS, ChatRequest
 from ..store.responses import StoredResponses
@@ -93,7 +93,7 @@ class CreateResponse(_Strict):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     store: bool = True
-    background: Literal[False] | None = None
+    background: bool | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
     safety_identifier: str | None = None
@@ -324,7 +324,7 @@ class ResponsesExchange(Exchange):
         """The Response object's fields that echo the request."""
         r = self.request
         fmt = r.text.format if r.text and r.text.format else None
-        return {
+        body = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
@@ -345,13 +345,23 @@ class ResponsesExchange(Exchange):
             if fmt
             else {"format": {"type": "text"}},
             "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
-            "tools": r.tools or [],
+            "tools": [
+                {
+                    "type": "function",
+                    "name": t.get("name"),
+                    "description": t.get("description"),
+                    "parameters": t.get("parameters"),
+                    "strict": t.get("strict"),
+                }
+                for t in r.tools or []
+            ],
             "top_p": r.top_p,
             "truncation": "disabled",
-            "usage": None,
-            "user": r.user,
             "metadata": r.metadata or {},
         }
+        if r.user is not None:
+            body["user"] = r.user
+        return body
 
     def finish(
         self,
@@ -390,7 +400,8 @@ class ResponsesExchange(Exchange):
             )
         body = self.envelope("completed")
         body["output"] = output
-        body["usage"] = usage_object(completion.get("usage"))
+        if (usage := usage_object(completion.get("usage"))) is not None:
+            body["usage"] = usage
         reply = {"role": "assistant", "content": text}
         if message.get("tool_calls"):
             reply["tool_calls"] = message["tool_calls"]
@@ -398,6 +409,16 @@ class ResponsesExchange(Exchange):
 
     def stream(self) -> ResponsesStream:
         return ResponsesStream(self)
+
+
+def _failure_code(error: APIError) -> str:
+    """A failed response's ``error.code``, one of the API's ``ResponseErrorCode`` (the
+    ``error`` event before it carries the gateway's own code)."""
+    if error.status == 429:
+        return "rate_limit_exceeded"
+    if error.status == 403:
+        return "invalid_prompt"
+    return "server_error"
 
 
 class ResponsesStream(DialectStream):
@@ -546,12 +567,13 @@ class ResponsesStream(DialectStream):
             )
             body = self.exchange.envelope("failed")
             body["output"] = self.output
-            body["error"] = {"code": error["code"] or "server_error", "message": error["message"]}
+            body["error"] = {"code": _failure_code(result.error), "message": error["message"]}
             return out + self._event("response.failed", response=body)
         out += self._close()
         body = self.exchange.envelope("completed")
         body["output"] = self.output
-        body["usage"] = usage_object(self.charged_usage(self.chat_usage))
+        if (usage := usage_object(self.charged_usage(self.chat_usage))) is not None:
+            body["usage"] = usage
         calls = [
             {
                 "id": item["call_id"],
@@ -585,6 +607,8 @@ class ResponsesAPI(Dialect):
 
     def read(self, body: dict[str, Any], account_id: str) -> ResponsesExchange:
         request = read_model(CreateResponse, body, API)
+        if request.background:
+            raise _unsupported("Running a response in the background", "background")
         history: list[dict[str, Any]] = []
         if request.previous_response_id is not None:
             found = self.store.get(request.previous_response_id, account_id) if self.store else None
