@@ -251,11 +251,12 @@ def new_id(prefix: str) -> str:
 
 
 def usage_object(usage: dict[str, Any] | None) -> dict[str, Any]:
-    """A Chat Completions usage (with ``cost``) in Anthropic's terms, plus ``cost``."""
+    """A Chat Completions usage in Anthropic's terms, plus its ``cost`` when it has one
+    (not before it is known: a stream's ``message_start``)."""
     usage = usage or {}
     prompt = int(usage.get("prompt_tokens") or 0)
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return {
+    out = {
         "input_tokens": prompt - cached,
         "output_tokens": int(usage.get("completion_tokens") or 0),
         "cache_creation_input_tokens": None,
@@ -264,8 +265,10 @@ def usage_object(usage: dict[str, Any] | None) -> dict[str, Any]:
         "inference_geo": None,
         "server_tool_use": None,
         "service_tier": None,
-        "cost": usage.get("cost"),
     }
+    if usage.get("cost") is not None:
+        out["cost"] = usage["cost"]
+    return out
 
 
 def _arguments(text: str) -> dict[str, Any]:
@@ -295,6 +298,7 @@ class MessagesExchange(Exchange):
         self.id = new_id("msg")
 
     def message(self, content: list[dict[str, Any]], model: str) -> dict[str, Any]:
+        """The Message object; its usage is zero until known (``message_start``)."""
         return {
             "id": self.id,
             "type": "message",
@@ -420,7 +424,7 @@ class MessagesStream(DialectStream):
             "cache_creation_input_tokens": None,
             "cache_read_input_tokens": usage["cache_read_input_tokens"],
             "server_tool_use": None,
-            "cost": usage["cost"],
+            "cost": usage.get("cost"),
         }
         out += self._event("message_delta", delta=delta, usage=delta_usage)
         return out + self._event("message_stop")
