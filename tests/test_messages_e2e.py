@@ -277,7 +277,9 @@ def test_count_tokens_is_an_estimate_and_free(gateway: Gateway, simulator: Simul
         longer = client.messages.count_tokens(
             model=MODEL, messages=[{"role": "user", "content": "Hello there, how are you? " * 20}]
         ).input_tokens
-    spec_schemas.anthropic().validate("CountMessageTokensResponse", json.loads(raw.http_response.content))
+    spec_schemas.anthropic().validate(
+        "CountMessageTokensResponse", json.loads(raw.http_response.content)
+    )
     assert 0 < short < longer
     assert simulator.received() == seen and balance(gateway, key) == before
 
@@ -285,9 +287,9 @@ def test_count_tokens_is_an_estimate_and_free(gateway: Gateway, simulator: Simul
 def test_errors_are_anthropic_shaped_and_typed_by_the_sdk(gateway: Gateway) -> None:
     _, key = account(gateway, "errors")
     hi = [{"role": "user", "content": "Hi"}]
-    with anthropic.Anthropic(base_url=gateway.url, api_key="sk-am-wrong", max_retries=0) as bad:
-        with pytest.raises(anthropic.AuthenticationError) as auth:
-            bad.messages.create(model=MODEL, max_tokens=10, messages=hi)
+    bad = anthropic.Anthropic(base_url=gateway.url, api_key="sk-am-wrong", max_retries=0)
+    with bad, pytest.raises(anthropic.AuthenticationError) as auth:
+        bad.messages.create(model=MODEL, max_tokens=10, messages=hi)
     spec_schemas.anthropic().validate("ErrorResponse", auth.value.body)
     assert auth.value.body["error"]["type"] == "authentication_error"
     with sdk(gateway, key) as client:
