@@ -27,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "providers": {"errors", "schemas", "catalog", "fastjson", "store", "billing", "interface"},
     "policy": {"errors", "schemas", "catalog", "store", "interface", "providers"},
     "storage": {"errors", "catalog", "store"},
+    # Other API shapes of the chat request (Responses, Anthropic Messages): pure mappings.
+    "dialects": {"errors", "schemas", "fastjson", "billing", "interface", "providers", "store"},
     "topups": {"errors", "store", "billing", "topups.config"},
     "tasks": {
         "errors",
@@ -67,6 +69,7 @@ ALLOWED: dict[str, set[str]] = {
         "topups",
         "tasks",
         "topups.config",
+        "dialects",
     },
     "plugins": {"errors", "interface", "providers", "policy"},
 }

@@ -29,6 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import fastjson
 from ..billing.biller import Bill, Biller, FreeBill
 from ..billing.money import format_usd, usd_number
+from ..dialects import Dialect, Exchange
+from ..dialects.messages import MessagesAPI
+from ..dialects.responses import ResponsesAPI
 from ..errors import (
     APIError,
     InvalidRequest,
@@ -54,11 +57,14 @@ from ..storage import (
     extension_for,
 )
 from ..store.accounts import KeyStore, Principal
+from ..store.responses import StoredResponses
 from ..tasks.render import absolute_url
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency
+from .messages_api import count_tokens_endpoint
 from .reading import read_json, read_multipart, validation_error
 from .receipts import Receipts
+from .responses_api import retrieve_endpoint
 from .speech import open_audio_stream
 from .voices import Voices
 
@@ -235,90 +241,130 @@ class Frontend:
                 unified = schema.model_validate(body)
             except ValidationError as exc:
                 raise validation_error(exc) from None
-            route = self.gateway.route(unified.model)
-            if route is None:
-                raise _unknown_model(unified.model)
-            if route.model.modality is not modality:
-                raise _wrong_modality(route, path)
-            if route.lifecycle is not None:  # 410 once retired; dated headers before that
-                request.scope["state"]["headers"] = route.lifecycle.at(time.time())
-            route.provider.ensure_available()
-            if route.jobs:
-                return await self._through_task(request, principal, route, unified, started)
-            if isinstance(unified, SpeechRequest):
-                self.voices.resolve(route, unified.voice)
-            request_id = request.scope["state"]["request_id"]
-            await check_policy(
-                self.gateway, route, unified, principal.account_id, principal.key_id, request_id
-            )
-            # The estimate also refuses an unpriced variant: all before any hold or I/O. The
-            # hold covers the dearest route the call may take (its fallbacks').
-            attempts = fallback.plan(self.gateway, route, unified)
-            estimate = attempts[0].estimate
-            hold = max(a.hold_micros for a in attempts)
-            deadline = self.gateway.catalog.gateway.fallback_seconds
-            stream = bool(getattr(unified, "stream", False))
-            if stream and IDEMPOTENCY_HEADER in request.headers:
-                raise InvalidRequest(
-                    "Streaming requests cannot be replayed: send them without Idempotency-Key",
-                    param="Idempotency-Key",
-                    code="idempotency_not_supported",
-                )
-            # Speech streams its audio as it comes, unless it must be replayable.
-            audio = modality is Modality.speech and IDEMPOTENCY_HEADER not in request.headers
-            bill = await self.biller.open(
-                request_id, principal, route, hold, stream=stream or audio
-            )
-            guard = (bill, principal, route, unified, request_id)
-            if audio:
-                return await self._guarded(
-                    open_audio_stream(route, unified, estimate, bill), *guard
-                )
-            if stream:
-
-                def on_end_of(attempt: fallback.Attempt) -> Callable[..., Any]:
-                    def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
-                        if attempt is not attempts[0] and isinstance(bill, Bill):
-                            bill.billed_as = attempt.route.billed_as  # the route that served
-                        settled = settle_stream(bill, attempt.route, attempt.estimate, result)
-                        if result.error is not None and result.chunks:  # before: _guarded's
-                            try:  # a refusal mid-stream is audited like any other
-                                self._refused(result.error, principal, route, unified, request_id)
-                            except Exception as exc:
-                                log.error("auditing %s: %s", request_id, type(exc).__name__)
-                        return settled
-
-                    return on_end
-
-                def open_stream(attempt: fallback.Attempt) -> Awaitable[dispatch.Relay]:
-                    return dispatch.open_stream(
-                        attempt.route, unified, on_end_of(attempt), attempt.estimate
-                    )
-
-                served, relay = await self._guarded(
-                    fallback.first_served(attempts, open_stream, deadline), *guard
-                )
-                return RelayResponse(relay, fallback.route_header(served))
-
-            def call_upstream(attempt: fallback.Attempt) -> Awaitable[dispatch.Priced]:
-                return dispatch.call(attempt.route, unified, attempt.estimate)
-
-            served, priced = await self._guarded(
-                fallback.first_served(attempts, call_upstream, deadline), *guard
-            )
-            if served is not attempts[0] and isinstance(bill, Bill):
-                bill.billed_as = served.route.billed_as  # billed as the route that served
-            if isinstance(unified, ImageRequest) and unified.response_format == "url":
-                # A model that answers bytes: kept in the output store, answered as URLs (a
-                # failure to store them fails the call, which is then free).
-                await self._guarded(self._image_urls(priced, request, principal), *guard)
-            # The charge commits after the answer goes out, with its neighbours' within
-            # gateway.commit_delay_ms, off the answer's latency (docs/self-hosting.md).
-            bill.succeed(priced.usage, priced.cost_micros)
-            return _priced_response(priced, started, fallback.route_header(served))
+            return await self._serve(request, principal, unified, path, modality, started)
 
         endpoint.__name__ = path.replace("/", "_")
         return endpoint
+
+    def dialect(self, dialect: Dialect, path: str) -> Callable[[Request], Awaitable[Response]]:
+        """A chat endpoint in another API's shape (``apimodels.dialects``): the same
+        pipeline as ``/v1/chat/completions``, its request and answer translated."""
+
+        async def endpoint(request: Request) -> Response:
+            principal = self.keys.authenticate(dialect.credentials(request.headers))
+            idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+            if idempotency_key is None:
+                return await call(request, principal)
+            return await self.idempotency.run(
+                request, principal.account_id, idempotency_key, lambda: call(request, principal)
+            )
+
+        async def call(request: Request, principal: Principal) -> Response:
+            started = time.perf_counter()
+            exchange = dialect.read(await read_json(request), principal.account_id)
+            return await self._serve(
+                request, principal, exchange.chat, path, Modality.chat, started, exchange
+            )
+
+        endpoint.__name__ = path.replace("/", "_")
+        return endpoint
+
+    def route_for(self, model: str, modality: Modality, path: str) -> Route:
+        """The route of ``model`` (an id or alias), if it is a ``modality`` model (404, 400)."""
+        route = self.gateway.route(model)
+        if route is None:
+            raise _unknown_model(model)
+        if route.model.modality is not modality:
+            raise _wrong_modality(route, path)
+        return route
+
+    async def _serve(
+        self,
+        request: Request,
+        principal: Principal,
+        unified: UnifiedRequest,
+        path: str,
+        modality: Modality,
+        started: float,
+        exchange: Exchange | None = None,
+    ) -> Response:
+        """The life of a call once its request is read: route, lifecycle, policy, the hold,
+        dispatch, billing; the answer in ``exchange``'s shape when it has one."""
+        route = self.route_for(unified.model, modality, path)
+        if route.lifecycle is not None:  # 410 once retired; dated headers before that
+            request.scope["state"]["headers"] = route.lifecycle.at(time.time())
+        route.provider.ensure_available()
+        if route.jobs:
+            return await self._through_task(request, principal, route, unified, started)
+        if isinstance(unified, SpeechRequest):
+            self.voices.resolve(route, unified.voice)
+        request_id = request.scope["state"]["request_id"]
+        await check_policy(
+            self.gateway, route, unified, principal.account_id, principal.key_id, request_id
+        )
+        # The estimate also refuses an unpriced variant: all before any hold or I/O. The
+        # hold covers the dearest route the call may take (its fallbacks').
+        attempts = fallback.plan(self.gateway, route, unified)
+        estimate = attempts[0].estimate
+        hold = max(a.hold_micros for a in attempts)
+        deadline = self.gateway.catalog.gateway.fallback_seconds
+        stream = bool(getattr(unified, "stream", False))
+        if stream and IDEMPOTENCY_HEADER in request.headers:
+            raise InvalidRequest(
+                "Streaming requests cannot be replayed: send them without Idempotency-Key",
+                param="Idempotency-Key",
+                code="idempotency_not_supported",
+            )
+        # Speech streams its audio as it comes, unless it must be replayable.
+        audio = modality is Modality.speech and IDEMPOTENCY_HEADER not in request.headers
+        bill = await self.biller.open(request_id, principal, route, hold, stream=stream or audio)
+        guard = (bill, principal, route, unified, request_id)
+        if audio:
+            return await self._guarded(open_audio_stream(route, unified, estimate, bill), *guard)
+        if stream:
+
+            def open_stream(attempt: fallback.Attempt) -> Awaitable[dispatch.Relay]:
+                # A writer per attempt: one that failed before its first chunk wrote nothing
+                # the client saw, but may have ended its own events.
+                client = exchange.stream() if exchange is not None else None
+
+                def on_end(result: dispatch.StreamResult) -> asyncio.Future[bool] | None:
+                    if attempt is not attempts[0] and isinstance(bill, Bill):
+                        bill.billed_as = attempt.route.billed_as  # the route that served
+                    charged = client.charged if client is not None else None
+                    settled = settle_stream(bill, attempt.route, attempt.estimate, result, charged)
+                    if result.error is not None and result.chunks:  # before: _guarded's
+                        try:  # a refusal mid-stream is audited like any other
+                            self._refused(result.error, principal, route, unified, request_id)
+                        except Exception as exc:
+                            log.error("auditing %s failed: %s", request_id, type(exc).__name__)
+                    return settled
+
+                return dispatch.open_stream(
+                    attempt.route, unified, on_end, attempt.estimate, client
+                )
+
+            served, relay = await self._guarded(
+                fallback.first_served(attempts, open_stream, deadline), *guard
+            )
+            return RelayResponse(relay, fallback.route_header(served))
+
+        def call_upstream(attempt: fallback.Attempt) -> Awaitable[dispatch.Priced]:
+            return dispatch.call(attempt.route, unified, attempt.estimate)
+
+        served, priced = await self._guarded(
+            fallback.first_served(attempts, call_upstream, deadline), *guard
+        )
+        if served is not attempts[0] and isinstance(bill, Bill):
+            bill.billed_as = served.route.billed_as  # billed as the route that served
+        if isinstance(unified, ImageRequest) and unified.response_format == "url":
+            # A model that answers bytes: kept in the output store, answered as URLs (a
+            # failure to store them fails the call, which is then free).
+            await self._guarded(self._image_urls(priced, request, principal), *guard)
+        # The charge commits after the answer goes out, with its neighbours' within
+        # gateway.commit_delay_ms, off the answer's latency (docs/self-hosting.md).
+        bill.succeed(priced.usage, priced.cost_micros)
+        return _priced_response(priced, started, exchange, fallback.route_header(served))
 
     async def _image_urls(
         self, priced: dispatch.Priced, request: Request, principal: Principal
@@ -441,7 +487,11 @@ async def _settled(future: asyncio.Future[bool] | None) -> None:
 
 
 def settle_stream(
-    bill: Bill | FreeBill, route: Route, estimate: Usage, result: dispatch.StreamResult
+    bill: Bill | FreeBill,
+    route: Route,
+    estimate: Usage,
+    result: dispatch.StreamResult,
+    charged: Callable[[Usage, int], None] | None = None,
 ) -> asyncio.Future[bool] | None:
     """Bill a finished stream (see docs/api.md, "Streams"):
 
@@ -450,12 +500,16 @@ def settle_stream(
       what was delivered, namely the estimated input and one output token per chunk
       relayed (capped by the hold);
     - the upstream failed or cut the stream: nothing, like every failed call.
+
+    ``charged`` is told what is charged, if anything (a dialect's last event shows it).
     """
     if (
         result.usage is not None
         and result.cost_micros is not None
         and (result.error is None or result.client_gone)
     ):
+        if charged is not None:
+            charged(result.usage, result.cost_micros)
         return bill.succeed(result.usage, result.cost_micros)
     if result.chunks and (result.client_gone or result.error is None):
         delivered = Usage(input_tokens=estimate.input_tokens, output_tokens=result.chunks)
@@ -464,6 +518,8 @@ def settle_stream(
         except Exception as exc:  # free rather than an open bill pinning its credits
             log.error("pricing a stream of %s failed: %s", route.model.id, type(exc).__name__)
             return bill.fail(exc)
+        if charged is not None:
+            charged(delivered, cost)
         return bill.succeed(delivered, cost)
     if result.error is None and not result.client_gone:  # ended, with nothing in it: free
         return bill.fail(UpstreamError("the stream ended with neither content nor usage"))
@@ -490,7 +546,10 @@ class RelayResponse(StreamingResponse):
 
 
 def _priced_response(
-    priced: dispatch.Priced, started: float, route: dict[str, str] | None = None
+    priced: dispatch.Priced,
+    started: float,
+    exchange: Exchange | None = None,
+    route: dict[str, str] | None = None,
 ) -> Response:
     output = priced.output
     headers = {
@@ -503,6 +562,8 @@ def _priced_response(
         if not isinstance(usage, dict):
             usage = output.body["usage"] = {}
         usage["cost"] = usd_number(priced.cost_micros)  # a number; the header keeps the string
+        if exchange is not None:
+            return json_response(exchange.answer(output.body), headers=headers)
         return json_response(output.body, headers=headers)
     return Response(output.body, media_type=output.content_type, headers=headers)
 
@@ -567,18 +628,27 @@ COUNTERS = {"client_disconnects": 0}
 
 def _with_errors(
     endpoint: Callable[[Request], Awaitable[Response]],
+    dialect: Dialect | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint`` answering every error itself: in OpenAI's shape, or ``dialect``'s."""
+
+    def answer(exc: APIError, request: Request) -> Response:
+        if dialect is None:
+            return error_response(exc)
+        request_id = request.scope["state"].get("request_id", "?")
+        return json_response(dialect.error_body(exc, request_id), exc.status, exc.headers)
+
     async def wrapped(request: Request) -> Response:
         try:
             return await endpoint(request)
         except APIError as exc:
-            return error_response(exc)
+            return answer(exc, request)
         except ClientDisconnect:  # the client left while sending: not the server's error
             COUNTERS["client_disconnects"] += 1
             log.debug("%s: the client left", request.scope["state"].get("request_id"))
             return Response(status_code=400)  # nobody is left to read it
         except Exception as exc:  # answered here, so no traceback reaches any log
-            return await _internal_error(request, exc)
+            return answer(_internal(request, exc), request)
 
     wrapped.__name__ = endpoint.__name__
     return wrapped
@@ -596,7 +666,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
+class InternalError(APIError):
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+
+
+def _internal(request: Request, exc: Exception) -> InternalError:
+    """Log an unexpected error; the client's answer names only the request id."""
     request_id = request.scope.get("state", {}).get("request_id", "?")
     # The class name only: a message or traceback could carry upstream details
     # (APIMODELS_DEBUG=1 logs the traceback, for a developer's own machine).
@@ -606,15 +683,11 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
         type(exc).__name__,
         exc_info=exc if DEBUG else None,
     )
-    body = {
-        "error": {
-            "message": f"The server had an error processing your request ({request_id}).",
-            "type": "server_error",
-            "code": "internal_error",
-            "param": None,
-        }
-    }
-    return json_response(body, 500)
+    return InternalError(f"The server had an error processing your request ({request_id}).")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(_internal(request, exc))
 
 
 def create_app(
@@ -639,8 +712,21 @@ def create_app(
     # The model endpoints: answered in RequestContext's fast lane, and routed by Starlette
     # too (a GET gets its 405 there). First: Starlette tries routes in order, a regex each.
     endpoints = {f"/v1/{path}": _with_errors(frontend.unified(path)) for path in ENDPOINTS}
+    # Other API shapes of chat (apimodels.dialects), each answering errors in its own shape.
+    stored = StoredResponses(idempotency.db, biller.ledger)
+    messages = MessagesAPI()
+    endpoints["/v1/responses"] = _with_errors(frontend.dialect(ResponsesAPI(stored), "responses"))
+    endpoints["/v1/messages"] = _with_errors(frontend.dialect(messages, "messages"), messages)
+    endpoints["/v1/messages/count_tokens"] = _with_errors(
+        count_tokens_endpoint(frontend, messages), messages
+    )
     routes = [
         *(HTTPRoute(path, endpoint, methods=["POST"]) for path, endpoint in endpoints.items()),
+        HTTPRoute(
+            "/v1/responses/{response_id}",
+            _with_errors(retrieve_endpoint(keys, stored)),
+            methods=["GET"],
+        ),
         HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),
         HTTPRoute("/v1/usage", _with_errors(receipts.usage), methods=["GET"]),
         HTTPRoute(

@@ -376,3 +376,22 @@ def m011_privacy(db: sqlite_utils.Database) -> None:
     db["accounts"].add_column("closed_at", str)
     db["accounts"].add_column("outputs_deleted_at", str)  # a closed account's grace ended
     db["accounts"].add_column("pseudonymized_at", str)  # its email and key names replaced
+
+
+@migration
+def m012_stored_responses(db: sqlite_utils.Database) -> None:
+    # Responses API answers kept for GET /v1/responses/{id} and previous_response_id
+    # (store: true, the API's default): the answer as sent, and the conversation so far in
+    # Chat Completions messages, to continue it.
+    db["stored_responses"].create(
+        {
+            "id": str,
+            "account_id": str,
+            "created_at": str,
+            "body": str,  # the Response object, JSON
+            "history": str,  # the chat messages up to and including the answer, JSON
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "created_at", "body", "history"},
+    )

@@ -29,7 +29,12 @@ bodies as strict JSON (no ``NaN`` or ``Infinity``).
 Outputs are deterministic functions of the input (ids and timestamps aside). Usage comes
 from ``tokens()``: one token per 4 characters, rounded up.
 
-Not simulated: real language, tools and function calls (accepted, never called), logprobs,
+A request whose ``tool_choice`` obliges a call (``"required"``: the first tool; or a named
+function) is answered with a call to that function (finish_reason ``tool_calls``, streamed
+as ``tool_calls`` deltas), its arguments filled from the schema's required properties;
+with ``"auto"`` the reply is text.
+
+Not simulated: real language, tools called by choice, logprobs,
 vision and audio understanding, image edits and variations, output formats other than PNG,
 the Responses, Files, Batch and other APIs, organizations and projects, and rate limits
 other than the ones you ask for.
@@ -535,6 +540,9 @@ async def chat(request: Request, body: dict[str, Any]) -> Response:
             "stream_options",
             "invalid_value",
         )
+    tool = _forced_tool(body)
+    if tool is not None:
+        return _tool_call(request, body, model, messages, tool, stream)
     reasoning = _reasoning_tokens(model, messages)
     if limit is not None:
         reasoning = min(reasoning, limit)  # hidden reasoning counts against the limit too
@@ -580,6 +588,78 @@ async def chat(request: Request, body: dict[str, Any]) -> Response:
         for i, (text, finish) in enumerate(replies)
     ]
     return JSONResponse({**head, "object": "chat.completion", "choices": choices, "usage": usage})
+
+
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function a request's ``tool_choice`` obliges the model to call, if any."""
+    tools = [t.get("function") or {} for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if not tools or choice in (None, "auto", "none"):
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((t for t in tools if t.get("name") == name), None)
+    return tools[0]
+
+
+def _arguments(tool: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+    """Arguments for a call: each required property, a string from the last message's
+    words, numbers 1, booleans true."""
+    schema = tool.get("parameters") or {}
+    words = re.findall(r"\w+", _content_text(messages[-1].get("content"))) or ["simulated"]
+    samples = {"integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
+    args = {
+        name: samples.get((schema.get("properties") or {}).get(name, {}).get("type"), words[-1])
+        for name in schema.get("required") or []
+    }
+    return json.dumps(args)
+
+
+def _tool_call(
+    request: Request,
+    body: dict[str, Any],
+    model: str,
+    messages: list[dict[str, Any]],
+    tool: dict[str, Any],
+    stream: bool,
+) -> Response:
+    call = {
+        "id": _ident("call_"),
+        "type": "function",
+        "function": {"name": tool.get("name", ""), "arguments": _arguments(tool, messages)},
+    }
+    prompt = _prompt_tokens(body, messages)
+    completion = tokens(json.dumps(call["function"]))
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}  # fmt: skip
+    head = {"id": _ident("chatcmpl-"), "created": int(time.time()), "model": model,
+            "system_fingerprint": "fp_sim0001"}  # fmt: skip
+    if not stream:
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        return JSONResponse(
+            {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+        )
+    include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
+
+    async def events() -> AsyncIterator[bytes]:
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        yield chunk({"role": "assistant", "content": None})
+        first = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+        yield chunk({"tool_calls": [{"index": 0, **first}]})
+        for piece in (arguments[:half], arguments[half:]):
+            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        yield chunk({}, "tool_calls")
+        if include_usage:
+            yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        yield _sse("[DONE]")
+
+    return _Stream(events(), media_type="text/event-stream")
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
