@@ -204,3 +204,14 @@ def test_the_kind_registers_without_a_base_url_so_each_instance_sets_one() -> No
     catalog.providers["local"] = catalog.providers["local"].model_copy(update={"base_url": None})
     with pytest.raises(ConfigError, match=r"providers\.local: set base_url"):
         build_gateway(catalog, pm, environ={})
+
+
+def test_an_instance_without_api_key_env_reads_its_own_variable() -> None:
+    catalog = CATALOG.model_copy(deep=True)
+    for name in ("local", "strict"):
+        catalog.providers[name] = catalog.providers[name].model_copy(update={"api_key_env": None})
+    environ = {"LOCAL_API_KEY": "sk-local-key-0123456789", "OPENAI_COMPATIBLE_API_KEY": "shared"}
+    gateway = build_gateway(catalog, pm, environ=environ)
+    assert gateway.providers["local"].upstream.api_key == "sk-local-key-0123456789"
+    strict = gateway.providers["strict"]  # never the kind's variable, shared by every instance
+    assert strict.upstream.api_key is None and "STRICT_API_KEY" in (strict.unavailable or "")

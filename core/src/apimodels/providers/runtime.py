@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -297,6 +298,13 @@ def registered_providers(pm: pluggy.PluginManager) -> dict[str, tuple[ProviderSp
     return found
 
 
+def instance_key_env(name: str) -> str:
+    """The key variable of an instance that names none (``[providers.my-groq]`` reads
+    ``MY_GROQ_API_KEY``): its own, never its kind's, so two instances of one plugin never
+    send one server's key to the other."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_API_KEY"
+
+
 def sandbox_base_url(base_url: str, origin: str) -> str:
     """The simulator's URL for a provider: its real base URL's path on a local origin."""
     return origin.rstrip("/") + urlsplit(base_url).path.rstrip("/")
@@ -333,7 +341,9 @@ def build_gateway(
                 settings = spec.settings.model_validate(config.settings)
             except Exception as exc:  # pydantic's message names the field
                 raise ConfigError(f"registry.toml: providers.{name}.settings: {exc}") from None
-        key_env = config.api_key_env or spec.api_key_env
+        key_env = config.api_key_env or (
+            spec.api_key_env if kind == name else instance_key_env(name)
+        )
         api_key = env.get(key_env) or None
         unavailable = None
         if api_key is None and not sandbox:
