@@ -215,3 +215,27 @@ def test_an_instance_without_api_key_env_reads_its_own_variable() -> None:
     assert gateway.providers["local"].upstream.api_key == "sk-local-key-0123456789"
     strict = gateway.providers["strict"]  # never the kind's variable, shared by every instance
     assert strict.upstream.api_key is None and "STRICT_API_KEY" in (strict.unavailable or "")
+
+
+def test_the_shipped_examples_are_off_and_build_once_enabled() -> None:
+    shipped = load_catalog(Path(__file__).parents[3] / "registry.toml")
+    examples = ("ollama", "groq")
+    assert not any(shipped.providers[name].enabled for name in examples)
+    enabled = shipped.model_copy(
+        update={
+            "providers": {
+                name: shipped.providers[name].model_copy(update={"enabled": True})
+                for name in examples
+            },
+            "models": {k: m for k, m in shipped.models.items() if m.provider in examples},
+            "aliases": {},
+        }
+    )
+    gateway = build_gateway(enabled, pm, environ={"GROQ_API_KEY": "gsk_test"})
+    groq = gateway.providers["groq"]
+    assert groq.upstream.base_url == "https://api.groq.com/openai/v1"
+    assert groq.upstream.settings.drop_params == ("logprobs", "logit_bias", "top_logprobs")
+    assert "OLLAMA_API_KEY" in (gateway.providers["ollama"].unavailable or "")
+    assert (
+        gateway.routes["groq/llama-3.3-70b-versatile"].model.upstream == "llama-3.3-70b-versatile"
+    )
