@@ -34,12 +34,14 @@ reserve_idle_seconds = 1
 [providers.up]
 package = "apimodels-openai"
 kind = "openai"
+api_key_env = "OPENAI_API_KEY"
 base_url = "{up}/v1"
 max_retries = 0
 
 [providers.down]
 package = "apimodels-openai"
 kind = "openai"
+api_key_env = "OPENAI_API_KEY"
 base_url = "{down}/v1"
 max_retries = 0
 

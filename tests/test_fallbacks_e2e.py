@@ -19,6 +19,7 @@ BACKUP_REGISTRY = f"""
 [providers.openai-backup]
 package = "apimodels-openai"
 kind = "openai"
+api_key_env = "OPENAI_API_KEY"
 
 [models."{BACKUP}"]
 provider = "openai-backup"

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -308,11 +309,24 @@ def registered_providers(pm: pluggy.PluginManager) -> dict[str, tuple[ProviderSp
     return found
 
 
-def _key_envs(config: ProviderConfig, spec: ProviderSpec) -> list[tuple[str, int]]:
+def instance_key_env(name: str) -> str:
+    """The key variable of an instance that names none (``[providers.my-groq]`` reads
+    ``MY_GROQ_API_KEY``): its own, never its kind's, so two instances of one plugin never
+    send one server's key to the other."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_API_KEY"
+
+
+def _key_envs(name: str, config: ProviderConfig, spec: ProviderSpec) -> list[tuple[str, int]]:
     """The variables that may hold a provider's keys, with their weights: its own (used
-    when set), then those ``keys`` lists."""
-    own = config.api_key_env or spec.api_key_env
+    when set; an instance's is never its kind's), then those ``keys`` lists."""
+    own = _own_key_env(name, config, spec)
     return [(own, 1), *((k.env, k.weight) for k in config.keys)]
+
+
+def _own_key_env(name: str, config: ProviderConfig, spec: ProviderSpec) -> str:
+    if config.api_key_env:
+        return config.api_key_env
+    return spec.api_key_env if (config.kind or name) == name else instance_key_env(name)
 
 
 def sandbox_base_url(base_url: str, origin: str) -> str:
@@ -355,7 +369,7 @@ def build_gateway(
         webhook_secret = env.get(secret_env) if secret_env else None
         base_url = (config.base_url or spec.base_url).rstrip("/")
         keys = []
-        for i, (key_env, weight) in enumerate(_key_envs(config, spec)):
+        for i, (key_env, weight) in enumerate(_key_envs(name, config, spec)):
             if env.get(key_env):
                 upstream = Upstream(name, base_url, env[key_env], settings, webhook_secret)
                 keys.append(PooledKey(upstream, key_env, weight))
@@ -363,7 +377,7 @@ def build_gateway(
                 notices.append(f"provider {name}: {key_env} is not set; that key is left out")
         unavailable = None
         if not keys:
-            key_env = config.api_key_env or spec.api_key_env
+            key_env = _own_key_env(name, config, spec)
             upstream = Upstream(name, base_url, None, settings, webhook_secret)
             if not sandbox:
                 unavailable = (
