@@ -197,3 +197,29 @@ def test_tasks_list(run) -> None:  # type: ignore[no-untyped-def]
     out = run("tasks", "list", "--account", "t@example.com", "--status", "failed")
     assert "id" in out and "task_" not in out
     assert "Invalid value" in run("tasks", "list", "--status", "nope", code=2)
+
+
+def test_plugins_lists_instances_and_their_key_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = (ROOT / "registry.toml").read_text() + (
+        '\n[providers.openai-eu]\npackage = "apimodels-openai"\nkind = "openai"\n'
+        'base_url = "https://eu.example/v1"\n'
+        '[[providers.openai-eu.keys]]\nenv = "EU_KEY_2"\nweight = 3\n'
+    )
+    (tmp_path / "registry.toml").write_text(registry)
+    monkeypatch.setenv("EU_KEY_2", "sk-never-shown-0123456789abcdef")
+    monkeypatch.delenv("OPENAI_EU_API_KEY", raising=False)
+    result = CliRunner().invoke(
+        cli,
+        ["--registry", str(tmp_path / "registry.toml"), "--db", str(tmp_path / "c.db"), "plugins"],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 0, result.output
+    line = next(
+        row for row in result.output.splitlines() if "openai-eu" in row and "eu.example" in row
+    )
+    assert "OPENAI_EU_API_KEY: not set, 1" in line and "EU_KEY_2: set, 3" in line
+    assert "sk-never-shown" not in result.output
+    row = next(r for r in result.output.splitlines() if r.startswith("│ openai "))
+    assert "openai, openai-eu" in row  # the openai plugin's provider, enabled twice

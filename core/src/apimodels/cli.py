@@ -10,7 +10,7 @@ import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 
 from .errors import APIError, ConfigError
 from .store import accounts as acc
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 # Piped output is not cut to 80 columns: ids and keys must survive `| grep`.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -161,9 +164,13 @@ def plugins(ctx: click.Context) -> None:
     providers = registered_providers(pm)
     try:
         catalog = _catalog(ctx)
-        enabled = {n for n, p in catalog.providers.items() if p.enabled}
     except ConfigError:
-        enabled = set()
+        catalog = None
+    # Each registered provider's enabled providers: itself, or its instances (``kind``).
+    enabled: dict[str, list[str]] = {}
+    for n, p in sorted(catalog.providers.items()) if catalog else []:
+        if p.enabled:
+            enabled.setdefault(p.kind or n, []).append(n)
     # Installed plugins (loaded or not), then those the core registers itself.
     rows: list[tuple[str, InstalledPlugin | None]] = [(r.name, r) for r in records]
     listed = {r.name for r in records}
@@ -187,13 +194,35 @@ def plugins(ctx: click.Context) -> None:
             (record.hook_api or "undeclared") if record else "built in",
             status if status == "loaded" else f"[red]{status}[/]",
             ", ".join(served) or "-",
-            ", ".join(n for n in served if n in enabled) or "-",
+            ", ".join(i for n in served for i in enabled.get(n, [])) or "-",
             ", ".join(hooks) or "-",
         )
     console.print(table)
+    if catalog is not None:
+        console.print(_upstream_keys(catalog, providers))
     for record in records:
         if record.error:
             err_console.print(f"[bold red]error:[/] {escape(record.error)}", highlight=False)
+
+
+def _upstream_keys(catalog: Catalog, registered: dict[str, Any]) -> Table:
+    """The enabled providers' key variables, and which are set in this environment (names
+    only: a key's value is never shown). A running server logs each key it rests."""
+    from .providers.runtime import key_variables
+
+    table = Table("provider", "kind", "base URL", "keys (variable: set?, weight)")
+    for name, config in sorted(catalog.providers.items()):
+        kind = config.kind or name
+        if not config.enabled or kind not in registered:
+            continue
+        spec = registered[kind][0]
+        keys = ", ".join(
+            f"{env}: {'set' if os.environ.get(env) else '[red]not set[/]'}, {weight}"
+            for env, weight in key_variables(name, config, spec)
+        )
+        base_url = config.base_url or spec.base_url
+        table.add_row(name, kind if kind != name else "-", base_url, keys)
+    return table
 
 
 @cli.command()

@@ -316,7 +316,7 @@ def instance_key_env(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_API_KEY"
 
 
-def _key_envs(name: str, config: ProviderConfig, spec: ProviderSpec) -> list[tuple[str, int]]:
+def key_variables(name: str, config: ProviderConfig, spec: ProviderSpec) -> list[tuple[str, int]]:
     """The variables that may hold a provider's keys, with their weights: its own (used
     when set; an instance's is never its kind's), then those ``keys`` lists."""
     own = _own_key_env(name, config, spec)
@@ -369,7 +369,7 @@ def build_gateway(
         webhook_secret = env.get(secret_env) if secret_env else None
         base_url = (config.base_url or spec.base_url).rstrip("/")
         keys = []
-        for i, (key_env, weight) in enumerate(_key_envs(name, config, spec)):
+        for i, (key_env, weight) in enumerate(key_variables(name, config, spec)):
             if env.get(key_env):
                 upstream = Upstream(name, base_url, env[key_env], settings, webhook_secret)
                 keys.append(PooledKey(upstream, key_env, weight))

@@ -56,6 +56,8 @@ from apimodels import (
 
 from .settings import DEFAULT, Settings
 
+apimodels_hook_api = ">=2,<3"  # the hook-API versions this plugin is written for
+
 __all__ = ["PROVIDER", "Settings", "base64_embedding"]
 
 PROVIDER = "openai-compatible"
