@@ -354,3 +354,9 @@ def m009_reservations(db: sqlite_utils.Database) -> None:
 def m010_audio_input_tokens(db: sqlite_utils.Database) -> None:
     # Audio a model reads as tokens (gpt-4o-transcribe), priced apart from its text tokens.
     db["usage"].add_column("audio_input_tokens", int)
+
+
+@migration
+def m011_cache_write_tokens(db: sqlite_utils.Database) -> None:
+    # Input written to a provider's prompt cache (Anthropic), priced apart from the rest.
+    db["usage"].add_column("cache_write_tokens", int)
