@@ -68,7 +68,8 @@ def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
     if not isinstance(request, ChatRequest):
         return None
     extra = request.model_extra or {}
-    prompt = _bytes(request.text()) + _bytes(extra.get("tools") or [])
+    tools = extra.get("tools")
+    prompt = _bytes(request.text()) + (_bytes(tools) if tools else 0)
     for message in request.messages:
         prompt += _MESSAGE_OVERHEAD
         if message.model_extra and message.model_extra.get("tool_calls"):

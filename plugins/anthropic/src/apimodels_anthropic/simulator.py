@@ -2,7 +2,8 @@
 
 ``create_app()`` serves Anthropic's paths with its payloads, headers and error bodies
 (``{"type": "error", "error": {"type", "message"}, "request_id"}``). Every ``/v1`` request
-needs ``x-api-key`` and ``anthropic-version`` headers, as the API does:
+needs the key (``x-api-key``, or ``Authorization: Bearer``, which the official SDK sends)
+and an ``anthropic-version`` header, as the API does:
 
 - ``POST /v1/messages``: a templated reply that quotes the last user text, or, when the
   request offers tools and names one of them in its last user text (or ``tool_choice``
@@ -41,8 +42,8 @@ restores the defaults):
   the connection mid-stream; ``{"kind": "malformed"}`` answers a 200 whose JSON is cut
   short; ``{"kind": "timeout", "seconds": 60}`` waits before answering.
 
-``GET /_sim/requests`` lists the last ``RECORDED`` requests (headers without
-``x-api-key``, the JSON body); ``DELETE`` clears it.
+``GET /_sim/requests`` lists the last ``RECORDED`` requests (headers without the key,
+the JSON body); ``DELETE`` clears it.
 """
 
 from __future__ import annotations
@@ -413,6 +414,7 @@ async def messages(request: Request, body: dict[str, Any]) -> Response:
             "id": _ident("toolu_"),
             "name": tool["name"],
             "input": _tool_input(tool, _last_user_text(body["messages"])),
+            "caller": {"type": "direct"},
         }
         blocks, stop, stop_sequence = [call], "tool_use", None
         output = tokens(json.dumps(call["input"])) + 10
@@ -600,6 +602,15 @@ async def _fail(request: Request, body: dict[str, Any] | None) -> Response | Non
     return _Stream(_cut_json(), media_type="application/json")
 
 
+_SECRET_HEADERS = ("x-api-key", "authorization")
+
+
+def _given_key(request: Request) -> str | None:
+    """The key in ``x-api-key``, or as a Bearer token (which the official SDK sends)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return request.headers.get("x-api-key") or (token if scheme.lower() == "bearer" else None)
+
+
 def _endpoint(handler: Handler, api_key: str | None) -> Callable[[Request], Awaitable[Response]]:
     """What every ``/v1`` request goes through: recording, latency, the headers Anthropic
     requires, the failure queue, then Anthropic's error bodies and ``request-id``."""
@@ -612,7 +623,7 @@ def _endpoint(handler: Handler, api_key: str | None) -> Callable[[Request], Awai
         except ValueError:
             body = None
         state.seq += 1
-        headers = {k: v for k, v in request.headers.items() if k != "x-api-key"}
+        headers = {k: v for k, v in request.headers.items() if k not in _SECRET_HEADERS}
         state.requests.append(
             {
                 "seq": state.seq,
@@ -625,8 +636,7 @@ def _endpoint(handler: Handler, api_key: str | None) -> Callable[[Request], Awai
         try:
             if state.knobs.get("latency"):
                 await asyncio.sleep(float(state.knobs["latency"]))
-            given = request.headers.get("x-api-key")
-            if api_key is not None and given != api_key:
+            if api_key is not None and _given_key(request) != api_key:
                 raise AnthropicError(401, "invalid x-api-key")
             if not request.headers.get("anthropic-version"):
                 raise _invalid("anthropic-version: header is required")
@@ -674,8 +684,8 @@ async def unknown_path(request: Request, body: dict[str, Any]) -> Response:
 
 
 def create_app(*, api_key: str | None = None, latency: float = 0.0) -> Starlette:
-    """The simulator. With ``api_key``, every ``/v1`` request must bear it in
-    ``x-api-key``; ``latency`` is the default of the ``latency`` knob."""
+    """The simulator. With ``api_key``, every ``/v1`` request must bear it (``x-api-key``
+    or a Bearer token); ``latency`` is the default of the ``latency`` knob."""
     routes = [
         Route("/v1/messages", _endpoint(messages, api_key), methods=["POST"]),
         Route("/v1/messages/count_tokens", _endpoint(count_tokens, api_key), methods=["POST"]),
