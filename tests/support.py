@@ -22,6 +22,7 @@ from apimodels.testing import bound_socket, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_KEY = "sk-sim-e2e-0123456789abcdef"
+ANTHROPIC_KEY = "sk-ant-sim-e2e-0123456789abcdef"
 
 REPLICATE_KEY = "r8_sim_" + "k" * 32
 REPLICATE_SECRET = "whsec_" + base64.b64encode(b"replicate-simulator-secret-0123").decode()
@@ -107,10 +108,12 @@ def registry_for(
     extra: str = "",
     *,
     replicate: str | None = None,
+    anthropic: str | None = None,
     tasks: str | None = None,
 ) -> Path:
     """The repository's registry.toml with the OpenAI provider pointed at ``upstream`` (and
-    Replicate at ``replicate``, when given; ``tasks`` replaces the ``[tasks]`` table)."""
+    Replicate at ``replicate``, Anthropic at ``anthropic``, when given; ``tasks`` replaces
+    the ``[tasks]`` table)."""
     text = (ROOT / "registry.toml").read_text()
     if tasks is not None:
         text = re.sub(r"\[tasks\]\n(?:[^\[\n][^\n]*\n|\n)*", tasks.lstrip() + "\n", text)
@@ -118,6 +121,10 @@ def registry_for(
     if replicate is not None:
         text = text.replace(
             '# base_url = "https://api.replicate.com/v1"', f'base_url = "{replicate}/v1"'
+        )
+    if anthropic is not None:
+        text = text.replace(
+            '# base_url = "https://api.anthropic.com/v1"', f'base_url = "{anthropic}/v1"'
         )
     # Each call's reserved credits go back with its answer, so a test reads exact holds;
     # tests of reservations that stay set this themselves.

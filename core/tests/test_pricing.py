@@ -33,6 +33,34 @@ def test_cached_tokens_default_to_the_input_price() -> None:
     assert price_usage(p, Usage(input_tokens=10, cached_input_tokens=10)) == Decimal("0.00002")
 
 
+def test_cache_reads_and_writes_are_parts_of_the_input_each_at_its_price() -> None:
+    # Anthropic's 5-minute cache writes cost 1.25x the input price, reads 0.1x.
+    p = Pricing(
+        input_per_1m="3", cached_input_per_1m="0.30", cache_write_per_1m="3.75", output_per_1m="15"
+    )
+    usage = Usage(input_tokens=10_000, cached_input_tokens=6000, cache_write_tokens=3000)
+    # 1000 * 3/1M + 6000 * 0.30/1M + 3000 * 3.75/1M
+    assert price_usage(p, usage) == Decimal("0.003") + Decimal("0.0018") + Decimal("0.01125")
+    # Without a cache-write price, writes cost what input does.
+    plain = Pricing(input_per_1m="3", output_per_1m="15")
+    assert price_usage(plain, Usage(input_tokens=100, cache_write_tokens=100)) == Decimal("0.0003")
+
+
+def test_cache_writes_may_reach_the_context_window_when_priced() -> None:
+    model = ModelConfig(
+        provider="acme",
+        upstream="m",
+        modality="chat",
+        context_tokens=8000,
+        pricing=Pricing(input_per_1m="1", cache_write_per_1m="1.25", output_per_1m="2"),
+    )
+    estimate = Usage(input_tokens=50, output_tokens=100, cache_write_tokens=50)
+    ceiling = usage_ceiling(model, estimate)
+    assert ceiling["cache_write_tokens"] == 8000
+    cached = Usage(input_tokens=7000, cache_write_tokens=6000, output_tokens=100)
+    assert usage_problem(cached, ceiling) is None
+
+
 def test_image_tables_characters_seconds_and_markup() -> None:
     table = Pricing(per_image={"hd/1024x1024": "0.08", "standard/1024x1024": "0.04"}, markup="0.25")
     assert price_usage(table, Usage(images=2, variant="hd/1024x1024")) == Decimal("0.2")
@@ -80,7 +108,11 @@ def test_the_ceiling_is_the_estimate_with_input_up_to_the_context_window() -> No
     ("usage", "problem"),
     [
         (Usage(input_tokens=-1_000_000_000, output_tokens=5), "input_tokens is -1000000000"),
-        (Usage(input_tokens=10, cached_input_tokens=50), "more cached input tokens"),
+        (Usage(input_tokens=10, cached_input_tokens=50), "more cached or cache-written"),
+        (
+            Usage(input_tokens=10, cached_input_tokens=6, cache_write_tokens=6),
+            "more cached or cache-written",
+        ),
         (Usage(input_tokens=10, output_tokens=10**15), "output_tokens 1000000000000000 is more"),
         (Usage(input_tokens=8001), "input_tokens 8001 is more"),
         (Usage(seconds=Decimal("NaN")), "seconds is Decimal('NaN')"),

@@ -56,6 +56,7 @@ class Pricing(_Strict):
     per_output: Price | None = None  # per file a task produces (a video, a song)
     per_run_second: Price | None = None  # per second of upstream hardware time
     audio_input_per_1m: Price | None = None  # audio read as tokens (input_per_1m: its text)
+    cache_write_per_1m: Price | None = None  # input written to a prompt cache (5-minute)
     markup: Price = Decimal(0)
 
     def as_dict(self) -> dict[str, Any]:

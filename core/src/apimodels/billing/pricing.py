@@ -34,16 +34,20 @@ def image_unit_price(pricing: Pricing, variant: str | None, model_id: str) -> De
     )
 
 
+def _or(price: Decimal | None, fallback: Decimal) -> Decimal:
+    return fallback if price is None else price
+
+
 def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
     """Exact USD price of ``usage`` (not yet rounded), markup included."""
     total = Decimal(0)
-    uncached = usage.input_tokens - usage.cached_input_tokens
     if usage.input_tokens and pricing.input_per_1m is not None:
-        total += uncached * pricing.input_per_1m / _MILLION
-        cached_price = pricing.cached_input_per_1m
-        if cached_price is None:
-            cached_price = pricing.input_per_1m
-        total += usage.cached_input_tokens * cached_price / _MILLION
+        # Cache reads and writes are parts of the input, each at its price (the input
+        # price when the catalog has none for it).
+        cached, written = usage.cached_input_tokens, usage.cache_write_tokens
+        total += (usage.input_tokens - cached - written) * pricing.input_per_1m / _MILLION
+        total += cached * _or(pricing.cached_input_per_1m, pricing.input_per_1m) / _MILLION
+        total += written * _or(pricing.cache_write_per_1m, pricing.input_per_1m) / _MILLION
     if usage.output_tokens and pricing.output_per_1m is not None:
         total += usage.output_tokens * pricing.output_per_1m / _MILLION
     if usage.images and pricing.per_image is not None:
@@ -87,15 +91,16 @@ def usage_ceiling(
     The estimate is already the most the request can use (``estimate_usage``: the output
     limit asked for or the model's, the images asked for, the input's characters or
     duration, the model's maxima for a job), except for input tokens (of text or
-    audio): images, tokenizers and audio encodings can make an input longer than the
-    estimate suggests, up to the model's context window (``context_tokens``). So the
-    ceiling is the estimate with its input tokens raised to that window, and a duration
-    given a second of slack. No call is charged more than the price of its ceiling.
+    audio, and those written to a prompt cache): images, tokenizers and audio encodings
+    can make an input longer than the estimate suggests, up to the model's context window
+    (``context_tokens``). So the ceiling is the estimate with its input tokens raised to
+    that window, and a duration given a second of slack. No call is charged more than the
+    price of its ceiling.
     """
     if priced is None:
         priced = priced_quantities(model.pricing)
     ceiling: dict[str, int | Decimal] = {name: getattr(estimate, name) for name in priced}
-    for tokens in ("input_tokens", "audio_input_tokens"):
+    for tokens in ("input_tokens", "audio_input_tokens", "cache_write_tokens"):
         if tokens in ceiling:
             ceiling[tokens] = max(getattr(estimate, tokens), model.context_tokens or 0)
     if ceiling.get("seconds"):
@@ -113,8 +118,8 @@ def usage_problem(usage: Usage, ceiling: dict[str, int | Decimal]) -> str | None
                 return f"{quantity.name} is {value!r}"
         elif type(value) is not int or value < 0:
             return f"{quantity.name} is {value!r}"
-    if usage.cached_input_tokens > usage.input_tokens:
-        return "more cached input tokens than input tokens"
+    if usage.cached_input_tokens + usage.cache_write_tokens > usage.input_tokens:
+        return "more cached or cache-written input tokens than input tokens"
     for name, most in ceiling.items():
         if getattr(usage, name) > most:
             return f"{name} {getattr(usage, name)} is more than this request can use ({most})"

@@ -20,6 +20,10 @@ from typing import Any
 class Usage:
     """Billable quantities of one call; pricing multiplies them by the catalog's unit prices.
 
+    ``input_tokens`` counts every input token the model read; ``cached_input_tokens`` (read
+    from a prompt cache) and ``cache_write_tokens`` (written to one) are parts of it, each
+    priced at its own rate, the rest at the input price.
+
     ``variant`` selects a row of a per-image price table (for example ``"hd/1024x1024"``).
     """
 
@@ -32,6 +36,9 @@ class Usage:
     outputs: int = 0  # files a task produced (videos, songs), for ``per_output`` prices
     run_seconds: Decimal = field(default_factory=Decimal)  # upstream hardware time of a job
     audio_input_tokens: int = 0  # audio a model reads as tokens (``input_tokens``: text)
+    #: Input tokens written to the provider's prompt cache (Anthropic's cache creation),
+    #: part of ``input_tokens`` like ``cached_input_tokens`` (the ones read from it).
+    cache_write_tokens: int = 0
     variant: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,6 +87,7 @@ QUANTITIES = (
     Quantity("outputs", _or_none, ("per_output",)),
     Quantity("run_seconds", _decimal, ("per_run_second",), decimal=True),
     Quantity("audio_input_tokens", _as_is, ("audio_input_per_1m",)),
+    Quantity("cache_write_tokens", _as_is, ("cache_write_per_1m",)),
 )
 #: The usage row's quantity columns.
 QUANTITY_FIELDS = tuple(q.name for q in QUANTITIES)

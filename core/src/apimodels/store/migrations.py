@@ -395,3 +395,9 @@ def m012_stored_responses(db: sqlite_utils.Database) -> None:
         foreign_keys=[("account_id", "accounts", "id")],
         not_null={"account_id", "created_at", "body", "history"},
     )
+
+
+@migration
+def m013_cache_write_tokens(db: sqlite_utils.Database) -> None:
+    # Input written to a provider's prompt cache (Anthropic), priced apart from the rest.
+    db["usage"].add_column("cache_write_tokens", int)

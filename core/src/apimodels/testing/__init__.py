@@ -131,10 +131,11 @@ class OpenAPI:
         *,
         content_type: str = "application/json",
     ) -> None:
-        """Check a response body against the schema of its status (or ``default``)."""
+        """Check a response body against the schema of its status, of its status range
+        (``4XX``, as OpenAPI allows) or ``default``."""
         op = self._operation(method, path)
         responses = op["responses"]
-        key = str(status) if str(status) in responses else "default"
+        key = next((k for k in (str(status), f"{status // 100}XX") if k in responses), "default")
         if key not in responses:
             raise AssertionError(f"{method.upper()} {path} documents no {status} answer")
         content = responses[key].get("content", {})

@@ -265,6 +265,9 @@ class ProviderConformance:
                 for n in (0, 1, 2, 10, 1000):
                     usage = Usage(
                         input_tokens=n,
+                        # a third read from a prompt cache, a third written to it
+                        cached_input_tokens=n // 3,
+                        cache_write_tokens=n // 3,
                         output_tokens=n,
                         images=n,
                         characters=n,
