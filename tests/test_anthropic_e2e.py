@@ -314,3 +314,29 @@ def test_an_error_event_before_the_first_chunk_is_a_plain_http_error(
     assert response.status_code == 503 and info.value.code == "upstream_overloaded"
     failed = row(gateway, response.headers["x-request-id"])
     assert failed["status"] == "failed" and failed["cost_micros"] == 0
+
+
+def test_a_claude_client_through_the_messages_api_to_claude(gateway: Gateway) -> None:
+    """Both sides Anthropic-shaped: the anthropic SDK calls /v1/messages, the gateway maps
+    to Chat Completions and back to Anthropic's Messages upstream, billed at the catalog."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0)
+    raw = client.messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=100,
+        system="Answer in one line.",
+        messages=[{"role": "user", "content": "Name three colours."}],
+    )
+    message = raw.parse()
+    assert message.type == "message" and message.stop_reason == "end_turn"
+    assert "Name three colours" in message.content[0].text
+    usage = message.usage
+    exact = (usage.input_tokens * INPUT + usage.output_tokens * OUTPUT) / 1_000_000
+    assert row(gateway, raw.headers["x-request-id"])["cost_micros"] == micros(exact)
+    with client.messages.stream(
+        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "Stream please."}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text.startswith("This is simulated reply") and final.usage.output_tokens > 0
