@@ -227,12 +227,7 @@ class Frontend:
 
         async def endpoint(request: Request) -> Response:
             principal = self.keys.authenticate(request.headers.get("authorization"))
-            idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
-            if idempotency_key is None:
-                return await call(request, principal)
-            return await self.idempotency.run(
-                request, principal.account_id, idempotency_key, lambda: call(request, principal)
-            )
+            return await self._replayable(request, principal, call)
 
         async def call(request: Request, principal: Principal) -> Response:
             started = time.perf_counter()
@@ -252,12 +247,7 @@ class Frontend:
 
         async def endpoint(request: Request) -> Response:
             principal = self.keys.authenticate(dialect.credentials(request.headers))
-            idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
-            if idempotency_key is None:
-                return await call(request, principal)
-            return await self.idempotency.run(
-                request, principal.account_id, idempotency_key, lambda: call(request, principal)
-            )
+            return await self._replayable(request, principal, call)
 
         async def call(request: Request, principal: Principal) -> Response:
             started = time.perf_counter()
@@ -268,6 +258,21 @@ class Frontend:
 
         endpoint.__name__ = path.replace("/", "_")
         return endpoint
+
+    async def _replayable(
+        self,
+        request: Request,
+        principal: Principal,
+        call: Callable[[Request, Principal], Awaitable[Response]],
+    ) -> Response:
+        """``call``, or the answer it gave before when the request repeats an
+        Idempotency-Key (http/idempotency.py)."""
+        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+        if idempotency_key is None:
+            return await call(request, principal)
+        return await self.idempotency.run(
+            request, principal.account_id, idempotency_key, lambda: call(request, principal)
+        )
 
     def route_for(self, model: str, modality: Modality, path: str) -> Route:
         """The route of ``model`` (an id or alias), if it is a ``modality`` model (404, 400)."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlite_utils
 import uvicorn
@@ -44,7 +47,7 @@ class Simulators:
                 gateway.notices.append(provider.unavailable)
                 continue
             api_key = "sk-sim-" + secrets.token_hex(16)
-            factory = provider.spec.simulator
+            factory = simulator_factory(provider.spec.simulator)
             # An instance's simulator may act out its settings (a server's quirks).
             takes_settings = "settings" in inspect.signature(factory).parameters
             extra = {"settings": provider.upstream.settings} if takes_settings else {}
@@ -81,6 +84,15 @@ class Simulators:
             server.should_exit = True
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def simulator_factory(simulator: Callable[..., Any] | str) -> Callable[..., Any]:
+    """A spec's simulator factory, imported now if the spec names it as ``"module:name"``."""
+    if not isinstance(simulator, str):
+        return simulator
+    module, _, name = simulator.partition(":")
+    factory: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return factory
 
 
 def demo_key(db: sqlite_utils.Database, ledger: Ledger) -> str:

@@ -28,9 +28,11 @@ class ProviderSpec:
     :param base_url: the upstream's real base URL, used unless registry.toml overrides it;
         empty for a provider configured only as instances, each with its own ``base_url``.
     :param api_key_env: the environment variable that holds the upstream key by default.
-    :param simulator: a factory returning an ASGI app that imitates the upstream; called with
-        ``api_key=`` (the key the simulator should demand) and, if it takes it, ``settings=``
-        (the instance's validated settings). Sandbox mode and the tests use it.
+    :param simulator: a factory returning an ASGI app that imitates the upstream, or its
+        ``"module:name"`` (imported only when a simulator is started, so a production
+        gateway never loads it); called with ``api_key=`` (the key the simulator should
+        demand) and, if it takes it, ``settings=`` (the instance's validated settings).
+        Sandbox mode and the tests use it.
     :param settings: a pydantic model for the provider's own settings in registry.toml
         (the keys of ``[providers.NAME.settings]``), validated at startup.
     :param stream_format: how the upstream frames a streamed answer, each event then given
@@ -42,7 +44,7 @@ class ProviderSpec:
     name: str
     base_url: str
     api_key_env: str
-    simulator: Callable[..., ASGIApp] | None = None
+    simulator: Callable[..., ASGIApp] | str | None = None
     settings: type[BaseModel] | None = None
     description: str = ""
     webhook_secret_env: str | None = None  # the secret that signs the upstream's webhooks

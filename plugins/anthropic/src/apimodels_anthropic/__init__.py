@@ -40,12 +40,6 @@ _MESSAGE_OVERHEAD = 8
 _IMAGE_ALLOWANCE = 2500
 
 
-def _simulator(**kwargs: Any) -> Any:
-    from .simulator import create_app  # imported only in sandbox mode and tests
-
-    return create_app(**kwargs)
-
-
 @hookimpl
 def register_providers(register: Any) -> None:
     register(
@@ -53,7 +47,7 @@ def register_providers(register: Any) -> None:
             name=PROVIDER,
             base_url="https://api.anthropic.com/v1",
             api_key_env="ANTHROPIC_API_KEY",
-            simulator=_simulator,
+            simulator="apimodels_anthropic.simulator:create_app",  # imported only when a simulator runs
             description="Anthropic: Claude chat (Messages API) with tools, images, prompt caching",
             stream_format="sse",
             data_sent="prompts and messages, with the images in them, and tool definitions",

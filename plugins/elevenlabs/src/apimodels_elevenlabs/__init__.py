@@ -117,12 +117,6 @@ def voice_id(settings: Settings, voice: str) -> str | None:
     return entry[1].get(voice.lower())
 
 
-def _simulator(**kwargs: Any) -> Any:
-    from .simulator import create_app  # imported only in sandbox mode and tests
-
-    return create_app(**kwargs)
-
-
 @hookimpl
 def register_providers(register: Any) -> None:
     register(
@@ -130,7 +124,7 @@ def register_providers(register: Any) -> None:
             name=PROVIDER,
             base_url="https://api.elevenlabs.io",
             api_key_env="ELEVENLABS_API_KEY",
-            simulator=_simulator,
+            simulator="apimodels_elevenlabs.simulator:create_app",  # imported only when a simulator runs
             settings=Settings,
             description="ElevenLabs: text to speech, streamed",
             data_sent="the text to speak",

@@ -66,12 +66,6 @@ PROVIDER = "openai-compatible"
 _CLIENT_STATUSES = frozenset({400, 404, 413, 422})
 
 
-def _simulator(**kwargs: Any) -> Any:
-    from .simulator import create_app  # imported only in sandbox mode and tests
-
-    return create_app(**kwargs)
-
-
 @hookimpl
 def register_providers(register: Any) -> None:
     register(
@@ -79,7 +73,7 @@ def register_providers(register: Any) -> None:
             name=PROVIDER,
             base_url="",  # each instance sets its own
             api_key_env="OPENAI_COMPATIBLE_API_KEY",
-            simulator=_simulator,
+            simulator="apimodels_openai_compatible.simulator:create_app",  # imported only when a simulator runs
             settings=Settings,
             description="Any OpenAI-compatible server by base URL: chat, embeddings",
             data_sent="prompts and messages, and text to embed, to the server each instance names",

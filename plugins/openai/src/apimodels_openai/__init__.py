@@ -79,12 +79,6 @@ _AUDIO_TOKENS_PER_SECOND = 17
 _TOKEN_TRANSCRIPT_FORMATS = ("json", "text")
 
 
-def _simulator(**kwargs: Any) -> Any:
-    from .simulator import create_app  # imported only in sandbox mode and tests
-
-    return create_app(**kwargs)
-
-
 @hookimpl
 def register_providers(register: Any) -> None:
     register(
@@ -92,7 +86,7 @@ def register_providers(register: Any) -> None:
             name=PROVIDER,
             base_url="https://api.openai.com/v1",
             api_key_env="OPENAI_API_KEY",
-            simulator=_simulator,
+            simulator="apimodels_openai.simulator:create_app",  # imported only when a simulator runs
             description="OpenAI: chat, embeddings, images, speech, transcription",
             data_sent="prompts and messages, images and audio sent for editing or transcription, text to speak",
         )

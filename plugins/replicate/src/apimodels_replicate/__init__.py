@@ -61,12 +61,6 @@ _NSFW_MARKERS = ("nsfw content", "nsfw_content", "flagged as sensitive", "safety
 _TRUSTED_FILE_HOSTS = ("replicate.delivery", "replicate.com")
 
 
-def _simulator(*, api_key: str) -> Any:
-    from .simulator import sandbox_app  # the simulator's dependencies load only when used
-
-    return sandbox_app(api_key=api_key)
-
-
 @hookimpl
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:
     register(
@@ -74,7 +68,7 @@ def register_providers(register: Callable[[ProviderSpec], None]) -> None:
             name=NAME,
             base_url="https://api.replicate.com/v1",
             api_key_env="REPLICATE_API_TOKEN",
-            simulator=_simulator,
+            simulator="apimodels_replicate.simulator:sandbox_app",  # imported only when a simulator runs
             description="Replicate: image, video, audio and language models run as predictions",
             webhook_secret_env="REPLICATE_WEBHOOK_SECRET",
             data_sent="task inputs (prompts, and images or audio given as inputs)",
