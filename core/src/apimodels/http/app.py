@@ -240,6 +240,7 @@ class Frontend:
                 raise _unknown_model(unified.model)
             if route.model.modality is not modality:
                 raise _wrong_modality(route, path)
+            request.scope["state"]["route"] = route  # the model and provider, for metrics
             if route.lifecycle is not None:  # 410 once retired; dated headers before that
                 request.scope["state"]["headers"] = route.lifecycle.at(time.time())
             route.provider.ensure_available()
