@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,7 +201,7 @@ def _sandbox_key(server: Any) -> str:
     return demo_key(server.db, server.ledger)
 
 
-def _warner(log_format: LogFormat) -> Any:
+def _warner(log_format: LogFormat) -> Callable[[str], None]:
     """How startup warnings are shown: coloured for a terminal, a log line in JSON."""
     if log_format == "json":
         import logging
@@ -210,7 +211,12 @@ def _warner(log_format: LogFormat) -> Any:
 
 
 def _serve_workers(
-    ctx: click.Context, url: str, host: str, workers: int, options: dict[str, Any], warn: Any
+    ctx: click.Context,
+    url: str,
+    host: str,
+    workers: int,
+    options: dict[str, Any],
+    warn: Callable[[str], None],
 ) -> None:
     """Serve with uvicorn's supervisor: ``workers`` processes share the listening socket,
     each assembles its own gateway (``server.worker_app``), and one that dies is replaced.
