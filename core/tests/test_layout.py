@@ -72,6 +72,19 @@ ALLOWED: dict[str, set[str]] = {
         "dialects",
     },
     "plugins": {"errors", "interface", "providers", "policy"},
+    # Running it: metrics, logs and health, over what they measure (never over http).
+    "ops": {
+        "errors",
+        "fastjson",
+        "schemas",
+        "catalog",
+        "store",
+        "billing",
+        "interface",
+        "providers",
+        "policy",
+        "tasks",
+    },
 }
 #: The plugin interface, wherever its modules sit.
 INTERFACE = {"hookspecs", "providers.types", "policy.spec"}

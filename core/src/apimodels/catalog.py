@@ -199,6 +199,8 @@ class GatewayConfig(_Strict):
     # catalog entry names), and no new attempt once this much time has passed.
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
     fallback_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # GET /metrics answers only a bearer of the token in this variable (unset: anyone).
+    metrics_token_env: str | None = None
 
 
 class TasksConfig(_Strict):

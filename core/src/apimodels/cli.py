@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from .store import accounts as acc
 
 if TYPE_CHECKING:
     from .catalog import Catalog
+    from .ops.logs import LogFormat
 
 # Piped output is not cut to 80 columns: ids and keys must survive `| grep`.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -83,36 +85,84 @@ def cli(ctx: click.Context, registry: Path, db: Path) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option(
+    "--workers",
+    envvar="APIMODELS_WORKERS",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes serving the port, each a whole gateway on the same database (about "
+    "one per core; see docs/self-hosting.md, 'Workers'). Env APIMODELS_WORKERS.",
+)
+@click.option(
     "--sandbox",
     is_flag=True,
-    help="Serve every provider from its simulator (no upstream keys needed).",
+    help="Serve every provider from its simulator (no upstream keys needed; one worker).",
 )
 @click.option(
     "--access-log/--no-access-log", default=True, show_default=True, help="Log each request line."
 )
+@click.option(
+    "--log-format",
+    envvar="APIMODELS_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="text for a terminal; json: one object per line, with the request id, for a log "
+    "collector. Env APIMODELS_LOG_FORMAT.",
+)
+@click.option(
+    "--shutdown-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="On SIGTERM or Ctrl-C, seconds the calls in flight have to finish (and be billed); "
+    "calls still running then are cut, and cost nothing.",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: bool) -> None:
-    """Run the gateway."""
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    workers: int,
+    sandbox: bool,
+    access_log: bool,
+    log_format: LogFormat,
+    shutdown_timeout: float,
+) -> None:
+    """Run the gateway: one process, or --workers N sharing the port."""
+    import logging.config
+
     import uvicorn
 
-    from .providers.sandbox import demo_key
-    from .server import assemble
-    from .storage import LocalStorage
+    from .ops import log_config
+    from .server import assemble, listen_at
 
+    if sandbox and workers > 1:
+        raise click.UsageError(
+            "--sandbox serves every provider from simulators that run inside the serving "
+            "process, so it takes one worker: leave out --workers."
+        )
+    url = f"http://{host}:{port}"
+    logging_config = log_config(log_format)
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": access_log,
+        "log_level": "info",
+        "timeout_graceful_shutdown": shutdown_timeout,
+    }
+    if logging_config is not None:
+        logging.config.dictConfig(logging_config)  # from the first line (uvicorn's: later)
+        options["log_config"] = logging_config
+    warn = _warner(log_format)
+    if workers > 1:
+        _serve_workers(ctx, url, host, workers, options, warn)
+        return
     server = assemble(ctx.obj["registry"], ctx.obj["db"], sandbox=sandbox)
     for notice in server.gateway.notices:
-        err_console.print(f"[yellow]warning:[/] {notice}", highlight=False)
-    url = f"http://{host}:{port}"
-    key = demo_key(server.db, server.ledger) if sandbox else None
-    if server.gateway.catalog.gateway.public_url is None and host not in ("0.0.0.0", "::"):
-        # Absolute output URLs (behind a proxy, set [gateway] public_url); in the sandbox
-        # the simulators also send their job webhooks here.
-        if isinstance(server.storage, LocalStorage):
-            server.storage.base_url = url
-        if sandbox and server.tasks is not None:
-            server.tasks.public_url = url
-    if server.stripe_simulator is not None:  # sandbox top-ups: the simulator calls us back
-        server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
+        warn(notice)
+    listen_at(server, url, host)
+    key = _sandbox_key(server) if sandbox else None
 
     def announce() -> None:
         if key is None:
@@ -143,7 +193,82 @@ def serve(ctx: click.Context, host: str, port: int, sandbox: bool, access_log: b
         click.echo(f"Try it:\n{curl}\n")
 
     server.started_hooks.append(announce)
-    uvicorn.run(server.app, host=host, port=port, access_log=access_log, log_level="info")
+    uvicorn.run(server.app, **options)
+
+
+def _sandbox_key(server: Any) -> str:
+    from .providers.sandbox import demo_key
+
+    return demo_key(server.db, server.ledger)
+
+
+def _warner(log_format: LogFormat) -> Callable[[str], None]:
+    """How startup warnings are shown: coloured for a terminal, a log line in JSON."""
+    if log_format == "json":
+        import logging
+
+        return logging.getLogger("apimodels").warning
+    return lambda notice: err_console.print(f"[yellow]warning:[/] {notice}", highlight=False)
+
+
+def _serve_workers(
+    ctx: click.Context,
+    url: str,
+    host: str,
+    workers: int,
+    options: dict[str, Any],
+    warn: Callable[[str], None],
+) -> None:
+    """Serve with uvicorn's supervisor: ``workers`` processes share the listening socket,
+    each assembles its own gateway (``server.worker_app``), and one that dies is replaced.
+    The configuration is checked and the database migrated here first, once."""
+    import shutil
+
+    import uvicorn
+
+    from .server import WORKER_ENV, assemble
+
+    created = _metrics_folder()
+    try:
+        checked = assemble(ctx.obj["registry"], ctx.obj["db"])
+        for notice in checked.gateway.notices:
+            warn(notice)
+        checked.db.conn.close()
+        del checked
+        os.environ[WORKER_ENV] = json.dumps(
+            {
+                "registry": str(Path(ctx.obj["registry"]).resolve()),
+                "db": str(Path(ctx.obj["db"]).resolve()),
+                "url": url,
+                "host": host,
+            }
+        )
+        console.print(f"apimodels listening on {url}/v1 ({workers} workers)", highlight=False)
+        uvicorn.run("apimodels.server:worker_app", factory=True, workers=workers, **options)
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+#: The files prometheus-client's multiprocess mode writes (a previous run's are stale).
+_METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
+def _metrics_folder() -> str | None:
+    """The folder where the workers' metrics meet (prometheus-client's multiprocess mode):
+    the one PROMETHEUS_MULTIPROC_DIR names, emptied of a previous run's values, else a new
+    temporary one, returned to be removed at exit."""
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        for pattern in _METRIC_FILES:
+            for stale in Path(folder).glob(pattern):
+                stale.unlink()
+        return None
+    created = tempfile.mkdtemp(prefix="apimodels-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    return created
 
 
 @cli.command()

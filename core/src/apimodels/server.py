@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,19 +18,21 @@ from starlette.types import ASGIApp
 from .billing.biller import Biller
 from .billing.ledger import GroupCommit, Ledger
 from .billing.limits import Limiter
-from .catalog import Catalog, load_catalog
+from .catalog import Catalog, GatewayConfig, load_catalog
+from .errors import ConfigError
 from .http.app import create_app
 from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
+from .ops import CountedTaskStore, Health, Metrics, RequestObserver
 from .plugins import check_plugins, pm
 from .policy import build_policy
 from .privacy.retention import Sweeper, sweep_periodically
 from .providers.runtime import Gateway, build_gateway
 from .providers.sandbox import Simulators
-from .storage import Storage, load_secret, open_storage
+from .storage import LocalStorage, Storage, load_secret, open_storage
 from .store.accounts import KeyStore
 from .store.db import Checkpointer, database_path, open_db
-from .tasks import TaskRunner, TaskStore
+from .tasks import TaskRunner
 
 log = logging.getLogger("apimodels")
 
@@ -46,6 +49,7 @@ class Server:
     storage: Storage | None = None
     tasks: TaskRunner | None = None
     stripe_simulator: Any = None  # topups.simulator.SandboxStripe, in sandbox mode
+    metrics: Metrics | None = None
 
 
 def assemble(
@@ -84,7 +88,11 @@ def assemble(
     )
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     server.storage = storage
-    task_store = TaskStore(db, ledger)
+    metrics = server.metrics = Metrics(db, token=_metrics_token(settings, environ))
+    biller.on_charge = metrics.charge
+    if gateway.policy is not None:
+        metrics.count_refusals(gateway.policy)
+    task_store = CountedTaskStore(db, ledger, metrics)
     runner = TaskRunner(gateway, task_store, storage, catalog.tasks, billing=settings.billing)
     idempotency = Idempotency(db, timedelta(seconds=settings.hold_ttl_seconds), biller.ledger)
     tasks = TasksAPI(gateway, keys, biller, idempotency, task_store, runner, catalog.tasks)
@@ -124,6 +132,7 @@ def assemble(
                 log.error("reservations upkeep failed: %s", type(exc).__name__)
 
     async def on_startup() -> None:
+        metrics.measure_upstreams(gateway)  # the pools the gateway has just opened
         if n := ledger.expire():
             log.warning("released %d expired holds at startup", n)
         sweeper.append(asyncio.create_task(sweep()))
@@ -158,7 +167,12 @@ def assemble(
             checkpointer.close()
         await storage.aclose()
 
-    extra_routes = []
+    health = Health(db, gateway)
+    extra_routes = [
+        ("/metrics", metrics.endpoint, ["GET"]),
+        ("/health/live", health.live, ["GET"]),
+        ("/health/ready", health.ready, ["GET"]),
+    ]
     if catalog.topups.enabled or sandbox:
         extra_routes += _topups(server, catalog.topups, sandbox, environ)
     server.app = create_app(
@@ -172,7 +186,47 @@ def assemble(
         tasks=tasks,
         extra_routes=extra_routes,
     )
+    server.app = RequestObserver(server.app, metrics)  # each request's log context and metrics
     return server
+
+
+def _metrics_token(settings: GatewayConfig, environ: dict[str, str] | None) -> str | None:
+    name = settings.metrics_token_env
+    if name is None:
+        return None
+    token = (os.environ if environ is None else environ).get(name)
+    if not token:
+        raise ConfigError(f"gateway.metrics_token_env: the variable {name} is not set")
+    return token
+
+
+def listen_at(server: Server, url: str, host: str) -> None:
+    """Tell a server the address it answers at, for the absolute URLs it makes (output
+    files; in the sandbox, the simulators' job and payment webhooks). A server behind a
+    proxy, or listening on every interface, uses ``[gateway] public_url`` instead."""
+    sandbox = server.simulators is not None
+    if server.gateway.catalog.gateway.public_url is None and host not in ("0.0.0.0", "::"):
+        if isinstance(server.storage, LocalStorage):
+            server.storage.base_url = url
+        if sandbox and server.tasks is not None:
+            server.tasks.public_url = url
+    if server.stripe_simulator is not None:  # sandbox top-ups: the simulator calls us back
+        server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
+
+
+#: What ``apimodels serve --workers N`` tells each worker process (JSON: registry, db, url,
+#: host), read by ``worker_app``.
+WORKER_ENV = "APIMODELS_WORKER"
+
+
+def worker_app() -> ASGIApp:
+    """uvicorn's app factory in each worker process of ``apimodels serve --workers N``:
+    the process assembles its own gateway on the shared database (the serving parent has
+    already checked the configuration and applied the migrations)."""
+    spec = json.loads(os.environ[WORKER_ENV])
+    server = assemble(spec["registry"], spec["db"])
+    listen_at(server, spec["url"], spec["host"])
+    return server.app
 
 
 def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None) -> list:

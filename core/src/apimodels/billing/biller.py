@@ -94,6 +94,8 @@ class Bill:
         # The key's spending grows by what was actually charged.
         charged = self.cost_micros if recorded else 0
         self.biller.limiter.settled(self.principal, self.hold_micros, charged)
+        if charged and self.biller.on_charge is not None:  # the charged-credits metric
+            self.biller.on_charge(self.billed_as, charged)
         if error is not None:  # the call is then free
             log.error("request %s: settling failed: %s", self.request_id, type(error).__name__)
         elif not recorded:
@@ -132,6 +134,8 @@ class Biller:
         self.enabled = enabled
         self.idle_seconds = idle_seconds
         self.process = f"proc_{secrets.token_hex(6)}"
+        #: Told of each committed charge: (``Route.billed_as``, micro-USD).
+        self.on_charge: Callable[[tuple[str, str, str, str], int], None] | None = None
         self._reservations: dict[str, Reservation] = {}
         self._renewed = time.monotonic()
 

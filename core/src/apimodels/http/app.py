@@ -296,6 +296,7 @@ class Frontend:
         """The life of a call once its request is read: route, lifecycle, policy, the hold,
         dispatch, billing; the answer in ``exchange``'s shape when it has one."""
         route = self.route_for(unified.model, modality, path)
+        request.scope["state"]["route"] = route  # the model and provider, for metrics
         if route.lifecycle is not None:  # 410 once retired; dated headers before that
             request.scope["state"]["headers"] = route.lifecycle.at(time.time())
         route.provider.ensure_available()

@@ -32,6 +32,10 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
             continue
         with db.conn:  # the migration and its record commit together
             db.conn.execute("BEGIN IMMEDIATE")
+            # Asked again under the write lock: processes starting together on a new
+            # database all saw it pending; the first applies it, the others skip it.
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", [fn.__name__]).fetchone():
+                continue
             fn(db)
             db.conn.execute(
                 "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",

@@ -1,0 +1,139 @@
+"""Workers benchmark: requests per second at 32 connections through one gateway process and
+through ``apimodels serve --workers 2``, billing on, on SQLite.
+
+Each gateway has its own database file; the mock upstream answers at once (or after
+``--latency``). Rounds are interleaved (the order alternating) so both see the machine's
+slow and fast moments; the figures are the medians of the rounds, with the CPU time per
+request of each gateway's whole process tree (its supervisor and workers). On a 2-core
+machine the client and the upstream take their share of the cores too: the ratio, not the
+absolute rate, is the figure to read.
+
+    uv run python bench/workers.py [--rounds 10] [--seconds 2] [--workers 2] [--latency 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from overhead import REGISTRY, _load, cpu_seconds, free_port, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants (Linux /proc)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += tree(int(child))
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):  # ended meanwhile
+            total += cpu_seconds(p)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each run")
+    parser.add_argument("--workers", type=int, default=2, help="the second gateway's workers")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--latency", type=float, default=0.0, help="upstream latency in seconds")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT / "core" / "src"))
+    from apimodels.billing.ledger import Ledger
+    from apimodels.store.accounts import create_account, create_key
+    from apimodels.store.db import open_db
+
+    tmp = Path(tempfile.mkdtemp(prefix="apimodels-workers-"))
+    up_port = free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    env = {**os.environ, "MOCK_LATENCY": str(args.latency), "OPENAI_API_KEY": "sk-bench",
+           "PYTHONHASHSEED": "0"}  # fmt: skip
+    mock = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "mock_upstream:app",
+            "--port", str(up_port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    procs = {"upstream": subprocess.Popen(mock, env=env)}
+    targets: dict[str, tuple[str, dict]] = {}
+    for workers in (1, args.workers):
+        name = f"{workers} worker" + ("s" if workers > 1 else "")
+        folder = tmp / f"w{workers}"
+        folder.mkdir()
+        (folder / "registry.toml").write_text(REGISTRY.format(upstream=upstream, billing="true"))
+        db = open_db(folder / "bench.db")
+        account = create_account(db, "bench@example.com")["id"]
+        _, key = create_key(db, account)
+        Ledger(db).post(account, 10**12, kind="grant", reason="bench", actor="bench")
+        db.conn.close()
+        port = free_port()
+        serve = [sys.executable, "-m", "apimodels.cli", "--registry", str(folder / "registry.toml"),
+                 "--db", str(folder / "bench.db"), "serve", "--port", str(port), "--no-access-log",
+                 "--workers", str(workers)]  # fmt: skip
+        procs[name] = subprocess.Popen(
+            serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        targets[name] = (
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            {"authorization": f"Bearer {key}"},
+        )
+    try:
+        wait_ready(upstream + "/")
+        for url, _ in targets.values():
+            wait_ready(url.replace("/v1/chat/completions", "/health/ready"))
+        for url, headers in targets.values():  # warm every worker's pools and caches
+            asyncio.run(_load(url, headers, args.concurrency, 1.0))
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
+        success: dict[str, list[float]] = {name: [] for name in targets}
+        for r in range(args.rounds):
+            for name in targets if r % 2 == 0 else reversed(targets):
+                before = tree_cpu(procs[name].pid)
+                rate, ok, count = asyncio.run(_load(*targets[name], args.concurrency, args.seconds))
+                cpu[name].append((tree_cpu(procs[name].pid) - before) / max(count, 1) * 1e6)
+                rates[name].append(rate)
+                success[name].append(ok)
+        print(
+            f"{args.concurrency} connections, billing on, SQLite, {args.rounds} interleaved rounds "
+            f"of {args.seconds:g} s, upstream latency {args.latency * 1000:.0f} ms, "
+            f"{os.cpu_count()} cores"
+        )
+        for name in targets:
+            print(
+                f"  {name:10} {statistics.median(rates[name]):7.0f} req/s, "
+                f"{statistics.median(cpu[name]):4.0f} us CPU per request, "
+                f"success {min(success[name]) * 100:.2f}%"
+            )
+        one, many = list(targets)
+        ratios = [b / a for a, b in zip(rates[one], rates[many], strict=True)]
+        print(
+            f"  {many} / {one}: {statistics.median(ratios):.2f}x "
+            f"(median of rounds; {min(ratios):.2f}x-{max(ratios):.2f}x)"
+        )
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
