@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -99,3 +99,13 @@ def serving(registry: Path, db: Path, *args: str, **kwargs: object) -> Iterator[
         yield served
     finally:
         served.stop()
+
+
+def open_db_after(barrier: Any, path: str) -> None:
+    """Open (and so migrate) the database at ``path`` once every process reaches
+    ``barrier``. A child of a spawned process imports it from here: a test module, named
+    ``tests.test_...`` under pytest's importlib mode, cannot be imported by the child."""
+    from apimodels.store.db import open_db
+
+    barrier.wait()
+    open_db(path).conn.close()

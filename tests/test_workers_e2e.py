@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import openai
-from processes import STOPPED, Served, cli, serving
+from processes import STOPPED, Served, cli, open_db_after, serving
 from prometheus_client.parser import text_string_to_metric_families
 
 from apimodels import ChatRequest
@@ -85,11 +85,6 @@ def test_four_processes_start_at_once_on_a_new_database(
     assert check.returncode == 0, check.stderr
 
 
-def _open_after(barrier: multiprocessing.synchronize.Barrier, path: str) -> None:
-    barrier.wait()
-    open_db(path).conn.close()
-
-
 def test_processes_migrating_a_new_database_at_the_same_instant(tmp_path: Path) -> None:
     """The race the servers above rarely meet (they import for a second or two first):
     each process sees every migration pending, and only one may apply each."""
@@ -97,7 +92,7 @@ def test_processes_migrating_a_new_database_at_the_same_instant(tmp_path: Path) 
     for attempt in range(2):
         path = str(tmp_path / f"race{attempt}.db")
         barrier = context.Barrier(4)
-        procs = [context.Process(target=_open_after, args=(barrier, path)) for _ in range(4)]
+        procs = [context.Process(target=open_db_after, args=(barrier, path)) for _ in range(4)]
         for p in procs:
             p.start()
         for p in procs:
