@@ -79,7 +79,7 @@ def test_the_backup_serves_when_the_primary_fails_billed_once_at_its_price(
     assert (row["model"], row["provider"], row["cost_micros"]) == (BACKUP, "openai-backup", cost)
 
 
-@pytest.mark.parametrize("status", [429, 500, 502])
+@pytest.mark.parametrize("status", [402, 429, 500, 502])
 def test_rate_limits_and_upstream_failures_fall_through(
     gateway: Gateway, simulator: Simulator, status: int
 ) -> None:
@@ -173,3 +173,13 @@ def test_a_catalog_fallback_must_be_another_model_of_its_modality(tmp_path: Path
     }
     with pytest.raises(ConfigError, match="falls back to 'p/e'"):
         parse_catalog(data)
+
+
+def test_an_upstream_402_is_the_gateways_account_not_the_clients(
+    gateway: Gateway, simulator: Simulator
+) -> None:
+    simulator.knobs(fail=[{"kind": "error", "status": 402}, {"kind": "error", "status": 402}])
+    before = balance(gateway)
+    r = post(gateway, CHAT)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_payment_required"
+    assert balance(gateway) == before

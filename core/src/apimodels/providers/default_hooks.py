@@ -58,6 +58,13 @@ def parse_error(model: ModelConfig, response: httpx.Response) -> APIError:
         return UpstreamError(
             f"{name} rejected the gateway's credentials", code="upstream_auth_error"
         )
+    if status == 402:
+        # The upstream wants payment from the gateway's own account (OpenRouter's credits
+        # ran out): the operator's to fix, not the client's; another route may serve.
+        return UpstreamError(
+            f"{name} refused the gateway's account (payment required)",
+            code="upstream_payment_required",
+        )
     if status == 404:
         return NotFound(upstream_message(response) or f"{name}: not found", code="model_not_found")
     if status == 429:

@@ -87,6 +87,7 @@ _ENDPOINT = {
 ERROR_STATUSES = {
     400: {400, 404, 413, 422},
     401: {502},
+    402: {502},  # the upstream wants payment from the gateway's account, not the client's
     403: {403, 502},
     404: {400, 404},
     429: {429, 503},
