@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from overhead import REGISTRY, _load, cpu_seconds, free_port, wait_ready
+from overhead import REGISTRY, _load, cpu_seconds, free_port, funded_key, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,10 +61,6 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "core" / "src"))
-    from apimodels.billing.ledger import Ledger
-    from apimodels.store.accounts import create_account, create_key
-    from apimodels.store.db import open_db
-
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-workers-"))
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
@@ -79,11 +75,7 @@ def main() -> None:
         folder = tmp / f"w{workers}"
         folder.mkdir()
         (folder / "registry.toml").write_text(REGISTRY.format(upstream=upstream, billing="true"))
-        db = open_db(folder / "bench.db")
-        account = create_account(db, "bench@example.com")["id"]
-        _, key = create_key(db, account)
-        Ledger(db).post(account, 10**12, kind="grant", reason="bench", actor="bench")
-        db.conn.close()
+        key = funded_key(folder / "bench.db")
         port = free_port()
         serve = [sys.executable, "-m", "apimodels.cli", "--registry", str(folder / "registry.toml"),
                  "--db", str(folder / "bench.db"), "serve", "--port", str(port), "--no-access-log",
