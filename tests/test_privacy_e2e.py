@@ -382,9 +382,12 @@ def test_close_then_export_attempt_then_grace_then_pseudonyms(gw: Gateway, tmp_p
             json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "bye"}]},
         )
         assert chat.status_code == 200
+        kept = api.post("/v1/responses", json={"model": "openai/gpt-4o-mini", "input": "keep"})
+        assert kept.status_code == 200
     chat_cost = int(Decimal(chat.headers["x-apimodels-cost"]) * 1_000_000)
+    kept_cost = int(Decimal(kept.headers["x-apimodels-cost"]) * 1_000_000)
     balance = gw.ledger.balance(account_id).balance_micros
-    assert balance == 5_000_000 - 3_000 - chat_cost
+    assert balance == 5_000_000 - 3_000 - chat_cost - kept_cost
 
     store = TaskStore(gw.db, gw.ledger)
     storage = gw.server.storage
@@ -398,6 +401,8 @@ def test_close_then_export_attempt_then_grace_then_pseudonyms(gw: Gateway, tmp_p
     assert sum(e["amount_micros"] for e in exported["ledger_entries"]) == balance
     assert [t["id"] for t in exported["tasks"]] == [task["id"]]
     assert exported["orders"] == [] and exported["policy_violations"] == []
+    [stored] = exported["stored_responses"]
+    assert stored["id"] == kept.json()["id"] and stored["response"] == kept.json()
     [link] = exported["outputs"]
     assert link["task_id"] == task["id"] and httpx.get(link["url"]).content[:4] == b"\x89PNG"
 
@@ -430,15 +435,17 @@ def test_close_then_export_attempt_then_grace_then_pseudonyms(gw: Gateway, tmp_p
     now = datetime.now(UTC)
     asyncio.run(sweeper(gw).sweep(now + 29 * DAY))
     assert httpx.get(link["url"]).status_code == 200  # still in its grace period
+    assert during["stored_responses"]
     report = asyncio.run(sweeper(gw).sweep(now + 31 * DAY))
-    assert report.accounts_emptied >= 1
+    assert report.accounts_emptied >= 1 and report.stored_responses >= 1
     assert httpx.get(link["url"]).status_code == 404
     assert httpx.get(during["outputs"][0]["url"]).status_code == 404
     storage_root = storage.root  # type: ignore[attr-defined]
     assert not list(storage_root.glob(f"{storage.account_prefix(account_id)}/**/*.*"))
     after = export_account(gw.db, store, storage, account_id, public_url=gw.url)
     assert after["outputs"] == [] and after["tasks"][0]["output"] is None
-    assert len(after["usage"]) == 2  # billing records kept
+    assert after["stored_responses"] == []
+    assert len(after["usage"]) == 3  # billing records kept
     assert gw.ledger.balance(account_id).balance_micros == 0
     assert not list(
         gw.db.query(
@@ -459,8 +466,30 @@ def test_close_then_export_attempt_then_grace_then_pseudonyms(gw: Gateway, tmp_p
     assert acct[0] == f"{account_id}@closed.invalid" and acct[1] == "closed" and acct[2]
     names = gw.db.execute("SELECT name FROM api_keys WHERE account_id = ?", [account_id])
     assert {r[0] for r in names.fetchall()} == {""}
-    assert len(list(gw.db.query("SELECT 1 FROM usage WHERE account_id = ?", [account_id]))) == 2
+    assert len(list(gw.db.query("SELECT 1 FROM usage WHERE account_id = ?", [account_id]))) == 3
     assert gw.ledger.check() == []
+
+
+def test_stored_responses_are_swept_after_their_retention(gw: Gateway) -> None:
+    account_id, key = gw.new_account("stored-responses@example.com", 1_000_000)
+    with client(gw, key) as api:
+        stored = api.post("/v1/responses", json={"model": "openai/gpt-4o-mini", "input": "hi"})
+        assert stored.status_code == 200
+        response_id = stored.json()["id"]
+        assert api.get(f"/v1/responses/{response_id}").status_code == 200
+        days = gw.server.gateway.catalog.privacy.stored_response_days
+        now = datetime.now(UTC)
+        preview = asyncio.run(sweeper(gw).sweep(now + (days + 1) * DAY, dry_run=True))
+        assert preview.stored_responses >= 1
+        assert api.get(f"/v1/responses/{response_id}").status_code == 200  # a dry run
+        asyncio.run(sweeper(gw).sweep(now + (days - 1) * DAY))
+        assert api.get(f"/v1/responses/{response_id}").status_code == 200
+        report = asyncio.run(sweeper(gw).sweep(now + (days + 1) * DAY))
+        assert report.stored_responses >= 1
+        gone = api.get(f"/v1/responses/{response_id}")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    usage = gw.db.execute("SELECT count(*) FROM usage WHERE account_id = ?", [account_id])
+    assert usage.fetchone()[0] == 1  # the billing record stays
 
 
 def test_a_charge_after_closing_is_settled_to_zero_after_the_grace(gw: Gateway) -> None:

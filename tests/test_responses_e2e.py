@@ -307,6 +307,31 @@ def test_stored_response_is_retrieved_by_its_owner_only_and_continues(
         assert bad.value.body["param"] == "previous_response_id"
 
 
+def test_a_stored_response_is_deleted_by_its_owner_only(gateway: Gateway) -> None:
+    _, key = account(gateway, "delete")
+    _, other = account(gateway, "intruder")
+    with sdk(gateway, key) as client:
+        first = client.responses.create(model=MODEL, input="Keep this briefly.")
+    with sdk(gateway, other) as client:  # another account's id is as absent as an unknown one
+        with pytest.raises(openai.NotFoundError) as info:
+            client.responses.delete(first.id)
+        assert info.value.body["code"] == "not_found"
+    deleted = httpx.delete(
+        f"{gateway.url}/v1/responses/{first.id}", headers={"authorization": f"Bearer {key}"}
+    )
+    assert deleted.status_code == 200
+    assert deleted.json() == {"id": first.id, "object": "response", "deleted": True}
+    with sdk(gateway, key) as client:
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(first.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.delete(first.id)  # once only
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.responses.create(model=MODEL, input="Hi", previous_response_id=first.id)
+        assert bad.value.body["param"] == "previous_response_id"
+    assert balance(gateway, key) == Decimal(5) - cost(first.usage)  # deleting is free
+
+
 def test_a_streamed_response_is_stored_too(gateway: Gateway) -> None:
     _, key = account(gateway, "storestream")
     events = stream_events(gateway, key, {"model": MODEL, "input": "Hello"})

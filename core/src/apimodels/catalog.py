@@ -281,6 +281,7 @@ class PrivacyConfig(_Strict):
     audit_excerpt_days: Annotated[int, Field(ge=1)] = 90  # then excerpts of refusals go
     close_grace_days: Annotated[int, Field(ge=0)] = 30  # a closed account's outputs, then go
     billing_retention_days: Annotated[int, Field(ge=1)] = 3653  # then email and key names go
+    stored_response_days: Annotated[int, Field(ge=1)] = 30  # Responses API answers (store)
 
 
 class Catalog(_Strict):

@@ -64,7 +64,7 @@ from .idempotency import Idempotency
 from .messages_api import count_tokens_endpoint
 from .reading import read_json, read_multipart, validation_error
 from .receipts import Receipts
-from .responses_api import retrieve_endpoint
+from .responses_api import delete_endpoint, retrieve_endpoint
 from .speech import open_audio_stream
 from .voices import Voices
 
@@ -732,6 +732,11 @@ def create_app(
             "/v1/responses/{response_id}",
             _with_errors(retrieve_endpoint(keys, stored)),
             methods=["GET"],
+        ),
+        HTTPRoute(
+            "/v1/responses/{response_id}",
+            _with_errors(delete_endpoint(keys, stored)),
+            methods=["DELETE"],
         ),
         HTTPRoute("/v1/credits", _with_errors(receipts.credits), methods=["GET"]),
         HTTPRoute("/v1/usage", _with_errors(receipts.usage), methods=["GET"]),

@@ -5,8 +5,8 @@ fate written to the ledger as an ``adjustment`` that brings it to zero (forfeite
 Terms; an operator who refunds does so first, with ``apimodels orders refund``). Unfinished
 tasks are canceled first (their holds released: they cost nothing).
 
-After ``privacy.close_grace_days``: the account's outputs are deleted (its tasks' content
-and every file under its prefix in the store), and any balance that moved since closing (a
+After ``privacy.close_grace_days``: the account's outputs are deleted (its tasks' content,
+every file under its prefix in the store, its stored Responses API answers), and any balance that moved since closing (a
 call in flight at that moment, a late refund) is settled to zero by a second entry. After
 ``privacy.billing_retention_days``: the email and key names are replaced by pseudonyms.
 Each step is idempotent (compare-and-set, idempotency keys): a re-run finishes a step a
@@ -26,6 +26,7 @@ from ..policy.audit import list_violations
 from ..storage import MAX_URL_TTL_SECONDS, Storage
 from ..store import accounts as acc
 from ..store.db import utcnow
+from ..store.responses import account_responses
 from ..tasks.render import absolute_url, render_task
 from ..tasks.store import Finish, TaskStore
 from ..topups.orders import list_orders
@@ -116,8 +117,8 @@ def export_account(
     public_url: str = "",
 ) -> dict[str, Any]:
     """Everything kept about an account, as JSON-able data: the account, keys (never their
-    hashes), usage, ledger, tasks, top-up orders, policy violations, and signed links (valid
-    7 days) to the output files still held."""
+    hashes), usage, ledger, tasks, stored Responses API answers, top-up orders, policy
+    violations, and signed links (valid 7 days) to the output files still held."""
     data = acc.export_account(db, account)
     account_id = data["account"]["id"]
     data["account"].pop("webhook_secret", None)  # a secret, not data about the holder
@@ -133,6 +134,7 @@ def export_account(
         for t in reversed(tasks)
         for key in sorted(output_keys(t))
     ]
+    data["stored_responses"] = account_responses(db, account_id)
     data["orders"] = list_orders(db, account_id, limit=10**9)
     data["policy_violations"] = list_violations(db, account_id, limit=10**9)
     return data

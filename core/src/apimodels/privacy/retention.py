@@ -13,6 +13,8 @@ and by ``apimodels storage sweep``:
 4. excerpts of refused requests older than ``privacy.audit_excerpt_days`` cleared.
 5. idempotent answers older than 24 hours deleted (the server also does it every minute).
 6. closed accounts past ``privacy.billing_retention_days``: email and key names pseudonymized.
+7. Responses API answers stored (``store: true``) longer than ``privacy.stored_response_days``
+   deleted; a closed account's go with its outputs (step 2).
 
 Safe with several processes: a task is claimed (``TaskStore.claim_purge``, a lease), every
 other step is a compare-and-set or idempotent (deleting a missing file is no error). A crash
@@ -33,6 +35,7 @@ from ..catalog import PrivacyConfig, StorageConfig
 from ..policy.audit import clear_excerpts
 from ..storage import Storage, StorageError
 from ..store import accounts as acc
+from ..store.responses import delete_account_responses, delete_stored_before
 from ..tasks.store import TaskStore
 from .closing import settle_to_zero
 from .outputs import output_keys, remove_task_content
@@ -59,6 +62,7 @@ class SweepReport:
     idempotent_answers: int = 0
     accounts_emptied: int = 0  # closed accounts whose grace period ended
     accounts_pseudonymized: int = 0
+    stored_responses: int = 0  # Responses API answers deleted
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -104,7 +108,11 @@ class Sweeper:
         )
         report.idempotent_answers = self._idempotent_answers(now)
         report.accounts_pseudonymized = self._pseudonymize(now)
+        report.stored_responses += delete_stored_before(self.db, self._stored_cutoff(now))
         return report
+
+    def _stored_cutoff(self, now: datetime) -> str:
+        return _iso(now - timedelta(days=self.privacy.stored_response_days))
 
     # --- 1. tasks -----------------------------------------------------------------------
 
@@ -149,6 +157,7 @@ class Sweeper:
                 continue
             if self.store.account_outputs(account_id):
                 continue  # a task another sweeper holds: the next pass ends this account
+            report.stored_responses += delete_account_responses(self.db, account_id)
             settle_to_zero(self.ledger, account_id, actor="sweep")
             acc.outputs_deleted(self.db, account_id, _iso(now))
             report.accounts_emptied += 1
@@ -225,6 +234,9 @@ class Sweeper:
         report.idempotent_answers = self._idempotent_answers(now, count_only=True)
         billing = _iso(now - timedelta(days=self.privacy.billing_retention_days))
         report.accounts_pseudonymized = len(acc.closed_before(self.db, billing, "pseudonymized_at"))
+        report.stored_responses = delete_stored_before(
+            self.db, self._stored_cutoff(now), count_only=True
+        )
 
 
 async def sweep_periodically(sweeper: Sweeper, minutes: float) -> None:

@@ -1,4 +1,6 @@
-"""Stored Responses API answers (``store: true``): kept per account, read back by id.
+"""Stored Responses API answers (``store: true``): kept per account, read back by id,
+deleted by their owner, by the retention sweep after ``privacy.stored_response_days``, and
+with a closed account's other content after its grace period.
 
 Writes go through the ledger's group commit (``writes``), queued after the call's charge in
 the same transaction, off the answer's latency; a read first commits what is queued, so an
@@ -49,6 +51,44 @@ class StoredResponses:
             (response_id, account_id),
         ).fetchone()
         return None if found is None else (found[0], json.loads(found[1]))
+
+    def delete(self, response_id: str, account_id: str) -> bool:
+        """Delete an answer this account stored; False if there is none (or another's)."""
+        self.writes.commit()
+        with self.db.conn:
+            deleted = self.db.execute(
+                "DELETE FROM stored_responses WHERE id = ? AND account_id = ?",
+                (response_id, account_id),
+            ).rowcount
+        return deleted > 0
+
+
+def delete_stored_before(
+    db: sqlite_utils.Database, cutoff: str, *, count_only: bool = False
+) -> int:
+    """Delete (or count) the answers stored before ``cutoff`` (ISO-8601 UTC)."""
+    if count_only:
+        sql = "SELECT count(*) FROM stored_responses WHERE created_at < ?"
+        return db.execute(sql, [cutoff]).fetchone()[0]
+    with db.conn:
+        return db.execute("DELETE FROM stored_responses WHERE created_at < ?", [cutoff]).rowcount
+
+
+def delete_account_responses(db: sqlite_utils.Database, account_id: str) -> int:
+    """Delete every answer an account stored (a closed account's, after its grace)."""
+    with db.conn:
+        sql = "DELETE FROM stored_responses WHERE account_id = ?"
+        return db.execute(sql, [account_id]).rowcount
+
+
+def account_responses(db: sqlite_utils.Database, account_id: str) -> list[dict[str, Any]]:
+    """An account's stored answers, oldest first, for its data export."""
+    rows = db.execute(
+        "SELECT id, created_at, body FROM stored_responses WHERE account_id = ?"
+        " ORDER BY created_at, id",
+        [account_id],
+    ).fetchall()
+    return [{"id": i, "created_at": at, "response": json.loads(body)} for i, at, body in rows]
 
 
 def _insert(c: sqlite3.Connection, *row: str) -> None:
