@@ -252,6 +252,26 @@ def test_a_stream_cut_before_its_usage_is_an_incomplete_answer_and_free(
     assert balance(gateway, account_id) == (10_000_000, 0)
 
 
+def test_a_client_that_leaves_pays_the_usage_of_the_audio_the_upstream_finished(
+    gateway: Gateway, simulator: Simulator, account: tuple[str, str]
+) -> None:
+    """The upstream bills the whole text once it has spoken it: the gateway keeps reading
+    after the client left, to learn that usage, and charges it."""
+    account_id, key = account
+    simulator.knobs(stream_delay=0.02)  # about 50 chunks of audio: a second
+    text = TEXT
+    body = {"model": MODEL, "voice": "alloy", "input": text, "response_format": "pcm"}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{gateway.url}/v1/audio/speech", json=body, headers=headers) as r:
+        assert r.status_code == 200
+        next(r.iter_bytes())  # the first chunk, then the client hangs up
+        request_id = r.headers["x-request-id"]
+    row = row_of(gateway, request_id)
+    read, written = simulated_usage(text)
+    assert row["status"] == "succeeded" and row["cost_micros"] == micros(read, written)
+    assert balance(gateway, account_id) == (10_000_000 - row["cost_micros"], 0)
+
+
 @pytest.fixture
 def lying_upstream() -> Iterator[str]:
     """An upstream that speaks, then reports more audio than the text can become."""
