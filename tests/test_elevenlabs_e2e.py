@@ -123,8 +123,10 @@ def test_voices_of_every_provider_in_one_list(gw: Gateway) -> None:
     assert by_id[("elevenlabs", ACCOUNT_VOICE[0])]["name"] == ACCOUNT_VOICE[1]
     for voice in ("alloy", "ash", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer"):
         assert ("openai", voice) in by_id
-    # ballad, verse, marin and cedar: only gpt-4o-mini-tts speaks them, and it is not served
-    assert ("openai", "ballad") not in by_id and "models" not in by_id[("openai", "alloy")]
+    # ballad, verse, marin and cedar: only gpt-4o-mini-tts speaks them
+    for voice in ("ballad", "verse", "marin", "cedar"):
+        assert by_id[("openai", voice)]["models"] == ["openai/gpt-4o-mini-tts"]
+    assert "models" not in by_id[("openai", "alloy")]
     assert httpx.get(f"{gw.url}/v1/audio/voices").status_code == 401
 
 
@@ -376,16 +378,9 @@ def test_sandbox_serves_elevenlabs_from_its_simulator(tmp_path: Path) -> None:
 
 
 def test_voices_limited_to_a_model_name_its_public_id(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
-    extra = """
-[models."openai/gpt-4o-mini-tts"]
-provider = "openai"
-upstream = "gpt-4o-mini-tts"
-modality = "speech"
-pricing = { per_1k_chars = "0.015" }
-"""
-    registry = tmp_path / "registry.toml"
-    registry.write_text((root / "registry.toml").read_text() + extra)
+    """The shipped catalog's gpt-4o-mini-tts (upstream id gpt-4o-mini-tts) is named by its
+    public id."""
+    registry = Path(__file__).resolve().parents[1] / "registry.toml"
     server = assemble(registry, tmp_path / "voices.db", environ={})
     account = create_account(server.db, "voices@example.com")
     _, key = create_key(server.db, account["id"])

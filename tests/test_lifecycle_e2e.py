@@ -164,6 +164,18 @@ def test_models_check_fails_on_a_retired_model(tmp_path: Path) -> None:
     assert "retired (410)" in listed.stdout
 
 
+def test_models_check_covers_the_models_of_a_disabled_provider(tmp_path: Path) -> None:
+    """The shipped Groq model is listed but off: once retired, the check still fails, so
+    enabling its provider later cannot bring a retired model back."""
+    registry = registry_for("http://127.0.0.1:9", tmp_path)
+    groq = '[models."groq/llama-3.3-70b-versatile"]\n'
+    registry.write_text(registry.read_text().replace(groq, f"{groq}retires_at = {PAST}\n", 1))
+    assert not load_catalog(registry).providers["groq"].enabled
+    cli = [sys.executable, "-m", "apimodels.cli", "--registry", str(registry), "models"]
+    out = subprocess.run([*cli, "--check"], capture_output=True, text=True)
+    assert out.returncode == 1 and f"groq/llama-3.3-70b-versatile retired on {PAST}" in out.stdout
+
+
 def test_the_shipped_catalog_serves_no_retired_model() -> None:
     """Fails on the day a shipped model retires: update registry.toml (drop it, or its
     tests' references) before that day."""

@@ -104,6 +104,26 @@ def test_the_ceiling_is_the_estimate_with_input_up_to_the_context_window() -> No
     assert usage_ceiling(speech, Usage(seconds=Decimal("2.5"))) == {"seconds": Decimal("3.5")}
 
 
+def test_speech_priced_per_token_charges_its_text_and_audio_and_bounds_the_audio() -> None:
+    tts = ModelConfig(
+        provider="acme",
+        upstream="tts",
+        modality="speech",
+        context_tokens=2000,
+        pricing=Pricing(input_per_1m="0.60", audio_output_per_1m="12.00"),
+    )
+    usage = Usage(input_tokens=14, audio_output_tokens=101)
+    # 14 * 0.60/1M + 101 * 12/1M
+    assert price_usage(tts.pricing, usage) == Decimal("0.0000084") + Decimal("0.001212")
+    ceiling = usage_ceiling(tts, Usage(input_tokens=30, audio_output_tokens=630))
+    assert ceiling == {"input_tokens": 2000, "audio_output_tokens": 630}  # audio: the estimate
+    assert "audio_output_tokens 631 is more" in (
+        usage_problem(Usage(audio_output_tokens=631), ceiling) or ""
+    )
+    with pytest.raises(ValueError, match="speech model needs"):
+        ModelConfig(provider="acme", upstream="t", modality="speech", pricing=Pricing())
+
+
 @pytest.mark.parametrize(
     ("usage", "problem"),
     [

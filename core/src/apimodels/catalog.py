@@ -57,6 +57,7 @@ class Pricing(_Strict):
     per_run_second: Price | None = None  # per second of upstream hardware time
     audio_input_per_1m: Price | None = None  # audio read as tokens (input_per_1m: its text)
     cache_write_per_1m: Price | None = None  # input written to a prompt cache (5-minute)
+    audio_output_per_1m: Price | None = None  # speech written as tokens (input_per_1m: its text)
     markup: Price = Decimal(0)
 
     def as_dict(self) -> dict[str, Any]:
@@ -76,7 +77,7 @@ REQUIRED_PRICES: dict[Modality, list[tuple[str, ...]]] = {
     Modality.chat: [("input_per_1m",), ("output_per_1m",)],
     Modality.embedding: [("input_per_1m",)],
     Modality.image: [("per_image", "per_run_second")],
-    Modality.speech: [("per_1k_chars", "per_run_second")],
+    Modality.speech: [("per_1k_chars", "per_run_second", "audio_output_per_1m")],
     Modality.transcription: [("per_minute", "per_second", "per_run_second", "audio_input_per_1m")],
     Modality.video: [("per_second", "per_output", "per_run_second")],
 }

@@ -382,7 +382,7 @@ def policies(ctx: click.Context) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Exit 1 if a served model is past its retires_at (for CI or a daily cron).",
+    help="Exit 1 if a listed model (served or not) is past its retires_at (for CI or cron).",
 )
 @click.pass_context
 def models(ctx: click.Context, as_json: bool, deprecated: bool, check: bool) -> None:
@@ -390,17 +390,19 @@ def models(ctx: click.Context, as_json: bool, deprecated: bool, check: bool) -> 
     catalog = _catalog(ctx)
     served = sorted(catalog.served_models().values(), key=lambda m: m.id)
     today = datetime.now(UTC).date()
-    if deprecated or check:
-        served = [m for m in served if m.deprecated_at or m.retires_at]
-    if check:
-        retired = [m for m in served if m.retires_at and m.retires_at <= today]
+    if check:  # every listed model: a disabled provider's may be enabled tomorrow
+        listed = sorted(catalog.models.values(), key=lambda m: m.id)
+        retired = [m for m in listed if m.retires_at and m.retires_at <= today]
         for m in retired:
             instead = f"; replace it with {m.replacement}" if m.replacement else ""
             console.print(f"[red]{m.id} retired on {m.retires_at}{instead}[/red]")
         if retired:
             raise SystemExit(1)
-        console.print(f"no served model is past its retirement date ({len(served)} dated)")
+        dated = sum(1 for m in listed if m.retires_at)
+        console.print(f"no listed model is past its retirement date ({dated} dated)")
         return
+    if deprecated:
+        served = [m for m in served if m.deprecated_at or m.retires_at]
     if as_json:
         out = [
             {

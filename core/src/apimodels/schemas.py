@@ -92,6 +92,11 @@ class SpeechRequest(UnifiedRequest):
     voice: Annotated[str, Field(min_length=1)]
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: Annotated[float, Field(ge=0.25, le=4.0)] | None = None
+    #: Style directions (gpt-4o-mini-tts); part of the text a model reads and bills.
+    instructions: Annotated[str, Field(max_length=4096)] | None = None
+    #: "audio" (the default): the audio's bytes; "sse": speech.audio.delta events, then a
+    #: speech.audio.done event with the usage, where the model can stream them.
+    stream_format: Literal["audio", "sse"] | None = None
 
 
 class TranscriptionRequest(UnifiedRequest):

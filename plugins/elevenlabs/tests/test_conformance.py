@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from apimodels.catalog import load_catalog
 from apimodels.testing.kit import ProviderConformance
 
 
@@ -13,10 +14,6 @@ class TestConformance(ProviderConformance):
     registry = Path(__file__).parents[3] / "registry.toml"
     inputs: ClassVar[dict[str, dict[str, Any]]] = {
         model: {"voice": "Aria"}
-        for model in (
-            "elevenlabs/eleven-v3",
-            "elevenlabs/eleven-multilingual-v2",
-            "elevenlabs/eleven-flash-v2.5",
-            "elevenlabs/eleven-turbo-v2.5",
-        )
+        for model, config in load_catalog(registry).models.items()
+        if config.provider == "elevenlabs"
     }

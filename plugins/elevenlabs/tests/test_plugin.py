@@ -32,13 +32,18 @@ def speech(**fields: Any) -> SpeechRequest:
     )
 
 
-def test_the_catalog_lists_the_four_current_models() -> None:
+def test_the_catalog_lists_the_current_models_and_the_simulator_serves_them() -> None:
+    from apimodels_elevenlabs.simulator import MODELS as SIMULATED
+
     assert {m.upstream for m in MODELS.values()} == {
+        "eleven_v4",
+        "eleven_v4_turbo",
         "eleven_v3",
         "eleven_multilingual_v2",
         "eleven_flash_v2_5",
         "eleven_turbo_v2_5",
     }
+    assert {m.upstream for m in MODELS.values()} <= set(SIMULATED)
 
 
 @pytest.mark.parametrize("model", MODELS.values(), ids=lambda m: m.id)

@@ -274,3 +274,79 @@ def test_a_token_transcript_usage_is_never_undercounted(
     )
     assert (out.usage.input_tokens, out.usage.audio_input_tokens) == expected
     assert out.usage.output_tokens == 5
+
+
+# --- speech priced per token -------------------------------------------------------------
+
+TTS = "openai/gpt-4o-mini-tts"
+
+
+def tts(**kw) -> SpeechRequest:  # type: ignore[no-untyped-def]
+    return SpeechRequest.model_validate({"model": TTS, "voice": "coral", "input": "Héllo", **kw})
+
+
+def test_speech_priced_per_token_is_held_for_a_second_per_byte_of_text() -> None:
+    held = plugin.estimate_usage(model(TTS), tts(input="x" * 100, instructions="Calmly."))
+    assert held.input_tokens == 107  # the text and the instructions, a token per byte at most
+    assert held.audio_output_tokens == 100 * 21  # 100 s of speech, 21 audio tokens a second
+    assert held.characters == 0
+    slow = plugin.estimate_usage(model(TTS), tts(input="x" * 100, speed=0.5))
+    assert slow.audio_output_tokens == 200 * 21
+    short = plugin.estimate_usage(model(TTS), tts(input="Hi"))
+    assert short.audio_output_tokens == 5 * 21  # at least five seconds
+    long = plugin.estimate_usage(model(TTS), tts(input="é" * 4000))
+    assert long.input_tokens == 2000  # never past the model's window
+    assert long.audio_output_tokens == 8000 * 21  # é is two bytes
+    classic = plugin.estimate_usage(model("openai/tts-1"), tts(model="openai/tts-1"))
+    assert (classic.characters, classic.audio_output_tokens) == (5, 0)
+
+
+@pytest.mark.parametrize("asked", [None, "audio", "sse"])
+def test_speech_priced_per_token_is_always_asked_for_events(asked: str | None) -> None:
+    built = plugin.build_request(model(TTS), tts(stream_format=asked), UPSTREAM)
+    body = json.loads(built.content)
+    assert body["stream_format"] == "sse" and body["model"] == "gpt-4o-mini-tts"
+    classic = plugin.build_request(model("openai/tts-1"), tts(model="openai/tts-1"), UPSTREAM)
+    assert "stream_format" not in json.loads(classic.content)
+    head = plugin.parse_audio_stream(model(TTS), tts(stream_format=asked, response_format="wav"))
+    assert head.events
+    assert head.content_type == ("text/event-stream" if asked == "sse" else "audio/wav")
+    assert plugin.parse_audio_stream(model("openai/tts-1"), tts(model="openai/tts-1")) is None
+
+
+def _speech_events(usage: dict | None) -> bytes:
+    delta = {"type": "speech.audio.delta", "audio": "AAEC"}
+    done = {"type": "speech.audio.done"} | ({"usage": usage} if usage is not None else {})
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in (delta, delta, done))
+
+
+def test_speech_events_are_read_with_the_done_events_usage() -> None:
+    usage = {"input_tokens": 14, "output_tokens": 101, "total_tokens": 115}
+    done = plugin.parse_stream_event(
+        model(TTS), tts(), json.dumps({"type": "speech.audio.done", "usage": usage})
+    )
+    assert done.done and (done.usage.input_tokens, done.usage.audio_output_tokens) == (14, 101)
+    delta = plugin.parse_stream_event(
+        model(TTS), tts(), '{"type": "speech.audio.delta", "audio": "AAEC"}'
+    )
+    assert delta.chunk == {"type": "speech.audio.delta", "audio": "AAEC"} and not delta.done
+    other = plugin.parse_stream_event(model(TTS), tts(), '{"type": "speech.audio.later"}')
+    assert other.chunk is None and other.usage is None
+    with pytest.raises(UpstreamError):
+        plugin.parse_stream_event(model(TTS), tts(), '{"type": "error", "error": {}}')
+
+
+def test_a_whole_event_answer_is_the_audio_or_the_events_with_the_usage() -> None:
+    body = _speech_events({"input_tokens": 2, "output_tokens": 30, "total_tokens": 32})
+    audio = plugin.parse_response(model(TTS), tts(), httpx.Response(200, content=body))
+    assert audio.body == b"\0\1\2" * 2 and audio.content_type == "audio/mpeg"
+    assert (audio.usage.input_tokens, audio.usage.audio_output_tokens) == (2, 30)
+    events = plugin.parse_response(
+        model(TTS), tts(stream_format="sse"), httpx.Response(200, content=body)
+    )
+    assert events.body == body and events.content_type == "text/event-stream"
+    cut = _speech_events(None).split(b"data: ")
+    with pytest.raises(UpstreamError):  # no done event: not the whole answer
+        plugin.parse_response(
+            model(TTS), tts(), httpx.Response(200, content=b"data: ".join(cut[:3]))
+        )

@@ -171,6 +171,34 @@ def test_speech_and_transcription(sim: httpx.Client) -> None:
     assert plain.json()["usage"] == {"type": "duration", "seconds": 3}
 
 
+def test_speech_events_carry_the_usage_the_description_gives_them(sim: httpx.Client) -> None:
+    body = {
+        "model": "gpt-4o-mini-tts",
+        "input": "Hello there, in events.",
+        "voice": "marin",
+        "instructions": "Cheerfully.",
+        "response_format": "pcm",
+        "stream_format": "sse",
+    }
+    SPEC.validate_request("post", "/audio/speech", body)
+    r = sim.post("/audio/speech", json=body)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    for event in events[:-1]:
+        SPEC.validate_schema("SpeechAudioDeltaEvent", event)
+        assert event["type"] == "speech.audio.delta"
+    SPEC.validate_schema("SpeechAudioDoneEvent", events[-1])
+    usage = events[-1]["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    # the same audio as the plain answer, which reports no usage at all
+    plain = sim.post("/audio/speech", json={**body, "stream_format": "audio"})
+    assert plain.headers["content-type"] == "audio/pcm"
+    assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == plain.content
+    classic = {k: v for k, v in body.items() if k != "instructions"} | {"model": "tts-1"}
+    refused = sim.post("/audio/speech", json=classic)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stream_format"
+
+
 @pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 503])
 def test_error_bodies(sim: httpx.Client, origin: str, status: int) -> None:
     httpx.post(f"{origin}/_sim/knobs", json={"fail": [{"kind": "error", "status": status}]})
@@ -219,6 +247,9 @@ UNIFIED = [
     ImageRequest(model="openai/gpt-image-2", prompt="a fox", size="1536x1024", quality="high", n=2),
     SpeechRequest(
         model="openai/tts-1-hd", input="Hello", voice="nova", response_format="flac", speed=1.25
+    ),
+    SpeechRequest(
+        model="openai/gpt-4o-mini-tts", input="Hello", voice="cedar", instructions="Slowly."
     ),
 ]
 

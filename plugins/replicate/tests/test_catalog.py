@@ -24,6 +24,7 @@ def test_the_entries_are_valid_and_the_simulator_serves_them() -> None:
         assert model.upstream in MODELS
     assert models["replicate/flux-schnell"].pricing.per_image == Decimal("0.003")
     assert models["replicate/veo-3.1-fast"].pricing.per_second == Decimal("0.15")
+    assert models["replicate/veo-3.1"].pricing.per_second == Decimal("0.40")
     assert models["replicate/speech-2.6-turbo"].pricing.per_1k_chars == Decimal("0.06")
 
 
@@ -33,6 +34,8 @@ def test_holds_cover_the_largest_request_the_models_accept() -> None:
     assert models["replicate/flux-schnell"].max_outputs == flux["num_outputs"]["maximum"]
     veo = MODELS["google/veo-3.1-fast"].input_schema["properties"]
     assert models["replicate/veo-3.1-fast"].max_output_seconds == max(veo["duration"]["enum"])
+    veo_full = MODELS["google/veo-3.1"].input_schema["properties"]
+    assert models["replicate/veo-3.1"].max_output_seconds == max(veo_full["duration"]["enum"])
     llama = MODELS["meta/meta-llama-3.1-405b-instruct"].input_schema["properties"]
     assert (
         models["replicate/llama-3.1-405b-instruct"].max_output_tokens

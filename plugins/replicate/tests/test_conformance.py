@@ -13,4 +13,7 @@ class TestConformance(ProviderConformance):
     registry = Path(__file__).parents[3] / "registry.toml"
     # The sandbox's 1 s steps, made quick.
     simulator_knobs: ClassVar[dict[str, Any]] = {"step_seconds": 0.05}
-    inputs: ClassVar[dict[str, dict[str, Any]]] = {"replicate/veo-3.1-fast": {"duration": 4}}
+    inputs: ClassVar[dict[str, dict[str, Any]]] = {
+        "replicate/veo-3.1-fast": {"duration": 4},
+        "replicate/veo-3.1": {"duration": 4},
+    }

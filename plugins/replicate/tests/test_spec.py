@@ -51,6 +51,7 @@ PROBLEM = {
 INPUTS: dict[str, dict[str, Any]] = {
     "black-forest-labs/flux-schnell": {"prompt": "a red bicycle", "num_outputs": 2},
     "google/veo-3.1-fast": {"prompt": "waves at dusk", "duration": 4},
+    "google/veo-3.1": {"prompt": "a lighthouse at dawn", "duration": 6, "resolution": "720p"},
     "minimax/speech-2.6-turbo": {"text": "Hello there.", "audio_format": "wav"},
     "meta/meta-llama-3.1-405b-instruct": {"prompt": "Say hi", "max_tokens": 8},
 }

@@ -65,6 +65,8 @@ def price_usage(pricing: Pricing, usage: Usage, model_id: str = "") -> Decimal:
         total += usage.run_seconds * pricing.per_run_second
     if usage.audio_input_tokens and pricing.audio_input_per_1m is not None:
         total += usage.audio_input_tokens * pricing.audio_input_per_1m / _MILLION
+    if usage.audio_output_tokens and pricing.audio_output_per_1m is not None:
+        total += usage.audio_output_tokens * pricing.audio_output_per_1m / _MILLION
     if pricing.markup:
         total += total * pricing.markup
     return total

@@ -39,6 +39,8 @@ class Usage:
     #: Input tokens written to the provider's prompt cache (Anthropic's cache creation),
     #: part of ``input_tokens`` like ``cached_input_tokens`` (the ones read from it).
     cache_write_tokens: int = 0
+    #: Audio a model writes as tokens (gpt-4o-mini-tts's speech; ``output_tokens``: text).
+    audio_output_tokens: int = 0
     variant: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -88,6 +90,7 @@ QUANTITIES = (
     Quantity("run_seconds", _decimal, ("per_run_second",), decimal=True),
     Quantity("audio_input_tokens", _as_is, ("audio_input_per_1m",)),
     Quantity("cache_write_tokens", _as_is, ("cache_write_per_1m",)),
+    Quantity("audio_output_tokens", _as_is, ("audio_output_per_1m",)),
 )
 #: The usage row's quantity columns.
 QUANTITY_FIELDS = tuple(q.name for q in QUANTITIES)

@@ -207,9 +207,17 @@ class AudioStream:
 
     ``content_type`` is what the client is told; ``prefix`` goes out before the first byte
     (a container header, e.g. RIFF around raw PCM); ``usage`` is the billable usage, or None
-    for the request's estimate (speech is priced per character, known up front).
+    for the request's estimate (speech priced per character is known up front).
+
+    ``events``: the body is server-sent events, each read by ``parse_stream_event`` into a
+    unified speech event (``{"type": "speech.audio.delta", "audio": BASE64}``, then
+    ``{"type": "speech.audio.done", "usage": {...}}`` with the event's ``usage`` set and
+    ``done``): speech priced per token, whose usage is known at the end. The core writes
+    the client the audio's bytes, or the events when it asked for ``stream_format: "sse"``
+    (``prefix`` is then unused), and bills the done event's usage.
     """
 
     content_type: str
     usage: Usage | None = None
     prefix: bytes = b""
+    events: bool = False

@@ -405,3 +405,9 @@ def m012_stored_responses(db: sqlite_utils.Database) -> None:
 def m013_cache_write_tokens(db: sqlite_utils.Database) -> None:
     # Input written to a provider's prompt cache (Anthropic), priced apart from the rest.
     db["usage"].add_column("cache_write_tokens", int)
+
+
+@migration
+def m014_audio_output_tokens(db: sqlite_utils.Database) -> None:
+    # Audio a model writes as tokens (gpt-4o-mini-tts), priced apart from its text input.
+    db["usage"].add_column("audio_output_tokens", int)

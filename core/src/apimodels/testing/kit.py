@@ -20,8 +20,11 @@ mode serving only that provider's models, each on its own socket of 127.0.0.1, a
   client's 401; upstream rate limits a 429; upstream failures a 502) and no upstream key
   appears in any error;
 - streaming works where the modality streams (chat: chunks, then usage with its cost;
-  speech: audio relayed with its cost in ``x-apimodels-cost``), in the provider's
-  ``stream_format``;
+  speech: audio relayed with its cost in ``x-apimodels-cost`` when it is known up front,
+  else recorded once the audio ended), in the provider's ``stream_format``;
+- speech events (``stream_format: "sse"``): a model either streams them (audio in
+  ``speech.audio.delta`` events, then ``speech.audio.done`` with the usage and the cost
+  charged) or refuses with a 400 naming ``stream_format``, free;
 - embeddings answer both ``encoding_format``s: floats, and the same vector as base64 of
   little-endian float32 (the plugin passes it through or encodes it itself);
 - errors the upstream reports with a 2xx status (``errors_in_2xx``: bodies it sends) and
@@ -270,6 +273,8 @@ class ProviderConformance:
                         cached_input_tokens=n // 3,
                         cache_write_tokens=n // 3,
                         output_tokens=n,
+                        audio_input_tokens=n,
+                        audio_output_tokens=n,
                         images=n,
                         characters=n,
                         outputs=n,
@@ -338,14 +343,49 @@ class ProviderConformance:
                 for m in self.models(kit)
                 if m.modality is Modality.speech and not kit.server.gateway.routes[m.id].jobs
             ]
-            for model in speech:  # audio is relayed as it arrives, cost known up front
+            for model in speech:  # audio is relayed as it arrives
                 body = {"model": model.id, **self._input(kit, model)}
                 with c.stream("POST", "/v1/audio/speech", json=body) as r:
                     assert r.status_code == 200, f"{model.id}: {r.status_code}"
                     assert r.headers["content-type"].startswith("audio/"), model.id
-                    assert Decimal(r.headers["x-apimodels-cost"]) >= 0, model.id
                     audio = b"".join(r.iter_bytes())
                 assert audio, f"{model.id}: no audio"
+                row = c.get(f"/v1/generation/{r.headers['x-request-id']}").json()
+                assert row["status"] == "succeeded" and Decimal(str(row["cost"])) >= 0, model.id
+                if "x-apimodels-cost" in r.headers:  # a price known up front is the charge
+                    assert Decimal(r.headers["x-apimodels-cost"]) == Decimal(str(row["cost"]))
+
+    def test_speech_events_stream_or_are_refused(self, kit: Kit) -> None:
+        models = self._plain_models(kit, Modality.speech)
+        if not models:
+            pytest.skip("no speech model")
+        with kit.client() as c:
+            for model in models:
+                body = {"model": model.id, **self._input(kit, model), "stream_format": "sse"}
+                with c.stream("POST", "/v1/audio/speech", json=body) as r:
+                    raw = r.read()
+                row = c.get(f"/v1/generation/{r.headers['x-request-id']}").json()
+                if r.status_code == 400:  # the model cannot stream events
+                    assert r.json()["error"]["param"] == "stream_format", model.id
+                    assert Decimal(str(row.get("cost") or 0)) == 0, f"{model.id}: charged"
+                    continue
+                assert r.status_code == 200, f"{model.id}: {r.status_code} {raw[:200]!r}"
+                assert r.headers["content-type"].startswith("text/event-stream"), model.id
+                events = [
+                    json.loads(line[6:])
+                    for line in raw.decode().splitlines()
+                    if line.startswith("data: ")
+                ]
+                audio = b"".join(
+                    base64.b64decode(e["audio"])
+                    for e in events
+                    if e.get("type") == "speech.audio.delta"
+                )
+                assert audio, f"{model.id}: no audio in the events"
+                done = events[-1]
+                assert done.get("type") == "speech.audio.done", f"{model.id}: no done event"
+                cost = Decimal(str(done["usage"]["cost"]))
+                assert cost == Decimal(str(row["cost"])) >= 0, f"{model.id}: {cost} vs {row}"
 
     # --- errors the upstream reports in 2xx answers ----------------------------------------
 

@@ -149,6 +149,12 @@ def check(request: SpeechRequest) -> None:
             code="unsupported_value",
             param="response_format",
         )
+    if request.stream_format == "sse":  # ElevenLabs streams bytes, not speech events
+        raise InvalidRequest(
+            "ElevenLabs models stream audio, not speech events: leave out stream_format.",
+            code="unsupported_value",
+            param="stream_format",
+        )
     low, high = SPEED_RANGE
     if request.speed is not None and not low <= request.speed <= high:
         raise InvalidRequest(

@@ -57,6 +57,8 @@ from .voices import PREMADE
 
 #: model id -> (name, most characters per request, character cost multiplier)
 MODELS: dict[str, tuple[str, int, float]] = {
+    "eleven_v4": ("Eleven v4", 10000, 1.0),
+    "eleven_v4_turbo": ("Eleven v4 Turbo", 10000, 0.5),
     "eleven_v3": ("Eleven v3", 5000, 1.0),
     "eleven_multilingual_v2": ("Eleven Multilingual v2", 10000, 1.0),
     "eleven_flash_v2_5": ("Eleven Flash v2.5", 40000, 0.5),

@@ -7,6 +7,7 @@ completions (with streaming), embeddings, image generation, speech and transcrip
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -18,6 +19,7 @@ import httpx
 
 from apimodels import (
     APIError,
+    AudioStream,
     ChatRequest,
     EmbeddingRequest,
     ImageRequest,
@@ -77,6 +79,15 @@ _MIN_BYTES_PER_SECOND = 500
 _AUDIO_TOKENS_PER_SECOND = 17
 #: Transcript formats of the models priced per token (they read and bill audio as tokens).
 _TOKEN_TRANSCRIPT_FORMATS = ("json", "text")
+#: The longest speech a text can become, for the hold of a model priced per audio token:
+#: a second per byte of text at speed 1 (English is read at about 15 bytes a second,
+#: Chinese about 12; the slowest reading, of long digit strings, about 2), and at least
+#: ``_MIN_SPEECH_SECONDS`` (a word read with the pauses its instructions ask for).
+_SPEECH_SECONDS_PER_BYTE = 1
+_MIN_SPEECH_SECONDS = 5
+#: Audio tokens per second of speech: OpenAI's estimate of $0.015 a minute for
+#: gpt-4o-mini-tts at $12 per 1M audio tokens is 20.8 a second (about 19.6 measured).
+_SPEECH_TOKENS_PER_SECOND = 21
 
 
 @hookimpl
@@ -177,7 +188,18 @@ def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
             images=request.n, variant=_worst_variant(model, _image_variant(model, request))
         )
     if isinstance(request, SpeechRequest):
-        return Usage(characters=len(request.input))
+        if not _speech_token_priced(model):
+            return Usage(characters=len(request.input))
+        text = _text_tokens_upper_bound(request.input + (request.instructions or ""))
+        seconds = max(
+            _MIN_SPEECH_SECONDS,
+            len(request.input.encode()) * _SPEECH_SECONDS_PER_BYTE / (request.speed or 1.0),
+        )
+        return Usage(
+            # its window bounds what it reads (a longer text is refused upstream)
+            input_tokens=min(text, model.context_tokens or text),
+            audio_output_tokens=math.ceil(seconds * _SPEECH_TOKENS_PER_SECOND),
+        )
     if isinstance(request, TranscriptionRequest):
         seconds = _longest_seconds(request.file)
         if not _token_priced(model):
@@ -197,6 +219,13 @@ def estimate_usage(model: ModelConfig, request: UnifiedRequest) -> Usage | None:
 def _token_priced(model: ModelConfig) -> bool:
     """A transcription model that reads audio as tokens (gpt-4o-transcribe), not seconds."""
     return model.pricing.audio_input_per_1m is not None
+
+
+def _speech_token_priced(model: ModelConfig) -> bool:
+    """A speech model that writes audio as tokens (gpt-4o-mini-tts), not per character.
+    OpenAI reports such a model's usage only in the last event of an SSE answer, so it is
+    always asked for one (``stream_format: "sse"``), whatever the client asked for."""
+    return model.pricing.audio_output_per_1m is not None
 
 
 # --- requests --------------------------------------------------------------------------
@@ -254,6 +283,8 @@ def build_request(
             body.pop("response_format", None)
     elif isinstance(request, SpeechRequest):
         path = "/audio/speech"
+        if _speech_token_priced(model):
+            body["stream_format"] = "sse"
     else:
         return None
     return upstream.json_request("POST", path, body, headers)
@@ -353,6 +384,8 @@ def parse_response(
     model: ModelConfig, request: UnifiedRequest, response: httpx.Response
 ) -> Output | None:
     if isinstance(request, SpeechRequest):
+        if _speech_token_priced(model):
+            return _speech_from_events(request, response.content)
         content_type = response.headers.get("content-type") or _AUDIO_TYPES[request.response_format]
         return Output(response.content, Usage(characters=len(request.input)), content_type)
     body = json.loads(response.content)
@@ -381,8 +414,10 @@ def parse_stream_event(
     chunk = json.loads(data)
     if not isinstance(chunk, dict):
         raise ValueError("not a JSON object")
-    if "error" in chunk:  # OpenAI reports mid-stream failures as an error event
+    if "error" in chunk or chunk.get("type") == "error":  # a mid-stream failure
         raise UpstreamError("openai reported an error while streaming")
+    if isinstance(request, SpeechRequest):
+        return _speech_event(chunk)
     chunk["model"] = model.id
     usage = chunk.get("usage")
     if not usage:
@@ -395,6 +430,68 @@ def parse_stream_event(
     if not wanted and not chunk.get("choices"):
         return StreamEvent(None, _chat_usage(usage))  # billing-only chunk
     return StreamEvent(chunk, _chat_usage(usage))
+
+
+# --- speech priced per token ------------------------------------------------------------
+
+_SPEECH_DELTA, _SPEECH_DONE = "speech.audio.delta", "speech.audio.done"
+
+
+def _speech_usage(usage: Any) -> Usage | None:
+    """A speech.audio.done event's usage: the text read (input) and the audio written
+    (output), as the API reports them; None when it has none."""
+    if not isinstance(usage, dict) or not {"input_tokens", "output_tokens"} & set(usage):
+        return None
+    return Usage(
+        input_tokens=_count(usage.get("input_tokens", 0)),
+        audio_output_tokens=_count(usage.get("output_tokens", 0)),
+    )
+
+
+def _speech_event(event: dict[str, Any]) -> StreamEvent:
+    """A speech event, already in the unified shape (OpenAI's): others are dropped."""
+    kind = event.get("type")
+    if kind == _SPEECH_DELTA:
+        return StreamEvent(event)
+    if kind == _SPEECH_DONE:
+        return StreamEvent(event, _speech_usage(event.get("usage")), done=True)
+    return StreamEvent(None)
+
+
+def _sse_data(body: bytes) -> list[str]:
+    """The data of each event of a whole server-sent-events body."""
+    events = body.replace(b"\r\n", b"\n").decode().split("\n\n")
+    return [
+        "\n".join(line[5:].removeprefix(" ") for line in e.split("\n") if line.startswith("data:"))
+        for e in events
+        if "data:" in e
+    ]
+
+
+def _speech_from_events(request: SpeechRequest, body: bytes) -> Output:
+    """A whole SSE speech answer (a replayable call reads it at once): the audio or the
+    events, as the client asked, and the done event's usage."""
+    audio, usage, done = bytearray(), None, False
+    for data in _sse_data(body):
+        event = _speech_event(json.loads(data))
+        if event.chunk is not None and event.chunk.get("type") == _SPEECH_DELTA:
+            audio += base64.b64decode(event.chunk["audio"], validate=True)
+        if event.done:
+            usage, done = event.usage, True
+    if not done or not audio:
+        raise UpstreamError("openai ended the audio stream before it was complete")
+    if request.stream_format == "sse":
+        return Output(body, usage, "text/event-stream")
+    return Output(bytes(audio), usage, _AUDIO_TYPES[request.response_format])
+
+
+@hookimpl
+def parse_audio_stream(model: ModelConfig, request: UnifiedRequest) -> AudioStream | None:
+    if not isinstance(request, SpeechRequest) or not _speech_token_priced(model):
+        return None  # the core's: the upstream's content type, billed per character
+    if request.stream_format == "sse":
+        return AudioStream("text/event-stream", events=True)
+    return AudioStream(_AUDIO_TYPES[request.response_format], events=True)
 
 
 # --- errors ----------------------------------------------------------------------------

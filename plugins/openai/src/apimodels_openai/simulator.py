@@ -14,6 +14,10 @@ error bodies (``{"error": {"message", "type", "param", "code"}}``):
   the simulator itself serves under ``/_sim/files/``;
 - ``POST /v1/audio/speech``: real audio, streamed in chunks: a sine tone for wav, pcm and
   flac; silent frames for mp3, opus and aac (see ``media``). 15 characters a second;
+  gpt-4o-mini-tts also takes ``instructions`` and ``stream_format: "sse"``: the same audio
+  in ``speech.audio.delta`` events, then a ``speech.audio.done`` event with the usage
+  (the input's and the instructions' text tokens in, 20 audio tokens a second out), the
+  only place the API reports it;
 - ``POST /v1/audio/transcriptions``: a templated transcript whose length follows the
   audio's real duration (read from its headers, else guessed from its size), in every
   ``response_format``; the gpt-4o transcription models answer json only, with a
@@ -122,7 +126,12 @@ IMAGE_TOKENS = {
     "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
-SPEECH_MODELS = ("tts-1", "tts-1-hd")
+#: Speech models priced per token: they take instructions, stream events (stream_format
+#: "sse") and report their usage in the last one.
+TOKEN_SPEECH_MODELS = ("gpt-4o-mini-tts",)
+SPEECH_MODELS = ("tts-1", "tts-1-hd", *TOKEN_SPEECH_MODELS)
+#: Audio tokens per second of speech (about what gpt-4o-mini-tts is billed for).
+AUDIO_OUTPUT_TOKENS_PER_SECOND = 20
 #: Transcription models billed per token: they answer json only, with a token usage.
 TOKEN_TRANSCRIPTION_MODELS = ("gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 #: Audio tokens per second of input audio (OpenAI: one per 100 ms).
@@ -863,10 +872,15 @@ def _store_file(request: Request, data: bytes) -> str:
 _TONES_HZ = (200.0, 300.0, 400.0, 500.0, 600.0, 800.0)  # periods that divide a FLAC block
 
 
+def speech_seconds(text: str, speed: float = 1.0) -> float:
+    """How long the simulator speaks ``text``: 15 characters a second at ``speed`` 1, at
+    least half a second."""
+    return max(0.5, len(text) / 15 / speed)
+
+
 def speech_audio(text: str, fmt: str, speed: float = 1.0) -> bytes:
-    """The audio the simulator speaks for ``text``: 15 characters a second at ``speed`` 1,
-    at least half a second."""
-    seconds = max(0.5, len(text) / 15 / speed)
+    """The audio the simulator speaks for ``text`` (``speech_seconds`` long)."""
+    seconds = speech_seconds(text, speed)
     if fmt == "mp3":
         return media.mp3_silence(seconds)
     if fmt == "opus":
@@ -895,12 +909,35 @@ async def speech(request: Request, body: dict[str, Any]) -> Response:
         )
     fmt = _choice(body, "response_format", tuple(SPEECH_FORMATS), "mp3")
     speed = _number(body, "speed", 1.0, 0.25, 4.0)
-    if _choice(body, "stream_format", ("audio", "sse"), "audio") == "sse":
+    instructions = _text(body, "instructions", 4096) if "instructions" in body else ""
+    sse = _choice(body, "stream_format", ("audio", "sse"), "audio") == "sse"
+    if sse and model not in TOKEN_SPEECH_MODELS:
         raise _invalid(
             f"stream_format 'sse' is not supported for {model}.", "stream_format", "invalid_value"
         )
     audio = speech_audio(text, fmt, speed)
-    return _Stream(_audio_chunks(request, audio), media_type=SPEECH_FORMATS[fmt])
+    if not sse:
+        return _Stream(_audio_chunks(request, audio), media_type=SPEECH_FORMATS[fmt])
+    text_tokens = tokens(text) + tokens(instructions)
+    audio_tokens = math.ceil(speech_seconds(text, speed) * AUDIO_OUTPUT_TOKENS_PER_SECOND)
+    usage = {
+        "input_tokens": text_tokens,
+        "output_tokens": audio_tokens,
+        "total_tokens": text_tokens + audio_tokens,
+    }
+    return _Stream(_speech_events(request, audio, usage), media_type="text/event-stream")
+
+
+async def _speech_events(
+    request: Request, audio: bytes, usage: dict[str, int]
+) -> AsyncIterator[bytes]:
+    """``audio`` as speech.audio.delta events (a chunk of base64 each), then the done event
+    with the usage (CreateSpeechResponseStreamEvent)."""
+    async for chunk in _audio_chunks(request, audio):
+        yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
+    if getattr(request.state, "cut", False):
+        raise _CutStream  # a one-chunk answer is cut before its done event
+    yield _sse({"type": "speech.audio.done", "usage": usage})
 
 
 async def _audio_chunks(request: Request, audio: bytes, size: int = 4096) -> AsyncIterator[bytes]:

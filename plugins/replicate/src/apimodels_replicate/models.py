@@ -6,6 +6,8 @@ main fields), as published for each model on replicate.com (its "API" tab, i.e. 
 - google/veo-3.1-fast: the api.core.today listing of the Replicate model (its `duration`
   there reads "5 or 8"; Google's Veo 3.1 API, and every other listing found, say 4, 6 or 8,
   which is what the simulator takes);
+- google/veo-3.1: the api.core.today listing of the Replicate model (read 2026-12-06): Veo
+  3.1 Fast's fields, 1080p by default, and 1 to 3 ``reference_images``;
 - minimax/speech-2.6-turbo: replicate.com/minimax/speech-2.6-turbo and the identical schema
   of minimax/speech-2.8-turbo's version page;
 - meta/meta-llama-3.1-405b-instruct: replicate.com/meta/meta-llama-3.1-405b-instruct
@@ -192,6 +194,28 @@ VEO_31_FAST = SimModel(
     _URI,
 )
 
+VEO_31 = SimModel(
+    "google",
+    "veo-3.1",
+    "video",
+    "Google's state-of-the-art video generation model with synchronized native audio, reference image support (up to 3 images), and last frame interpolation",
+    _input(
+        {
+            **VEO_31_FAST.input_schema["properties"],
+            "resolution": _string(
+                "Resolution of the generated video", enum=["720p", "1080p"], default="1080p"
+            ),
+            "reference_images": {
+                "type": "array",
+                "items": {"type": "string", "format": "uri"},
+                "description": "1-3 reference images for subject-consistent generation. Only works with 16:9 aspect ratio and 8-second duration",
+            },
+        },
+        ["prompt"],
+    ),
+    _URI,
+)
+
 SPEECH_26_TURBO = SimModel(
     "minimax",
     "speech-2.6-turbo",
@@ -328,7 +352,7 @@ LLAMA_31_405B = SimModel(
 
 #: Every model the simulator knows, by ``owner/name``.
 MODELS: dict[str, SimModel] = {
-    m.ref: m for m in (FLUX_SCHNELL, VEO_31_FAST, SPEECH_26_TURBO, LLAMA_31_405B)
+    m.ref: m for m in (FLUX_SCHNELL, VEO_31_FAST, VEO_31, SPEECH_26_TURBO, LLAMA_31_405B)
 }
 #: The same models by version id.
 VERSIONS: dict[str, SimModel] = {m.version: m for m in MODELS.values()}
