@@ -405,3 +405,61 @@ def m012_stored_responses(db: sqlite_utils.Database) -> None:
 def m013_cache_write_tokens(db: sqlite_utils.Database) -> None:
     # Input written to a provider's prompt cache (Anthropic), priced apart from the rest.
     db["usage"].add_column("cache_write_tokens", int)
+
+
+@migration
+def m014_console(db: sqlite_utils.Database) -> None:
+    # The Console (apimodels.console): an account holder's password (Argon2id), verified
+    # email and low-balance threshold; sessions kept server-side (revocable) under the hash
+    # of their cookie; one-time links (verify, reset) under the hash of their token; failed
+    # sign-ins, counted per email and per client address to throttle guessing.
+    db["accounts"].add_column("password_hash", str)
+    db["accounts"].add_column("email_verified_at", str)
+    db["accounts"].add_column("low_balance_micros", int)  # None: the server's default
+    db["accounts"].add_column("low_balance_mailed_at", str)  # cleared when topped up
+    db["console_sessions"].create(
+        {
+            "id": str,  # sha256 of the cookie's value
+            "account_id": str,
+            "role": str,  # holder (an operator's sessions later get their own role)
+            "created_at": str,
+            "last_seen_at": str,
+            "expires_at": str,
+            "revoked_at": str,
+            "user_agent": str,
+            "ip": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "role", "created_at", "expires_at"},
+        defaults={"role": "holder"},
+    )
+    db["console_sessions"].create_index(["account_id"])
+    db["console_tokens"].create(
+        {
+            "id": str,  # sha256 of the token in the link
+            "account_id": str,
+            "purpose": str,  # verify | reset
+            "created_at": str,
+            "expires_at": str,
+            "used_at": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "purpose", "created_at", "expires_at"},
+    )
+    db["console_login_failures"].create(
+        {"id": int, "subject": str, "created_at": str},
+        pk="id",
+        not_null={"subject", "created_at"},
+    )
+    db["console_login_failures"].create_index(["subject", "created_at"])
+    # The dashboard's sums of one account's recent spend, per day and model, read from the
+    # index alone (no table lookups for 100,000 rows).
+    db.execute(
+        "CREATE INDEX idx_usage_spend ON usage (account_id, created_at, model, cost_micros)"
+    )
+    # What a key starts with ("amk_": checksummed; NULL: a legacy "sk-am-" key), for its hint.
+    db["api_keys"].add_column("key_format", str)
+    # Last use of a key: the newest usage row of that key.
+    db["usage"].create_index(["key_id", "created_at"])
