@@ -18,9 +18,9 @@ import sqlite_utils
 from apimodels.errors import AuthenticationError, PermissionDenied
 from apimodels.store.accounts import (
     KeyStore,
-    key_checksum,
     create_account,
     create_key,
+    key_checksum,
     list_keys,
     revoke_key,
     rotate_key,
