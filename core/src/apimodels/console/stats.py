@@ -4,57 +4,61 @@ rows (the ledger's charges), always filtered by the account id of the signed-in 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import sqlite_utils
 
-#: A row that cost something: only captured holds are charges.
-_CHARGED = "hold_state = 'captured'"
+# Sums of cost_micros over every row of the account are its charges: a released or expired
+# hold is settled at cost 0 and a pending one has no cost yet (billing.ledger._settle), so
+# no filter on hold_state is needed, and idx_usage_days answers from the index.
 
 
 def _day_start(moment: datetime) -> datetime:
     return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def spend_since(db: sqlite_utils.Database, account_id: str, since: datetime) -> int:
-    return db.execute(
-        f"SELECT COALESCE(SUM(cost_micros), 0) FROM usage WHERE account_id = ?"
-        f" AND created_at >= ? AND {_CHARGED}",
-        [account_id, since.isoformat(timespec="microseconds")],
-    ).fetchone()[0]
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """The dashboard's figures: the last ``days`` days (oldest first), each model's spend on
+    each of them, and the spend of today and of this month (UTC)."""
+
+    labels: list[str]
+    per_model: dict[str, list[int]]
+    today_micros: int
+    month_micros: int
 
 
-def spend_per_day(
+def spend(
     db: sqlite_utils.Database, account_id: str, days: int = 30, now: datetime | None = None
-) -> tuple[list[str], dict[str, list[int]]]:
-    """The last ``days`` days (oldest first) and, per model, its spend on each of them."""
+) -> Spend:
+    """One pass over the account's rows since the earlier of the chart's first day and the
+    first of the month, grouped by day and model in SQL."""
     now = now or datetime.now(UTC)
-    first = _day_start(now) - timedelta(days=days - 1)
+    today = _day_start(now)
+    first = today - timedelta(days=days - 1)
+    month = today.replace(day=1)
     labels = [(first + timedelta(days=i)).date().isoformat() for i in range(days)]
     index = {day: i for i, day in enumerate(labels)}
     per_model: dict[str, list[int]] = defaultdict(lambda: [0] * days)
+    today_micros = month_micros = 0
+    month_label, today_label = month.date().isoformat(), today.date().isoformat()
     rows = db.execute(
-        f"SELECT substr(created_at, 1, 10), model, SUM(cost_micros) FROM usage"
-        f" WHERE account_id = ? AND created_at >= ? AND {_CHARGED}"
-        f" GROUP BY substr(created_at, 1, 10), model",
-        [account_id, first.isoformat(timespec="microseconds")],
+        "SELECT substr(created_at, 1, 10), model, SUM(cost_micros) FROM usage"
+        " WHERE account_id = ? AND substr(created_at, 1, 10) >= ?"
+        " GROUP BY substr(created_at, 1, 10), model",
+        [account_id, min(first, month).date().isoformat()],
     ).fetchall()
     for day, model, micros in rows:
-        if day in index and micros:
+        if not micros:
+            continue
+        if day in index:
             per_model[model][index[day]] += micros
-    return labels, dict(per_model)
-
-
-def summary(
-    db: sqlite_utils.Database, account_id: str, now: datetime | None = None
-) -> dict[str, int]:
-    now = now or datetime.now(UTC)
-    today = _day_start(now)
-    return {
-        "today_micros": spend_since(db, account_id, today),
-        "month_micros": spend_since(db, account_id, today.replace(day=1)),
-    }
+        if day >= month_label:
+            month_micros += micros
+        if day == today_label:
+            today_micros += micros
+    return Spend(labels, dict(per_model), today_micros, month_micros)
 
 
 def paid_since(db: sqlite_utils.Database, account_id: str, since: datetime) -> int:
@@ -78,13 +82,3 @@ def last_used(db: sqlite_utils.Database, key_ids: list[str]) -> dict[str, str]:
         if row:
             out[key_id] = row[0]
     return out
-
-
-def key_spend(db: sqlite_utils.Database, account_id: str) -> list[dict[str, Any]]:
-    return list(
-        db.query(
-            f"SELECT key_id, COUNT(*) AS calls, COALESCE(SUM(cost_micros), 0) AS micros"
-            f" FROM usage WHERE account_id = ? AND {_CHARGED} GROUP BY key_id",
-            [account_id],
-        )
-    )

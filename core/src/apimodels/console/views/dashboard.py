@@ -16,14 +16,14 @@ from ..chart import stacked_bars
 def routes(console: Console) -> list[BaseRoute]:
     async def dashboard(request: Request) -> Response:
         account_id = request.scope["console_session"].account_id
-        labels, per_model = stats.spend_per_day(console.db, account_id)
+        spend = stats.spend(console.db, account_id)
         recent, _ = list_usage(console.db, account_id, limit=10)
         return console.render(
             request,
             "dashboard.html",
             balance=console.ledger.balance(account_id),
-            spend=stats.summary(console.db, account_id),
-            chart=stacked_bars(labels, per_model),
+            spend=spend,
+            chart=stacked_bars(spend.labels, spend.per_model),
             recent=recent,
         )
 
