@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -18,14 +19,15 @@ import openai
 import pytest
 
 from apimodels.console.mail import Mail, Notifier
-from apimodels.store.accounts import create_account
+from apimodels.store.accounts import create_account, set_status
 from console_support import PASSWORD, Browser, ConsoleServer, console_server
 from support import Simulator
 
 
 @pytest.fixture(scope="module")
 def cs(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
-    with console_server(tmp_path_factory.mktemp("console"), simulator.url) as server:
+    extra = "\n[console]\nnotice_interval_seconds = 0.1\n"
+    with console_server(tmp_path_factory.mktemp("console"), simulator.url, extra) as server:
         yield server
 
 
@@ -386,3 +388,50 @@ def test_the_console_is_off_outside_the_sandbox_unless_enabled(gateway: object) 
 
     assert isinstance(gateway, Gateway)
     assert httpx.get(f"{gateway.url}/console/models").status_code == 404
+
+
+def _wait_for_mail(cs: ConsoleServer, to: str, kind: str, count: int = 1) -> list[dict]:
+    deadline = time.monotonic() + 10
+    while len(cs.mail(to, kind)) < count:
+        assert time.monotonic() < deadline, f"no {kind} mail to {to}"
+        time.sleep(0.05)
+    return cs.mail(to, kind)
+
+
+def test_receipt_low_balance_and_suspension_are_mailed_once(
+    cs: ConsoleServer, browser: Browser
+) -> None:
+    email = "events@example.com"
+    browser.sign_up(email)
+    browser.get(cs.link(email, "verify").removeprefix(cs.url))
+    account_id = _fund(cs, email, 5_000_000)
+    browser.get("/console/account")
+    browser.post("/console/account/low-balance", {"low_balance_usd": "3"})
+    # A top-up paid at the simulated Checkout: one receipt.
+    browser.get("/console/credits")
+    checkout = browser.post("/console/credits", {"amount_usd": "10", "method": "card"})
+    httpx.post(checkout.headers["location"], data={"action": "pay"})
+    receipt = _wait_for_mail(cs, email, "receipt")[0]
+    order_id = cs.server.db.execute(
+        "SELECT id FROM topup_orders WHERE account_id = ?", [account_id]
+    ).fetchone()[0]
+    assert order_id in receipt["body"] and "$10.00 of credits" in receipt["body"]
+    assert f"/console/credits/{order_id}" in receipt["body"]
+    # Spending down below the holder's threshold ($3): one mail, however long it stays low.
+    assert cs.mail(email, "low_balance") == []
+    cs.server.ledger.post(account_id, -13_500_000, kind="adjustment", reason="t", actor="tests")
+    low = _wait_for_mail(cs, email, "low_balance")
+    assert "$1.50" in low[0]["body"]
+    time.sleep(0.5)
+    assert len(cs.mail(email, "low_balance")) == 1 and len(cs.mail(email, "receipt")) == 1
+    # Back above it re-arms the alert.
+    cs.server.ledger.post(account_id, 5_000_000, kind="grant", reason="t", actor="tests")
+    time.sleep(0.4)
+    cs.server.ledger.post(account_id, -5_000_000, kind="adjustment", reason="t", actor="tests")
+    assert len(_wait_for_mail(cs, email, "low_balance", 2)) == 2
+    # A suspension, with its reason.
+    set_status(cs.server.db, account_id, "suspended", "card dispute under review")
+    suspended = _wait_for_mail(cs, email, "suspended")
+    assert "card dispute under review" in suspended[0]["body"]
+    time.sleep(0.4)
+    assert len(cs.mail(email, "suspended")) == 1

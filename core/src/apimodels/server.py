@@ -153,8 +153,11 @@ def assemble(
         sweeper.append(asyncio.create_task(sweep_periodically(retention, interval)))
         if server.stripe_simulator is not None:
             await server.stripe_simulator.start()
-        if server.console is not None and server.console.sink is not None:
-            await server.console.sink.start()
+        if server.console is not None:
+            if server.console.sink is not None:
+                await server.console.sink.start()
+            interval = catalog.console.notice_interval_seconds
+            sweeper.append(asyncio.create_task(server.console.notices().run(interval)))
         for hook in server.started_hooks:
             hook()
 
@@ -227,6 +230,8 @@ def listen_at(server: Server, url: str, host: str) -> None:
             server.storage.base_url = url
         if sandbox and server.tasks is not None:
             server.tasks.public_url = url
+    if server.console is not None:  # links in the Console's event mail
+        server.console.origin = url
     if server.stripe_simulator is not None:  # sandbox top-ups: the simulator calls us back
         server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
 

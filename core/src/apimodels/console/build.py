@@ -21,6 +21,7 @@ from ..tasks.store import TaskStore
 from .app import Console, mount
 from .csrf import CSRF
 from .mail import MailSink, Notifier
+from .notices import Notices
 from .throttle import Throttle
 
 if TYPE_CHECKING:
@@ -48,6 +49,13 @@ class BuiltConsole:
     console: Console
     mount: Mount
     sink: MailSink | None  # sandbox mode: started and stopped with the server
+    #: Where links in event mail point when no ``gateway.public_url`` is set (``listen_at``).
+    origin: str = "http://127.0.0.1:8000"
+
+    def notices(self) -> Notices:
+        config = self.console.config
+        origin = self.console.public_url or self.origin
+        return Notices(self.console.db, self.console.notifier, origin, config.low_balance_usd)
 
 
 def enabled(catalog: Catalog, sandbox: bool) -> bool:

@@ -30,3 +30,6 @@ class ConsoleConfig(BaseModel):
     #: A mail goes out when an account's balance falls below this (each account may set
     #: its own on the Account page).
     low_balance_usd: Decimal = Decimal("1")
+    #: How often each serving process looks for receipts, low balances and suspensions to
+    #: mail (apimodels.console.notices).
+    notice_interval_seconds: Annotated[float, Field(gt=0)] = 30.0

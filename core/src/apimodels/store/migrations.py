@@ -461,6 +461,13 @@ def m014_console(db: sqlite_utils.Database) -> None:
         "CREATE INDEX idx_usage_days ON usage"
         " (account_id, (substr(created_at, 1, 10)), model, cost_micros)"
     )
+    # Mail the Console sent on an event (a receipt, a suspension...): one row per (kind, ref),
+    # inserted before sending, so that several processes send each mail once.
+    db["console_mail_log"].create(
+        {"kind": str, "ref": str, "account_id": str, "created_at": str},
+        pk=("kind", "ref"),
+        not_null={"account_id", "created_at"},
+    )
     # What a key starts with ("amk_": checksummed; NULL: a legacy "sk-am-" key), for its hint.
     db["api_keys"].add_column("key_format", str)
     # Last use of a key: the newest usage row of that key.
