@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -435,3 +436,53 @@ def test_receipt_low_balance_and_suspension_are_mailed_once(
     assert "card dispute under review" in suspended[0]["body"]
     time.sleep(0.4)
     assert len(cs.mail(email, "suspended")) == 1
+
+
+def test_terms_versions_are_accepted_at_sign_up_and_again_when_they_change(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    legal = tmp_path / "legal"
+    (legal / "terms").mkdir(parents=True)
+    (legal / "privacy").mkdir()
+    (legal / "terms" / "2026-01-01.md").write_text(
+        "# Terms\n\nBe nice. <script>alert(1)</script>\n"
+    )
+    (legal / "privacy" / "2026-01-01.md").write_text("# Privacy\n\nWe keep little.\n")
+    email = "terms@example.com"
+    extra = "\n[console]\nnotice_interval_seconds = 0.1\n"
+    with console_server(tmp_path, simulator.url, extra) as cs:
+        page = httpx.get(f"{cs.url}/console/terms").text
+        assert "<h1>Terms</h1>" in page and "<script>alert" not in page and "&lt;script&gt;" in page
+        b = Browser(cs.url)
+        try:
+            b.get("/console/sign-up")
+            assert "Terms of Service</a> (2026-01-01)" in b.get("/console/sign-up").text
+            refused = b.post("/console/sign-up", {"email": email, "password": PASSWORD})
+            assert refused.status_code == 422 and "Accept the Terms" in refused.text
+            made = b.post(
+                "/console/sign-up", {"email": email, "password": PASSWORD, "accept": "yes"}
+            )
+            assert made.status_code == 303
+            assert "We have published" not in b.get("/console/dashboard").text
+            history = b.get("/console/account").text
+            assert history.count("<td>2026-01-01</td>") == 2
+        finally:
+            b.close()
+    # The operator publishes new Terms and restarts.
+    (legal / "terms" / "2026-06-01.md").write_text("# Terms\n\nBe nicer.\n")
+    with console_server(tmp_path, simulator.url, extra) as cs:
+        mailed = _wait_for_mail(cs, email, "terms")
+        assert "2026-06-01" in mailed[0]["body"] and "/console/terms" in mailed[0]["body"]
+        b = Browser(cs.url)
+        try:
+            b.sign_in(email)
+            notice = b.get("/console/dashboard").text
+            assert "We have published" in notice and "Terms of Service 2026-06-01" in notice
+            assert "Privacy Policy 2026" not in notice  # accepted already
+            b.post("/console/legal/accept", {"document": "terms"})
+            assert "We have published" not in b.get("/console/dashboard").text
+            assert "<td>2026-06-01</td>" in b.get("/console/account").text
+            time.sleep(0.3)
+            assert len(cs.mail(email, "terms")) == 1
+        finally:
+            b.close()

@@ -34,6 +34,7 @@ from ..tasks.store import TaskStore
 from . import sessions
 from .config import ConsoleConfig
 from .csrf import CSRF, FIELD, PRE_SESSION_COOKIE
+from .legal import Legal
 from .mail import MailSink, Notifier
 from .throttle import Throttle
 
@@ -70,6 +71,7 @@ class Console:
     notifier: Notifier
     csrf: CSRF
     throttle: Throttle
+    legal: Legal
     sandbox: bool = False
     routes_by_model: dict[str, Any] = field(default_factory=dict)
     runner: TaskRunner | None = None
@@ -106,6 +108,7 @@ class Console:
             csrf_field=FIELD,
             csrf_token=self.csrf.token(binding),
             sandbox=self.sandbox,
+            legal_pending=self.legal.pending(self.db, session.account_id) if session else [],
             **context,
         )
         response = HTMLResponse(body, status)

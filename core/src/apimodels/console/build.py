@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
@@ -16,10 +17,11 @@ from ..catalog import Catalog
 from ..errors import ConfigError
 from ..storage import Storage
 from ..store.accounts import KeyStore
-from ..store.db import utcnow
+from ..store.db import database_path, utcnow
 from ..tasks.store import TaskStore
 from .app import Console, mount
 from .csrf import CSRF
+from .legal import Legal
 from .mail import MailSink, Notifier
 from .notices import Notices
 from .throttle import Throttle
@@ -55,7 +57,13 @@ class BuiltConsole:
     def notices(self) -> Notices:
         config = self.console.config
         origin = self.console.public_url or self.origin
-        return Notices(self.console.db, self.console.notifier, origin, config.low_balance_usd)
+        return Notices(
+            self.console.db,
+            self.console.notifier,
+            origin,
+            config.low_balance_usd,
+            self.console.legal,
+        )
 
 
 def enabled(catalog: Catalog, sandbox: bool) -> bool:
@@ -107,6 +115,7 @@ def build_console(
         notifier=notifier,
         csrf=CSRF(console_secret(db)),
         throttle=Throttle(db, config.login_attempts, config.login_window_minutes),
+        legal=Legal(Path(database_path(db) or ".").parent / config.legal_dir),
         sandbox=sandbox,
         routes_by_model=dict(routes_by_model),
         runner=runner,

@@ -30,6 +30,9 @@ class ConsoleConfig(BaseModel):
     #: A mail goes out when an account's balance falls below this (each account may set
     #: its own on the Account page).
     low_balance_usd: Decimal = Decimal("1")
+    #: Where the Terms and the Privacy Policy are (``terms/VERSION.md``,
+    #: ``privacy/VERSION.md``), relative to the database's folder (apimodels.console.legal).
+    legal_dir: str = "legal"
     #: How often each serving process looks for receipts, low balances and suspensions to
     #: mail (apimodels.console.notices).
     notice_interval_seconds: Annotated[float, Field(gt=0)] = 30.0

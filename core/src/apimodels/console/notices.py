@@ -17,6 +17,7 @@ import sqlite_utils
 from ..billing.money import to_micros
 from ..store.db import utcnow
 from .app import usd
+from .legal import Legal
 from .mail import Mail, Notifier
 
 log = logging.getLogger("apimodels.console")
@@ -27,8 +28,14 @@ LOOKBACK = timedelta(days=2)
 
 class Notices:
     def __init__(
-        self, db: sqlite_utils.Database, notifier: Notifier, origin: str, low_balance_usd: Decimal
+        self,
+        db: sqlite_utils.Database,
+        notifier: Notifier,
+        origin: str,
+        low_balance_usd: Decimal,
+        legal: Legal | None = None,
     ) -> None:
+        self.legal = legal
         self.db = db
         self.notifier = notifier
         self.origin = origin.rstrip("/")
@@ -80,6 +87,32 @@ class Notices:
                     Mail(email, "Your account is suspended", body, "suspended")
                 )
         sent += await self._low_balances()
+        sent += await self._terms_changed()
+        return sent
+
+    async def _terms_changed(self) -> int:
+        """Holders who accepted an earlier Terms hear once of the version now in force."""
+        terms = self.legal.current.get("terms") if self.legal else None
+        if terms is None:
+            return 0
+        sent = 0
+        for account_id, email in self.db.execute(
+            "SELECT a.id, a.email FROM accounts a WHERE a.status = 'active'"
+            " AND EXISTS (SELECT 1 FROM console_acceptances c WHERE c.account_id = a.id"
+            " AND c.document = 'terms')"
+            " AND NOT EXISTS (SELECT 1 FROM console_acceptances c WHERE c.account_id = a.id"
+            " AND c.document = 'terms' AND c.version = ?)",
+            [terms.version],
+        ).fetchall():
+            if self._claim("terms", f"{account_id}:{terms.version}", account_id):
+                body = (
+                    f"We have published a new version of our Terms of Service ({terms.version}).\n\n"
+                    f"Read it: {self.origin}/console/terms\n"
+                    "You will be asked to accept it the next time you sign in to the Console.\n"
+                )
+                sent += await self.notifier.send(
+                    Mail(email, "Our Terms of Service have changed", body, "terms")
+                )
         return sent
 
     async def _low_balances(self) -> int:

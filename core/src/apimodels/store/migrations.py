@@ -461,6 +461,13 @@ def m014_console(db: sqlite_utils.Database) -> None:
         "CREATE INDEX idx_usage_days ON usage"
         " (account_id, (substr(created_at, 1, 10)), model, cost_micros)"
     )
+    # Which version of the Terms and of the Privacy Policy each holder accepted, and when.
+    db["console_acceptances"].create(
+        {"account_id": str, "document": str, "version": str, "accepted_at": str, "ip": str},
+        pk=("account_id", "document", "version"),
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"accepted_at"},
+    )
     # Mail the Console sent on an event (a receipt, a suspension...): one row per (kind, ref),
     # inserted before sending, so that several processes send each mail once.
     db["console_mail_log"].create(

@@ -29,6 +29,7 @@ def routes(console: Console) -> list[BaseRoute]:
             account=users.get(console.db, session.account_id),
             sessions=sessions.active(console.db, session.account_id),
             default_low=to_micros(console.config.low_balance_usd),
+            acceptances=console.legal.history(console.db, session.account_id),
             **extra,
         )
 

@@ -47,23 +47,30 @@ async def send_verification(
 
 def routes(console: Console) -> list[BaseRoute]:
     async def sign_up_form(request: Request) -> Response:
-        return console.render(request, "sign_up.html")
+        return console.render(request, "sign_up.html", legal=console.legal.current)
 
     async def sign_up(request: Request) -> Response:
         form = await console.form(request)
         email, password = _text(form, "email").lower(), form.get("password")
         password = password if isinstance(password, str) else ""
         error = check_new_password(password)
+        if console.legal.current and form.get("accept") != "yes":
+            error = "Accept the Terms and the Privacy Policy to create an account."
         if "@" not in email or len(email) > 254:
             error = "Enter an email address."
         elif users.find_by_email(console.db, email) is not None:
             # Said plainly: the address is the holder's own, and reset covers the rest.
             error = "An account with this email exists: sign in, or reset its password."
         if error:
-            return console.render(request, "sign_up.html", 422, error=error, email=email)
+            return console.render(
+                request, "sign_up.html", 422, error=error, email=email, legal=console.legal.current
+            )
         account = create_account(console.db, email)
         users.set_password_hash(
             console.db, account["id"], await asyncio.to_thread(hash_password, password)
+        )
+        console.legal.accept(
+            console.db, account["id"], list(console.legal.current), client_ip(request)
         )
         await send_verification(console, request, account["id"], email)
         response = redirect("/dashboard")
