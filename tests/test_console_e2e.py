@@ -486,3 +486,30 @@ def test_terms_versions_are_accepted_at_sign_up_and_again_when_they_change(
             assert len(cs.mail(email, "terms")) == 1
         finally:
             b.close()
+
+
+def test_pages_in_simplified_chinese_by_browser_or_switch(
+    cs: ConsoleServer, new: Callable[[], Browser]
+) -> None:
+    zh = httpx.get(f"{cs.url}/console/sign-in", headers={"accept-language": "zh-CN,zh;q=0.9"})
+    assert '<html lang="zh-CN">' in zh.text and "忘记密码" in zh.text
+    assert '<label for="password">密码</label>' in zh.text
+    en = httpx.get(f"{cs.url}/console/sign-in", headers={"accept-language": "en-GB"})
+    assert '<html lang="en">' in en.text and "Forgot the password?" in en.text
+    b = new()
+    b.sign_up("zh@example.com")
+    switched = b.get("/console/language/zh_CN?next=/console/credits")
+    assert switched.status_code == 303 and switched.headers["location"].endswith("/console/credits")
+    page = b.get("/console/credits").text
+    assert "<h1>额度</h1>" in page and "$0.00" in page  # amounts stay in USD
+    assert ">English</a>" in page  # the switch back
+    b.get("/console/account")
+    wrong = b.post(
+        "/console/account/password", {"current_password": "x" * 12, "new_password": "y" * 12}
+    )
+    assert "当前密码错误。" in wrong.text
+    b.get("/console/language/en?next=/console/credits")
+    assert "<h1>Credits</h1>" in b.get("/console/credits").text
+    # Only the Console's own pages after a switch.
+    away = b.get("/console/language/en?next=https://evil.example/")
+    assert away.headers["location"].endswith("/console/dashboard")

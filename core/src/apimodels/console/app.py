@@ -31,9 +31,10 @@ from ..errors import APIError
 from ..storage import Storage
 from ..store.accounts import KeyStore
 from ..tasks.store import TaskStore
-from . import sessions
+from . import i18n, sessions
 from .config import ConsoleConfig
 from .csrf import CSRF, FIELD, PRE_SESSION_COOKIE
+from .i18n import _
 from .legal import Legal
 from .mail import MailSink, Notifier
 from .throttle import Throttle
@@ -85,7 +86,12 @@ class Console:
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
             auto_reload=False,
+            extensions=["jinja2.ext.i18n"],
         )
+        self.templates.install_gettext_callables(  # type: ignore[attr-defined]
+            i18n._, i18n.ngettext, newstyle=True
+        )
+        self.templates.globals["languages"] = i18n.LANGUAGES
         self.templates.filters["usd"] = usd
         self.templates.globals["prefix"] = PREFIX
 
@@ -108,6 +114,7 @@ class Console:
             csrf_field=FIELD,
             csrf_token=self.csrf.token(binding),
             sandbox=self.sandbox,
+            language=i18n.current.get(),
             legal_pending=self.legal.pending(self.db, session.account_id) if session else [],
             **context,
         )
@@ -120,7 +127,7 @@ class Console:
             " style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:"
         )
         if new_binding:
-            self._cookie(request, response, PRE_SESSION_COOKIE, binding, max_age=None)
+            self.set_cookie(request, response, PRE_SESSION_COOKIE, binding, max_age=None)
         return response
 
     def _binding(self, request: Request, session: sessions.Session | None) -> tuple[str, bool]:
@@ -129,7 +136,7 @@ class Console:
         existing = request.cookies.get(PRE_SESSION_COOKIE)
         return (existing, False) if existing else (self.csrf.new_binding(), True)
 
-    def _cookie(
+    def set_cookie(
         self, request: Request, response: Response, name: str, value: str, max_age: int | None
     ) -> None:
         response.set_cookie(
@@ -156,7 +163,7 @@ class Console:
             user_agent=request.headers.get("user-agent", ""),
             ip=client_ip(request),
         )
-        self._cookie(
+        self.set_cookie(
             request, response, sessions.COOKIE, token, max_age=self.config.session_days * 86400
         )
 
@@ -173,7 +180,7 @@ class Console:
         binding = session.token if session else request.cookies.get(PRE_SESSION_COOKIE)
         sent = form.get(FIELD)
         if not self.csrf.valid(request, binding, sent if isinstance(sent, str) else None):
-            raise HTTPException(403, "The form has expired or did not come from this site.")
+            raise HTTPException(403, _("The form has expired or did not come from this site."))
         return form
 
 
@@ -192,9 +199,12 @@ def page(console: Console, handler: Endpoint, *, signed_in: bool = True) -> Endp
     async def endpoint(request: Request) -> Response:
         session = sessions.load(console.db, request.cookies.get(sessions.COOKIE))
         request.scope["console_session"] = session
+        i18n.current.set(
+            i18n.choose(request.cookies.get(i18n.COOKIE), request.headers.get("accept-language"))
+        )
         if signed_in and session is None:
             if request.method != "GET":
-                return console.render(request, "error.html", 403, message="Sign in first.")
+                return console.render(request, "error.html", 403, message=_("Sign in first."))
             return redirect(f"/sign-in?next={quote(request.url.path)}")
         try:
             return await handler(request)

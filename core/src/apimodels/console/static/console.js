@@ -5,7 +5,7 @@ document.addEventListener("click", (event) => {
   const field = document.getElementById(button.dataset.copy);
   field.select();
   navigator.clipboard.writeText(field.value).then(
-    () => { button.textContent = "Copied"; },
-    () => { document.execCommand("copy"); button.textContent = "Copied"; },
+    () => { button.textContent = button.dataset.done || "Copied"; },
+    () => { document.execCommand("copy"); button.textContent = button.dataset.done || "Copied"; },
   );
 });

@@ -5,11 +5,35 @@ from __future__ import annotations
 from starlette.routing import BaseRoute
 
 from ..app import Console
-from . import account, auth, credits, dashboard, devmail, keys, legal, models, tasks, usage
+from . import (
+    account,
+    auth,
+    credits,
+    dashboard,
+    devmail,
+    keys,
+    language,
+    legal,
+    models,
+    tasks,
+    usage,
+)
 
 
 def all_routes(console: Console) -> list[BaseRoute]:
     routes: list[BaseRoute] = []
-    for module in (auth, dashboard, keys, credits, usage, tasks, models, account, legal, devmail):
+    for module in (
+        auth,
+        dashboard,
+        keys,
+        credits,
+        usage,
+        tasks,
+        models,
+        account,
+        legal,
+        language,
+        devmail,
+    ):
         routes += module.routes(console)
     return routes

@@ -15,6 +15,7 @@ from ...billing.money import to_micros
 from ...privacy.closing import close_account, export_account
 from .. import sessions, users
 from ..app import Console, page, redirect
+from ..i18n import _
 from ..passwords import check_new_password, hash_password, verify_password
 from .keys import _limit
 
@@ -44,14 +45,14 @@ def routes(console: Console) -> list[BaseRoute]:
         new = new if isinstance(new, str) else ""
         stored = users.get(console.db, session.account_id)["password_hash"]
         if not await asyncio.to_thread(verify_password, stored, current):
-            return show(request, 422, error="The current password is wrong.")
+            return show(request, 422, error=_("The current password is wrong."))
         if error := check_new_password(new):
             return show(request, 422, error=error)
         users.set_password_hash(
             console.db, session.account_id, await asyncio.to_thread(hash_password, new)
         )
         sessions.revoke_all(console.db, session.account_id, keep=session.id)
-        return show(request, notice="Password changed; your other sessions are signed out.")
+        return show(request, notice=_("Password changed; your other sessions are signed out."))
 
     async def revoke_session(request: Request) -> Response:
         await console.form(request)
@@ -61,7 +62,7 @@ def routes(console: Console) -> list[BaseRoute]:
             response = redirect("/sign-in")
             console.sign_out(response)
             return response
-        return show(request, notice="Session signed out.")
+        return show(request, notice=_("Session signed out."))
 
     async def everywhere(request: Request) -> Response:
         await console.form(request)
@@ -77,7 +78,7 @@ def routes(console: Console) -> list[BaseRoute]:
         users.set_low_balance(
             console.db, session.account_id, _limit(form, "low_balance_usd", money=True)
         )
-        return show(request, notice="Low-balance alert saved.")
+        return show(request, notice=_("Low-balance alert saved."))
 
     async def export(request: Request) -> Response:
         session = request.scope["console_session"]
@@ -100,13 +101,13 @@ def routes(console: Console) -> list[BaseRoute]:
         form = await console.form(request)
         session = request.scope["console_session"]
         if form.get("confirm") != session.email:
-            return show(request, 422, error="Type your email address to confirm closing.")
+            return show(request, 422, error=_("Type your email address to confirm closing."))
         stored = users.get(console.db, session.account_id)["password_hash"]
         entered = form.get("password")
         if not await asyncio.to_thread(
             verify_password, stored, entered if isinstance(entered, str) else ""
         ):
-            return show(request, 422, error="The password is wrong.")
+            return show(request, 422, error=_("The password is wrong."))
         close_account(
             console.db,
             console.ledger,
@@ -121,8 +122,8 @@ def routes(console: Console) -> list[BaseRoute]:
         response = console.render(
             request,
             "message.html",
-            title="Account closed",
-            message="Your account is closed and its keys are revoked.",
+            title=_("Account closed"),
+            message=_("Your account is closed and its keys are revoked."),
         )
         console.sign_out(response)
         return response

@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from ...store.accounts import create_account
 from .. import links, sessions, users
 from ..app import Console, client_ip, page, redirect
+from ..i18n import _
 from ..mail import Mail
 from ..passwords import check_new_password, hash_password, verify_password
 
@@ -55,12 +56,12 @@ def routes(console: Console) -> list[BaseRoute]:
         password = password if isinstance(password, str) else ""
         error = check_new_password(password)
         if console.legal.current and form.get("accept") != "yes":
-            error = "Accept the Terms and the Privacy Policy to create an account."
+            error = _("Accept the Terms and the Privacy Policy to create an account.")
         if "@" not in email or len(email) > 254:
-            error = "Enter an email address."
+            error = _("Enter an email address.")
         elif users.find_by_email(console.db, email) is not None:
             # Said plainly: the address is the holder's own, and reset covers the rest.
-            error = "An account with this email exists: sign in, or reset its password."
+            error = _("An account with this email exists: sign in, or reset its password.")
         if error:
             return console.render(
                 request, "sign_up.html", 422, error=error, email=email, legal=console.legal.current
@@ -94,7 +95,7 @@ def routes(console: Console) -> list[BaseRoute]:
                 request,
                 "sign_in.html",
                 429,
-                error="Too many failed attempts. Wait a few minutes, or reset your password.",
+                error=_("Too many failed attempts. Wait a few minutes, or reset your password."),
                 email=email,
                 next=target,
             )
@@ -109,7 +110,7 @@ def routes(console: Console) -> list[BaseRoute]:
                 request,
                 "sign_in.html",
                 401,
-                error="Wrong email or password.",
+                error=_("Wrong email or password."),
                 email=email,
                 next=target,
             )
@@ -133,15 +134,15 @@ def routes(console: Console) -> list[BaseRoute]:
                 request,
                 "message.html",
                 400,
-                title="Link not valid",
-                message="This link has expired or was used already. Sign in to get a new one.",
+                title=_("Link not valid"),
+                message=_("This link has expired or was used already. Sign in to get a new one."),
             )
         users.mark_verified(console.db, account_id)
         return console.render(
             request,
             "message.html",
-            title="Email verified",
-            message="Your email address is verified.",
+            title=_("Email verified"),
+            message=_("Your email address is verified."),
         )
 
     async def resend(request: Request) -> Response:
@@ -151,7 +152,7 @@ def routes(console: Console) -> list[BaseRoute]:
         return console.render(
             request,
             "message.html",
-            title="Link sent",
+            title=_("Link sent"),
             message=f"A new link went to {session.email}.",
         )
 
@@ -178,7 +179,7 @@ def routes(console: Console) -> list[BaseRoute]:
         return console.render(
             request,
             "message.html",
-            title="Check your mail",
+            title=_("Check your mail"),
             message=f"If {email} has an account, a link to reset its password is on its way.",
         )
 
@@ -189,8 +190,8 @@ def routes(console: Console) -> list[BaseRoute]:
                 request,
                 "message.html",
                 400,
-                title="Link not valid",
-                message="This link has expired or was used already. Ask for a new one.",
+                title=_("Link not valid"),
+                message=_("This link has expired or was used already. Ask for a new one."),
             )
         return console.render(request, "reset.html", token=token)
 
@@ -207,8 +208,8 @@ def routes(console: Console) -> list[BaseRoute]:
                 request,
                 "message.html",
                 400,
-                title="Link not valid",
-                message="This link has expired or was used already. Ask for a new one.",
+                title=_("Link not valid"),
+                message=_("This link has expired or was used already. Ask for a new one."),
             )
         users.set_password_hash(
             console.db, account_id, await asyncio.to_thread(hash_password, password)

@@ -16,6 +16,7 @@ from ...http.topups import parse_amount  # the API's own rule for an amount
 from ...topups.orders import get_order, list_orders, order_entries
 from .. import stats
 from ..app import Console, page
+from ..i18n import _
 
 THREE_MONTHS = timedelta(days=92)
 
@@ -44,7 +45,7 @@ def routes(console: Console) -> list[BaseRoute]:
             raise HTTPException(404, "Top-ups are not enabled on this server.")
         method = form.get("method") or "card"
         if method not in console.topups.config.methods:
-            return listing(request, 422, error="Choose a payment method.")
+            return listing(request, 422, error=_("Choose a payment method."))
         session = request.scope["console_session"]
         try:
             usd = parse_amount(form.get("amount_usd"), console.topups.config)

@@ -14,6 +14,7 @@ from ...billing.money import to_micros
 from ...store import accounts
 from .. import stats
 from ..app import Console, grace, page
+from ..i18n import _
 
 
 def _own_key(console: Console, account_id: str, key_id: str) -> dict:
@@ -65,7 +66,7 @@ def routes(console: Console) -> list[BaseRoute]:
         _own_key(console, session.account_id, request.path_params["key_id"])
         accounts.revoke_key(console.db, request.path_params["key_id"])
         console.keys.forget()  # at once in this process; others within key_cache_seconds
-        return listing(request, notice="Key revoked: it no longer works.")
+        return listing(request, notice=_("Key revoked: it no longer works."))
 
     async def rotate(request: Request) -> Response:
         await console.form(request)
@@ -90,7 +91,7 @@ def routes(console: Console) -> list[BaseRoute]:
             total_cap_micros=_limit(form, "total_usd", money=True),
         )
         console.keys.forget()
-        return listing(request, notice="Limits saved.")
+        return listing(request, notice=_("Limits saved."))
 
     return [
         Route("/keys", page(console, index), methods=["GET"]),
