@@ -513,3 +513,25 @@ def test_pages_in_simplified_chinese_by_browser_or_switch(
     # Only the Console's own pages after a switch.
     away = b.get("/console/language/en?next=https://evil.example/")
     assert away.headers["location"].endswith("/console/dashboard")
+
+
+def test_the_operators_export_has_no_password_hash_and_pseudonymizing_ends_sessions(
+    cs: ConsoleServer, browser: Browser
+) -> None:
+    from apimodels.store.accounts import export_account, pseudonymize
+    from apimodels.store.db import utcnow
+
+    browser.sign_up("export@example.com")
+    account_id = cs.server.db.execute(
+        "SELECT id FROM accounts WHERE email = 'export@example.com'"
+    ).fetchone()[0]
+    assert "password_hash" not in export_account(cs.server.db, account_id)["account"]
+    browser.get("/console/account")
+    browser.post("/console/account/close", {"confirm": "export@example.com", "password": PASSWORD})
+    assert pseudonymize(cs.server.db, account_id, utcnow())
+    left = cs.server.db.execute(
+        "SELECT (SELECT COUNT(*) FROM console_sessions WHERE account_id = ?),"
+        " (SELECT password_hash FROM accounts WHERE id = ?)",
+        [account_id, account_id],
+    ).fetchone()
+    assert tuple(left) == (0, None)

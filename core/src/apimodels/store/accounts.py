@@ -355,6 +355,9 @@ def pseudonymize(db: sqlite_utils.Database, account_id: str, now: str) -> bool:
             [now, account_id],
         ).rowcount
         db.execute("UPDATE api_keys SET name = '' WHERE account_id = ?", [account_id])
+        # The Console's sessions name the holder's browser and address; the password goes.
+        db.execute("DELETE FROM console_sessions WHERE account_id = ?", [account_id])
+        db.execute("UPDATE accounts SET password_hash = NULL WHERE id = ?", [account_id])
     return done == 1
 
 
@@ -390,6 +393,7 @@ def set_key_limits(
 def export_account(db: sqlite_utils.Database, account: str) -> dict[str, Any]:
     """Everything stored about an account, as JSON-able data (never key hashes)."""
     acct = get_account(db, account)
+    acct.pop("password_hash", None)  # a credential (the Console's), not data about the holder
     aid = acct["id"]
 
     def rows(sql: str) -> list[dict[str, Any]]:

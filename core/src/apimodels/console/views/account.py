@@ -89,7 +89,6 @@ def routes(console: Console) -> list[BaseRoute]:
             session.account_id,
             public_url=console.origin(request),
         )
-        data["account"].pop("password_hash", None)  # a credential, not data about the holder
         body = json.dumps(data, indent=2, default=str)
         headers = {
             "content-disposition": 'attachment; filename="apimodels-account.json"',
