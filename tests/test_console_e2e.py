@@ -535,3 +535,34 @@ def test_the_operators_export_has_no_password_hash_and_pseudonymizing_ends_sessi
         [account_id, account_id],
     ).fetchone()
     assert tuple(left) == (0, None)
+
+
+def test_tasks_are_listed_with_their_outputs_playable_and_only_to_their_owner(
+    cs: ConsoleServer, new: Callable[[], Browser]
+) -> None:
+    owner, other = new(), new()
+    owner.sign_up("tasks@example.com")
+    _fund(cs, "tasks@example.com", 20_000_000)
+    key, _ = _new_key(owner)
+    auth = {"authorization": f"Bearer {key}"}
+    body = {"model": "replicate/veo-3.1-fast", "input": {"prompt": "waves", "duration": 4}}
+    task = httpx.post(f"{cs.url}/v1/tasks", json=body, headers=auth, timeout=30).json()
+    deadline = time.monotonic() + 30
+    while task["status"] not in ("succeeded", "failed", "canceled"):
+        assert time.monotonic() < deadline, task
+        time.sleep(0.1)
+        task = httpx.get(f"{cs.url}/v1/tasks/{task['id']}", headers=auth).json()
+    assert task["status"] == "succeeded", task
+    listing = owner.get("/console/tasks").text
+    assert task["id"] in listing and "replicate/veo-3.1-fast" in listing
+    detail = owner.get(f"/console/tasks/{task['id']}").text
+    src = re.search(r'<video controls src="([^"]+)"', detail).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    video = httpx.get(src)
+    assert video.status_code == 200 and video.headers["content-type"].startswith("video/")
+    assert 'id="task-status">succeeded' in detail
+    assert "Cancel the task" not in detail  # finished: nothing to cancel
+    other.sign_up("tasks-other@example.com")
+    assert other.get(f"/console/tasks/{task['id']}").status_code == 404
+    other.get("/console/tasks")
+    assert other.post(f"/console/tasks/{task['id']}/cancel", {}).status_code == 404
+    assert task["id"] not in other.get("/console/tasks").text
