@@ -45,6 +45,7 @@ bench: sync
 	$(UV) run --no-sync python bench/policy.py
 	$(UV) run --no-sync python bench/speech.py
 	$(UV) run --no-sync python bench/fallback.py
+	$(UV) run --no-sync python bench/console.py
 
 lint: sync
 	$(UV) run --no-sync ruff check .

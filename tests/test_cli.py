@@ -38,12 +38,12 @@ def run(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_accounts_and_key_lifecycle(run) -> None:  # type: ignore[no-untyped-def]
     assert "created account acct_" in run("accounts", "create", "ops@example.com")
     out = run("keys", "create", "ops@example.com", "--name", "ci")
-    key = re.search(r"sk-am-\w+", out).group(0)  # type: ignore[union-attr]
+    key = re.search(r"amk_\w+", out).group(0)  # type: ignore[union-attr]
     key_id = re.search(r"key_\w+", out).group(0)  # type: ignore[union-attr]
     listing = run("keys", "list", "ops@example.com")
     assert key_id in listing and key not in listing
     rotated = run("keys", "rotate", key_id, "--grace-hours", "1")
-    new_key = re.search(r"sk-am-\w+", rotated).group(0)  # type: ignore[union-attr]
+    new_key = re.search(r"amk_\w+", rotated).group(0)  # type: ignore[union-attr]
     assert new_key != key and "works until" in rotated
     assert "revoked" in run("keys", "revoke", key_id)
     assert "no key 'key_nope'" in run("keys", "revoke", "key_nope", code=1)
@@ -96,7 +96,7 @@ def test_sandbox_serve_prints_a_working_key_and_curl_line(tmp_path: Path) -> Non
                 break
             output += line
         assert "SANDBOX MODE" in output and "simulated" in output
-        key = re.search(r"sk-am-\w+", output).group(0)  # type: ignore[union-attr]
+        key = re.search(r"amk_\w+", output).group(0)  # type: ignore[union-attr]
         assert f"http://127.0.0.1:{port}/v1" in output
         with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0

@@ -72,9 +72,9 @@ def test_no_error_echoes_a_key(
         body = {k: (key if v == "KEY" else v) for k, v in body.items()}
     r = http.request(method, path.replace("KEY", key), json=body)
     assert 400 <= r.status_code < 500, r.text
-    secret = key[len("sk-am-") :]
+    secret = key[len("amk_") :]
     assert secret[:8] not in r.text and key not in r.text
-    assert "sk-am-***" in r.json()["error"]["message"]
+    assert "amk_***" in r.json()["error"]["message"]
 
 
 def test_clients_that_leave_mid_body_are_counted_not_logged_as_errors(

@@ -53,7 +53,7 @@ def _serving(command: list[str], env: dict[str, str]) -> Iterator[tuple[str, str
             if not line:
                 break
             output += line
-        key = re.search(r"sk-am-\w+", output)
+        key = re.search(r"amk_\w+", output)
         assert key, output
         yield f"http://127.0.0.1:{port}/v1", key.group(0), output
     finally:

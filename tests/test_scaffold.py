@@ -74,7 +74,7 @@ def test_a_new_plugin_installs_passes_its_tests_and_serves(tmp_path: Path) -> No
             if not line:
                 break
             output += line
-        key = re.search(r"sk-am-\w+", output).group(0)  # type: ignore[union-attr]
+        key = re.search(r"amk_\w+", output).group(0)  # type: ignore[union-attr]
         with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0
         ) as client:

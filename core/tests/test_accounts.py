@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
+import string
 import threading
 import time
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,9 +20,11 @@ from apimodels.store.accounts import (
     KeyStore,
     create_account,
     create_key,
+    key_checksum,
     list_keys,
     revoke_key,
     rotate_key,
+    well_formed,
 )
 from apimodels.store.db import Checkpointer, open_db
 
@@ -31,13 +37,52 @@ def db(tmp_path: Path) -> sqlite_utils.Database:
 def test_keys_are_stored_only_as_hashes(db: sqlite_utils.Database) -> None:
     create_account(db, "a@example.com")
     row, key = create_key(db, "a@example.com", "laptop")
-    assert key.startswith("sk-am-") and len(key) == 54
+    assert re.fullmatch(r"amk_[0-9A-Za-z]{54}", key)  # the documented scanner pattern
     stored = db["api_keys"].get(row["id"])
     assert stored["hash"] == hashlib.sha256(key.encode()).hexdigest()
     dump = "\n".join(db.iterdump())
     assert key not in dump
-    assert key[len("sk-am-") + 8 :] not in dump  # the secret part appears nowhere
-    assert "hash" not in row and row["hint"].startswith("sk-am-")
+    assert key[len("amk_") + 8 : -6] not in dump  # the secret part appears nowhere
+    assert "hash" not in row and row["hint"] == f"amk_{row['prefix']}…"
+
+
+def test_a_key_carries_a_checksum_that_tells_it_offline(db: sqlite_utils.Database) -> None:
+    create_account(db, "sum@example.com")
+    keys = [create_key(db, "sum@example.com")[1] for _ in range(50)]
+    assert all(well_formed(k) and key_checksum(k[:-6]) == k[-6:] for k in keys)
+    # Any one character changed (a typo, a look-alike) fails the checksum.
+    for key in keys:
+        i = 4 + secrets.randbelow(len(key) - 4)
+        other = "0" if key[i] != "0" else "1"
+        assert not well_formed(key[:i] + other + key[i + 1 :])
+    assert zlib.crc32(keys[0][:-6].encode()) == int_base62(keys[0][-6:])
+
+
+def int_base62(text: str) -> int:
+    alphabet = string.digits + string.ascii_uppercase + string.ascii_lowercase
+    n = 0
+    for ch in text:
+        n = n * 62 + alphabet.index(ch)
+    return n
+
+
+def test_legacy_keys_keep_working(db: sqlite_utils.Database) -> None:
+    """A key made in the old ``sk-am-`` format (54 characters, no checksum) still
+    authenticates, and its hint keeps its own prefix."""
+    acct = create_account(db, "old@example.com")
+    legacy = "sk-am-" + "Lgcy0001" + "s" * 40
+    db["api_keys"].insert(
+        {
+            "id": "key_legacy",
+            "account_id": acct["id"],
+            "name": "old",
+            "prefix": "Lgcy0001",
+            "hash": hashlib.sha256(legacy.encode()).hexdigest(),
+            "created_at": "2026-01-01T00:00:00+00:00",
+        }
+    )
+    assert KeyStore(db).authenticate(f"Bearer {legacy}").key_id == "key_legacy"
+    assert list_keys(db, acct["id"])[0]["hint"] == "sk-am-Lgcy0001…"
 
 
 def test_authenticate_and_bad_keys(db: sqlite_utils.Database) -> None:

@@ -19,7 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "schemas": set(),
     "responses": {"schemas"},
     "topups.config": set(),  # the [topups] table, read by the catalog with every other table
-    "catalog": {"errors", "schemas", "topups.config"},
+    "console.config": set(),  # the [console] table, likewise
+    "catalog": {"errors", "schemas", "topups.config", "console.config"},
     "store": {"errors"},
     "billing": {"errors", "catalog", "store", "fastjson"},
     # What plugins see: the hooks and the objects passed to them (providers and policies).
@@ -72,6 +73,25 @@ ALLOWED: dict[str, set[str]] = {
         "dialects",
     },
     "plugins": {"errors", "interface", "providers", "policy"},
+    # The Console: a front end over the same services, and over the API's top-ups (the
+    # same checkout flow and amount rule as POST /v1/topups).
+    "console": {
+        "http",
+        "errors",
+        "catalog",
+        "fastjson",
+        "store",
+        "billing",
+        "interface",
+        "providers",
+        "policy",
+        "storage",
+        "topups",
+        "tasks",
+        "privacy",
+        "console.config",
+        "topups.config",
+    },
     # Running it: metrics, logs and health, over what they measure (never over http).
     "ops": {
         "errors",
@@ -96,7 +116,7 @@ def part(module: str) -> str:
     """The part of the architecture a module (``a.b``, relative to apimodels) belongs to."""
     if module in INTERFACE:
         return "interface"
-    if module == "topups.config":
+    if module in ("topups.config", "console.config"):
         return module
     return module.split(".")[0]
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .console.config import ConsoleConfig
 from .errors import ConfigError
 from .schemas import Modality
 from .topups.config import TopupsConfig
@@ -298,6 +299,7 @@ class Catalog(_Strict):
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -188,6 +188,8 @@ def serve(
                 '\nTop-ups  POST /v1/topups {"amount_usd": "20"} answers a checkout_url: '
                 "a simulated Stripe page"
             )
+        if server.console is not None:
+            body += f"\nConsole  {url}/console/  (its mail: {url}/console/dev/mail)"
         console.print(Panel(body, title="apimodels sandbox", expand=False), highlight=False)
         # Plain lines, so the command can be copied whole from any terminal.
         click.echo(f"Try it:\n{curl}\n")

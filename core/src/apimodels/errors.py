@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 #: prefix: a message that quotes what the client sent (an unknown model, task or request id)
 #: or an upstream's words never echoes one, and a voice or file name is left alone.
 _KEY_SHAPED = re.compile(
-    r"(?<![A-Za-z0-9_\-])(sk-am-|sk-|sk_|rk_|r8_|hf_|whsec_)[A-Za-z0-9_\-+/=.]{16,}"
+    r"(?<![A-Za-z0-9_\-])(amk_|sk-am-|sk-|sk_|rk_|r8_|hf_|whsec_)[A-Za-z0-9_\-+/=.]{16,}"
 )
 
 

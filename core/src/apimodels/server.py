@@ -19,6 +19,8 @@ from .billing.biller import Biller
 from .billing.ledger import GroupCommit, Ledger
 from .billing.limits import Limiter
 from .catalog import Catalog, GatewayConfig, load_catalog
+from .console.build import build_console
+from .console.build import enabled as console_enabled
 from .errors import ConfigError
 from .http.app import create_app
 from .http.idempotency import TTL, Idempotency
@@ -50,6 +52,8 @@ class Server:
     tasks: TaskRunner | None = None
     stripe_simulator: Any = None  # topups.simulator.SandboxStripe, in sandbox mode
     metrics: Metrics | None = None
+    topups: Any = None  # http.topups.TopupsAPI, when top-ups are on
+    console: Any = None  # console.build.BuiltConsole, when the Console is on
 
 
 def assemble(
@@ -149,6 +153,11 @@ def assemble(
         sweeper.append(asyncio.create_task(sweep_periodically(retention, interval)))
         if server.stripe_simulator is not None:
             await server.stripe_simulator.start()
+        if server.console is not None:
+            if server.console.sink is not None:
+                await server.console.sink.start()
+            interval = catalog.console.notice_interval_seconds
+            sweeper.append(asyncio.create_task(server.console.notices().run(interval)))
         for hook in server.started_hooks:
             hook()
 
@@ -163,6 +172,8 @@ def assemble(
             await simulators.stop()
         if server.stripe_simulator is not None:
             await server.stripe_simulator.stop()
+        if server.console is not None and server.console.sink is not None:
+            await server.console.sink.stop()
         if checkpointer is not None:
             checkpointer.close()
         await storage.aclose()
@@ -175,6 +186,14 @@ def assemble(
     ]
     if catalog.topups.enabled or sandbox:
         extra_routes += _topups(server, catalog.topups, sandbox, environ)
+    mounts = []
+    if console_enabled(catalog, sandbox):
+        server.console = build_console(
+            catalog, db, ledger, keys, task_store, storage,
+            sandbox=sandbox, routes_by_model=gateway.routes, runner=runner,
+            topups=server.topups, environ=environ,
+        )  # fmt: skip
+        mounts.append(server.console.mount)
     server.app = create_app(
         gateway,
         keys,
@@ -185,6 +204,7 @@ def assemble(
         storage=storage,
         tasks=tasks,
         extra_routes=extra_routes,
+        mounts=mounts,
     )
     server.app = RequestObserver(server.app, metrics)  # each request's log context and metrics
     return server
@@ -210,6 +230,8 @@ def listen_at(server: Server, url: str, host: str) -> None:
             server.storage.base_url = url
         if sandbox and server.tasks is not None:
             server.tasks.public_url = url
+    if server.console is not None:  # links in the Console's event mail
+        server.console.origin = url
     if server.stripe_simulator is not None:  # sandbox top-ups: the simulator calls us back
         server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
 
@@ -241,4 +263,5 @@ def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] 
         config = sandbox_config(config, stripe.origin)
         env[config.secret_key_env] = stripe.secret_key
         env[config.webhook_secret_env] = stripe.webhook_secret
-    return build_topups(config, server.db, server.ledger, server.keys, env).routes()
+    server.topups = build_topups(config, server.db, server.ledger, server.keys, env)
+    return server.topups.routes()

@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
 from starlette.routing import Route as HTTPRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -707,6 +708,7 @@ def create_app(
     tasks: TasksAPI | None = None,
     storage: Storage | None = None,
     extra_routes: Sequence[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = (),
+    mounts: Sequence[BaseRoute] = (),
 ) -> ASGIApp:
     frontend = Frontend(gateway, keys, biller, idempotency, tasks, storage)
     receipts = Receipts(keys, biller.ledger)
@@ -764,6 +766,7 @@ def create_app(
         routes.append(files_route(storage))
     # Features assembled elsewhere (top-ups...), each endpoint answering errors the same way.
     routes += [HTTPRoute(p, _with_errors(e), methods=m) for p, e, m in extra_routes]
+    routes += mounts  # apps of their own (the Console), answering their errors themselves
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

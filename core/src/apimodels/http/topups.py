@@ -179,11 +179,17 @@ class TopupsAPI:
                 code="missing_required_parameter",
             )
         usd = parse_amount(body["amount_usd"], self.config)
+        order = await self.open_order(principal.account_id, method, usd)
+        return _json(render_order(order, []), 201)
+
+    async def open_order(self, account_id: str, method: str, usd: Decimal) -> dict[str, Any]:
+        """A new order for ``usd`` of credits by ``method``, opened at Stripe Checkout: the
+        row with its ``checkout_url`` (the API and the Console both start a top-up here)."""
         rate = None
         if method == "alipay":
             assert self.rates is not None and self.max_rate_age is not None
             rate = fresh_rate(self.rates, self.max_rate_age)
-        order = new_order(self.db, principal.account_id, method, usd, rate)
+        order = new_order(self.db, account_id, method, usd, rate)
         try:
             session = await self.stripe.create_checkout(order)
         except APIError:
@@ -193,8 +199,7 @@ class TopupsAPI:
             set_creation_failed(self.db, order["id"], "abandoned")
             raise
         set_opened(self.db, order["id"], session.id, session.url)
-        order = get_order(self.db, order["id"])
-        return _json(render_order(order, []), 201)
+        return get_order(self.db, order["id"])
 
     async def index(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))

@@ -1,9 +1,14 @@
 """Accounts and API keys.
 
-A key looks like ``sk-am-<prefix><secret>``: 6 fixed characters, an 8-character non-secret
-prefix (indexed, used to find the row) and a 40-character secret. Only the SHA-256 of the
-whole key is stored; the comparison is constant-time. Keys are random and long, so a fast
-hash is enough: nobody can brute-force 240 bits.
+A key looks like ``amk_<prefix><secret><checksum>`` (58 characters, base62 after ``amk_``):
+an 8-character non-secret prefix (indexed, used to find the row), a 40-character secret and
+the CRC32 of everything before it in 6 base62 characters, as GitHub's tokens carry. The
+distinct ``amk_`` lets secret scanners find a leaked key, and the checksum lets them (and
+this server, before any database read) tell a real key from a look-alike offline; see
+docs/console.md, "Key format". Keys made before that format, ``sk-am-<prefix><secret>``
+(54 characters), keep working. Only the SHA-256 of the whole key is stored; the comparison
+is constant-time. Keys are random and long, so a fast hash is enough: nobody can
+brute-force 238 bits.
 
 Rotation makes a new key and lets the old one work for a grace period (registry.toml
 ``gateway.key_rotation_grace_hours``, 24 h by default), so deployed clients can be switched.
@@ -20,6 +25,7 @@ import secrets
 import sqlite3
 import string
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,15 +35,46 @@ import sqlite_utils
 from ..errors import AuthenticationError, NotFound, PermissionDenied
 from .db import utcnow
 
-KEY_PREFIX = "sk-am-"
-_ALPHABET = string.ascii_letters + string.digits
+KEY_PREFIX = "amk_"
+LEGACY_KEY_PREFIX = "sk-am-"  # keys made before the checksummed format
+_ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase  # base62
 _PREFIX_LEN = 8
 _SECRET_LEN = 40
-_KEY_LEN = len(KEY_PREFIX) + _PREFIX_LEN + _SECRET_LEN
+_CHECKSUM_LEN = 6  # 62**6 > 2**32: a CRC32 always fits
+KEY_LEN = len(KEY_PREFIX) + _PREFIX_LEN + _SECRET_LEN + _CHECKSUM_LEN
+_LEGACY_KEY_LEN = len(LEGACY_KEY_PREFIX) + _PREFIX_LEN + _SECRET_LEN
 
 
 def _random(n: int) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def _base62(n: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        n, d = divmod(n, 62)
+        digits.append(_ALPHABET[d])
+    return "".join(reversed(digits))
+
+
+def key_checksum(body: str) -> str:
+    """The 6 base62 characters that end a key: the CRC32 of the key before them."""
+    return _base62(zlib.crc32(body.encode()), _CHECKSUM_LEN)
+
+
+def well_formed(key: str) -> bool:
+    """A key of the current format whose checksum holds (no database needed), or one of the
+    legacy format (which has no checksum)."""
+    if len(key) == KEY_LEN and key.startswith(KEY_PREFIX):
+        body = key[:-_CHECKSUM_LEN]
+        return body[len(KEY_PREFIX) :].isalnum() and key_checksum(body) == key[-_CHECKSUM_LEN:]
+    return len(key) == _LEGACY_KEY_LEN and key.startswith(LEGACY_KEY_PREFIX)
+
+
+def _key_prefix(key: str) -> str:
+    """The lookup prefix of a well-formed key of either format."""
+    start = len(KEY_PREFIX) if key.startswith(KEY_PREFIX) else len(LEGACY_KEY_PREFIX)
+    return key[start : start + _PREFIX_LEN]
 
 
 def _hash(key: str) -> str:
@@ -75,7 +112,8 @@ def create_key(
     if acct["status"] == "closed":
         raise ValueError(f"account {acct['id']} is closed")
     prefix = _random(_PREFIX_LEN)
-    key = KEY_PREFIX + prefix + _random(_SECRET_LEN)
+    body = KEY_PREFIX + prefix + _random(_SECRET_LEN)
+    key = body + key_checksum(body)
     row = {
         "id": "key_" + _random(16),
         "account_id": acct["id"],
@@ -86,6 +124,7 @@ def create_key(
         "expires_at": None,
         "revoked_at": None,
         "replaced_by": None,
+        "key_format": KEY_PREFIX,
     }
     db["api_keys"].insert(row)
     return _public(row), key
@@ -93,7 +132,7 @@ def create_key(
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k != "hash"}
-    out["hint"] = KEY_PREFIX + row["prefix"] + "…"
+    out["hint"] = (row.get("key_format") or LEGACY_KEY_PREFIX) + row["prefix"] + "…"
     return out
 
 
@@ -204,9 +243,9 @@ class KeyStore:
     def _lookup(self, key: str, digest: str, now: float) -> Principal:
         # Never echo the key (not even in part) in an error.
         invalid = AuthenticationError("Invalid API key")
-        if len(key) != _KEY_LEN or not key.startswith(KEY_PREFIX):
+        if not well_formed(key):  # a typo or a look-alike: no database read
             raise invalid
-        prefix = key[len(KEY_PREFIX) : len(KEY_PREFIX) + _PREFIX_LEN]
+        prefix = _key_prefix(key)
         row = self.db.execute(
             "SELECT k.id, k.hash, k.expires_at, k.revoked_at, a.id, a.status, a.status_reason,"
             " k.rpm_limit, k.daily_cap_micros, k.total_cap_micros"
@@ -316,6 +355,9 @@ def pseudonymize(db: sqlite_utils.Database, account_id: str, now: str) -> bool:
             [now, account_id],
         ).rowcount
         db.execute("UPDATE api_keys SET name = '' WHERE account_id = ?", [account_id])
+        # The Console's sessions name the holder's browser and address; the password goes.
+        db.execute("DELETE FROM console_sessions WHERE account_id = ?", [account_id])
+        db.execute("UPDATE accounts SET password_hash = NULL WHERE id = ?", [account_id])
     return done == 1
 
 
@@ -351,6 +393,7 @@ def set_key_limits(
 def export_account(db: sqlite_utils.Database, account: str) -> dict[str, Any]:
     """Everything stored about an account, as JSON-able data (never key hashes)."""
     acct = get_account(db, account)
+    acct.pop("password_hash", None)  # a credential (the Console's), not data about the holder
     aid = acct["id"]
 
     def rows(sql: str) -> list[dict[str, Any]]:
