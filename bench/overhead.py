@@ -51,6 +51,9 @@ REGISTRY = """
 key_cache_seconds = 5
 billing = {billing}
 
+[policies.rules]  # the default safety policy, as registry.toml enables it
+enabled = true
+
 [providers.openai]
 package = "apimodels-openai"
 base_url = "{upstream}/v1"
