@@ -74,8 +74,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_ready(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             httpx.get(url, timeout=0.5)
