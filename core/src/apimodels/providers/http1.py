@@ -172,7 +172,7 @@ class Connection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
-        if self.complete:
+        if self.complete or self._error is not None:
             return
         self._chunks.append(body)
         self._buffered += len(body)
@@ -218,6 +218,12 @@ class Connection(asyncio.Protocol):
             await waiter
         finally:
             self._waiter = None
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the connection failed, if it did (a body past its limit included, which may
+        have arrived whole in one read, before anyone waited)."""
+        return self._error
 
     async def head(self) -> None:
         while not self.headers_done:

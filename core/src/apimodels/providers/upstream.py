@@ -221,6 +221,8 @@ async def _read(connection: Connection, inflater: Inflater | None, limit: int) -
     counted again as it inflates)."""
     while not connection.complete:
         await connection.wait()
+    if connection.error is not None:
+        raise connection.error
     chunks = connection.take()
     if inflater is None:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
