@@ -37,7 +37,11 @@ run: sync
 test: sync
 	$(UV) run --no-sync pytest -q
 
+# The first line: the gateway's CPU per request, and its ratio to the direct mock's (the
+# figure docs/performance.md documents and tests/test_performance.py guards).
 bench: sync
+	$(UV) run --no-sync python bench/side_by_side.py --guard 3000
+	$(UV) run --no-sync python bench/side_by_side.py --leak-calls 100000
 	$(UV) run --no-sync python bench/overhead.py
 	$(UV) run --no-sync python bench/ledger.py
 	$(UV) run --no-sync python bench/tasks.py

@@ -51,6 +51,9 @@ REGISTRY = """
 key_cache_seconds = 5
 billing = {billing}
 
+[policies.rules]  # the default safety policy, as registry.toml enables it
+enabled = true
+
 [providers.openai]
 package = "apimodels-openai"
 base_url = "{upstream}/v1"
@@ -71,8 +74,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_ready(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             httpx.get(url, timeout=0.5)

@@ -134,6 +134,7 @@ def serve(
 
     import uvicorn
 
+    from .http.protocol import CorkedHttpToolsProtocol
     from .ops import log_config
     from .server import assemble, listen_at
 
@@ -150,6 +151,7 @@ def serve(
         "access_log": access_log,
         "log_level": "info",
         "timeout_graceful_shutdown": shutdown_timeout,
+        "http": CorkedHttpToolsProtocol,  # one write per small answer
     }
     if logging_config is not None:
         logging.config.dictConfig(logging_config)  # from the first line (uvicorn's: later)

@@ -535,7 +535,11 @@ def settle_stream(
 
 class RelayResponse(StreamingResponse):
     """A server-sent-event response that never strands its upstream stream or its hold:
-    if the client leaves before (or while) it is read, the relay finishes in the background."""
+    if the client leaves before (or while) it is read, the relay finishes in the background.
+
+    Sent by one coroutine, with one plain task watching for the client to leave (which
+    ends the relay's events for it): Starlette's own streaming sets up an anyio task group
+    and cancel scopes for that, a tenth of a stream's CPU time."""
 
     def __init__(self, relay: dispatch.Relay, headers: dict[str, str] | None = None) -> None:
         super().__init__(
@@ -546,10 +550,24 @@ class RelayResponse(StreamingResponse):
         self.relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = self.relay
+        watcher = asyncio.get_running_loop().create_task(_client_left(receive))
+        watcher.add_done_callback(lambda task: task.cancelled() or relay.disconnect())
         try:
-            await super().__call__(scope, receive, send)
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
+            async for chunk in relay:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.relay.abandon()  # a no-op when the relay finished
+            watcher.cancel()
+            relay.abandon()  # a no-op when the relay finished
+
+
+async def _client_left(receive: Receive) -> None:
+    """Return once the client has gone (what else it sends is not read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _priced_response(

@@ -41,11 +41,17 @@ def _not_a_number(constant: str) -> float:
     raise ValueError(f"{constant} is not JSON")
 
 
+#: NaN and Infinity are not JSON, and no upstream would receive them as sent. One decoder
+#: for every request: ``json.loads(..., parse_constant=...)`` builds a new one per call,
+#: half the cost of reading a small body.
+_DECODER = json.JSONDecoder(parse_constant=_not_a_number)
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
-        # NaN and Infinity are not JSON, and no upstream would receive them as sent.
-        body = json.loads(raw, parse_constant=_not_a_number)
+        # As json.loads reads bytes: UTF-8 (a BOM skipped), UTF-16 or UTF-32.
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError):
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object.",

@@ -6,9 +6,10 @@ compiled once at startup (see ``ruleset``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalog import ModelConfig
 from ..hookspecs import hookimpl
@@ -28,14 +29,16 @@ class RulesSettings(BaseModel):
     allow: list[str] = Field(
         default_factory=list, description="more allow-listed phrases, added to the file's"
     )
-    _rules: RuleSet = PrivateAttr()
 
     def model_post_init(self, context: object) -> None:
-        self._rules = RuleSet.load(self.file, self.allow)  # compiled once, at startup
+        self.rules  # noqa: B018  compiled once, at startup: a bad rule file fails there
 
-    @property
+    @cached_property
     def rules(self) -> RuleSet:
-        return self._rules
+        """The compiled rule set. Cached in the instance's ``__dict__``, so every request
+        reads it as a plain attribute: a pydantic private attribute costs a failed lookup
+        and ``BaseModel.__getattr__`` on each read."""
+        return RuleSet.load(self.file, self.allow)
 
 
 @hookimpl

@@ -72,7 +72,9 @@ def user_texts(value: Any) -> list[str]:
         elif isinstance(item, list | tuple):
             stack.extend(reversed(item))
         elif isinstance(item, BaseModel):
-            # Declared fields and the extra ones a client sent (``extra="allow"``).
-            fields = {k: getattr(item, k) for k in type(item).model_fields}
-            stack.append(fields | (item.model_extra or {}))
+            # Declared fields (pydantic keeps them in ``__dict__``, in declaration order;
+            # reading ``model_fields`` costs microseconds a request) and the extra ones a
+            # client sent (``extra="allow"``).
+            extra = item.__pydantic_extra__
+            stack.append(item.__dict__ | extra if extra else item.__dict__)
     return texts

@@ -345,6 +345,11 @@ class Relay:
             self.abandon()
             raise
 
+    def disconnect(self) -> None:
+        """The client left: end its events now (the pump drains the upstream, bounded)."""
+        self.abandon()
+        self._queue.put_nowait(None)
+
     def abandon(self) -> None:
         """The client is gone (or never read): the pump drains the upstream, bounded."""
         if self._pump.done() or self.result.client_gone:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import uvicorn
 
+from ..http.protocol import CorkedHttpToolsProtocol
+
 
 def bound_socket() -> socket.socket:
     """A socket bound to an ephemeral port of 127.0.0.1 (its URL is known before serving)."""
@@ -38,7 +40,13 @@ def serve(
     ``http://127.0.0.1:PORT``."""
     sock = sock or bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan=lifespan,
+        http=CorkedHttpToolsProtocol,  # as ``apimodels serve`` runs
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
