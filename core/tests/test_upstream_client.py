@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 from aiohttp import web
 
 from apimodels.catalog import ProviderConfig
@@ -318,3 +320,55 @@ def test_a_line_break_in_a_header_is_never_sent() -> None:
 
     _run(handler, test)
     assert received == []
+
+
+def test_https_upstreams_are_verified_against_the_trusted_authorities(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real providers are HTTPS: a certificate from a trusted authority for the host is
+    accepted (and the connection reused); one the machine does not trust, or for another
+    host, fails the call before anything is sent (a free 502)."""
+    authority = trustme.CA()
+    cert = authority.issue_cert("localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_tls)
+    (tmp_path / "ca.pem").write_bytes(authority.cert_pem.bytes())
+    peers: list[Any] = []
+
+    async def hello(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.json_response({"tls": request.secure})
+
+    async def main(trusted: bool, host: str) -> None:
+        app = web.Application()
+        app.router.add_get("/hello", hello)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        client = UpstreamClient(ProviderConfig(package="x"))
+        try:
+            for _ in range(2):
+                request = httpx.Request("GET", f"https://{host}:{port}/hello")
+                if trusted:
+                    response = await send(client, request, provider="acme", max_retries=0)
+                    assert response.status_code == 200 and response.json() == {"tls": True}
+                else:
+                    with pytest.raises(UpstreamError) as info:
+                        await send(client, request, provider="acme", max_retries=0)
+                    assert info.value.status == 502
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    # The machine's authorities (as ssl.create_default_context loads them) do not know ours.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    asyncio.run(main(trusted=False, host="localhost"))
+    assert peers == []  # the handshake failed: no request reached the server
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    asyncio.run(main(trusted=True, host="localhost"))
+    assert len(peers) == 2 and peers[0] == peers[1]  # one kept-alive connection, two calls
+    peers.clear()
+    asyncio.run(main(trusted=False, host="127.0.0.1"))  # the certificate names localhost only
+    assert peers == []
