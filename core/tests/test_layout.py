@@ -71,6 +71,22 @@ ALLOWED: dict[str, set[str]] = {
         "topups.config",
         "dialects",
     },
+    # The operator's side: service functions over every store, and their HTTP door.
+    "admin": {
+        "errors",
+        "fastjson",
+        "catalog",
+        "store",
+        "billing",
+        "policy",
+        "privacy",
+        "storage",
+        "tasks",
+        "topups",
+        "http",
+    },
+    # The OpenAPI document: made from the request and answer models of http and admin.
+    "openapi": {"errors", "schemas", "catalog", "http", "admin", "topups", "tasks"},
     "plugins": {"errors", "interface", "providers", "policy"},
     # Running it: metrics, logs and health, over what they measure (never over http).
     "ops": {

@@ -625,10 +625,13 @@ def keys_list(ctx: click.Context, account: str) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
+@click.option("--reason", default=None, help="Why (kept in the admin audit log).")
 @click.pass_context
-def keys_revoke(ctx: click.Context, key_id: str) -> None:
+def keys_revoke(ctx: click.Context, key_id: str, reason: str | None) -> None:
     """Revoke KEY_ID now (running servers notice within gateway.key_cache_seconds)."""
-    row = acc.revoke_key(_db(ctx), key_id)
+    from .admin.keys import revoke_key
+
+    row = revoke_key(_ops(ctx), _admin(), key_id, reason)
     console.print(f"revoked {row['id']} at {row['revoked_at']}", highlight=False)
 
 
@@ -655,22 +658,12 @@ def keys_rotate(ctx: click.Context, key_id: str, grace_hours: float | None) -> N
 
 def _usd(value: str, *, signed: bool = False) -> int:
     """A USD amount typed by an operator -> micro-USD, exactly (no rounding allowed)."""
-    from decimal import Decimal, InvalidOperation
-
-    from .billing.money import MICROS_PER_USD
+    from .admin.amounts import parse_usd
 
     try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        raise click.BadParameter(f"not an amount: {value!r}") from None
-    micros = amount * MICROS_PER_USD
-    if not amount.is_finite() or micros != micros.to_integral_value():
-        raise click.BadParameter(f"{value} is not a whole number of micro-dollars")
-    if not signed and amount <= 0:
-        raise click.BadParameter("the amount must be positive")
-    if amount == 0:
-        raise click.BadParameter("the amount must not be zero")
-    return int(micros)
+        return parse_usd(value, signed=signed, param="USD")
+    except APIError as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 def _ledger(ctx: click.Context) -> Any:
@@ -705,21 +698,18 @@ def credits_grant(
     ctx: click.Context, account: str, usd: str, reason: str, idempotency_key: str | None
 ) -> None:
     """Grant USD credits to ACCOUNT (id or email)."""
-    ledger = _ledger(ctx)
-    acct = acc.get_account(ledger.db, account)
-    entry = ledger.post(
-        acct["id"],
-        _usd(usd),
-        kind="grant",
-        reason=reason,
-        actor=_actor(),
+    from .admin.credits import post_credits
+
+    ops = _ops(ctx)
+    done = post_credits(
+        ops, _admin(), account, _usd(usd), kind="grant", reason=reason,
         idempotency_key=idempotency_key,
-    )
-    if entry is None:
+    )  # fmt: skip
+    if done["entry_id"] is None:
         err_console.print(
             "already granted (same idempotency key): nothing changed", highlight=False
         )
-    _show_balance(ledger, acct["id"])
+    _show_balance(ops.ledger, done["account_id"])
 
 
 @credits.command("adjust", context_settings={"ignore_unknown_options": True})
@@ -729,12 +719,13 @@ def credits_grant(
 @click.pass_context
 def credits_adjust(ctx: click.Context, account: str, usd: str, reason: str) -> None:
     """Add (+USD) or remove (-USD) credits from ACCOUNT to correct a billing error."""
-    ledger = _ledger(ctx)
-    acct = acc.get_account(ledger.db, account)
-    ledger.post(
-        acct["id"], _usd(usd, signed=True), kind="adjustment", reason=reason, actor=_actor()
+    from .admin.credits import post_credits
+
+    ops = _ops(ctx)
+    done = post_credits(
+        ops, _admin(), account, _usd(usd, signed=True), kind="adjustment", reason=reason
     )
-    _show_balance(ledger, acct["id"])
+    _show_balance(ops.ledger, done["account_id"])
 
 
 @credits.command("show")
@@ -766,6 +757,39 @@ def _actor() -> str:
     return os.environ.get("APIMODELS_ACTOR") or f"cli:{os.environ.get('USER', 'unknown')}"
 
 
+def _admin() -> Any:
+    """The operator at this command line, as the admin audit log names them."""
+    from .admin import Actor
+
+    return Actor(_actor())
+
+
+def _ops(ctx: click.Context, *, stripe: bool = False) -> Any:
+    """The admin service functions' view of this deployment (apimodels.admin); with
+    ``stripe``, a Stripe client from [topups] and its secret key's variable."""
+    from .admin import Operations
+    from .billing.ledger import Ledger
+    from .tasks import TaskStore
+
+    db = _db(ctx)
+    ledger = Ledger(db)
+    try:
+        catalog = _catalog(ctx)
+    except ConfigError:
+        if stripe:
+            raise
+        catalog = None
+    gateway = None
+    if stripe and catalog is not None:
+        from .http.topups import env_secret
+        from .topups.stripe_gateway import StripeGateway
+
+        config = catalog.topups
+        gateway = StripeGateway(env_secret(os.environ, config.secret_key_env), config)
+    grace = catalog.privacy.close_grace_days if catalog is not None else 0
+    return Operations(db, ledger, TaskStore(db, ledger), grace, stripe=gateway)
+
+
 @cli.group()
 def ledger() -> None:
     """Check the credits ledger."""
@@ -785,8 +809,7 @@ def ledger_check(ctx: click.Context) -> None:
     )
 
 
-def _set_status(ctx: click.Context, account: str, status: str, reason: str) -> None:
-    row = acc.set_status(_db(ctx), account, status, reason)
+def _show_status(row: dict[str, Any]) -> None:
     console.print(f"{row['id']} is now {row['status']} ({row['status_reason']})", highlight=False)
 
 
@@ -796,7 +819,9 @@ def _set_status(ctx: click.Context, account: str, status: str, reason: str) -> N
 @click.pass_context
 def accounts_suspend(ctx: click.Context, account: str, reason: str) -> None:
     """Suspend ACCOUNT: every call answers 403 account_suspended; the balance is kept."""
-    _set_status(ctx, account, "suspended", reason)
+    from .admin.accounts import suspend_account
+
+    _show_status(suspend_account(_ops(ctx), _admin(), account, reason))
 
 
 @accounts.command("unsuspend")
@@ -805,11 +830,9 @@ def accounts_suspend(ctx: click.Context, account: str, reason: str) -> None:
 @click.pass_context
 def accounts_unsuspend(ctx: click.Context, account: str, reason: str) -> None:
     """Lift ACCOUNT's suspension; its policy violations so far are marked reviewed."""
-    from .policy.audit import mark_reviewed
+    from .admin.accounts import unsuspend_account
 
-    db = _db(ctx)
-    _set_status(ctx, account, "active", reason)
-    mark_reviewed(db, acc.get_account(db, account)["id"])
+    _show_status(unsuspend_account(_ops(ctx), _admin(), account, reason))
 
 
 @accounts.command("close")
@@ -830,34 +853,24 @@ def accounts_close(ctx: click.Context, account: str, reason: str, export_to: Pat
     forfeited per the Terms, recorded as a ledger entry: refund paid top-ups first with
     `apimodels orders refund`. Outputs are deleted after [privacy] close_grace_days; the
     email and key names are pseudonymized after billing_retention_days."""
-    from .billing.ledger import Ledger
+    from .admin.accounts import close_account
     from .billing.money import format_usd
-    from .privacy import close_account
-    from .tasks import TaskStore
 
-    db = _db(ctx)
+    _catalog(ctx)  # its [privacy] grace period is needed: a missing catalog stops here
+    ops = _ops(ctx)
     if export_to is not None:
-        _write_export(ctx, db, account, export_to)
-    catalog = _catalog(ctx)
-    ledger = Ledger(db)
-    closed = close_account(
-        db,
-        ledger,
-        TaskStore(db, ledger),
-        account,
-        reason,
-        actor=_actor(),
-        grace_days=catalog.privacy.close_grace_days,
-    )
+        _write_export(ctx, ops.db, account, export_to)
+    closed = close_account(ops, _admin(), account, reason)
+    forfeited = closed["forfeited_micros"]
     fate = (
-        f"a balance of {format_usd(closed.forfeited_micros)} USD forfeited"
-        if closed.forfeited_micros >= 0
-        else f"a debt of {format_usd(-closed.forfeited_micros)} USD written off"
+        f"a balance of {format_usd(forfeited)} USD forfeited"
+        if forfeited >= 0
+        else f"a debt of {format_usd(-forfeited)} USD written off"
     )
     console.print(
-        f"{closed.account_id} is closed: keys revoked, {closed.tasks_canceled} unfinished "
+        f"{closed['id']} is closed: keys revoked, {closed['tasks_canceled']} unfinished "
         f"task(s) canceled, {fate} (ledger entry); its outputs are deleted after "
-        f"{closed.outputs_deleted_after}",
+        f"{closed['outputs_deleted_after']}",
         highlight=False,
     )
     err_console.print(
@@ -1056,6 +1069,137 @@ def storage_sweep(ctx: click.Context, dry_run: bool) -> None:
     console.print(table)
 
 
+# --- the operator's side: admin tokens, operators, the admin audit log ----------------------
+
+
+@cli.group("admin-tokens")
+def admin_tokens() -> None:
+    """Tokens of the admin HTTP API (/admin/v1/, docs/admin.md): shown once, stored hashed."""
+
+
+@admin_tokens.command("create")
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "write"]),
+    required=True,
+    help="read: GET only; write: every admin operation.",
+)
+@click.option("--name", default="", help="A label: who or what uses it.")
+@click.pass_context
+def admin_tokens_create(ctx: click.Context, scope: str, name: str) -> None:
+    """Create an admin token and print it once."""
+    from .admin.tokens import create_token
+
+    row, token = create_token(_db(ctx), _admin(), name, scope)
+    console.print(f"admin token [bold]{row['id']}[/] ({scope}):", highlight=False)
+    click.echo(token)
+    err_console.print("Store it now: it is not shown again.", style="dim")
+
+
+@admin_tokens.command("list")
+@click.pass_context
+def admin_tokens_list(ctx: click.Context) -> None:
+    """List admin tokens (never the tokens themselves)."""
+    from .admin.tokens import list_tokens
+
+    table = Table("id", "name", "scope", "hint", "created", "by", "revoked")
+    for t in list_tokens(_db(ctx)):
+        table.add_row(
+            t["id"], t["name"] or "", t["scope"], t["hint"], t["created_at"][:19],
+            t["created_by"], (t["revoked_at"] or "")[:19],
+        )  # fmt: skip
+    console.print(table)
+
+
+@admin_tokens.command("revoke")
+@click.argument("token_id")
+@click.option("--reason", default=None, help="Why (kept in the admin audit log).")
+@click.pass_context
+def admin_tokens_revoke(ctx: click.Context, token_id: str, reason: str | None) -> None:
+    """Revoke TOKEN_ID: every server refuses it from its next request."""
+    from .admin.tokens import revoke_token
+
+    row = revoke_token(_db(ctx), _admin(), token_id, reason)
+    console.print(f"revoked {row['id']} at {row['revoked_at']}", highlight=False)
+
+
+@cli.group()
+def admins() -> None:
+    """Operators: the people who run this service (the Console's admin role)."""
+
+
+@admins.command("create")
+@click.argument("email")
+@click.pass_context
+def admins_create(ctx: click.Context, email: str) -> None:
+    """Make EMAIL an operator."""
+    from .admin.operators import create_admin
+
+    row = create_admin(_db(ctx), _admin(), email)
+    console.print(f"operator [bold]{row['id']}[/]: {row['email']}", highlight=False)
+
+
+@admins.command("list")
+@click.pass_context
+def admins_list(ctx: click.Context) -> None:
+    """List the operators."""
+    from .admin.operators import list_admins
+
+    table = Table("id", "email", "since", "by")
+    for a in list_admins(_db(ctx)):
+        table.add_row(a["id"], a["email"], a["created_at"][:19], a["created_by"])
+    console.print(table)
+
+
+@admins.command("remove")
+@click.argument("operator")
+@click.pass_context
+def admins_remove(ctx: click.Context, operator: str) -> None:
+    """OPERATOR (email or adm_ id) is an operator no more."""
+    from .admin.operators import remove_admin
+
+    row = remove_admin(_db(ctx), _admin(), operator)
+    console.print(f"removed operator {row['id']}", highlight=False)
+
+
+@cli.command("admin-audit")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--target", default=None, help="Only actions on this account, key, order...")
+@click.option("--action", default=None, help="Only this action (accounts.suspend...).")
+@click.option("--actor", default=None, help="Only this actor (admin-token:atk_..., cli:USER).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl", "csv"]),
+    default="table",
+    show_default=True,
+    help="jsonl or csv to export.",
+)
+@click.pass_context
+def admin_audit(
+    ctx: click.Context,
+    limit: int,
+    target: str | None,
+    action: str | None,
+    actor: str | None,
+    fmt: str,
+) -> None:
+    """The admin audit log, newest first: who did what, when, why, before and after."""
+    from .admin import audit
+
+    rows, _ = audit.entries(_db(ctx), limit=limit, target=target, action=action, actor=actor)
+    if fmt != "table":
+        click.echo(audit.export(rows, fmt), nl=False)
+        return
+    table = Table("id", "time", "actor", "action", "target", "reason")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["created_at"][:19], r["actor"], r["action"], r["target"],
+            escape(r["reason"] or ""),
+        )  # fmt: skip
+    console.print(table)
+
+
 # --- top-up orders: review and correct billing errors -------------------------------------
 
 
@@ -1140,46 +1284,23 @@ def orders_refund(
     The Stripe refund and the ledger entry are each made once: running the command again
     after a failure, or Stripe's charge.refunded webhook, does not refund or debit twice.
     """
+    import asyncio
     from decimal import Decimal
 
-    from .billing.ledger import transaction
+    from .admin.orders import refund_order
     from .billing.money import format_usd
-    from .http.topups import env_secret
-    from .topups.orders import get_order, order_op, refund_total_op
-    from .topups.rates import usd_micros_to_minor
-    from .topups.stripe_gateway import StripeGateway
 
-    config = _catalog(ctx).topups
-    ledger = _ledger(ctx)
-    order = get_order(ledger.db, order_id)
-    if order["status"] != "paid" or not order["stripe_payment_intent"]:
-        raise ValueError(f"order {order_id} is {order['status']}: only paid orders can be refunded")
-    left = order["amount_usd_micros"] - order["refunded_usd_micros"]
-    micros = _usd(usd) if usd is not None else left
-    if not 0 < micros <= left:
-        raise ValueError(f"order {order_id} has {format_usd(left)} USD left to refund")
-    # The money for those credits, at the order's own rate; whatever is left when all of it goes.
-    total = usd_micros_to_minor(
-        order["refunded_usd_micros"] + micros, order["amount_minor"], order["amount_usd_micros"]
-    )
-    minor = total - order["refunded_minor"]
-    secret_key = env_secret(os.environ, config.secret_key_env)
-    refund = StripeGateway(secret_key, config).refund(
-        order, minor, reason=reason, stripe_reason=stripe_reason
-    )
-    with transaction(ledger) as c:
-        current = order_op(c, id=order_id)
-        assert current is not None
-        debited = refund_total_op(
-            c,
-            current,
-            order["refunded_minor"] + refund.amount,
-            key=f"refund:{refund.id}",
-            reason=f"refund of top-up {order_id}: {reason}",
-            actor=_actor(),
+    ops = _ops(ctx, stripe=True)
+    amount = _usd(usd) if usd is not None else None
+    done = asyncio.run(
+        refund_order(
+            ops, _admin(), order_id, reason, amount_micros=amount, stripe_reason=stripe_reason
         )
+    )
+    debited = done["debited_micros"]
     console.print(
-        f"refunded {Decimal(refund.amount) / 100:.2f} {order['currency'].upper()} ({refund.id}); "
+        f"refunded {Decimal(done['refunded_minor_now']) / 100:.2f} {done['currency'].upper()} "
+        f"({done['stripe_refund_id']}); "
         + (
             f"removed {format_usd(debited)} USD of credits"
             if debited
@@ -1187,7 +1308,7 @@ def orders_refund(
         ),
         highlight=False,
     )
-    _show_balance(ledger, order["account_id"])
+    _show_balance(ops.ledger, done["account_id"])
 
 
 @orders.command("reconcile")

@@ -10,11 +10,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 from starlette.types import ASGIApp
 
+from .admin import Operations
+from .admin.api import admin_routes
 from .billing.biller import Biller
 from .billing.ledger import GroupCommit, Ledger
 from .billing.limits import Limiter
@@ -33,6 +35,9 @@ from .storage import LocalStorage, Storage, load_secret, open_storage
 from .store.accounts import KeyStore
 from .store.db import Checkpointer, database_path, open_db
 from .tasks import TaskRunner
+
+if TYPE_CHECKING:
+    from .http.topups import TopupsAPI
 
 log = logging.getLogger("apimodels")
 
@@ -173,8 +178,20 @@ def assemble(
         ("/health/live", health.live, ["GET"]),
         ("/health/ready", health.ready, ["GET"]),
     ]
+    topups = None
     if catalog.topups.enabled or sandbox:
-        extra_routes += _topups(server, catalog.topups, sandbox, environ)
+        topups = _topups(server, catalog.topups, sandbox, environ)
+        extra_routes += topups.routes()
+    operations = Operations(
+        db,
+        ledger,
+        task_store,
+        catalog.privacy.close_grace_days,
+        keys=keys,
+        runner=runner,
+        stripe=topups.stripe if topups is not None else None,
+    )
+    extra_routes += admin_routes(operations)
     server.app = create_app(
         gateway,
         keys,
@@ -229,8 +246,10 @@ def worker_app() -> ASGIApp:
     return server.app
 
 
-def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None) -> list:
-    """The top-ups routes; in sandbox mode always on, backed by a local Stripe simulator."""
+def _topups(
+    server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None
+) -> TopupsAPI:
+    """The top-ups API; in sandbox mode always on, backed by a local Stripe simulator."""
     from .http.topups import build_topups
 
     env = dict(os.environ if environ is None else environ)
@@ -241,4 +260,4 @@ def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] 
         config = sandbox_config(config, stripe.origin)
         env[config.secret_key_env] = stripe.secret_key
         env[config.webhook_secret_env] = stripe.webhook_secret
-    return build_topups(config, server.db, server.ledger, server.keys, env).routes()
+    return build_topups(config, server.db, server.ledger, server.keys, env)
