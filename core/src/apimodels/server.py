@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .http.app import create_app
 from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
+from .openapi import docs_routes
 from .ops import CountedTaskStore, Health, Metrics, RequestObserver
 from .plugins import check_plugins, pm
 from .policy import build_policy
@@ -192,6 +193,10 @@ def assemble(
         stripe=topups.stripe if topups is not None else None,
     )
     extra_routes += admin_routes(operations)
+    features = {"topups"} if topups is not None else set()
+    if isinstance(storage, LocalStorage):
+        features.add("files")
+    extra_routes += docs_routes(features)
     server.app = create_app(
         gateway,
         keys,

@@ -158,7 +158,7 @@ class Credited(_Out):
     held_micros: int
 
 
-class Task(_Out):
+class AdminTask(_Out):
     id: str
     account_id: str
     key_id: str | None
@@ -213,6 +213,6 @@ def page_of(item: type[BaseModel], name: str) -> type[BaseModel]:
 
 AccountList = page_of(Account, "AccountList")
 OrderList = page_of(Order, "OrderList")
-TaskList = page_of(Task, "TaskList")
+AdminTaskList = page_of(AdminTask, "AdminTaskList")
 UsageTotals = page_of(UsageTotal, "UsageTotals")
 AuditLog = page_of(AuditEntry, "AuditLog")
