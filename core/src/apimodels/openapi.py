@@ -87,8 +87,18 @@ CHAT_EXAMPLE = {
     "model": "openai/gpt-6-luna",
     "messages": [{"role": "user", "content": "Hello"}],
 }
-STREAM = {"text/event-stream": {"type": "string", "description": 'with "stream": true'}}
-AUDIO = {media: BINARY for media in ("audio/mpeg", "audio/wav", "audio/flac", "audio/aac")}
+#: With ``"stream": true``: server-sent events, each a JSON ``data`` line (and a name in the
+#: Responses and Messages APIs).
+STREAM = {
+    "text/event-stream": {
+        "type": "object",
+        "description": 'Each event of the stream (with "stream": true)',
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["data"],
+    }
+}
+#: Speech in the ``response_format`` asked for, typed as its provider types it.
+AUDIO = {"audio/*": {**BINARY, "description": "The audio, in the response_format asked for"}}
 MESSAGES_AUTH = ("apiKey", "bearer")
 
 #: The public routes, in the order the document lists them.
@@ -107,13 +117,16 @@ PUBLIC: tuple[Operation, ...] = (
                        "messages": [{"role": "user", "content": "Hello"}]}),
     Operation("POST", "/v1/messages/count_tokens", "Count a message's input tokens", "Chat",
               CountTokensParams, a.TokenCount, security=MESSAGES_AUTH,
-              error=a.AnthropicErrorBody),
+              error=a.AnthropicErrorBody,
+              example={"model": "anthropic/claude-sonnet-5-5",
+                       "messages": [{"role": "user", "content": "Hello"}]}),
     Operation("POST", "/v1/embeddings", "Create embeddings", "Embeddings",
               EmbeddingRequest, a.EmbeddingList,
-              example={"model": "openai/text-embedding-4-small", "input": "Hello"}),
+              example={"model": "openai/text-embedding-3-large", "input": "Hello"}),
     Operation("POST", "/v1/images/generations", "Create images", "Images", ImageRequest,
-              a.ImagesResponse),
-    Operation("POST", "/v1/audio/speech", "Speak text", "Audio", SpeechRequest, media=AUDIO),
+              a.ImagesResponse, example={"model": "openai/gpt-image-2", "prompt": "a lighthouse"}),
+    Operation("POST", "/v1/audio/speech", "Speak text", "Audio", SpeechRequest, media=AUDIO,
+              example={"model": "openai/tts-1", "input": "Hello", "voice": "alloy"}),
     Operation("POST", "/v1/audio/transcriptions", "Transcribe audio", "Audio",
               TranscriptionRequest, a.Transcription, multipart=True, media={"text/plain": TEXT}),
     Operation("GET", "/v1/audio/voices", "The voices of the speech models", "Audio",
@@ -127,7 +140,9 @@ PUBLIC: tuple[Operation, ...] = (
     Operation("GET", "/v1/generation/{request_id}", "One call and its cost", "Billing",
               answer=a.Generation),
     Operation("POST", "/v1/tasks", "Start a task (video and other slow jobs)", "Tasks",
-              TaskCreate, a.Task, status=202),
+              TaskCreate, a.Task, status=202,
+              example={"model": "replicate/veo-3.1-fast",
+                       "input": {"prompt": "waves", "duration": 4}}),
     Operation("GET", "/v1/tasks", "The account's tasks", "Tasks", answer=a.TaskList,
               query=a.TasksQuery),
     Operation("GET", "/v1/tasks/{id}", "One task", "Tasks", answer=a.Task),
@@ -136,7 +151,8 @@ PUBLIC: tuple[Operation, ...] = (
     Operation("POST", "/v1/tasks/{id}/cancel", "Cancel a task (cost 0)", "Tasks",
               answer=a.Task),
     Operation("POST", "/v1/topups", "Buy credits (a Stripe Checkout page)", "Top-ups",
-              a.TopupCreate, a.Topup, status=201, feature="topups"),
+              a.TopupCreate, a.Topup, status=201, feature="topups",
+              example={"amount_usd": "20", "method": "card"}),
     Operation("GET", "/v1/topups", "The account's top-up orders", "Top-ups",
               answer=a.TopupList, query=a.PageQuery, feature="topups"),
     Operation("GET", "/v1/topups/{order_id}", "One top-up order", "Top-ups",
