@@ -59,6 +59,27 @@ SECURITY_SCHEMES = {
 }
 
 BINARY = {"type": "string", "format": "binary"}
+
+#: What each error status means, as the document says it (docs/api.md, "Errors").
+STATUSES = {
+    400: "Bad input: the field is named in param",
+    401: "A missing, unknown, revoked or expired credential",
+    402: "Not enough credits for the call's hold",
+    403: "A suspended account, a policy refusal, or a read-only admin token",
+    404: "An unknown model, object or path",
+    409: "The object's state forbids it, or an Idempotency-Key in use",
+    410: "The model is retired (names its replacement)",
+    413: "The body is larger than the server takes",
+    422: "The upstream refused the input",
+    429: "A rate limit or spending cap: retry after Retry-After",
+    502: "The upstream (or the payment provider) failed",
+    503: "The provider is not available or overloaded; or, for readiness, not ready",
+    504: "The upstream did not answer in time",
+}
+#: The errors of any route, of one that takes a credential, of a model call.
+ANY = (400, 404, 413)
+AUTHED = (*ANY, 401, 403)
+MODEL_CALL = (*AUTHED, 402, 409, 410, 422, 429, 502, 503, 504)
 TEXT = {"type": "string"}
 
 
@@ -73,8 +94,11 @@ class Operation:
     body: type[BaseModel] | None = None
     answer: type[BaseModel] | None = None
     status: int = 200
+    errors: tuple[int, ...] = AUTHED
     query: type[BaseModel] | None = None
     security: tuple[str, ...] = ("bearer",)
+    #: The credential may be left out (the metrics token, when none is configured).
+    optional_auth: bool = False
     error: type[BaseModel] = a.ErrorBody
     #: Other media types of the answer (a stream, audio, text), with their schemas.
     media: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -104,31 +128,35 @@ MESSAGES_AUTH = ("apiKey", "bearer")
 #: The public routes, in the order the document lists them.
 PUBLIC: tuple[Operation, ...] = (
     Operation("POST", "/v1/chat/completions", "Create a chat completion", "Chat",
-              ChatRequest, a.ChatCompletion, media=STREAM, example=CHAT_EXAMPLE),
+              ChatRequest, a.ChatCompletion, media=STREAM, example=CHAT_EXAMPLE,
+              errors=MODEL_CALL),
     Operation("POST", "/v1/responses", "Create a response (OpenAI's Responses API)", "Chat",
-              CreateResponse, a.ResponseObject, media=STREAM,
+              CreateResponse, a.ResponseObject, media=STREAM, errors=MODEL_CALL,
               example={"model": "openai/gpt-6-luna", "input": "Hello"}),
     Operation("GET", "/v1/responses/{response_id}", "A stored response", "Chat",
               answer=a.ResponseObject),
     Operation("POST", "/v1/messages", "Create a message (Anthropic's Messages API)", "Chat",
               CreateMessageParams, a.Message, security=MESSAGES_AUTH,
-              error=a.AnthropicErrorBody, media=STREAM,
+              error=a.AnthropicErrorBody, media=STREAM, errors=MODEL_CALL,
               example={"model": "anthropic/claude-sonnet-5-5", "max_tokens": 256,
                        "messages": [{"role": "user", "content": "Hello"}]}),
     Operation("POST", "/v1/messages/count_tokens", "Count a message's input tokens", "Chat",
               CountTokensParams, a.TokenCount, security=MESSAGES_AUTH,
-              error=a.AnthropicErrorBody,
+              error=a.AnthropicErrorBody, errors=MODEL_CALL,
               example={"model": "anthropic/claude-sonnet-5-5",
                        "messages": [{"role": "user", "content": "Hello"}]}),
     Operation("POST", "/v1/embeddings", "Create embeddings", "Embeddings",
-              EmbeddingRequest, a.EmbeddingList,
+              EmbeddingRequest, a.EmbeddingList, errors=MODEL_CALL,
               example={"model": "openai/text-embedding-3-large", "input": "Hello"}),
     Operation("POST", "/v1/images/generations", "Create images", "Images", ImageRequest,
-              a.ImagesResponse, example={"model": "openai/gpt-image-2", "prompt": "a lighthouse"}),
+              a.ImagesResponse, example={"model": "openai/gpt-image-2", "prompt": "a lighthouse"},
+              errors=MODEL_CALL),
     Operation("POST", "/v1/audio/speech", "Speak text", "Audio", SpeechRequest, media=AUDIO,
+              errors=MODEL_CALL,
               example={"model": "openai/tts-1", "input": "Hello", "voice": "alloy"}),
     Operation("POST", "/v1/audio/transcriptions", "Transcribe audio", "Audio",
-              TranscriptionRequest, a.Transcription, multipart=True, media={"text/plain": TEXT}),
+              TranscriptionRequest, a.Transcription, multipart=True, media={"text/plain": TEXT},
+              errors=MODEL_CALL),
     Operation("GET", "/v1/audio/voices", "The voices of the speech models", "Audio",
               answer=a.VoiceList),
     Operation("GET", "/v1/models", "The models served", "Models", answer=a.ModelList),
@@ -140,46 +168,49 @@ PUBLIC: tuple[Operation, ...] = (
     Operation("GET", "/v1/generation/{request_id}", "One call and its cost", "Billing",
               answer=a.Generation),
     Operation("POST", "/v1/tasks", "Start a task (video and other slow jobs)", "Tasks",
-              TaskCreate, a.Task, status=202,
+              TaskCreate, a.Task, status=202, errors=MODEL_CALL,
               example={"model": "replicate/veo-3.1-fast",
                        "input": {"prompt": "waves", "duration": 4}}),
     Operation("GET", "/v1/tasks", "The account's tasks", "Tasks", answer=a.TaskList,
               query=a.TasksQuery),
     Operation("GET", "/v1/tasks/{id}", "One task", "Tasks", answer=a.Task),
     Operation("DELETE", "/v1/tasks/{id}", "Delete a task's outputs and content", "Tasks",
-              answer=a.Task),
+              answer=a.Task, errors=(*AUTHED, 503)),
     Operation("POST", "/v1/tasks/{id}/cancel", "Cancel a task (cost 0)", "Tasks",
-              answer=a.Task),
+              answer=a.Task, errors=(*AUTHED, 409)),
     Operation("POST", "/v1/topups", "Buy credits (a Stripe Checkout page)", "Top-ups",
-              a.TopupCreate, a.Topup, status=201, feature="topups",
+              a.TopupCreate, a.Topup, status=201, feature="topups", errors=(*AUTHED, 409, 502, 503),
               example={"amount_usd": "20", "method": "card"}),
     Operation("GET", "/v1/topups", "The account's top-up orders", "Top-ups",
               answer=a.TopupList, query=a.PageQuery, feature="topups"),
     Operation("GET", "/v1/topups/{order_id}", "One top-up order", "Top-ups",
               answer=a.Topup, feature="topups"),
     Operation("GET", "/v1/files", "OpenAI's Files API: not served here (404)", "Files",
-              security=()),
+              security=(), errors=ANY),
     Operation("POST", "/v1/files", "OpenAI's Files API: not served here (404)", "Files",
-              security=()),
+              security=(), errors=ANY),
     Operation("GET", "/v1/files/{key}", "An output file by its signed URL", "Files",
-              security=(), media={"application/octet-stream": BINARY}, feature="files"),
+              security=(), media={"application/octet-stream": BINARY}, feature="files",
+              errors=(*ANY, 403)),
     Operation("POST", "/webhooks/{provider}/{id}", "An upstream's signed job event",
-              "Webhooks", answer=a.WebhookReceived, security=()),
+              "Webhooks", answer=a.WebhookReceived, security=(), errors=ANY),
     Operation("POST", "/webhooks/stripe", "Stripe's signed payment events", "Webhooks",
-              answer=a.WebhookReceived, security=(), feature="topups"),
+              answer=a.WebhookReceived, security=(), feature="topups", errors=ANY),
     Operation("GET", "/health", "This process answers (and its queued charges are written)",
-              "Operations", answer=a.Health, security=()),
-    Operation("GET", "/health/live", "Liveness", "Operations", answer=a.Health, security=()),
+              "Operations", answer=a.Health, security=(), errors=ANY),
+    Operation("GET", "/health/live", "Liveness", "Operations", answer=a.Health, security=(),
+              errors=ANY),
     Operation("GET", "/health/ready", "Readiness (503 when not ready)", "Operations",
-              answer=a.Health, security=()),
+              answer=a.Health, security=(), errors=(*ANY, 503)),
     Operation("GET", "/metrics", "Prometheus metrics", "Operations",
-              security=("metricsToken",), media={"text/plain": TEXT}),
+              security=("metricsToken",), optional_auth=True, media={"text/plain": TEXT},
+              errors=(*ANY, 401)),
     Operation("GET", "/openapi.json", "This document", "Operations", security=(),
-              media={"application/json": {"type": "object"}}),
+              media={"application/json": {"type": "object"}}, errors=ANY),
     Operation("GET", "/docs", "This document, rendered", "Operations", security=(),
-              media={"text/html": TEXT}),
+              media={"text/html": TEXT}, errors=ANY),
     Operation("GET", "/docs/redoc.standalone.js", "The renderer of /docs (Redoc, MIT)",
-              "Operations", security=(), media={"text/javascript": TEXT}),
+              "Operations", security=(), media={"text/javascript": TEXT}, errors=ANY),
 )  # fmt: skip
 
 _PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
@@ -197,6 +228,7 @@ def _admin_operations() -> list[Operation]:
             query=e.query,
             security=("adminToken",),
             media={} if e.response else {"application/jsonl": TEXT, "text/csv": TEXT},
+            errors=(*AUTHED, *e.conflicts),
         )
         for e in ADMIN_ENDPOINTS
     ]
@@ -271,14 +303,17 @@ def build_document(features: set[str]) -> dict[str, Any]:
             "operationId": f"{o.method.lower()}{re.sub(r'[^A-Za-z0-9]+', '_', path)}".rstrip("_"),
             "summary": o.summary,
             "tags": [o.tag],
-            "security": [{name: []} for name in o.security],
+            "security": [{name: []} for name in o.security] + ([{}] if o.optional_auth else []),
             "responses": {
                 str(o.status): {"description": o.summary, "content": content}
                 if content
                 else {"description": o.summary},
-                "default": {
-                    "description": "An error, in this route's error shape",
-                    "content": {"application/json": {"schema": ref(o.error, "serialization")}},
+                **{
+                    str(code): {
+                        "description": STATUSES[code],
+                        "content": {"application/json": {"schema": ref(o.error, "serialization")}},
+                    }
+                    for code in sorted(o.errors)
                 },
             },
         }

@@ -98,6 +98,8 @@ class Endpoint:
     response: type[BaseModel] | None  # None: a text export
     query: type[_Query] | None = None
     body: type[BaseModel] | None = None
+    #: Error statuses beyond those of every admin route (400, 401, 403, 404, 413).
+    conflicts: tuple[int, ...] = ()
 
     @property
     def writes(self) -> bool:
@@ -230,11 +232,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", A, "An account: balance, keys, recent usage, violations, orders", _account,
              models.AccountDetail),
     Endpoint("POST", f"{A}/suspend", "Suspend an account (its calls answer 403 with the reason)",
-             _status(suspend_account), models.Account, body=models.Reason),
+             _status(suspend_account), models.Account, body=models.Reason, conflicts=(409,)),
     Endpoint("POST", f"{A}/unsuspend", "Lift a suspension", _status(unsuspend_account),
-             models.Account, body=models.Reason),
+             models.Account, body=models.Reason, conflicts=(409,)),
     Endpoint("POST", f"{A}/close", "Close an account for good", _status(close_account),
-             models.Closed, body=models.Reason),
+             models.Closed, body=models.Reason, conflicts=(409,)),
     Endpoint("POST", f"{A}/grants", "Grant credits", _credits("grant"), models.Credited,
              body=models.CreditsPost),
     Endpoint("POST", f"{A}/adjustments", "Adjust credits (either sign)", _credits("adjustment"),
@@ -246,11 +248,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", f"{PREFIX}/orders/{{order_id}}", "A top-up order with its ledger entries",
              _order, models.OrderDetail),
     Endpoint("POST", f"{PREFIX}/orders/{{order_id}}/refund", "Refund a paid order via Stripe",
-             _refund, models.Refunded, body=models.RefundPost),
+             _refund, models.Refunded, body=models.RefundPost, conflicts=(409, 502, 503)),
     Endpoint("GET", f"{PREFIX}/tasks", "Tasks of every account, newest first", _tasks,
              models.AdminTaskList, TasksQuery),
     Endpoint("POST", f"{PREFIX}/tasks/{{task_id}}/cancel", "Cancel a task (cost 0)", _cancel,
-             models.AdminTask, body=models.Reason),
+             models.AdminTask, body=models.Reason, conflicts=(409,)),
     Endpoint("GET", f"{PREFIX}/usage", "Usage totals per account, model or day", _usage,
              models.UsageTotals, UsageQuery),
     Endpoint("GET", f"{PREFIX}/ledger/check", "Check the ledger and the orders", _books,

@@ -26,8 +26,13 @@ class Reason(_In):
     reason: str = Field(min_length=1, max_length=2000, examples=["chargeback fraud"])
 
 
+#: An amount typed in USD: digits, an optional fraction and sign (``admin.amounts``).
+AMOUNT = r"^[+-]?[0-9]+(\.[0-9]+)?$"
+
+
 class CreditsPost(_In):
     amount_usd: str = Field(
+        pattern=AMOUNT,
         description="USD as a decimal string; a grant is positive, an adjustment non-zero",
         examples=["25.00"],
     )
@@ -41,6 +46,7 @@ class RefundPost(_In):
     reason: str = Field(min_length=1, max_length=2000, examples=["customer asked"])
     amount_usd: str | None = Field(
         default=None,
+        pattern=AMOUNT,
         description="Credits to refund in USD (default: all not refunded yet)",
         examples=["10.00"],
     )

@@ -123,8 +123,12 @@ class GenerationList(_Closed):
 class UsageQuery(_Closed):
     limit: int = Field(default=20, ge=1, le=100)
     starting_after: str | None = Field(default=None, description="The last id of a page")
-    since: str | None = Field(default=None, description="Unix timestamp or ISO-8601 time")
-    until: str | None = Field(default=None, description="Unix timestamp or ISO-8601 time")
+    since: str | None = Field(
+        default=None, min_length=1, description="Unix timestamp or ISO-8601 time, inclusive"
+    )
+    until: str | None = Field(
+        default=None, min_length=1, description="Unix timestamp or ISO-8601 time, exclusive"
+    )
     model: str | None = None
 
 
