@@ -301,3 +301,30 @@ def test_the_audit_log_exports_and_the_cli_writes_to_it(admin: Admin) -> None:
     assert len(jsonl.text.splitlines()) == len(rows)
     for token in (admin.write, admin.read):  # a token's hint at most, never a token
         assert token not in exported.text and token[7:] not in exported.text
+
+
+def test_the_cli_drives_a_remote_server_with_an_admin_token(admin: Admin) -> None:
+    account, key = admin.gw.new_account("remote@example.com")
+    remote = ("--url", admin.gw.url, "--admin-token", admin.write)
+    granted = admin.cli(*remote, "credits", "grant", account, "3", "--reason", "over HTTP")
+    assert f"{account}: balance 3.000000 USD" in granted
+    assert "balance 2.500000" in admin.cli(
+        *remote, "credits", "adjust", account, "-0.5", "--reason", "fix"
+    )
+    assert "suspended (remote review)" in admin.cli(
+        *remote, "accounts", "suspend", account, "--reason", "remote review"
+    )
+    r = httpx.get(f"{admin.gw.url}/v1/credits", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 403 and "remote review" in r.json()["error"]["message"]
+    assert "ledger ok" in admin.cli(*remote, "ledger", "check")
+    audit = admin.cli(*remote, "admin-audit", "--target", account, "--format", "jsonl")
+    actions = [json.loads(line)["action"] for line in audit.splitlines()]
+    assert actions == ["accounts.suspend", "credits.adjustment", "credits.grant"]
+    assert all(json.loads(line)["actor"].startswith("admin-token:") for line in audit.splitlines())
+    # A read-only token is refused a write, with the server's own message; a command that
+    # needs the database refuses --url rather than open a local file.
+    read_only = ("--url", admin.gw.url, "--admin-token", admin.read)
+    refused = admin.cli(*read_only, "accounts", "unsuspend", account, "--reason", "x", code=1)
+    assert "read-only" in refused and "403" in refused
+    assert "without --url" in admin.cli(*remote, "keys", "list", account, code=2)
+    assert "--admin-token" in admin.cli("--url", admin.gw.url, "ledger", "check", code=2)

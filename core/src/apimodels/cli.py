@@ -48,7 +48,18 @@ class _Group(click.Group):
 def _db(ctx: click.Context) -> Any:
     from .store.db import open_db
 
+    if ctx.obj.get("remote") is not None:
+        raise click.UsageError(
+            f"'{ctx.command_path}' works on the server's database: run it there, without --url "
+            "(with --url: accounts suspend/unsuspend/close, credits grant/adjust, keys revoke, "
+            "orders refund, ledger check, admin-audit)"
+        )
     return open_db(ctx.obj["db"])
+
+
+def _remote(ctx: click.Context) -> Any:
+    """The admin API client of ``--url``, or None to work on the local database."""
+    return ctx.obj.get("remote")
 
 
 def _catalog(ctx: click.Context) -> Any:
@@ -75,10 +86,34 @@ def _catalog(ctx: click.Context) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The SQLite database (env APIMODELS_DB).",
 )
+@click.option(
+    "--url",
+    envvar="APIMODELS_URL",
+    default=None,
+    help="Drive the admin API of the server at this URL instead of the local database "
+    "(accounts suspend/unsuspend/close, credits grant/adjust, keys revoke, orders refund, "
+    "ledger check, admin-audit). Env APIMODELS_URL.",
+)
+@click.option(
+    "--admin-token",
+    envvar="APIMODELS_ADMIN_TOKEN",
+    default=None,
+    help="The admin token for --url (docs/admin.md). Env APIMODELS_ADMIN_TOKEN.",
+)
 @click.pass_context
-def cli(ctx: click.Context, registry: Path, db: Path) -> None:
+def cli(
+    ctx: click.Context, registry: Path, db: Path, url: str | None, admin_token: str | None
+) -> None:
     """apimodels: one endpoint and one API key for many AI model providers."""
-    ctx.obj = {"registry": registry, "db": db}
+    remote = None
+    if url is not None:
+        if not admin_token:
+            raise click.UsageError("--url needs --admin-token (or APIMODELS_ADMIN_TOKEN)")
+        from .admin.remote import RemoteAdmin
+
+        remote = RemoteAdmin(url, admin_token)
+        ctx.call_on_close(remote.close)
+    ctx.obj = {"registry": registry, "db": db, "remote": remote}
 
 
 @cli.command()
@@ -631,7 +666,12 @@ def keys_revoke(ctx: click.Context, key_id: str, reason: str | None) -> None:
     """Revoke KEY_ID now (running servers notice within gateway.key_cache_seconds)."""
     from .admin.keys import revoke_key
 
-    row = revoke_key(_ops(ctx), _admin(), key_id, reason)
+    if remote := _remote(ctx):
+        row = remote.call(
+            "POST", f"/keys/{key_id}/revoke", {"reason": reason or "revoked by an operator"}
+        )
+    else:
+        row = revoke_key(_ops(ctx), _admin(), key_id, reason)
     console.print(f"revoked {row['id']} at {row['revoked_at']}", highlight=False)
 
 
@@ -673,12 +713,20 @@ def _ledger(ctx: click.Context) -> Any:
 
 
 def _show_balance(ledger: Any, account_id: str) -> None:
+    b = ledger.balance(account_id)
+    _show_credited(
+        {"account_id": account_id, "balance_micros": b.balance_micros, "held_micros": b.held_micros}
+    )
+
+
+def _show_credited(done: dict[str, Any]) -> None:
+    """An account's balance, as a credits service function (or the admin API) answered it."""
     from .billing.money import format_usd
 
-    b = ledger.balance(account_id)
+    balance, held = done["balance_micros"], done["held_micros"]
     console.print(
-        f"{account_id}: balance {format_usd(b.balance_micros)} USD, pending holds "
-        f"{format_usd(b.held_micros)}, available {format_usd(b.available_micros)}",
+        f"{done['account_id']}: balance {format_usd(balance)} USD, pending holds "
+        f"{format_usd(held)}, available {format_usd(balance - held)}",
         highlight=False,
     )
 
@@ -700,16 +748,19 @@ def credits_grant(
     """Grant USD credits to ACCOUNT (id or email)."""
     from .admin.credits import post_credits
 
-    ops = _ops(ctx)
-    done = post_credits(
-        ops, _admin(), account, _usd(usd), kind="grant", reason=reason,
-        idempotency_key=idempotency_key,
-    )  # fmt: skip
+    if remote := _remote(ctx):
+        body = {"amount_usd": usd, "reason": reason, "idempotency_key": idempotency_key}
+        done = remote.call("POST", f"/accounts/{account}/grants", body)
+    else:
+        done = post_credits(
+            _ops(ctx), _admin(), account, _usd(usd), kind="grant", reason=reason,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
     if done["entry_id"] is None:
         err_console.print(
             "already granted (same idempotency key): nothing changed", highlight=False
         )
-    _show_balance(ops.ledger, done["account_id"])
+    _show_credited(done)
 
 
 @credits.command("adjust", context_settings={"ignore_unknown_options": True})
@@ -721,11 +772,15 @@ def credits_adjust(ctx: click.Context, account: str, usd: str, reason: str) -> N
     """Add (+USD) or remove (-USD) credits from ACCOUNT to correct a billing error."""
     from .admin.credits import post_credits
 
-    ops = _ops(ctx)
-    done = post_credits(
-        ops, _admin(), account, _usd(usd, signed=True), kind="adjustment", reason=reason
-    )
-    _show_balance(ops.ledger, done["account_id"])
+    if remote := _remote(ctx):
+        body = {"amount_usd": usd, "reason": reason}
+        done = remote.call("POST", f"/accounts/{account}/adjustments", body)
+    else:
+        done = post_credits(
+            _ops(ctx), _admin(), account, _usd(usd, signed=True), kind="adjustment",
+            reason=reason,
+        )  # fmt: skip
+    _show_credited(done)
 
 
 @credits.command("show")
@@ -798,8 +853,13 @@ def ledger() -> None:
 @ledger.command("check")
 @click.pass_context
 def ledger_check(ctx: click.Context) -> None:
-    """Recompute every balance from the entries and check every hold; exit 1 on any problem."""
-    problems = _ledger(ctx).check()
+    """Recompute every balance from the entries and check every hold; exit 1 on any problem.
+    With --url, the server's check, orders included (GET /admin/v1/ledger/check)."""
+    if remote := _remote(ctx):
+        books = remote.call("GET", "/ledger/check")
+        problems = books["ledger_problems"] + books["order_problems"]
+    else:
+        problems = _ledger(ctx).check()
     for p in problems:
         err_console.print(f"[red]problem:[/] {p}", highlight=False)
     if problems:
@@ -821,6 +881,9 @@ def accounts_suspend(ctx: click.Context, account: str, reason: str) -> None:
     """Suspend ACCOUNT: every call answers 403 account_suspended; the balance is kept."""
     from .admin.accounts import suspend_account
 
+    if remote := _remote(ctx):
+        _show_status(remote.call("POST", f"/accounts/{account}/suspend", {"reason": reason}))
+        return
     _show_status(suspend_account(_ops(ctx), _admin(), account, reason))
 
 
@@ -832,6 +895,9 @@ def accounts_unsuspend(ctx: click.Context, account: str, reason: str) -> None:
     """Lift ACCOUNT's suspension; its policy violations so far are marked reviewed."""
     from .admin.accounts import unsuspend_account
 
+    if remote := _remote(ctx):
+        _show_status(remote.call("POST", f"/accounts/{account}/unsuspend", {"reason": reason}))
+        return
     _show_status(unsuspend_account(_ops(ctx), _admin(), account, reason))
 
 
@@ -856,11 +922,16 @@ def accounts_close(ctx: click.Context, account: str, reason: str, export_to: Pat
     from .admin.accounts import close_account
     from .billing.money import format_usd
 
-    _catalog(ctx)  # its [privacy] grace period is needed: a missing catalog stops here
-    ops = _ops(ctx)
-    if export_to is not None:
-        _write_export(ctx, ops.db, account, export_to)
-    closed = close_account(ops, _admin(), account, reason)
+    if remote := _remote(ctx):
+        if export_to is not None:
+            raise click.UsageError("--export reads the server's files: run it there")
+        closed = remote.call("POST", f"/accounts/{account}/close", {"reason": reason})
+    else:
+        _catalog(ctx)  # its [privacy] grace period is needed: a missing catalog stops here
+        ops = _ops(ctx)
+        if export_to is not None:
+            _write_export(ctx, ops.db, account, export_to)
+        closed = close_account(ops, _admin(), account, reason)
     forfeited = closed["forfeited_micros"]
     fate = (
         f"a balance of {format_usd(forfeited)} USD forfeited"
@@ -1187,7 +1258,20 @@ def admin_audit(
     """The admin audit log, newest first: who did what, when, why, before and after."""
     from .admin import audit
 
-    rows, _ = audit.entries(_db(ctx), limit=limit, target=target, action=action, actor=actor)
+    if remote := _remote(ctx):
+        query = {"target": target, "action": action, "actor": actor}
+        rows, before = [], None
+        while len(rows) < limit:  # pages of at most 100, newest first
+            size = min(100, limit - len(rows))
+            page = remote.call(
+                "GET", "/audit", params={**query, "limit": size, "before_id": before}
+            )
+            rows += page["data"]
+            if not page["has_more"]:
+                break
+            before = rows[-1]["id"]
+    else:
+        rows, _ = audit.entries(_db(ctx), limit=limit, target=target, action=action, actor=actor)
     if fmt != "table":
         click.echo(audit.export(rows, fmt), nl=False)
         return
@@ -1290,13 +1374,17 @@ def orders_refund(
     from .admin.orders import refund_order
     from .billing.money import format_usd
 
-    ops = _ops(ctx, stripe=True)
     amount = _usd(usd) if usd is not None else None
-    done = asyncio.run(
-        refund_order(
-            ops, _admin(), order_id, reason, amount_micros=amount, stripe_reason=stripe_reason
-        )
-    )
+    if remote := _remote(ctx):
+        body = {"reason": reason, "amount_usd": usd, "stripe_reason": stripe_reason}
+        done = remote.call("POST", f"/orders/{order_id}/refund", body)
+    else:
+        done = asyncio.run(
+            refund_order(
+                _ops(ctx, stripe=True), _admin(), order_id, reason, amount_micros=amount,
+                stripe_reason=stripe_reason,
+            )
+        )  # fmt: skip
     debited = done["debited_micros"]
     console.print(
         f"refunded {Decimal(done['refunded_minor_now']) / 100:.2f} {done['currency'].upper()} "
@@ -1308,7 +1396,15 @@ def orders_refund(
         ),
         highlight=False,
     )
-    _show_balance(ops.ledger, done["account_id"])
+    if remote := _remote(ctx):
+        _show_credited(
+            {
+                **remote.call("GET", f"/accounts/{done['account_id']}"),
+                "account_id": done["account_id"],
+            }
+        )
+    else:
+        _show_balance(_ledger(ctx), done["account_id"])
 
 
 @orders.command("reconcile")
