@@ -281,6 +281,13 @@ def test_the_audit_log_exports_and_the_cli_writes_to_it(admin: Admin) -> None:
     account, _ = admin.gw.new_account("cli-audit@example.com")
     admin.cli("credits", "grant", account, "2", "--reason", "from the shell")
     admin.cli("accounts", "suspend", account, "--reason", "shell suspension")
+    made = admin.cli("keys", "create", account, "--name", "second")
+    key_id = re.search(r"key_\w+", made).group(0)  # type: ignore[union-attr]
+    admin.cli("keys", "limit", key_id, "--rpm", "5")
+    on_key = admin.cli("admin-audit", "--target", key_id, "--format", "jsonl").splitlines()
+    limited, created = [json.loads(line) for line in on_key]
+    assert (limited["action"], created["action"]) == ("keys.limit", "keys.create")
+    assert limited["after"]["rpm_limit"] == 5 and created["after"]["account_id"] == account
     admin.cli("admins", "create", "Ops@Example.com")
     assert "ops@example.com" in admin.cli("admins", "list")
     admin.cli("admins", "create", "ops@example.com", code=1)

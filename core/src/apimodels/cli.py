@@ -520,7 +520,9 @@ def accounts() -> None:
 @click.pass_context
 def accounts_create(ctx: click.Context, email: str) -> None:
     """Create an account for EMAIL."""
-    row = acc.create_account(_db(ctx), email)
+    db = _db(ctx)
+    row = acc.create_account(db, email)
+    _audit(db, "accounts.create", row["id"], after=row)
     console.print(f"created account [bold]{row['id']}[/] for {row['email']}", highlight=False)
 
 
@@ -536,7 +538,10 @@ def accounts_webhook_secret(ctx: click.Context, account: str, rotate: bool) -> N
     from .tasks.notify import account_webhook_secret
 
     db = _db(ctx)
-    secret = account_webhook_secret(db, acc.get_account(db, account)["id"], rotate=rotate)
+    account_id = acc.get_account(db, account)["id"]
+    secret = account_webhook_secret(db, account_id, rotate=rotate)
+    if rotate:
+        _audit(db, "accounts.webhook_secret_rotate", account_id)
     click.echo(secret)
 
 
@@ -601,6 +606,7 @@ def tasks_delete(ctx: click.Context, task_id: str) -> None:
     if task["status"] not in TERMINAL:
         store.finish(task_id, Finish("canceled", error_code="deleted", error_message="deleted"))
     task = store.mark_deleted(task["account_id"], task_id)
+    _audit(db, "tasks.delete", task_id, after={"status": task["status"], "deleted": True})
     config = _catalog(ctx).storage
     storage = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
 
@@ -636,7 +642,9 @@ def _show_new_key(row: dict[str, Any], key: str) -> None:
 @click.pass_context
 def keys_create(ctx: click.Context, account: str, name: str) -> None:
     """Create a key for ACCOUNT (id or email) and print it once."""
-    row, key = acc.create_key(_db(ctx), account, name)
+    db = _db(ctx)
+    row, key = acc.create_key(db, account, name)
+    _audit(db, "keys.create", row["id"], after=row)
     _show_new_key(row, key)
 
 
@@ -691,7 +699,9 @@ def keys_rotate(ctx: click.Context, key_id: str, grace_hours: float | None) -> N
             grace_hours = _catalog(ctx).gateway.key_rotation_grace_hours
         except ConfigError:
             grace_hours = 24.0
-    new, key, old = acc.rotate_key(_db(ctx), key_id, timedelta(hours=grace_hours))
+    db = _db(ctx)
+    new, key, old = acc.rotate_key(db, key_id, timedelta(hours=grace_hours))
+    _audit(db, "keys.rotate", key_id, after={"old": old, "new": new})
     _show_new_key(new, key)
     err_console.print(f"old key {old['id']} works until {old['expires_at']}", highlight=False)
 
@@ -817,6 +827,14 @@ def _admin() -> Any:
     from .admin import Actor
 
     return Actor(_actor())
+
+
+def _audit(db: Any, action: str, target: str, **change: Any) -> None:
+    """Append a CLI admin action that has no service function of its own to the admin
+    audit log (``change``: reason, before, after)."""
+    from .admin import audit
+
+    audit.record(db, _admin(), action, target, **change)
 
 
 def _ops(ctx: click.Context, *, stripe: bool = False) -> Any:
@@ -981,7 +999,9 @@ def accounts_export(ctx: click.Context, account: str, output: Path | None) -> No
     """Print everything kept about ACCOUNT as JSON: the account, keys (never their hashes),
     usage, ledger, tasks, top-up orders, policy violations, and links (valid 7 days) to
     the output files still held."""
-    _write_export(ctx, _db(ctx), account, output)
+    db = _db(ctx)
+    _write_export(ctx, db, account, output)
+    _audit(db, "accounts.export", acc.get_account(db, account)["id"])
 
 
 @accounts.command("retention")
@@ -995,7 +1015,14 @@ def accounts_retention(
     """Keep ACCOUNT's outputs DAYS days after their task ended (0: until deleted)."""
     if (days is None) == (not use_default):
         raise click.UsageError("give DAYS or --default")
-    row = acc.set_output_retention(_db(ctx), account, None if use_default else days)
+    db = _db(ctx)
+    before = acc.get_account(db, account)["output_retention_days"]
+    row = acc.set_output_retention(db, account, None if use_default else days)
+    _audit(
+        db, "accounts.retention", row["id"],
+        before={"output_retention_days": before},
+        after={"output_retention_days": row["output_retention_days"]},
+    )  # fmt: skip
     days_set = row["output_retention_days"]
     console.print(
         f"{row['id']}: outputs kept "
@@ -1028,13 +1055,16 @@ def keys_limit(
         raise click.UsageError("--clear takes no other option")
     if not clear and not (rpm or daily_usd or total_usd):
         raise click.UsageError("give --rpm, --daily-usd, --total-usd or --clear")
+    db = _db(ctx)
     row = acc.set_key_limits(
-        _db(ctx),
+        db,
         key_id,
         rpm=rpm,
         daily_cap_micros=_usd(daily_usd) if daily_usd else None,
         total_cap_micros=_usd(total_usd) if total_usd else None,
     )
+    limits = ("rpm_limit", "daily_cap_micros", "total_cap_micros")
+    _audit(db, "keys.limit", key_id, after={k: row[k] for k in limits})
     console.print(
         f"{row['id']}: rpm {row['rpm_limit'] or '-'}, daily cap {daily_usd or '-'} USD, total cap {total_usd or '-'} USD",
         highlight=False,

@@ -17,9 +17,9 @@ from .context import Actor, Operations, need_reason, require_write
 RECENT = 10
 
 
-def _account(ops: Operations, row: dict[str, Any]) -> dict[str, Any]:
-    """An account row with its balance, without its secrets."""
-    b = ops.ledger.balance(row["id"])
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    """An account row as an operator sees it: its running totals (kept by the ledger in the
+    same row), never its webhook secret."""
     return {
         "id": row["id"],
         "email": row["email"],
@@ -27,9 +27,15 @@ def _account(ops: Operations, row: dict[str, Any]) -> dict[str, Any]:
         "status_reason": row["status_reason"],
         "created_at": row["created_at"],
         "closed_at": row.get("closed_at"),
-        "balance_micros": b.balance_micros,
-        "held_micros": b.held_micros,
+        "balance_micros": row["balance_micros"],
+        "held_micros": row["held_micros"],
     }
+
+
+def _contains(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its own % and _ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def search_accounts(
@@ -39,13 +45,8 @@ def search_accounts(
     by id; ``starting_after`` is the last id of a page. (rows, has_more)."""
     where, params = ["1 = 1"], []
     if query:
-        pattern = (
-            "%"
-            + query.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            + "%"
-        )
         where.append("(id = ? OR email LIKE ? ESCAPE '\\')")
-        params += [query.strip(), pattern]
+        params += [query.strip(), _contains(query.strip().lower())]
     if starting_after:
         where.append("id > ?")
         params.append(starting_after)
@@ -55,7 +56,7 @@ def search_accounts(
             [*params, limit + 1],
         )
     )
-    return [_account(ops, r) for r in rows[:limit]], len(rows) > limit
+    return [_view(r) for r in rows[:limit]], len(rows) > limit
 
 
 def account_detail(ops: Operations, account: str) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def account_detail(ops: Operations, account: str) -> dict[str, Any]:
         )
     )
     return {
-        **_account(ops, row),
+        **_view(row),
         "keys": acc.list_keys(ops.db, aid),
         "recent_usage": usage,
         "violations": list_violations(ops.db, aid, RECENT),
@@ -89,14 +90,14 @@ def _status_change(
     acc.set_status(ops.db, before["id"], status, reason)
     if ops.keys is not None:
         ops.keys.forget_account(before["id"])
-    after = _account(ops, acc.get_account(ops.db, before["id"]))
+    after = _view(acc.get_account(ops.db, before["id"]))
     audit.record(
         ops.db,
         actor,
         action,
         before["id"],
         reason=reason,
-        before=_account(ops, before),
+        before=_view(before),
         after=after,
     )
     return after
@@ -130,7 +131,7 @@ def close_account(
     row = acc.get_account(ops.db, account)
     if row["status"] == "closed":
         raise InvalidRequest(f"Account {row['id']} is closed", code="account_closed", status=409)
-    before = _account(ops, row)
+    before = _view(row)
     closed = close(
         ops.db,
         ops.ledger,
@@ -143,7 +144,7 @@ def close_account(
     if ops.keys is not None:
         ops.keys.forget_account(row["id"])
     after = {
-        **_account(ops, acc.get_account(ops.db, row["id"])),
+        **_view(acc.get_account(ops.db, row["id"])),
         "forfeited_micros": closed.forfeited_micros,
         "tasks_canceled": closed.tasks_canceled,
         "outputs_deleted_after": closed.outputs_deleted_after,
