@@ -306,6 +306,11 @@ def test_the_audit_log_exports_and_the_cli_writes_to_it(admin: Admin) -> None:
     assert {"admins.create", "admins.remove", "admin_tokens.create"} <= {r["action"] for r in rows}
     jsonl = admin.call("GET", "/audit/export", admin.read, params={"format": "jsonl"})
     assert len(jsonl.text.splitlines()) == len(rows)
+    # Snapshots keep ids, states and amounts: no account holder's email or key name (the
+    # log outlives them, docs/privacy.md), an operator's own email aside.
+    for personal in ("cli-audit@example.com", "holder@example.com", "second"):
+        assert personal not in exported.text
+    assert "ops@example.com" in exported.text
     for token in (admin.write, admin.read):  # a token's hint at most, never a token
         assert token not in exported.text and token[7:] not in exported.text
 

@@ -1,6 +1,10 @@
 """The admin audit log: every admin action, by the API or the CLI, appended once it is done
 (who, what, when, why, the target's state before and after). Nothing updates or deletes a
-row: this module only appends and reads."""
+row: this module only appends and reads.
+
+The log outlives an account holder's personal data (docs/privacy.md pseudonymizes a closed
+account's email and key names), so its snapshots keep ids, states and amounts, never an
+account's email or a key's name. An operator's own record (``admins.*``) keeps its email."""
 
 from __future__ import annotations
 
@@ -14,8 +18,17 @@ import sqlite_utils
 from ..store.db import utcnow
 from .context import Actor
 
+#: Fields of an account holder's snapshots that name them, left out of the log.
+PERSONAL = frozenset({"email", "name"})
+
 #: The columns of an exported entry, in order.
 COLUMNS = ("id", "created_at", "actor", "action", "target", "reason", "before", "after")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in PERSONAL}
+    return value
 
 
 def record(
@@ -29,6 +42,8 @@ def record(
     after: Any = None,
 ) -> int:
     """Append one entry; returns its id."""
+    if not action.startswith("admins."):
+        before, after = _scrub(before), _scrub(after)
     with db.conn:
         cursor = db.execute(
             "INSERT INTO admin_audit (created_at, actor, action, target, reason, before, after)"
