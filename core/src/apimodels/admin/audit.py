@@ -47,7 +47,7 @@ def record(
     with db.conn:
         cursor = db.execute(
             "INSERT INTO admin_audit (created_at, actor, action, target, reason, before, after)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             [
                 utcnow(),
                 actor.name,
@@ -58,7 +58,8 @@ def record(
                 None if after is None else json.dumps(after, default=str, sort_keys=True),
             ],
         )
-    return int(cursor.lastrowid or 0)
+        (entry_id,) = cursor.fetchone()
+    return int(entry_id)
 
 
 def entries(
