@@ -256,23 +256,37 @@ def test_adjustments_key_revocation_close_usage_and_bad_input(admin: Admin) -> N
 def test_tasks_are_listed_and_canceled(admin: Admin) -> None:
     account, key = admin.gw.new_account("tasks@example.com", 50_000_000)
     headers = {"authorization": f"Bearer {key}"}
-    models = httpx.get(f"{admin.gw.url}/v1/models", headers=headers).json()["data"]
-    video = next(m["id"] for m in models if m["modality"] == "video")
-    task = httpx.post(
-        f"{admin.gw.url}/v1/tasks",
-        json={"model": video, "input": {"prompt": "waves", "duration": 4}},
-        headers=headers,
-        timeout=20,
-    ).json()
-    listed = admin.ok("GET", "/tasks", params={"account": account})["data"]
-    assert [t["id"] for t in listed] == [task["id"]]
-    canceled = admin.ok("POST", f"/tasks/{task['id']}/cancel", json={"reason": "stuck"})
-    if canceled["status"] == "canceled":
-        assert canceled["cost_micros"] in (None, 0)
-        admin.gw.settled()
-        assert admin.gw.ledger.balance(account).held_micros == 0
-    else:  # it ended before the cancel came: 409 for a second try
-        assert canceled["status"] == "succeeded"
+    # Replicate's simulator keeps the prediction running long enough to be canceled.
+    replicate = admin.gw.server.simulators.urls["replicate"]  # type: ignore[union-attr]
+    httpx.post(f"{replicate}/_sim/knobs", json={"slow_seconds": 60}).raise_for_status()
+    try:
+        task = httpx.post(
+            f"{admin.gw.url}/v1/tasks",
+            json={"model": "replicate/veo-3.1-fast", "input": {"prompt": "waves", "duration": 4}},
+            headers=headers,
+            timeout=20,
+        ).json()
+        listed = admin.ok("GET", "/tasks", params={"account": account})["data"]
+        assert [(t["id"], t["status"]) for t in listed] in (
+            [(task["id"], "queued")],
+            [(task["id"], "running")],
+        )
+        assert admin.gw.ledger.balance(account).held_micros > 0
+        canceled = admin.ok("POST", f"/tasks/{task['id']}/cancel", json={"reason": "stuck"})
+    finally:
+        httpx.delete(f"{replicate}/_sim/knobs").raise_for_status()
+    assert canceled["status"] == "canceled" and canceled["cost_micros"] in (None, 0)
+    balance = admin.gw.ledger.balance(account)
+    assert (balance.balance_micros, balance.held_micros) == (50_000_000, 0)
+    shown = httpx.get(f"{admin.gw.url}/v1/tasks/{task['id']}", headers=headers).json()
+    assert shown["status"] == "canceled" and shown["cost"] == 0
+    again = admin.ok("POST", f"/tasks/{task['id']}/cancel", json={"reason": "again"})
+    assert again["status"] == "canceled"  # canceled already: answered as it is
+    (entry,) = admin.ok("GET", "/audit", params={"target": task["id"]})["data"]
+    assert (entry["before"]["status"], entry["after"]["status"]) in (
+        ("queued", "canceled"),
+        ("running", "canceled"),
+    )
     missing = admin.call("POST", "/tasks/task_nope/cancel", json={"reason": "x"})
     assert missing.status_code == 404
 
