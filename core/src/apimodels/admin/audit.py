@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 from typing import Any
 
 import sqlite_utils
@@ -31,6 +32,37 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def record_op(
+    c: sqlite3.Connection,
+    actor: Actor,
+    action: str,
+    target: str,
+    *,
+    reason: str | None = None,
+    before: Any = None,
+    after: Any = None,
+) -> int:
+    """Append one entry inside the caller's transaction (a change of money and its entry
+    commit together); returns its id."""
+    if not action.startswith("admins."):
+        before, after = _scrub(before), _scrub(after)
+    cursor = c.execute(
+        "INSERT INTO admin_audit (created_at, actor, action, target, reason, before, after)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (
+            utcnow(),
+            actor.name,
+            action,
+            target,
+            reason,
+            None if before is None else json.dumps(before, default=str, sort_keys=True),
+            None if after is None else json.dumps(after, default=str, sort_keys=True),
+        ),
+    )
+    (entry_id,) = cursor.fetchone()
+    return int(entry_id)
+
+
 def record(
     db: sqlite_utils.Database,
     actor: Actor,
@@ -41,25 +73,9 @@ def record(
     before: Any = None,
     after: Any = None,
 ) -> int:
-    """Append one entry; returns its id."""
-    if not action.startswith("admins."):
-        before, after = _scrub(before), _scrub(after)
+    """Append one entry, once the action it records is done; returns its id."""
     with db.conn:
-        cursor = db.execute(
-            "INSERT INTO admin_audit (created_at, actor, action, target, reason, before, after)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            [
-                utcnow(),
-                actor.name,
-                action,
-                target,
-                reason,
-                None if before is None else json.dumps(before, default=str, sort_keys=True),
-                None if after is None else json.dumps(after, default=str, sort_keys=True),
-            ],
-        )
-        (entry_id,) = cursor.fetchone()
-    return int(entry_id)
+        return record_op(db.conn, actor, action, target, reason=reason, before=before, after=after)
 
 
 def entries(

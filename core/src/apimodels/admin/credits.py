@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..billing.ledger import post_op, transaction
 from ..errors import InvalidRequest
 from ..store import accounts as acc
 from . import audit
@@ -24,8 +25,8 @@ def post_credits(
     idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """Post a grant (positive) or an adjustment (non-zero) to ``account``. Returns the
-    entry id (None when ``idempotency_key`` was used before: nothing changed) and the
-    balance before and after."""
+    entry id (None when ``idempotency_key`` was used before: nothing changed, nothing
+    audited) and the balance after. The entry and its audit commit together."""
     require_write(actor)
     reason = need_reason(reason)
     if kind not in KINDS:
@@ -35,17 +36,31 @@ def post_credits(
             "A grant is a positive amount; an adjustment, a non-zero one", param="amount_usd"
         )
     row = acc.get_account(ops.db, account)
-    before = ops.ledger.balance(row["id"]).balance_micros
-    entry = ops.ledger.post(
-        row["id"],
-        amount_micros,
-        kind=kind,
-        reason=reason,
-        actor=actor.name,
-        idempotency_key=idempotency_key,
-    )
+    with transaction(ops.ledger) as c:
+        before = c.execute(
+            "SELECT balance_micros FROM accounts WHERE id = ?", (row["id"],)
+        ).fetchone()[0]
+        entry = post_op(
+            c,
+            row["id"],
+            amount_micros,
+            kind=kind,
+            reason=reason,
+            actor=actor.name,
+            idempotency_key=idempotency_key,
+        )
+        if entry is not None:
+            audit.record_op(
+                c,
+                actor,
+                f"credits.{kind}",
+                row["id"],
+                reason=reason,
+                before={"balance_micros": before},
+                after={"balance_micros": before + amount_micros, "entry_id": entry},
+            )
     b = ops.ledger.balance(row["id"])
-    result = {
+    return {
         "account_id": row["id"],
         "entry_id": entry,
         "kind": kind,
@@ -53,14 +68,3 @@ def post_credits(
         "balance_micros": b.balance_micros,
         "held_micros": b.held_micros,
     }
-    if entry is not None:
-        audit.record(
-            ops.db,
-            actor,
-            f"credits.{kind}",
-            row["id"],
-            reason=reason,
-            before={"balance_micros": before},
-            after={"balance_micros": b.balance_micros, "entry_id": entry},
-        )
-    return result

@@ -78,7 +78,7 @@ async def refund_order(
     refund = await asyncio.to_thread(
         ops.stripe.refund, order, minor, reason=reason, stripe_reason=stripe_reason
     )
-    with transaction(ops.ledger) as c:
+    with transaction(ops.ledger) as c:  # the debit and its audit commit together
         current = order_op(c, id=order_id)
         assert current is not None
         debited = refund_total_op(
@@ -89,18 +89,14 @@ async def refund_order(
             reason=f"refund of top-up {order_id}: {reason}",
             actor=actor.name,
         )
-    after = get_order(ops.db, order_id)
-    audit.record(
-        ops.db,
-        actor,
-        "orders.refund",
-        order_id,
-        reason=reason,
-        before=_money(order),
-        after={**_money(after), "stripe_refund": refund.id, "debited_micros": debited},
-    )
+        refunded = order_op(c, id=order_id)
+        assert refunded is not None
+        after = {**_money(refunded), "stripe_refund": refund.id, "debited_micros": debited}
+        audit.record_op(
+            c, actor, "orders.refund", order_id, reason=reason, before=_money(order), after=after
+        )
     return {
-        **after,
+        **get_order(ops.db, order_id),
         "stripe_refund_id": refund.id,
         "refunded_minor_now": refund.amount,
         "debited_micros": debited,
