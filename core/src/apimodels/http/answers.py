@@ -175,9 +175,9 @@ class TasksQuery(_Closed):
     status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None
 
 
-class TopupCreate(_Closed):
+class TopupCreate(_Open):
     """``POST /v1/topups`` (read by ``http.topups``, which also takes ``amount_usd`` as a
-    JSON number written in plain digits)."""
+    JSON number written in plain digits, and ignores other fields)."""
 
     amount_usd: str = Field(
         pattern=r"^[0-9]+(\.[0-9]{1,2})?$",
