@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,16 @@ def test_no_route_that_needs_a_credential_answers_without_one(
                 error = r.json()["error"]
                 assert error["type"] in ("authentication_error", "permission_error")
     assert walked == len(document_routes(document))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_docs_page_renders_in_a_browser_offline(sandbox: tuple[Server, str]) -> None:
+    """Redoc, as vendored, renders the document in headless Chromium with nothing but the
+    server to load from: the operations' summaries are in the page it builds."""
+    _, url = sandbox
+    shown = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
+         "--dump-dom", f"{url}/docs"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert "Create a chat completion" in shown and "Suspend an account" in shown
