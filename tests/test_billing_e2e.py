@@ -348,11 +348,14 @@ def test_inputs_that_once_gave_500s(gateway: Gateway, simulator: Simulator) -> N
         headers={"authorization": f"Bearer {key}"},
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "since"
-    streamed = post(gateway, key, CHAT | {"stream": 1}, **{"Idempotency-Key": "s-1"})
+    streamed = post(gateway, key, CHAT | {"stream": True}, **{"Idempotency-Key": "s-1"})
     assert (
         streamed.status_code == 400
         and streamed.json()["error"]["code"] == "idempotency_not_supported"
     )
+    # Types are strict, as OpenAI's API and /openapi.json have them: 1 is no boolean.
+    one = post(gateway, key, CHAT | {"stream": 1})
+    assert one.status_code == 400 and one.json()["error"]["param"] == "stream"
 
 
 def test_receipts_while_a_call_is_in_flight(gateway: Gateway, simulator: Simulator) -> None:

@@ -72,6 +72,22 @@ ALLOWED: dict[str, set[str]] = {
         "topups.config",
         "dialects",
     },
+    # The operator's side: service functions over every store, and their HTTP door.
+    "admin": {
+        "errors",
+        "fastjson",
+        "catalog",
+        "store",
+        "billing",
+        "policy",
+        "privacy",
+        "storage",
+        "tasks",
+        "topups",
+        "http",
+    },
+    # The OpenAPI document: made from the request and answer models of http and admin.
+    "openapi": {"schemas", "dialects", "http", "admin", "__init__"},
     "plugins": {"errors", "interface", "providers", "policy"},
     # The Console: a front end over the same services, and over the API's top-ups (the
     # same checkout flow and amount rule as POST /v1/topups).

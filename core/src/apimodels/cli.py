@@ -48,7 +48,18 @@ class _Group(click.Group):
 def _db(ctx: click.Context) -> Any:
     from .store.db import open_db
 
+    if ctx.obj.get("remote") is not None:
+        raise click.UsageError(
+            f"'{ctx.command_path}' works on the server's database: run it there, without --url "
+            "(with --url: accounts suspend/unsuspend/close, credits grant/adjust, keys revoke, "
+            "orders refund, ledger check, admin-audit)"
+        )
     return open_db(ctx.obj["db"])
+
+
+def _remote(ctx: click.Context) -> Any:
+    """The admin API client of ``--url``, or None to work on the local database."""
+    return ctx.obj.get("remote")
 
 
 def _catalog(ctx: click.Context) -> Any:
@@ -75,10 +86,34 @@ def _catalog(ctx: click.Context) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The SQLite database (env APIMODELS_DB).",
 )
+@click.option(
+    "--url",
+    envvar="APIMODELS_URL",
+    default=None,
+    help="Drive the admin API of the server at this URL instead of the local database "
+    "(accounts suspend/unsuspend/close, credits grant/adjust, keys revoke, orders refund, "
+    "ledger check, admin-audit). Env APIMODELS_URL.",
+)
+@click.option(
+    "--admin-token",
+    envvar="APIMODELS_ADMIN_TOKEN",
+    default=None,
+    help="The admin token for --url (docs/admin.md). Env APIMODELS_ADMIN_TOKEN.",
+)
 @click.pass_context
-def cli(ctx: click.Context, registry: Path, db: Path) -> None:
+def cli(
+    ctx: click.Context, registry: Path, db: Path, url: str | None, admin_token: str | None
+) -> None:
     """apimodels: one endpoint and one API key for many AI model providers."""
-    ctx.obj = {"registry": registry, "db": db}
+    remote = None
+    if url is not None:
+        if not admin_token:
+            raise click.UsageError("--url needs --admin-token (or APIMODELS_ADMIN_TOKEN)")
+        from .admin.remote import RemoteAdmin
+
+        remote = RemoteAdmin(url, admin_token)
+        ctx.call_on_close(remote.close)
+    ctx.obj = {"registry": registry, "db": db, "remote": remote}
 
 
 @cli.command()
@@ -491,7 +526,9 @@ def accounts() -> None:
 @click.pass_context
 def accounts_create(ctx: click.Context, email: str) -> None:
     """Create an account for EMAIL."""
-    row = acc.create_account(_db(ctx), email)
+    db = _db(ctx)
+    row = acc.create_account(db, email)
+    _audit(db, "accounts.create", row["id"], after=row)
     console.print(f"created account [bold]{row['id']}[/] for {row['email']}", highlight=False)
 
 
@@ -507,7 +544,10 @@ def accounts_webhook_secret(ctx: click.Context, account: str, rotate: bool) -> N
     from .tasks.notify import account_webhook_secret
 
     db = _db(ctx)
-    secret = account_webhook_secret(db, acc.get_account(db, account)["id"], rotate=rotate)
+    account_id = acc.get_account(db, account)["id"]
+    secret = account_webhook_secret(db, account_id, rotate=rotate)
+    if rotate:
+        _audit(db, "accounts.webhook_secret_rotate", account_id)
     click.echo(secret)
 
 
@@ -572,6 +612,7 @@ def tasks_delete(ctx: click.Context, task_id: str) -> None:
     if task["status"] not in TERMINAL:
         store.finish(task_id, Finish("canceled", error_code="deleted", error_message="deleted"))
     task = store.mark_deleted(task["account_id"], task_id)
+    _audit(db, "tasks.delete", task_id, after={"status": task["status"], "deleted": True})
     config = _catalog(ctx).storage
     storage = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
 
@@ -607,7 +648,9 @@ def _show_new_key(row: dict[str, Any], key: str) -> None:
 @click.pass_context
 def keys_create(ctx: click.Context, account: str, name: str) -> None:
     """Create a key for ACCOUNT (id or email) and print it once."""
-    row, key = acc.create_key(_db(ctx), account, name)
+    db = _db(ctx)
+    row, key = acc.create_key(db, account, name)
+    _audit(db, "keys.create", row["id"], after=row)
     _show_new_key(row, key)
 
 
@@ -631,10 +674,18 @@ def keys_list(ctx: click.Context, account: str) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
+@click.option("--reason", default=None, help="Why (kept in the admin audit log).")
 @click.pass_context
-def keys_revoke(ctx: click.Context, key_id: str) -> None:
+def keys_revoke(ctx: click.Context, key_id: str, reason: str | None) -> None:
     """Revoke KEY_ID now (running servers notice within gateway.key_cache_seconds)."""
-    row = acc.revoke_key(_db(ctx), key_id)
+    from .admin.keys import revoke_key
+
+    if remote := _remote(ctx):
+        row = remote.call(
+            "POST", f"/keys/{key_id}/revoke", {"reason": reason or "revoked by an operator"}
+        )
+    else:
+        row = revoke_key(_ops(ctx), _admin(), key_id, reason)
     console.print(f"revoked {row['id']} at {row['revoked_at']}", highlight=False)
 
 
@@ -654,29 +705,21 @@ def keys_rotate(ctx: click.Context, key_id: str, grace_hours: float | None) -> N
             grace_hours = _catalog(ctx).gateway.key_rotation_grace_hours
         except ConfigError:
             grace_hours = 24.0
-    new, key, old = acc.rotate_key(_db(ctx), key_id, timedelta(hours=grace_hours))
+    db = _db(ctx)
+    new, key, old = acc.rotate_key(db, key_id, timedelta(hours=grace_hours))
+    _audit(db, "keys.rotate", key_id, after={"old": old, "new": new})
     _show_new_key(new, key)
     err_console.print(f"old key {old['id']} works until {old['expires_at']}", highlight=False)
 
 
 def _usd(value: str, *, signed: bool = False) -> int:
     """A USD amount typed by an operator -> micro-USD, exactly (no rounding allowed)."""
-    from decimal import Decimal, InvalidOperation
-
-    from .billing.money import MICROS_PER_USD
+    from .admin.amounts import parse_usd
 
     try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        raise click.BadParameter(f"not an amount: {value!r}") from None
-    micros = amount * MICROS_PER_USD
-    if not amount.is_finite() or micros != micros.to_integral_value():
-        raise click.BadParameter(f"{value} is not a whole number of micro-dollars")
-    if not signed and amount <= 0:
-        raise click.BadParameter("the amount must be positive")
-    if amount == 0:
-        raise click.BadParameter("the amount must not be zero")
-    return int(micros)
+        return parse_usd(value, signed=signed, param="USD")
+    except APIError as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 def _ledger(ctx: click.Context) -> Any:
@@ -686,12 +729,20 @@ def _ledger(ctx: click.Context) -> Any:
 
 
 def _show_balance(ledger: Any, account_id: str) -> None:
+    b = ledger.balance(account_id)
+    _show_credited(
+        {"account_id": account_id, "balance_micros": b.balance_micros, "held_micros": b.held_micros}
+    )
+
+
+def _show_credited(done: dict[str, Any]) -> None:
+    """An account's balance, as a credits service function (or the admin API) answered it."""
     from .billing.money import format_usd
 
-    b = ledger.balance(account_id)
+    balance, held = done["balance_micros"], done["held_micros"]
     console.print(
-        f"{account_id}: balance {format_usd(b.balance_micros)} USD, pending holds "
-        f"{format_usd(b.held_micros)}, available {format_usd(b.available_micros)}",
+        f"{done['account_id']}: balance {format_usd(balance)} USD, pending holds "
+        f"{format_usd(held)}, available {format_usd(balance - held)}",
         highlight=False,
     )
 
@@ -711,21 +762,21 @@ def credits_grant(
     ctx: click.Context, account: str, usd: str, reason: str, idempotency_key: str | None
 ) -> None:
     """Grant USD credits to ACCOUNT (id or email)."""
-    ledger = _ledger(ctx)
-    acct = acc.get_account(ledger.db, account)
-    entry = ledger.post(
-        acct["id"],
-        _usd(usd),
-        kind="grant",
-        reason=reason,
-        actor=_actor(),
-        idempotency_key=idempotency_key,
-    )
-    if entry is None:
+    from .admin.credits import post_credits
+
+    if remote := _remote(ctx):
+        body = {"amount_usd": usd, "reason": reason, "idempotency_key": idempotency_key}
+        done = remote.call("POST", f"/accounts/{account}/grants", body)
+    else:
+        done = post_credits(
+            _ops(ctx), _admin(), account, _usd(usd), kind="grant", reason=reason,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+    if done["entry_id"] is None:
         err_console.print(
             "already granted (same idempotency key): nothing changed", highlight=False
         )
-    _show_balance(ledger, acct["id"])
+    _show_credited(done)
 
 
 @credits.command("adjust", context_settings={"ignore_unknown_options": True})
@@ -735,12 +786,17 @@ def credits_grant(
 @click.pass_context
 def credits_adjust(ctx: click.Context, account: str, usd: str, reason: str) -> None:
     """Add (+USD) or remove (-USD) credits from ACCOUNT to correct a billing error."""
-    ledger = _ledger(ctx)
-    acct = acc.get_account(ledger.db, account)
-    ledger.post(
-        acct["id"], _usd(usd, signed=True), kind="adjustment", reason=reason, actor=_actor()
-    )
-    _show_balance(ledger, acct["id"])
+    from .admin.credits import post_credits
+
+    if remote := _remote(ctx):
+        body = {"amount_usd": usd, "reason": reason}
+        done = remote.call("POST", f"/accounts/{account}/adjustments", body)
+    else:
+        done = post_credits(
+            _ops(ctx), _admin(), account, _usd(usd, signed=True), kind="adjustment",
+            reason=reason,
+        )  # fmt: skip
+    _show_credited(done)
 
 
 @credits.command("show")
@@ -772,6 +828,47 @@ def _actor() -> str:
     return os.environ.get("APIMODELS_ACTOR") or f"cli:{os.environ.get('USER', 'unknown')}"
 
 
+def _admin() -> Any:
+    """The operator at this command line, as the admin audit log names them."""
+    from .admin import Actor
+
+    return Actor(_actor())
+
+
+def _audit(db: Any, action: str, target: str, **change: Any) -> None:
+    """Append a CLI admin action that has no service function of its own to the admin
+    audit log (``change``: reason, before, after)."""
+    from .admin import audit
+
+    audit.record(db, _admin(), action, target, **change)
+
+
+def _ops(ctx: click.Context, *, stripe: bool = False) -> Any:
+    """The admin service functions' view of this deployment (apimodels.admin); with
+    ``stripe``, a Stripe client from [topups] and its secret key's variable."""
+    from .admin import Operations
+    from .billing.ledger import Ledger
+    from .tasks import TaskStore
+
+    db = _db(ctx)
+    ledger = Ledger(db)
+    try:
+        catalog = _catalog(ctx)
+    except ConfigError:
+        if stripe:
+            raise
+        catalog = None
+    gateway = None
+    if stripe and catalog is not None:
+        from .http.topups import env_secret
+        from .topups.stripe_gateway import StripeGateway
+
+        config = catalog.topups
+        gateway = StripeGateway(env_secret(os.environ, config.secret_key_env), config)
+    grace = catalog.privacy.close_grace_days if catalog is not None else 0
+    return Operations(db, ledger, TaskStore(db, ledger), grace, stripe=gateway)
+
+
 @cli.group()
 def ledger() -> None:
     """Check the credits ledger."""
@@ -780,8 +877,13 @@ def ledger() -> None:
 @ledger.command("check")
 @click.pass_context
 def ledger_check(ctx: click.Context) -> None:
-    """Recompute every balance from the entries and check every hold; exit 1 on any problem."""
-    problems = _ledger(ctx).check()
+    """Recompute every balance from the entries and check every hold; exit 1 on any problem.
+    With --url, the server's check, orders included (GET /admin/v1/ledger/check)."""
+    if remote := _remote(ctx):
+        books = remote.call("GET", "/ledger/check")
+        problems = books["ledger_problems"] + books["order_problems"]
+    else:
+        problems = _ledger(ctx).check()
     for p in problems:
         err_console.print(f"[red]problem:[/] {p}", highlight=False)
     if problems:
@@ -791,8 +893,7 @@ def ledger_check(ctx: click.Context) -> None:
     )
 
 
-def _set_status(ctx: click.Context, account: str, status: str, reason: str) -> None:
-    row = acc.set_status(_db(ctx), account, status, reason)
+def _show_status(row: dict[str, Any]) -> None:
     console.print(f"{row['id']} is now {row['status']} ({row['status_reason']})", highlight=False)
 
 
@@ -802,7 +903,12 @@ def _set_status(ctx: click.Context, account: str, status: str, reason: str) -> N
 @click.pass_context
 def accounts_suspend(ctx: click.Context, account: str, reason: str) -> None:
     """Suspend ACCOUNT: every call answers 403 account_suspended; the balance is kept."""
-    _set_status(ctx, account, "suspended", reason)
+    from .admin.accounts import suspend_account
+
+    if remote := _remote(ctx):
+        _show_status(remote.call("POST", f"/accounts/{account}/suspend", {"reason": reason}))
+        return
+    _show_status(suspend_account(_ops(ctx), _admin(), account, reason))
 
 
 @accounts.command("unsuspend")
@@ -811,11 +917,12 @@ def accounts_suspend(ctx: click.Context, account: str, reason: str) -> None:
 @click.pass_context
 def accounts_unsuspend(ctx: click.Context, account: str, reason: str) -> None:
     """Lift ACCOUNT's suspension; its policy violations so far are marked reviewed."""
-    from .policy.audit import mark_reviewed
+    from .admin.accounts import unsuspend_account
 
-    db = _db(ctx)
-    _set_status(ctx, account, "active", reason)
-    mark_reviewed(db, acc.get_account(db, account)["id"])
+    if remote := _remote(ctx):
+        _show_status(remote.call("POST", f"/accounts/{account}/unsuspend", {"reason": reason}))
+        return
+    _show_status(unsuspend_account(_ops(ctx), _admin(), account, reason))
 
 
 @accounts.command("close")
@@ -836,34 +943,29 @@ def accounts_close(ctx: click.Context, account: str, reason: str, export_to: Pat
     forfeited per the Terms, recorded as a ledger entry: refund paid top-ups first with
     `apimodels orders refund`. Outputs are deleted after [privacy] close_grace_days; the
     email and key names are pseudonymized after billing_retention_days."""
-    from .billing.ledger import Ledger
+    from .admin.accounts import close_account
     from .billing.money import format_usd
-    from .privacy import close_account
-    from .tasks import TaskStore
 
-    db = _db(ctx)
-    if export_to is not None:
-        _write_export(ctx, db, account, export_to)
-    catalog = _catalog(ctx)
-    ledger = Ledger(db)
-    closed = close_account(
-        db,
-        ledger,
-        TaskStore(db, ledger),
-        account,
-        reason,
-        actor=_actor(),
-        grace_days=catalog.privacy.close_grace_days,
-    )
+    if remote := _remote(ctx):
+        if export_to is not None:
+            raise click.UsageError("--export reads the server's files: run it there")
+        closed = remote.call("POST", f"/accounts/{account}/close", {"reason": reason})
+    else:
+        _catalog(ctx)  # its [privacy] grace period is needed: a missing catalog stops here
+        ops = _ops(ctx)
+        if export_to is not None:
+            _write_export(ctx, ops.db, account, export_to)
+        closed = close_account(ops, _admin(), account, reason)
+    forfeited = closed["forfeited_micros"]
     fate = (
-        f"a balance of {format_usd(closed.forfeited_micros)} USD forfeited"
-        if closed.forfeited_micros >= 0
-        else f"a debt of {format_usd(-closed.forfeited_micros)} USD written off"
+        f"a balance of {format_usd(forfeited)} USD forfeited"
+        if forfeited >= 0
+        else f"a debt of {format_usd(-forfeited)} USD written off"
     )
     console.print(
-        f"{closed.account_id} is closed: keys revoked, {closed.tasks_canceled} unfinished "
+        f"{closed['id']} is closed: keys revoked, {closed['tasks_canceled']} unfinished "
         f"task(s) canceled, {fate} (ledger entry); its outputs are deleted after "
-        f"{closed.outputs_deleted_after}",
+        f"{closed['outputs_deleted_after']}",
         highlight=False,
     )
     err_console.print(
@@ -903,7 +1005,9 @@ def accounts_export(ctx: click.Context, account: str, output: Path | None) -> No
     """Print everything kept about ACCOUNT as JSON: the account, keys (never their hashes),
     usage, ledger, tasks, top-up orders, policy violations, and links (valid 7 days) to
     the output files still held."""
-    _write_export(ctx, _db(ctx), account, output)
+    db = _db(ctx)
+    _write_export(ctx, db, account, output)
+    _audit(db, "accounts.export", acc.get_account(db, account)["id"])
 
 
 @accounts.command("retention")
@@ -917,7 +1021,14 @@ def accounts_retention(
     """Keep ACCOUNT's outputs DAYS days after their task ended (0: until deleted)."""
     if (days is None) == (not use_default):
         raise click.UsageError("give DAYS or --default")
-    row = acc.set_output_retention(_db(ctx), account, None if use_default else days)
+    db = _db(ctx)
+    before = acc.get_account(db, account)["output_retention_days"]
+    row = acc.set_output_retention(db, account, None if use_default else days)
+    _audit(
+        db, "accounts.retention", row["id"],
+        before={"output_retention_days": before},
+        after={"output_retention_days": row["output_retention_days"]},
+    )  # fmt: skip
     days_set = row["output_retention_days"]
     console.print(
         f"{row['id']}: outputs kept "
@@ -950,13 +1061,16 @@ def keys_limit(
         raise click.UsageError("--clear takes no other option")
     if not clear and not (rpm or daily_usd or total_usd):
         raise click.UsageError("give --rpm, --daily-usd, --total-usd or --clear")
+    db = _db(ctx)
     row = acc.set_key_limits(
-        _db(ctx),
+        db,
         key_id,
         rpm=rpm,
         daily_cap_micros=_usd(daily_usd) if daily_usd else None,
         total_cap_micros=_usd(total_usd) if total_usd else None,
     )
+    limits = ("rpm_limit", "daily_cap_micros", "total_cap_micros")
+    _audit(db, "keys.limit", key_id, after={k: row[k] for k in limits})
     console.print(
         f"{row['id']}: rpm {row['rpm_limit'] or '-'}, daily cap {daily_usd or '-'} USD, total cap {total_usd or '-'} USD",
         highlight=False,
@@ -1062,6 +1176,150 @@ def storage_sweep(ctx: click.Context, dry_run: bool) -> None:
     console.print(table)
 
 
+# --- the operator's side: admin tokens, operators, the admin audit log ----------------------
+
+
+@cli.group("admin-tokens")
+def admin_tokens() -> None:
+    """Tokens of the admin HTTP API (/admin/v1/, docs/admin.md): shown once, stored hashed."""
+
+
+@admin_tokens.command("create")
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "write"]),
+    required=True,
+    help="read: GET only; write: every admin operation.",
+)
+@click.option("--name", default="", help="A label: who or what uses it.")
+@click.pass_context
+def admin_tokens_create(ctx: click.Context, scope: str, name: str) -> None:
+    """Create an admin token and print it once."""
+    from .admin.tokens import create_token
+
+    row, token = create_token(_db(ctx), _admin(), name, scope)
+    console.print(f"admin token [bold]{row['id']}[/] ({scope}):", highlight=False)
+    click.echo(token)
+    err_console.print("Store it now: it is not shown again.", style="dim")
+
+
+@admin_tokens.command("list")
+@click.pass_context
+def admin_tokens_list(ctx: click.Context) -> None:
+    """List admin tokens (never the tokens themselves)."""
+    from .admin.tokens import list_tokens
+
+    table = Table("id", "name", "scope", "hint", "created", "by", "revoked")
+    for t in list_tokens(_db(ctx)):
+        table.add_row(
+            t["id"], t["name"] or "", t["scope"], t["hint"], t["created_at"][:19],
+            t["created_by"], (t["revoked_at"] or "")[:19],
+        )  # fmt: skip
+    console.print(table)
+
+
+@admin_tokens.command("revoke")
+@click.argument("token_id")
+@click.option("--reason", default=None, help="Why (kept in the admin audit log).")
+@click.pass_context
+def admin_tokens_revoke(ctx: click.Context, token_id: str, reason: str | None) -> None:
+    """Revoke TOKEN_ID: every server refuses it from its next request."""
+    from .admin.tokens import revoke_token
+
+    row = revoke_token(_db(ctx), _admin(), token_id, reason)
+    console.print(f"revoked {row['id']} at {row['revoked_at']}", highlight=False)
+
+
+@cli.group()
+def admins() -> None:
+    """Operators: the people who run this service (the Console's admin role)."""
+
+
+@admins.command("create")
+@click.argument("email")
+@click.pass_context
+def admins_create(ctx: click.Context, email: str) -> None:
+    """Make EMAIL an operator."""
+    from .admin.operators import create_admin
+
+    row = create_admin(_db(ctx), _admin(), email)
+    console.print(f"operator [bold]{row['id']}[/]: {row['email']}", highlight=False)
+
+
+@admins.command("list")
+@click.pass_context
+def admins_list(ctx: click.Context) -> None:
+    """List the operators."""
+    from .admin.operators import list_admins
+
+    table = Table("id", "email", "since", "by")
+    for a in list_admins(_db(ctx)):
+        table.add_row(a["id"], a["email"], a["created_at"][:19], a["created_by"])
+    console.print(table)
+
+
+@admins.command("remove")
+@click.argument("operator")
+@click.pass_context
+def admins_remove(ctx: click.Context, operator: str) -> None:
+    """OPERATOR (email or adm_ id) is an operator no more."""
+    from .admin.operators import remove_admin
+
+    row = remove_admin(_db(ctx), _admin(), operator)
+    console.print(f"removed operator {row['id']}", highlight=False)
+
+
+@cli.command("admin-audit")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--target", default=None, help="Only actions on this account, key, order...")
+@click.option("--action", default=None, help="Only this action (accounts.suspend...).")
+@click.option("--actor", default=None, help="Only this actor (admin-token:atk_..., cli:USER).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl", "csv"]),
+    default="table",
+    show_default=True,
+    help="jsonl or csv to export.",
+)
+@click.pass_context
+def admin_audit(
+    ctx: click.Context,
+    limit: int,
+    target: str | None,
+    action: str | None,
+    actor: str | None,
+    fmt: str,
+) -> None:
+    """The admin audit log, newest first: who did what, when, why, before and after."""
+    from .admin import audit
+
+    if remote := _remote(ctx):
+        query = {"target": target, "action": action, "actor": actor}
+        rows, before = [], None
+        while len(rows) < limit:  # pages of at most 100, newest first
+            size = min(100, limit - len(rows))
+            page = remote.call(
+                "GET", "/audit", params={**query, "limit": size, "before_id": before}
+            )
+            rows += page["data"]
+            if not page["has_more"]:
+                break
+            before = rows[-1]["id"]
+    else:
+        rows, _ = audit.entries(_db(ctx), limit=limit, target=target, action=action, actor=actor)
+    if fmt != "table":
+        click.echo(audit.export(rows, fmt), nl=False)
+        return
+    table = Table("id", "time", "actor", "action", "target", "reason")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["created_at"][:19], r["actor"], r["action"], r["target"],
+            escape(r["reason"] or ""),
+        )  # fmt: skip
+    console.print(table)
+
+
 # --- top-up orders: review and correct billing errors -------------------------------------
 
 
@@ -1146,46 +1404,27 @@ def orders_refund(
     The Stripe refund and the ledger entry are each made once: running the command again
     after a failure, or Stripe's charge.refunded webhook, does not refund or debit twice.
     """
+    import asyncio
     from decimal import Decimal
 
-    from .billing.ledger import transaction
+    from .admin.orders import refund_order
     from .billing.money import format_usd
-    from .http.topups import env_secret
-    from .topups.orders import get_order, order_op, refund_total_op
-    from .topups.rates import usd_micros_to_minor
-    from .topups.stripe_gateway import StripeGateway
 
-    config = _catalog(ctx).topups
-    ledger = _ledger(ctx)
-    order = get_order(ledger.db, order_id)
-    if order["status"] != "paid" or not order["stripe_payment_intent"]:
-        raise ValueError(f"order {order_id} is {order['status']}: only paid orders can be refunded")
-    left = order["amount_usd_micros"] - order["refunded_usd_micros"]
-    micros = _usd(usd) if usd is not None else left
-    if not 0 < micros <= left:
-        raise ValueError(f"order {order_id} has {format_usd(left)} USD left to refund")
-    # The money for those credits, at the order's own rate; whatever is left when all of it goes.
-    total = usd_micros_to_minor(
-        order["refunded_usd_micros"] + micros, order["amount_minor"], order["amount_usd_micros"]
-    )
-    minor = total - order["refunded_minor"]
-    secret_key = env_secret(os.environ, config.secret_key_env)
-    refund = StripeGateway(secret_key, config).refund(
-        order, minor, reason=reason, stripe_reason=stripe_reason
-    )
-    with transaction(ledger) as c:
-        current = order_op(c, id=order_id)
-        assert current is not None
-        debited = refund_total_op(
-            c,
-            current,
-            order["refunded_minor"] + refund.amount,
-            key=f"refund:{refund.id}",
-            reason=f"refund of top-up {order_id}: {reason}",
-            actor=_actor(),
-        )
+    amount = _usd(usd) if usd is not None else None
+    if remote := _remote(ctx):
+        body = {"reason": reason, "amount_usd": usd, "stripe_reason": stripe_reason}
+        done = remote.call("POST", f"/orders/{order_id}/refund", body)
+    else:
+        done = asyncio.run(
+            refund_order(
+                _ops(ctx, stripe=True), _admin(), order_id, reason, amount_micros=amount,
+                stripe_reason=stripe_reason,
+            )
+        )  # fmt: skip
+    debited = done["debited_micros"]
     console.print(
-        f"refunded {Decimal(refund.amount) / 100:.2f} {order['currency'].upper()} ({refund.id}); "
+        f"refunded {Decimal(done['refunded_minor_now']) / 100:.2f} {done['currency'].upper()} "
+        f"({done['stripe_refund_id']}); "
         + (
             f"removed {format_usd(debited)} USD of credits"
             if debited
@@ -1193,7 +1432,15 @@ def orders_refund(
         ),
         highlight=False,
     )
-    _show_balance(ledger, order["account_id"])
+    if remote := _remote(ctx):
+        _show_credited(
+            {
+                **remote.call("GET", f"/accounts/{done['account_id']}"),
+                "account_id": done["account_id"],
+            }
+        )
+    else:
+        _show_balance(_ledger(ctx), done["account_id"])
 
 
 @orders.command("reconcile")

@@ -25,9 +25,12 @@ class Modality(StrEnum):
 
 
 class UnifiedRequest(BaseModel):
-    """Base of every request body: ``model`` is the public catalog id."""
+    """Base of every request body: ``model`` is the public catalog id.
 
-    model_config = ConfigDict(extra="allow", frozen=False)
+    Strict types, as the JSON body and /openapi.json say them (``"stream": 0`` is no
+    boolean, ``"max_tokens": "5"`` no integer), as OpenAI's API answers them."""
+
+    model_config = ConfigDict(extra="allow", frozen=False, strict=True)
 
     model: Annotated[str, Field(min_length=1)]
 
@@ -37,14 +40,14 @@ class UnifiedRequest(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool = False
 
@@ -100,7 +103,10 @@ class SpeechRequest(UnifiedRequest):
 
 
 class TranscriptionRequest(UnifiedRequest):
-    """A multipart upload: ``file`` holds the audio bytes, the rest are form fields."""
+    """A multipart upload: ``file`` holds the audio bytes, the rest are form fields (text,
+    so read in lax mode: ``temperature=0.2`` arrives as a string)."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
 
     file: bytes = Field(repr=False)
     filename: str = "audio"

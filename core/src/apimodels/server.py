@@ -10,11 +10,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 from starlette.types import ASGIApp
 
+from .admin import Operations
+from .admin.api import admin_routes
 from .billing.biller import Biller
 from .billing.ledger import GroupCommit, Ledger
 from .billing.limits import Limiter
@@ -25,6 +27,7 @@ from .errors import ConfigError
 from .http.app import create_app
 from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
+from .openapi import docs_routes
 from .ops import CountedTaskStore, Health, Metrics, RequestObserver
 from .plugins import check_plugins, pm
 from .policy import build_policy
@@ -35,6 +38,9 @@ from .storage import LocalStorage, Storage, load_secret, open_storage
 from .store.accounts import KeyStore
 from .store.db import Checkpointer, database_path, open_db
 from .tasks import TaskRunner
+
+if TYPE_CHECKING:
+    from .http.topups import TopupsAPI
 
 log = logging.getLogger("apimodels")
 
@@ -184,8 +190,24 @@ def assemble(
         ("/health/live", health.live, ["GET"]),
         ("/health/ready", health.ready, ["GET"]),
     ]
+    topups = None
     if catalog.topups.enabled or sandbox:
-        extra_routes += _topups(server, catalog.topups, sandbox, environ)
+        topups = _topups(server, catalog.topups, sandbox, environ)
+        extra_routes += topups.routes()
+    operations = Operations(
+        db,
+        ledger,
+        task_store,
+        catalog.privacy.close_grace_days,
+        keys=keys,
+        runner=runner,
+        stripe=topups.stripe if topups is not None else None,
+    )
+    extra_routes += admin_routes(operations)
+    features = {"topups"} if topups is not None else set()
+    if isinstance(storage, LocalStorage):
+        features.add("files")
+    extra_routes += docs_routes(features)
     mounts = []
     if console_enabled(catalog, sandbox):
         server.console = build_console(
@@ -251,8 +273,10 @@ def worker_app() -> ASGIApp:
     return server.app
 
 
-def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None) -> list:
-    """The top-ups routes; in sandbox mode always on, backed by a local Stripe simulator."""
+def _topups(
+    server: Server, config: Any, sandbox: bool, environ: dict[str, str] | None
+) -> TopupsAPI:
+    """The top-ups API; in sandbox mode always on, backed by a local Stripe simulator."""
     from .http.topups import build_topups
 
     env = dict(os.environ if environ is None else environ)
@@ -264,4 +288,4 @@ def _topups(server: Server, config: Any, sandbox: bool, environ: dict[str, str] 
         env[config.secret_key_env] = stripe.secret_key
         env[config.webhook_secret_env] = stripe.webhook_secret
     server.topups = build_topups(config, server.db, server.ledger, server.keys, env)
-    return server.topups.routes()
+    return server.topups

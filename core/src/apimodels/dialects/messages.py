@@ -44,7 +44,7 @@ API = "Messages API"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Tool(_Strict):

@@ -686,8 +686,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
         )
     code = "method_not_allowed" if exc.status_code == 405 else None
+    # A 405 names the methods the path takes in Allow (RFC 9110), as Starlette's router set it.
     return error_response(
-        InvalidRequest(exc.detail or "Bad request", code=code, status=exc.status_code)
+        InvalidRequest(
+            exc.detail or "Bad request", code=code, status=exc.status_code, headers=exc.headers
+        )
     )
 
 

@@ -46,7 +46,7 @@ from .receipts import page_limit
 
 
 class TaskCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1)
     input: dict[str, Any] = Field(default_factory=dict)

@@ -485,3 +485,46 @@ def m015_console(db: sqlite_utils.Database) -> None:
     db["api_keys"].add_column("key_format", str)
     # Last use of a key: the newest usage row of that key.
     db["usage"].create_index(["key_id", "created_at"])
+
+
+@migration
+def m016_admin(db: sqlite_utils.Database) -> None:
+    # The operator's side (apimodels.admin): operators (the Console's admin role), the
+    # tokens of the admin HTTP API (stored hashed, like API keys), and the audit log of
+    # every admin action, appended to and never changed.
+    db["admins"].create(
+        {"id": str, "email": str, "created_at": str, "created_by": str, "removed_at": str},
+        pk="id",
+        not_null={"email", "created_at", "created_by"},
+    )
+    db["admins"].create_index(["email"], unique=True)
+    db["admin_tokens"].create(
+        {
+            "id": str,
+            "name": str,
+            "scope": str,  # read | write
+            "prefix": str,
+            "hash": str,
+            "created_at": str,
+            "created_by": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"name", "scope", "prefix", "hash", "created_at", "created_by"},
+    )
+    db["admin_tokens"].create_index(["prefix"], unique=True)
+    db["admin_audit"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "actor": str,  # admin-token:atk_... or cli:USER
+            "action": str,  # accounts.suspend, credits.grant...
+            "target": str,  # the account, key, order or task acted on
+            "reason": str,
+            "before": str,  # JSON, or NULL
+            "after": str,  # JSON, or NULL
+        },
+        pk="id",
+        not_null={"created_at", "actor", "action", "target"},
+    )
+    db["admin_audit"].create_index(["target"])
