@@ -135,6 +135,8 @@ PUBLIC: tuple[Operation, ...] = (
               example={"model": "openai/gpt-6-luna", "input": "Hello"}),
     Operation("GET", "/v1/responses/{response_id}", "A stored response", "Chat",
               answer=a.ResponseObject),
+    Operation("DELETE", "/v1/responses/{response_id}", "Delete a stored response", "Chat",
+              answer=a.ResponseDeleted),
     Operation("POST", "/v1/messages", "Create a message (Anthropic's Messages API)", "Chat",
               CreateMessageParams, a.Message, security=MESSAGES_AUTH,
               error=a.AnthropicErrorBody, media=STREAM, errors=MODEL_CALL,

@@ -267,6 +267,14 @@ class ResponseObject(_Open):
     output: list[dict[str, Any]]
 
 
+class ResponseDeleted(_Closed):
+    """What ``DELETE /v1/responses/{id}`` answers (OpenAI's shape)."""
+
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
+
+
 class Message(_Open):
     id: str
     type: Literal["message"]
