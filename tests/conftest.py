@@ -4,6 +4,7 @@ uvicorn on 127.0.0.1, and clients that talk to them over real sockets."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -12,8 +13,9 @@ import pytest
 from apimodels.server import assemble
 from apimodels.store.accounts import create_account, create_key
 from apimodels.testing import serve
+from apimodels.testing.postgres import Cluster, find_binaries
 from apimodels_openai.simulator import create_app as create_simulator
-from support import SIM_KEY, Gateway, Simulator, registry_for
+from support import BACKENDS, SIM_KEY, Gateway, Simulator, database_for, registry_for
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -23,6 +25,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the randomized fault mix (tests/faults/test_mix.py) 20x longer, over more seeds",
     )
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (tests on that backend are skipped when
+    PostgreSQL is not installed; ``.ci/run`` installs it)."""
+    binaries = find_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (initdb not found)")
+    with Cluster.start(binaries) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """A new, empty database, once on each backend: a SQLite file, or a PostgreSQL URL."""
+    return database_for(request, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +55,25 @@ def gateway(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("gateway")
     server = assemble(
         registry_for(simulator.url, tmp), tmp / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY}
+    )
+    account = create_account(server.db, "e2e@example.com")
+    _, key = create_key(server.db, account["id"], "e2e")
+    server.ledger.post(account["id"], 1_000_000_000, kind="grant", reason="e2e", actor="tests")
+    with serve(server.app) as url:
+        yield Gateway(url, server, key, account["id"])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def gateway_on_each_backend(
+    request: pytest.FixtureRequest, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """Like ``gateway``, once on SQLite and once on PostgreSQL (a module overrides
+    ``gateway`` with it to run its tests on both)."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    server = assemble(
+        registry_for(simulator.url, tmp),
+        database_for(request, tmp),
+        environ={"OPENAI_API_KEY": SIM_KEY},
     )
     account = create_account(server.db, "e2e@example.com")
     _, key = create_key(server.db, account["id"], "e2e")

@@ -159,9 +159,21 @@ def gateway_of_its_own(
         yield Gateway(url, server, key, account["id"])
 
 
+#: The database backends the money, tasks, idempotency and limits tests run on.
+BACKENDS = ("sqlite", "postgresql")
+
+
+def database_for(request: Any, tmp: Path, name: str = "gateway.db") -> str | Path:
+    """A new, empty database of the test's backend (``request.param``, or SQLite): a file
+    in ``tmp``, or a database of its own on the session's throwaway PostgreSQL cluster."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return request.getfixturevalue("pg_cluster").new_database()
+    return tmp / name
+
+
 @contextmanager
 def tasks_gateway_of_its_own(
-    simulator: Simulator, replicate: Simulator, tmp: Path, email: str
+    simulator: Simulator, replicate: Simulator, tmp: Path, email: str, database: Any = None
 ) -> Iterator[Gateway]:
     """A gateway for tasks: OpenAI and Replicate on their simulators, ``public_url`` its own
     origin (so Replicate's signed webhooks reach it), and one funded account (``email``)."""
@@ -175,7 +187,7 @@ def tasks_gateway_of_its_own(
         "REPLICATE_API_TOKEN": REPLICATE_KEY,
         "REPLICATE_WEBHOOK_SECRET": REPLICATE_SECRET,
     }
-    server = assemble(registry, tmp / "gateway.db", environ=environ)
+    server = assemble(registry, database or tmp / "gateway.db", environ=environ)
     account = create_account(server.db, email)
     _, key = create_key(server.db, account["id"], email.split("@")[0])
     server.ledger.post(account["id"], 100_000_000, kind="grant", reason="t", actor="tests")

@@ -31,7 +31,7 @@ from .providers.runtime import Gateway, build_gateway
 from .providers.sandbox import Simulators
 from .storage import LocalStorage, Storage, load_secret, open_storage
 from .store.accounts import KeyStore
-from .store.db import Checkpointer, database_path, open_db
+from .store.db import Checkpointer, database_path, is_postgres, open_db
 from .tasks import TaskRunner
 
 log = logging.getLogger("apimodels")
@@ -50,6 +50,14 @@ class Server:
     tasks: TaskRunner | None = None
     stripe_simulator: Any = None  # topups.simulator.SandboxStripe, in sandbox mode
     metrics: Metrics | None = None
+
+
+def _storage_base(registry: str | Path | Catalog, db: Any) -> Path:
+    """What a relative local storage path is relative to: the SQLite file's folder, or with
+    PostgreSQL (no local file) the registry file's folder."""
+    if not is_postgres(db):
+        return Path(database_path(db) or ".").parent
+    return Path(registry).parent if isinstance(registry, str | Path) else Path(".")
 
 
 def assemble(
@@ -82,7 +90,7 @@ def assemble(
     storage = open_storage(
         catalog.storage,
         load_secret(db, catalog.storage, environ),
-        base_dir=Path(database_path(db) or ".").parent,
+        base_dir=_storage_base(registry, db),
         environ=environ,
         public_url=settings.public_url,
     )
@@ -110,7 +118,8 @@ def assemble(
             except Exception as exc:  # keep sweeping; never crash the server over it
                 log.error("expiry sweep failed: %s", type(exc).__name__)
 
-    checkpointer = Checkpointer(database_path(db)) if database_path(db) else None
+    sqlite_file = "" if is_postgres(db) else database_path(db)
+    checkpointer = Checkpointer(sqlite_file) if sqlite_file else None
 
     async def checkpoints() -> None:
         assert checkpointer is not None

@@ -112,7 +112,7 @@ class Limiter:
             "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(CASE WHEN created_at >= ? THEN spent END), 0)"
             " FROM (SELECT created_at, CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%'"
             " ESCAPE '!' THEN hold_micros ELSE cost_micros END AS spent"
-            " FROM usage WHERE account_id = ? AND key_id = ?)",
+            " FROM usage WHERE account_id = ? AND key_id = ?) AS spending",
             (day, account_id, key_id),
         ).fetchone()
         state.spent_total, state.spent_day, state.day, state.synced = total, today, day, now
