@@ -3,7 +3,7 @@ uvicorn on 127.0.0.1, and clients that talk to them over real sockets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -39,9 +39,16 @@ def pg_cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str | Path]:
+    """Makes new, empty databases of the test's backend (the test runs once on each): a
+    SQLite file of the given name, or a PostgreSQL URL."""
+    return lambda name="gateway.db": database_for(request, tmp_path, name)
+
+
+@pytest.fixture
+def database(new_database: Callable[[str], str | Path]) -> str | Path:
     """A new, empty database, once on each backend: a SQLite file, or a PostgreSQL URL."""
-    return database_for(request, tmp_path)
+    return new_database("gateway.db")
 
 
 @pytest.fixture(scope="session")

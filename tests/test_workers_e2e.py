@@ -1,5 +1,6 @@
-"""Several gateway processes on one SQLite file: they start together, never spend credits an
-account does not have, hand tasks over when one dies, and stop without losing a bill."""
+"""Several gateway processes on one database (a SQLite file, or PostgreSQL): they start
+together, never spend credits an account does not have, hand tasks over when one dies, and
+stop without losing a bill."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
@@ -34,10 +37,10 @@ CHAT = {
 }
 
 
-def funded(db_path: Path, credits_micros: int) -> tuple[str, str]:
-    """A new account on the database file with ``credits_micros`` granted: (id, key)."""
+def funded(db_path: Path | str, credits_micros: int) -> tuple[str, str]:
+    """A new account on the database with ``credits_micros`` granted: (id, key)."""
     db = open_db(db_path)
-    account = create_account(db, f"{db_path.stem}-{time.time_ns()}@example.com")["id"]
+    account = create_account(db, f"funded-{time.time_ns()}@example.com")["id"]
     _, key = create_key(db, account)
     if credits_micros:
         Ledger(db).post(account, credits_micros, kind="grant", reason="t", actor="tests")
@@ -60,10 +63,10 @@ def wait_for(condition, seconds: float = 20, what: str = "") -> None:  # type: i
 
 
 def test_four_processes_start_at_once_on_a_new_database(
-    simulator: Simulator, tmp_path: Path
+    simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:
     registry = registry_for(simulator.url, tmp_path)
-    db_path = tmp_path / "fresh.db"
+    db_path = database
     servers = [Served(registry, db_path) for _ in range(4)]  # all started before any is ready
     try:
         for server in servers:
@@ -85,12 +88,14 @@ def test_four_processes_start_at_once_on_a_new_database(
     assert check.returncode == 0, check.stderr
 
 
-def test_processes_migrating_a_new_database_at_the_same_instant(tmp_path: Path) -> None:
+def test_processes_migrating_a_new_database_at_the_same_instant(
+    new_database: Callable[[str], Path | str],
+) -> None:
     """The race the servers above rarely meet (they import for a second or two first):
     each process sees every migration pending, and only one may apply each."""
     context = multiprocessing.get_context("spawn")
     for attempt in range(2):
-        path = str(tmp_path / f"race{attempt}.db")
+        path = str(new_database(f"race{attempt}.db"))
         barrier = context.Barrier(4)
         procs = [context.Process(target=open_db_after, args=(barrier, path)) for _ in range(4)]
         for p in procs:
@@ -104,15 +109,16 @@ def test_processes_migrating_a_new_database_at_the_same_instant(tmp_path: Path) 
         db.conn.close()
 
 
-def test_two_processes_never_spend_more_than_the_account_has(
-    simulator: Simulator, tmp_path: Path
+def test_processes_never_spend_more_than_the_account_has(
+    simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:
-    """Credits for exactly K calls, 40 calls at once spread over two processes: at most K
-    are served, the others answer 402, and the balance never goes below zero."""
+    """Credits for exactly K calls, 40 calls at once spread over the processes (2 on a
+    SQLite file, 4 on PostgreSQL): at most K are served, the others answer 402, and the
+    balance never goes below zero."""
     k, n = 10, 40
     registry = registry_for(simulator.url, tmp_path)
     hold = hold_of_a_call(registry, tmp_path)
-    db_path = tmp_path / "shared.db"
+    db_path = database
     account, key = funded(db_path, hold * k)
     simulator.knobs(latency=1.0)  # every call is admitted or refused before any settles
 
@@ -132,8 +138,14 @@ def test_two_processes_never_spend_more_than_the_account_has(
             for client in clients:
                 await client.close()
 
-    with serving(registry, db_path) as a, serving(registry, db_path) as b:
-        statuses = asyncio.run(calls([a.url, b.url]))
+    count = 2 if isinstance(db_path, Path) else 4
+    with ExitStack() as stack:
+        servers = [Served(registry, db_path) for _ in range(count)]
+        for server in servers:
+            stack.callback(server.stop)
+        for server in servers:
+            server.wait_ready()
+        statuses = asyncio.run(calls([s.url for s in servers]))
         watch = open_db(db_path)
         wait_for(
             lambda: Ledger(watch).balance(account).held_micros == 0, what="the holds to return"
@@ -160,14 +172,14 @@ def test_two_processes_never_spend_more_than_the_account_has(
 
 
 def test_a_task_is_finished_by_another_process_after_its_own_is_killed(
-    simulator: Simulator, tmp_path: Path
+    simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:
     with serve(create_replicate(REPLICATE_KEY)) as replicate_url:
         replicate = Simulator(replicate_url)
         registry = registry_for(
             simulator.url, tmp_path, replicate=replicate_url, tasks=TASKS_SETTINGS
         )
-        db_path = tmp_path / "tasks.db"
+        db_path = database
         account, key = funded(db_path, 5_000_000)
         replicate.knobs(slow_seconds=8)  # still running once the second process is up
         headers = {"authorization": f"Bearer {key}"}

@@ -72,13 +72,22 @@ def _catalog(ctx: click.Context) -> Any:
     envvar="APIMODELS_DB",
     default="apimodels.db",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The SQLite database (env APIMODELS_DB).",
+    help="The SQLite database file, or a postgresql:// URL (env APIMODELS_DB).",
 )
 @click.pass_context
-def cli(ctx: click.Context, registry: Path, db: Path) -> None:
+def cli(ctx: click.Context, registry: Path, db: str) -> None:
     """apimodels: one endpoint and one API key for many AI model providers."""
-    ctx.obj = {"registry": registry, "db": db}
+    from .store.db import is_url
+
+    ctx.obj = {"registry": registry, "db": db if is_url(db) else Path(db)}
+
+
+def _storage_base(ctx: click.Context) -> Path:
+    """What a relative local storage path is relative to (see ``server._storage_base``)."""
+    from .store.db import is_url
+
+    db = ctx.obj["db"]
+    return Path(ctx.obj["registry"]).parent if is_url(db) else Path(db).parent
 
 
 @cli.command()
@@ -238,7 +247,7 @@ def _serve_workers(
         os.environ[WORKER_ENV] = json.dumps(
             {
                 "registry": str(Path(ctx.obj["registry"]).resolve()),
-                "db": str(Path(ctx.obj["db"]).resolve()),
+                "db": str(db if isinstance(db := ctx.obj["db"], str) else db.resolve()),
                 "url": url,
                 "host": host,
             }
@@ -567,7 +576,7 @@ def tasks_delete(ctx: click.Context, task_id: str) -> None:
         store.finish(task_id, Finish("canceled", error_code="deleted", error_message="deleted"))
     task = store.mark_deleted(task["account_id"], task_id)
     config = _catalog(ctx).storage
-    storage = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    storage = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
 
     async def remove() -> int:
         try:
@@ -873,7 +882,7 @@ def _write_export(ctx: click.Context, db: Any, account: str, path: Path | None) 
 
     catalog = _catalog(ctx)
     config = catalog.storage
-    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    store = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
     public_url = str(catalog.gateway.public_url or "")
     data = export_account(db, TaskStore(db, Ledger(db)), store, account, public_url=public_url)
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
@@ -1007,7 +1016,7 @@ def storage_check(ctx: click.Context) -> None:
 
     config = _catalog(ctx).storage
     db = _db(ctx)
-    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    store = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
     try:
         console.print(f"ok: {asyncio.run(check(store))}", highlight=False)
     except StorageError as exc:
@@ -1037,7 +1046,7 @@ def storage_sweep(ctx: click.Context, dry_run: bool) -> None:
     db = _db(ctx)
     ledger = Ledger(db)
     config = catalog.storage
-    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    store = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
     sweeper = Sweeper(
         db, ledger, TaskStore(db, ledger), store, config, catalog.privacy, idempotency_ttl=TTL
     )
