@@ -23,7 +23,7 @@ from apimodels import ChatRequest
 from apimodels.billing.ledger import Ledger
 from apimodels.providers import dispatch
 from apimodels.server import assemble
-from apimodels.store.accounts import create_account, create_key
+from apimodels.store.accounts import create_account, create_key, set_key_limits
 from apimodels.store.db import open_db
 from apimodels.store.migrations import MIGRATIONS
 from apimodels.testing import serve
@@ -339,3 +339,52 @@ def test_the_sandbox_takes_one_worker(simulator: Simulator, tmp_path: Path) -> N
     result = cli(registry, tmp_path / "sandbox.db", "serve", "--sandbox", "--workers", "2")
     assert result.returncode == 2
     assert "--sandbox" in result.stderr and "one worker" in result.stderr
+
+
+def test_a_keys_rpm_limit_holds_across_processes(
+    simulator: Simulator, tmp_path: Path, database: Path | str
+) -> None:
+    """Each process's own token bucket would serve the key its full rpm: across 2 processes
+    on a SQLite file (4 on PostgreSQL) the key still gets at most rpm a clock minute, from
+    the shared counter they lease slices of."""
+    rpm, n = 12, 48
+    registry = registry_for(simulator.url, tmp_path)
+    account, key = funded(database, 50_000_000)
+    db = open_db(database)
+    (key_id,) = db.execute("SELECT id FROM api_keys WHERE account_id = ?", [account]).fetchone()
+    set_key_limits(db, key_id, rpm=rpm, daily_cap_micros=None, total_cap_micros=None)
+    db.conn.close()
+    count = 2 if isinstance(database, Path) else 4
+
+    async def calls(urls: list[str]) -> list[int]:
+        clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
+
+        async def one(client: openai.AsyncOpenAI) -> int:
+            try:
+                await client.chat.completions.create(**CHAT)
+                return 200
+            except openai.APIStatusError as exc:
+                return exc.status_code
+
+        try:
+            return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
+        finally:
+            for client in clients:
+                await client.close()
+
+    with ExitStack() as stack:
+        servers = [Served(registry, database) for _ in range(count)]
+        for server in servers:
+            stack.callback(server.stop)
+        for server in servers:
+            server.wait_ready()
+        # Clear of a minute's end, so that all the calls fall in one clock minute.
+        if time.time() % 60 > 50:
+            time.sleep(61 - time.time() % 60)
+        started = time.gmtime()
+        statuses = asyncio.run(calls([s.url for s in servers]))
+        minutes = 1 if time.gmtime()[:5] == started[:5] else 2
+    served = statuses.count(200)
+    assert statuses.count(429) == n - served, statuses
+    # Every process admits some (its bucket is full), and together no more than the limit.
+    assert rpm // 2 <= served <= rpm * minutes, statuses

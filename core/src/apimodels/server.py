@@ -115,6 +115,7 @@ def assemble(
                 if n := ledger.expire():
                     log.warning("released %d expired holds", n)
                 idempotency.purge()
+                limiter.purge()
             except Exception as exc:  # keep sweeping; never crash the server over it
                 log.error("expiry sweep failed: %s", type(exc).__name__)
 

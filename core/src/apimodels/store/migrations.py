@@ -408,3 +408,14 @@ def m012_stored_responses(db: sqlite_utils.Database) -> None:
 def m013_cache_write_tokens(db: sqlite_utils.Database) -> None:
     # Input written to a provider's prompt cache (Anthropic), priced apart from the rest.
     db["usage"].add_column("cache_write_tokens", int)
+
+
+@migration
+def m014_rate_windows(db: sqlite_utils.Database) -> None:
+    # A key's requests in one clock minute, shared by every process (apimodels.billing.limits
+    # leases slices of them): rpm limits hold across processes and hosts.
+    db["rate_windows"].create(
+        {"key_id": str, "window_start": str, "taken": int},
+        pk=("key_id", "window_start"),
+        not_null={"taken"},
+    )
