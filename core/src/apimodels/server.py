@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from .privacy.retention import Sweeper, sweep_periodically
 from .providers.runtime import Gateway, build_gateway
 from .providers.sandbox import Simulators
 from .storage import LocalStorage, Storage, load_secret, open_storage
+from .store import hosts
 from .store.accounts import KeyStore
 from .store.db import Checkpointer, database_path, is_postgres, open_db
 from .tasks import TaskRunner
@@ -94,6 +96,16 @@ def assemble(
         environ=environ,
         public_url=settings.public_url,
     )
+    # Several hosts on one PostgreSQL database cannot each keep outputs in a folder of its own.
+    local_host = (
+        socket.gethostname()
+        if is_postgres(db)
+        and catalog.storage.backend == "local"
+        and not catalog.storage.shared_folder
+        else None
+    )
+    if local_host is not None:
+        hosts.claim_local_storage(db, local_host)
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     server.storage = storage
     metrics = server.metrics = Metrics(db, token=_metrics_token(settings, environ))
@@ -116,6 +128,8 @@ def assemble(
                     log.warning("released %d expired holds", n)
                 idempotency.purge()
                 limiter.purge()
+                if local_host is not None:
+                    hosts.renew(db, local_host)
             except Exception as exc:  # keep sweeping; never crash the server over it
                 log.error("expiry sweep failed: %s", type(exc).__name__)
 

@@ -419,3 +419,10 @@ def m014_rate_windows(db: sqlite_utils.Database) -> None:
         pk=("key_id", "window_start"),
         not_null={"taken"},
     )
+
+
+@migration
+def m015_storage_hosts(db: sqlite_utils.Database) -> None:
+    # Hosts keeping outputs in a local folder (apimodels.store.hosts): with PostgreSQL, a
+    # second live host refuses to start on the local store.
+    db["storage_hosts"].create({"host": str, "seen_at": str}, pk="host", not_null={"seen_at"})
