@@ -794,6 +794,22 @@ def ledger_check(ctx: click.Context) -> None:
     )
 
 
+@cli.command()
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def backup(ctx: click.Context, destination: Path) -> None:
+    """Copy the SQLite database to DESTINATION, consistent, while servers keep running
+    (SQLite's online backup). For PostgreSQL, use pg_dump (docs/self-hosting.md)."""
+    from .store.db import backup as backup_db
+
+    if isinstance(ctx.obj["db"], str):
+        raise click.UsageError("the database is PostgreSQL: back it up with pg_dump")
+    if destination.exists():
+        raise click.UsageError(f"{destination} exists; back up to a new file")
+    pages = backup_db(ctx.obj["db"], destination)
+    console.print(f"backed up {ctx.obj['db']} to {destination} ({pages} pages)", highlight=False)
+
+
 def _set_status(ctx: click.Context, account: str, status: str, reason: str) -> None:
     row = acc.set_status(_db(ctx), account, status, reason)
     console.print(f"{row['id']} is now {row['status']} ({row['status_reason']})", highlight=False)

@@ -92,6 +92,22 @@ def database_path(db: sqlite_utils.Database) -> str:
     return db.conn.execute("PRAGMA database_list").fetchone()[2]
 
 
+def backup(source: str | Path, destination: str | Path) -> int:
+    """Copy a SQLite database file, consistent as of one moment, while other processes keep
+    writing to it (SQLite's online backup, a few pages at a time); the pages copied."""
+    if not Path(source).exists():
+        raise FileNotFoundError(f"no database at {source}")
+    src = sqlite3.connect(f"file:{Path(source).resolve()}?mode=ro", uri=True)
+    dest = sqlite3.connect(str(destination))
+    try:
+        src.execute("PRAGMA busy_timeout = 5000")
+        src.backup(dest, pages=1024)
+        return dest.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        dest.close()
+        src.close()
+
+
 class Checkpointer:
     """Copies WAL pages into the database file from a worker thread, off the event loop.
 

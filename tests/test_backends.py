@@ -1,15 +1,21 @@
-"""What is particular to the PostgreSQL backend: the placeholders it translates, and the
-hosts it refuses to serve from folders of their own."""
+"""What differs between the backends: the placeholders PostgreSQL's layer translates, the
+hosts it refuses to serve from folders of their own, SQLite's online backup."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import openai
 import pytest
+from processes import cli, serving
 
+from apimodels.billing.ledger import Ledger
 from apimodels.errors import ConfigError
 from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import open_db
 from apimodels.store.hosts import STALE
 from apimodels.store.postgres import translate
@@ -68,3 +74,44 @@ def test_sqlite_serves_one_host_and_never_asks(simulator: Simulator, tmp_path: P
     db = open_db(path)
     _stamp(db, "another-host", timedelta(seconds=5))
     assemble(registry_for(simulator.url, tmp_path), path, environ={"OPENAI_API_KEY": SIM_KEY})
+
+
+def test_backup_copies_a_database_in_use_consistently(simulator: Simulator, tmp_path: Path) -> None:
+    registry = registry_for(simulator.url, tmp_path)
+    db_path = tmp_path / "live.db"
+    db = open_db(db_path)
+    account = create_account(db, "backup@example.com")["id"]
+    _, key = create_key(db, account)
+    Ledger(db).post(account, 5_000_000, kind="grant", reason="t", actor="tests")
+    db.conn.close()
+    with serving(registry, db_path) as server:
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as c:
+                while not stop.is_set():
+                    c.chat.completions.create(
+                        model="openai/gpt-4o-mini",
+                        messages=[{"role": "user", "content": "hi"}],
+                        max_tokens=5,
+                    )
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            time.sleep(0.5)
+            result = cli(registry, db_path, "backup", str(tmp_path / "copy.db"))
+        finally:
+            stop.set()
+            thread.join()
+    assert result.returncode == 0, result.stderr
+    copy = open_db(tmp_path / "copy.db")
+    assert copy.execute("SELECT COUNT(*) FROM usage").fetchone()[0] > 0
+    assert Ledger(copy).check() == []  # one moment's state: every charge with its balance
+    again = cli(registry, db_path, "backup", str(tmp_path / "copy.db"))
+    assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_backup_of_postgresql_points_to_pg_dump(pg_cluster: Cluster, tmp_path: Path) -> None:
+    result = cli(tmp_path / "registry.toml", pg_cluster.url, "backup", str(tmp_path / "x.db"))
+    assert result.returncode != 0 and "pg_dump" in result.stderr
