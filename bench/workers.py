@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, backends: tuple[str, ...], cluster: Any) -> No
                  "--db", db, "serve", "--port", str(port), "--no-access-log",
                  "--workers", str(workers)]  # fmt: skip
         procs[name] = subprocess.Popen(
-            serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            serve, env=env, stdout=subprocess.DEVNULL, stderr=(folder / "stderr.log").open("w")
         )
         targets[name] = (
             f"http://127.0.0.1:{port}/v1/chat/completions",

@@ -284,7 +284,7 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
 
 
 _AVAILABLE = "SELECT balance_micros - held_micros FROM accounts WHERE id = ?"
-_AVAILABLE_FOR_UPDATE = _AVAILABLE + " FOR UPDATE"
+_AVAILABLE_FOR_UPDATE = _AVAILABLE + " FOR NO KEY UPDATE"
 
 
 def reserve_op(
@@ -300,7 +300,9 @@ def reserve_op(
     credits for its process's reservation (beyond ``need``, at most half of what is left);
     how much was set aside. 402 when even ``need`` is not available (nothing is written
     then)."""
-    # PostgreSQL: the row stays locked until the grant below (SQLite's write lock does it).
+    # PostgreSQL: the row stays locked until the grant below (SQLite's write lock does it);
+    # NO KEY UPDATE, as the UPDATE itself takes: it does not wait for the KEY SHARE locks
+    # that other transactions' inserts referencing the account hold (a deadlock otherwise).
     row = c.execute(
         _AVAILABLE_FOR_UPDATE if is_postgres(c) else _AVAILABLE, (account_id,)
     ).fetchone()
