@@ -388,3 +388,47 @@ def test_a_keys_rpm_limit_holds_across_processes(
     assert statuses.count(429) == n - served, statuses
     # Every process admits some (its bucket is full), and together no more than the limit.
     assert rpm // 2 <= served <= rpm * minutes, statuses
+
+
+def test_every_call_two_busy_processes_serve_is_charged_once(
+    simulator: Simulator, tmp_path: Path, database: Path | str
+) -> None:
+    """Two processes under load on one account: their batches of charges and reservation
+    growths meet on the account's row; every call served has its usage row and its charge
+    (none lost to a failed batch, none twice)."""
+    n, concurrency = 1200, 64
+    registry = registry_for(simulator.url, tmp_path)
+    account, key = funded(database, 100_000_000)
+
+    async def calls(urls: list[str]) -> list[int]:
+        clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(client: openai.AsyncOpenAI) -> int:
+            async with gate:
+                try:
+                    await client.chat.completions.create(**CHAT)
+                    return 200
+                except openai.APIStatusError as exc:
+                    return exc.status_code
+
+        try:
+            return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
+        finally:
+            for client in clients:
+                await client.close()
+
+    with serving(registry, database) as a, serving(registry, database) as b:
+        statuses = asyncio.run(calls([a.url, b.url]))
+    assert statuses == [200] * n
+    watch = open_db(database)
+    succeeded = watch.execute(
+        "SELECT COUNT(*) FROM usage WHERE account_id = ? AND status = 'succeeded'", [account]
+    ).fetchone()[0]
+    charged = watch.execute(
+        "SELECT COUNT(*) FROM ledger_entries WHERE account_id = ? AND kind = 'charge'", [account]
+    ).fetchone()[0]
+    watch.conn.close()
+    assert succeeded == charged == n
+    check = cli(registry, database, "ledger", "check")
+    assert check.returncode == 0, check.stderr

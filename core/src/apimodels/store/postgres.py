@@ -315,6 +315,7 @@ class PgDatabase:
             max_size=max_size,
             kwargs={"autocommit": True},
             configure=_configure,
+            timeout=5.0,  # a request waits at most this for a connection (a probe too)
             open=True,
             name="apimodels",
         )
