@@ -42,7 +42,7 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import InsufficientCredits, NotFound
-from ..store.db import INTEGRITY_ERRORS, UNAVAILABLE_ERRORS, is_postgres, utcnow
+from ..store.db import INTEGRITY_ERRORS, RETRY_ERRORS, UNAVAILABLE_ERRORS, is_postgres, utcnow
 from .usage import NO_QUANTITIES, QUANTITY_FIELDS
 
 log = logging.getLogger("apimodels")
@@ -474,6 +474,8 @@ class GroupCommit:
         try:
             with self.ledger._tx() as c:
                 outcomes = self._apply(c, batch, now)
+        except RETRY_ERRORS:  # a deadlock between processes' batches: each write alone
+            outcomes = [self._alone(op, now) for op in batch]
         except UNAVAILABLE_ERRORS as exc:
             # Busy past the timeout, or failing: each write alone would wait or fail the
             # same way, one timeout each, so they fail together.

@@ -29,9 +29,12 @@ try:  # the PostgreSQL backend is an extra: apimodels[postgresql]
         sqlite3.OperationalError,
         psycopg.OperationalError,
     )
+    #: PostgreSQL rolled the transaction back to break a deadlock: worth trying again.
+    RETRY_ERRORS: tuple[type[Exception], ...] = (psycopg.errors.TransactionRollback,)
 except ImportError:  # pragma: no cover  (the workspace installs it)
     INTEGRITY_ERRORS = (sqlite3.IntegrityError,)
     UNAVAILABLE_ERRORS = (sqlite3.OperationalError,)
+    RETRY_ERRORS = ()
 
 
 def is_url(target: object) -> bool:
