@@ -15,8 +15,13 @@ connection pool:
   pooled connection, so no request sets up a connection;
 - ``BEGIN IMMEDIATE`` (SQLite's "take the write lock now") takes one transaction-scoped
   advisory lock: transactions that read then write serialize across every process as they
-  do on SQLite. The hot paths (the ledger, task and webhook claims) do not use it: they are
-  conditional updates and row locks (``FOR UPDATE``, ``SKIP LOCKED``), see ``dialect``.
+  do on SQLite. The hot paths do not take it: the ledger's writes are conditional updates
+  and row locks (``billing.ledger``), and tasks and webhook deliveries are claimed with
+  ``FOR UPDATE SKIP LOCKED`` (``tasks.store``); ``db.is_postgres`` tells them apart.
+
+A synchronous driver, on purpose: the modules are synchronous around the database, and the
+gateway commits its charges in groups (``billing.ledger.GroupCommit``), a few round trips
+per batch of requests; an async driver would move the same round trips, not remove them.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ class Result:
     lastrowid: None = None
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        return self.rows.pop(0) if self.rows else None
+        return self.rows.pop(0) if self.rows else None  # results read row by row are short
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         rows, self.rows = self.rows, []
