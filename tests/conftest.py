@@ -12,6 +12,7 @@ import pytest
 
 from apimodels.server import assemble
 from apimodels.store.accounts import create_account, create_key
+from apimodels.store.db import is_postgres
 from apimodels.testing import serve
 from apimodels.testing.postgres import Cluster, find_binaries
 from apimodels_openai.simulator import create_app as create_simulator
@@ -87,6 +88,8 @@ def gateway_on_each_backend(
     server.ledger.post(account["id"], 1_000_000_000, kind="grant", reason="e2e", actor="tests")
     with serve(server.app) as url:
         yield Gateway(url, server, key, account["id"])
+    if is_postgres(server.db):  # its pool's connections (SQLite's file closes with the test)
+        server.db.conn.close()
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import sqlite_utils
 from apimodels.billing.ledger import Ledger
 from apimodels.server import Server, assemble
 from apimodels.store.accounts import create_account, create_key
-from apimodels.store.db import database_path, open_db
+from apimodels.store.db import database_path, is_postgres, open_db
 from apimodels.testing import bound_socket, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,3 +193,5 @@ def tasks_gateway_of_its_own(
     server.ledger.post(account["id"], 100_000_000, kind="grant", reason="t", actor="tests")
     with serve(server.app, sock=sock) as url:
         yield Gateway(url, server, key, account["id"])
+    if is_postgres(server.db):  # its pool's connections (SQLite's file closes with the test)
+        server.db.conn.close()

@@ -90,7 +90,7 @@ class Cluster:
             cluster._run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
             options = (
                 f"-c listen_addresses=127.0.0.1 -c port={cluster.port}"
-                f" -c unix_socket_directories={folder} -c max_connections=200"
+                f" -c unix_socket_directories={folder} -c max_connections=500"
             )
             if not durable:  # throwaway data: measure the code, not the disk
                 options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
