@@ -28,7 +28,12 @@ from apimodels.store.accounts import create_account
 from apimodels.store.db import open_db, utcnow
 
 TTL = timedelta(minutes=10)
-FAR = (datetime.now(UTC) + TTL).isoformat()
+
+
+def far() -> str:
+    """A reservation's expiry, a TTL from now (at each use: a slow suite imports this module
+    minutes before its tests run)."""
+    return (datetime.now(UTC) + TTL).isoformat()
 
 
 def settlement(
@@ -206,7 +211,7 @@ class LedgerMachine(RuleBasedStateMachine):
         available = self.model_balance - sum(self.pending.values()) - self.reserved
         try:
             with self.ledger._tx() as c:
-                granted = reserve_op(c, f"p:{self.acct}", self.acct, "p", need, need + extra, FAR)
+                granted = reserve_op(c, f"p:{self.acct}", self.acct, "p", need, need + extra, far())
         except InsufficientCredits:
             assert available < need
             return
@@ -222,7 +227,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.n += 1
         taken = min(cost, self.reserved)
         with self.ledger._tx() as c:
-            settle_op(c, [settlement(f"r{self.n}", self.acct, cost, taken, ok)], FAR)
+            settle_op(c, [settlement(f"r{self.n}", self.acct, cost, taken, ok)], far())
         self.model_balance -= cost
         self.reserved -= taken
         self.settled[f"r{self.n}"] = 1
@@ -233,7 +238,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if not self.n or f"r{self.n}" not in self.settled:
             return
         with pytest.raises(sqlite3.IntegrityError), self.ledger._tx() as c:
-            settle_op(c, [settlement(f"r{self.n}", self.acct, 5, 0)], FAR)
+            settle_op(c, [settlement(f"r{self.n}", self.acct, 5, 0)], far())
 
     @rule()
     def unreserve(self) -> None:
@@ -294,12 +299,12 @@ def test_a_failing_write_in_a_batch_fails_alone(db: sqlite_utils.Database) -> No
 
     async def batch() -> list[object]:
         group = GroupCommit(ledger)
-        assert await group.reserve(f"p:{a}", a, "p", 100, 200, FAR) == 200
+        assert await group.reserve(f"p:{a}", a, "p", 100, 200, far()) == 200
         return await asyncio.gather(
             group.settle(settlement("ra", a, 40, 40)),
             group.settle(settlement("rb", b, 10**30, 0)),  # too large for SQLite: not recorded
             group.settle(settlement("ra", a, 40, 40)),  # again: not charged twice
-            group.reserve(f"p:{b}", b, "p", 5_000, 5_000, FAR),  # more than b has: 402
+            group.reserve(f"p:{b}", b, "p", 5_000, 5_000, far()),  # more than b has: 402
             group.unreserve(f"p:{a}"),
             return_exceptions=True,
         )
@@ -319,7 +324,7 @@ def test_a_batch_of_requests_settles_in_one_go(db: sqlite_utils.Database) -> Non
 
     async def run() -> list[bool]:
         group = GroupCommit(ledger)
-        await group.reserve(f"p:{acct}", acct, "p", 5_000, 5_000, FAR)
+        await group.reserve(f"p:{acct}", acct, "p", 5_000, 5_000, far())
         return await asyncio.gather(
             *(
                 group.settle(
