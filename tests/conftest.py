@@ -26,6 +26,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the randomized fault mix (tests/faults/test_mix.py) 20x longer, over more seeds",
     )
+    parser.addoption(
+        "--db-backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="the database of the shared `gateway` fixture (the money, tasks, idempotency and"
+        " limits tests run on both backends whatever this says)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +66,17 @@ def simulator() -> Iterator[Simulator]:
 
 
 @pytest.fixture(scope="session")
-def gateway(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    request: pytest.FixtureRequest, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
+    database = (
+        request.getfixturevalue("pg_cluster").new_database()
+        if request.config.getoption("--db-backend") == "postgresql"
+        else tmp / "gateway.db"
+    )
     server = assemble(
-        registry_for(simulator.url, tmp), tmp / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY}
+        registry_for(simulator.url, tmp), database, environ={"OPENAI_API_KEY": SIM_KEY}
     )
     account = create_account(server.db, "e2e@example.com")
     _, key = create_key(server.db, account["id"], "e2e")

@@ -42,7 +42,8 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import InsufficientCredits, NotFound
-from ..store.db import INTEGRITY_ERRORS, RETRY_ERRORS, UNAVAILABLE_ERRORS, is_postgres, utcnow
+from ..store import db as store_db
+from ..store.db import is_postgres, utcnow
 from .usage import NO_QUANTITIES, QUANTITY_FIELDS
 
 log = logging.getLogger("apimodels")
@@ -474,9 +475,9 @@ class GroupCommit:
         try:
             with self.ledger._tx() as c:
                 outcomes = self._apply(c, batch, now)
-        except RETRY_ERRORS:  # a deadlock between processes' batches: each write alone
+        except store_db.RETRY_ERRORS:  # a deadlock between processes' batches: each write alone
             outcomes = [self._alone(op, now) for op in batch]
-        except UNAVAILABLE_ERRORS as exc:
+        except store_db.UNAVAILABLE_ERRORS as exc:
             # Busy past the timeout, or failing: each write alone would wait or fail the
             # same way, one timeout each, so they fail together.
             log.error("ledger: a batch of %d writes failed: %s", len(batch), exc)
@@ -519,7 +520,7 @@ class GroupCommit:
             with self.ledger._tx() as c:
                 [outcome] = self._apply(c, [op], now)
                 return outcome
-        except INTEGRITY_ERRORS as exc:
+        except store_db.INTEGRITY_ERRORS as exc:
             if kind == "settle" and self._recorded(args.request_id):
                 return False, None  # recorded before: never charged twice
             return None, exc

@@ -20,21 +20,23 @@ import sqlite_utils
 
 from .migrations import migrate
 
-try:  # the PostgreSQL backend is an extra: apimodels[postgresql]
+# The errors modules catch, whatever the backend: psycopg's join them once a PostgreSQL
+# database is opened (importing psycopg costs 25 MB and half a second: SQLite never pays it).
+# Read them as attributes of this module (``db.INTEGRITY_ERRORS``), at the ``except``.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+#: The database is busy or unreachable (every write of a batch would fail the same way).
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+#: PostgreSQL rolled the transaction back to break a deadlock: worth trying again.
+RETRY_ERRORS: tuple[type[Exception], ...] = ()
+
+
+def _postgres_errors() -> None:
+    global INTEGRITY_ERRORS, UNAVAILABLE_ERRORS, RETRY_ERRORS
     import psycopg
 
-    INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
-    #: The database is busy or unreachable (every write of a batch would fail the same way).
-    UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-        sqlite3.OperationalError,
-        psycopg.OperationalError,
-    )
-    #: PostgreSQL rolled the transaction back to break a deadlock: worth trying again.
-    RETRY_ERRORS: tuple[type[Exception], ...] = (psycopg.errors.TransactionRollback,)
-except ImportError:  # pragma: no cover  (the workspace installs it)
-    INTEGRITY_ERRORS = (sqlite3.IntegrityError,)
-    UNAVAILABLE_ERRORS = (sqlite3.OperationalError,)
-    RETRY_ERRORS = ()
+    INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
+    RETRY_ERRORS = (psycopg.errors.TransactionRollback,)
+    UNAVAILABLE_ERRORS = (sqlite3.OperationalError, psycopg.OperationalError)
 
 
 def is_url(target: object) -> bool:
@@ -53,6 +55,7 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     if is_url(path):
         from .postgres import PgDatabase  # needs apimodels[postgresql]
 
+        _postgres_errors()
         pg = PgDatabase(str(path))
         migrate(pg)  # type: ignore[arg-type]
         return pg  # type: ignore[return-value]
