@@ -42,9 +42,7 @@ class StripeGateway:
             max_network_retries=2,
         )
 
-    def _checkout_params(
-        self, order: dict[str, Any], back_to: str | None = None
-    ) -> dict[str, Any]:
+    def _checkout_params(self, order: dict[str, Any], back_to: str | None = None) -> dict[str, Any]:
         return {
             "mode": "payment",
             "payment_method_types": [order["method"]],
