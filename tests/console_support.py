@@ -36,10 +36,13 @@ class ConsoleServer:
 
 
 @contextmanager
-def console_server(tmp: Path, simulator_url: str, extra: str = "") -> Iterator[ConsoleServer]:
-    """A sandbox server (simulated providers, Stripe and mail) with the Console on."""
+def console_server(
+    tmp: Path, simulator_url: str, extra: str = "", database: str | Path | None = None
+) -> Iterator[ConsoleServer]:
+    """A sandbox server (simulated providers, Stripe and mail) with the Console on, on
+    ``database`` (a PostgreSQL URL) or a SQLite file in ``tmp``."""
     registry = registry_for(simulator_url, tmp, extra)
-    server = assemble(registry, tmp / "console.db", sandbox=True, environ={})
+    server = assemble(registry, database or tmp / "console.db", sandbox=True, environ={})
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     listen_at(server, url, "127.0.0.1")

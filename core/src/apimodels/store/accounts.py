@@ -153,7 +153,6 @@ def revoke_key(db: sqlite_utils.Database, key_id: str) -> dict[str, Any]:
     row = _key_row(db, key_id)
     if row["revoked_at"] is None:
         db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [utcnow(), key_id])
-        db.conn.commit()
     return _public(_key_row(db, key_id))
 
 
@@ -174,8 +173,7 @@ def rotate_key(
     db.execute(
         "UPDATE api_keys SET expires_at = ?, replaced_by = ? WHERE id = ?",
         [expires.isoformat(timespec="microseconds"), new_row["id"], key_id],
-    )
-    db.conn.commit()
+    )  # autocommit, as every statement outside ``with db.conn:`` (both backends)
     return new_row, new_key, _public(_key_row(db, key_id))
 
 
