@@ -20,9 +20,8 @@ from click.testing import CliRunner
 
 from apimodels.cli import cli
 from apimodels.server import assemble
-from apimodels.store.db import database_path
 from apimodels.testing import serve
-from support import ROOT, Gateway
+from support import BACKENDS, ROOT, Gateway, database_for
 
 
 @dataclass
@@ -31,11 +30,12 @@ class Admin:
     registry: Path
     write: str  # an admin token of scope write
     read: str  # ... and one of scope read
+    database: str  # the server's: a SQLite file or a PostgreSQL URL, for the CLI too
 
     def cli(self, *args: str, code: int = 0) -> str:
         env = {
             "APIMODELS_REGISTRY": str(self.registry),
-            "APIMODELS_DB": database_path(self.gw.server.db),
+            "APIMODELS_DB": self.database,
             "APIMODELS_ACTOR": "cli:ops",
         }
         result = CliRunner().invoke(cli, list(args), env=env)
@@ -60,14 +60,18 @@ def _token(run: Any, scope: str) -> str:
     return re.search(r"sk-adm-\w+", run("admin-tokens", "create", "--scope", scope)).group(0)  # type: ignore[union-attr]
 
 
-@pytest.fixture(scope="module")
-def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def admin(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Admin]:
+    """A sandboxed server on each backend, and the operator's CLI on its database."""
     tmp = tmp_path_factory.mktemp("admin")
     registry = ROOT / "registry.toml"
-    server = assemble(registry, tmp / "admin.db", sandbox=True, environ={})
+    database = database_for(request, tmp, "admin.db")
+    server = assemble(registry, database, sandbox=True, environ={})
     with serve(server.app) as url:
         server.stripe_simulator.point_webhooks_at(f"{url}/webhooks/stripe")
-        handle = Admin(Gateway(url, server, "", ""), registry, "", "")
+        handle = Admin(Gateway(url, server, "", ""), registry, "", "", str(database))
         handle.write = _token(handle.cli, "write")
         handle.read = _token(handle.cli, "read")
         yield handle
