@@ -357,3 +357,30 @@ def test_refused_by_policy_exactly_like_chat(gateway: Gateway, simulator: Simula
         "SELECT category FROM policy_violations WHERE account_id = ?", [account_id]
     ).fetchall()
     assert rows == [("malware",)]
+
+
+def test_errors_the_gateway_answers_before_the_api_are_anthropic_shaped_too(
+    gateway: Gateway,
+) -> None:
+    """A body over the size limit (refused from its Content-Length, before any endpoint), an
+    unknown path under /v1/messages and a wrong method: in the Messages API's error shape,
+    so Anthropic's SDK types them, with the request id (OpenAI's shape elsewhere)."""
+    _, key = account(gateway, "early")
+    limit = gateway.server.gateway.catalog.gateway.max_body_bytes
+    headers = {"x-api-key": key, "content-type": "application/json"}
+    with httpx.Client(base_url=gateway.url, headers=headers) as http:
+        answers = [
+            (413, http.post("/v1/messages", content=b"x" * (limit + 1))),
+            (404, http.post("/v1/messages/batches", json={})),
+            (405, http.get("/v1/messages")),
+        ]
+        for status, r in answers:
+            assert r.status_code == status, r.text
+            spec_schemas.anthropic().validate("ErrorResponse", r.json())
+            assert r.json()["request_id"] == r.headers["x-request-id"]
+        other = http.post("/v1/embeddings", content=b"x" * (limit + 1))
+        assert other.status_code == 413 and other.json()["error"]["type"] == "invalid_request_error"
+    with sdk(gateway, key) as client, pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.batches.list()
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    assert balance(gateway, key) == Decimal(5)

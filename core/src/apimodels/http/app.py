@@ -109,10 +109,12 @@ class RequestContext:
         app: ASGIApp,
         max_body_bytes: int,
         endpoints: dict[str, Callable[[Request], Awaitable[Response]]] | None = None,
+        shapes: dict[str, Dialect] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.endpoints = endpoints or {}
+        self.shapes = shapes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -132,7 +134,8 @@ class RequestContext:
         limit = self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await error_response(_too_large(limit))(scope, receive, send_with_id)
+                answer = error_in_shape(self.shapes, scope["path"], _too_large(limit), request_id)
+                await answer(scope, receive, send_with_id)
                 return
         received = 0
 
@@ -152,6 +155,17 @@ class RequestContext:
             await response(scope, limited_receive, send_with_id)
             return
         await self.app(scope, limited_receive, send_with_id)
+
+
+def error_in_shape(
+    shapes: dict[str, Dialect], path: str, exc: APIError, request_id: str
+) -> Response:
+    """``exc`` in the error shape of the API ``path`` belongs to: a dialect's own (the
+    Messages API's under ``/v1/messages``), else OpenAI's."""
+    for prefix, dialect in shapes.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return json_response(dialect.error_body(exc, request_id), exc.status, exc.headers)
+    return error_response(exc)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -679,19 +693,30 @@ def _with_errors(
     return wrapped
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return error_response(
-            NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
-        )
-    code = "method_not_allowed" if exc.status_code == 405 else None
-    # A 405 names the methods the path takes in Allow (RFC 9110), as Starlette's router set it.
-    return error_response(
-        InvalidRequest(
-            exc.detail or "Bad request", code=code, status=exc.status_code, headers=exc.headers
-        )
-    )
+def _http_errors(
+    shapes: dict[str, Dialect],
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """Starlette's routing errors (404, 405) in the error shape of the path's API."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        path = request.url.path
+        if exc.status_code == 404:
+            error: APIError = NotFound(f"Unknown path: {request.method} {path}", code="unknown_url")
+        else:
+            code = "method_not_allowed" if exc.status_code == 405 else None
+            # A 405 names the methods the path takes in Allow (RFC 9110), as Starlette's
+            # router set it.
+            error = InvalidRequest(
+                exc.detail or "Bad request", code=code, status=exc.status_code, headers=exc.headers
+            )
+        request_id = request.scope.get("state", {}).get("request_id", "?")
+        return error_in_shape(shapes, path, error, request_id)
+
+    return http_error
+
+
+_openai_routing_error = _http_errors({})
 
 
 class InternalError(APIError):
@@ -744,6 +769,7 @@ def create_app(
     # Other API shapes of chat (apimodels.dialects), each answering errors in its own shape.
     stored = StoredResponses(idempotency.db, biller.ledger)
     messages = MessagesAPI()
+    shapes: dict[str, Dialect] = {"/v1/messages": messages}  # errors in Anthropic's shape
     endpoints["/v1/responses"] = _with_errors(frontend.dialect(ResponsesAPI(stored), "responses"))
     endpoints["/v1/messages"] = _with_errors(frontend.dialect(messages, "messages"), messages)
     endpoints["/v1/messages/count_tokens"] = _with_errors(
@@ -804,13 +830,13 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: _http_errors(shapes), Exception: _internal_error},
     )
     app.state.gateway = gateway
     app.state.keys = keys
     app.state.biller = biller
     app.state.storage = storage
-    return RequestContext(app, gateway.catalog.gateway.max_body_bytes, endpoints)
+    return RequestContext(app, gateway.catalog.gateway.max_body_bytes, endpoints, shapes)
 
 
 def files_route(storage: LocalStorage) -> HTTPRoute:
@@ -842,4 +868,4 @@ def files_route(storage: LocalStorage) -> HTTPRoute:
 async def files_api(request: Request) -> Response:
     """``/v1/files``, OpenAI's Files API (``client.files.list()``): not served here. Answered
     as the unknown path it is, rather than redirected to the signed-file route's prefix."""
-    return await _http_error(request, HTTPException(404))
+    return await _openai_routing_error(request, HTTPException(404))
