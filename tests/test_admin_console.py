@@ -1,0 +1,227 @@
+"""The Console's admin pages over real HTTP (a sandboxed server, a cookie-keeping client): who
+may reach them (an operator's session only: a holder's gets 403 on every admin route, a
+visitor is sent to sign in, an unverified or removed operator is refused), CSRF, the
+confirmation of destructive actions, a grant posted twice granting once, every action in
+the audit log as the operator with its reason, and the suspension mail."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlite_utils
+from starlette.routing import Route
+
+from apimodels.admin import Actor
+from apimodels.admin.operators import create_admin, remove_admin
+from apimodels.store.db import database_path
+from console_support import Browser, ConsoleServer, console_server
+from support import Simulator
+
+CLI = Actor("cli:tests")
+
+
+@pytest.fixture(scope="module")
+def cs(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
+    extra = "\n[console]\nnotice_interval_seconds = 0.1\n"
+    with console_server(tmp_path_factory.mktemp("adminui"), simulator.url, extra) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def db(cs: ConsoleServer) -> Iterator[sqlite_utils.Database]:
+    """The test's own connection to the server's database."""
+    own = sqlite_utils.Database(database_path(cs.server.db))
+    yield own
+    own.close()
+
+
+@pytest.fixture
+def new(cs: ConsoleServer) -> Iterator[Callable[[], Browser]]:
+    made: list[Browser] = []
+
+    def make() -> Browser:
+        made.append(Browser(cs.url))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def holder(cs: ConsoleServer, b: Browser, email: str, *, verify: bool = True) -> None:
+    assert b.sign_up(email).status_code == 303
+    if verify:
+        assert b.get(cs.link(email, "verify").removeprefix(cs.url)).status_code == 200
+
+
+def operator(cs: ConsoleServer, db: sqlite_utils.Database, b: Browser, email: str) -> None:
+    """A verified holder made an operator, signed in again (a session takes its role then)."""
+    holder(cs, b, email)
+    create_admin(db, CLI, email)
+    assert b.sign_in(email).status_code == 303
+
+
+def admin_routes(cs: ConsoleServer) -> list[tuple[str, str]]:
+    """(method, concrete path) of every admin page of the Console's app."""
+    app = cs.server.console.mount.app
+    out = []
+    for route in app.routes:
+        if isinstance(route, Route) and route.path.startswith("/admin"):
+            path = re.sub(r"\{[a-z_]+\}", "x_1", route.path)
+            out += [(m, f"/console{path}") for m in sorted(route.methods - {"HEAD"})]
+    return out
+
+
+def test_only_an_operators_session_reaches_the_admin_pages(
+    cs: ConsoleServer, db: sqlite_utils.Database, new: Callable[[], Browser]
+) -> None:
+    routes = admin_routes(cs)
+    assert len(routes) >= 12
+
+    visitor = new()
+    for method, path in routes:
+        r = visitor.http.request(method, path)
+        if method == "GET":
+            assert r.status_code == 303, path
+            assert r.headers["location"].startswith("/console/sign-in?next=")
+        else:
+            assert r.status_code == 403, path
+
+    person = new()
+    holder(cs, person, "holder-only@example.com")
+    assert person.get("/console/dashboard").status_code == 200
+    assert "/console/admin" not in person.get("/console/dashboard").text
+    for method, path in routes:
+        data = {"csrf_token": person.token, "reason": "x", "confirm": "yes"}
+        r = person.http.request(method, path, data=data if method == "POST" else None)
+        assert r.status_code == 403, (method, path)
+        assert "Operators only." in r.text
+
+    # An operator whose address is not verified (sign-up alone proves nothing of it) is a holder.
+    early = new()
+    holder(cs, early, "unverified-op@example.com", verify=False)
+    create_admin(db, CLI, "unverified-op@example.com")
+    early.sign_in("unverified-op@example.com")
+    assert early.get("/console/admin").status_code == 403
+
+    # A verified operator is in, and out again at once when removed.
+    op = new()
+    operator(cs, db, op, "op-removed@example.com")
+    page = op.get("/console/admin")
+    assert page.status_code == 200
+    assert 'href="/console/admin"' in op.get("/console/dashboard").text
+    remove_admin(db, CLI, "op-removed@example.com")
+    assert op.get("/console/admin").status_code == 403
+    assert op.get("/console/admin/accounts").status_code == 403
+
+
+def test_an_operator_grants_suspends_and_the_holder_hears_of_it(
+    cs: ConsoleServer, db: sqlite_utils.Database, new: Callable[[], Browser]
+) -> None:
+    op = new()
+    operator(cs, db, op, "op@example.com")
+    person = new()
+    holder(cs, person, "customer@example.com")
+    account_id = db.execute(
+        "SELECT id FROM accounts WHERE email = 'customer@example.com'"
+    ).fetchone()[0]
+
+    found = op.get("/console/admin/accounts?q=customer@")
+    assert account_id in found.text and "op@example.com" not in found.text
+    detail = op.get(f"/console/admin/accounts/{account_id}")
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', detail.text).group(1)  # type: ignore[union-attr]
+    grant = {"kind": "grant", "amount_usd": "12.50", "reason": "welcome", "idempotency_key": key}
+
+    # CSRF: no token, or a holder's token, changes nothing.
+    assert (
+        op.post(f"/console/admin/accounts/{account_id}/credits", grant, token=False).status_code
+        == 403
+    )
+    r = op.http.post(
+        f"/console/admin/accounts/{account_id}/credits", data={**grant, "csrf_token": person.token}
+    )
+    assert r.status_code == 403
+
+    # Posted twice (a double click, a reload): granted once.
+    for _ in range(2):
+        op.get(f"/console/admin/accounts/{account_id}")
+        r = op.post(f"/console/admin/accounts/{account_id}/credits", grant)
+        assert r.status_code == 303
+        assert r.headers["location"] == f"/console/admin/accounts/{account_id}?done=grant"
+    balance = db.execute(
+        "SELECT balance_micros FROM accounts WHERE id = ?", [account_id]
+    ).fetchone()
+    assert balance[0] == 12_500_000
+    page = op.get(f"/console/admin/accounts/{account_id}?done=grant")
+    assert "Credits granted." in page.text and "$12.50" in page.text
+
+    # A bad amount, or none, is refused and posts nothing.
+    op.get(f"/console/admin/accounts/{account_id}")
+    r = op.post(
+        f"/console/admin/accounts/{account_id}/credits",
+        {"kind": "grant", "amount_usd": "1e3", "reason": "x"},
+    )
+    assert r.status_code == 400 and "decimal number of USD" in r.text
+
+    # Suspension without its confirmation, or without a reason, does nothing.
+    op.get(f"/console/admin/accounts/{account_id}")
+    r = op.post(f"/console/admin/accounts/{account_id}/suspend", {"reason": "abuse"})
+    assert r.status_code == 422
+    op.get(f"/console/admin/accounts/{account_id}")
+    r = op.post(f"/console/admin/accounts/{account_id}/suspend", {"reason": " ", "confirm": "yes"})
+    assert r.status_code == 400
+    assert db.execute("SELECT status FROM accounts WHERE id = ?", [account_id]).fetchone()[0] == (
+        "active"
+    )
+    op.get(f"/console/admin/accounts/{account_id}")
+    r = op.post(
+        f"/console/admin/accounts/{account_id}/suspend",
+        {"reason": "payment dispute", "confirm": "yes"},
+    )
+    assert r.status_code == 303
+    assert db.execute("SELECT status FROM accounts WHERE id = ?", [account_id]).fetchone()[0] == (
+        "suspended"
+    )
+
+    # The holder's mail, with the reason, through the notices loop.
+    deadline = time.monotonic() + 10
+    while not cs.mail("customer@example.com", "suspended") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (mail,) = cs.mail("customer@example.com", "suspended")
+    assert "payment dispute" in mail["body"]
+
+    # The audit log: the operator, the action, the reason.
+    rows = list(
+        db.query(
+            "SELECT actor, action, reason FROM admin_audit WHERE target = ? ORDER BY id",
+            [account_id],
+        )
+    )
+    assert rows == [
+        {"actor": "console:op@example.com", "action": "credits.grant", "reason": "welcome"},
+        {
+            "actor": "console:op@example.com",
+            "action": "accounts.suspend",
+            "reason": "payment dispute",
+        },
+    ]
+    log = op.get(f"/console/admin/audit?target={account_id}")
+    assert "accounts.suspend" in log.text and "payment dispute" in log.text
+    export = op.get("/console/admin/audit/export?format=csv")
+    assert export.headers["content-type"].startswith("text/csv")
+    assert "customer@example.com" not in export.text and "accounts.suspend" in export.text
+
+    # Lifted (no confirmation needed), then the overview and a check of the books.
+    op.get(f"/console/admin/accounts/{account_id}")
+    r = op.post(f"/console/admin/accounts/{account_id}/unsuspend", {"reason": "settled"})
+    assert r.status_code == 303
+    overview = op.get("/console/admin")
+    assert overview.status_code == 200 and "Not checked from the Console yet." in overview.text
+    assert op.post("/console/admin/ledger-check", {}).status_code == 303
+    overview = op.get("/console/admin?done=check")
+    assert re.search(
+        r'id="last-check">[^<]*by console:op@example.com:\s*<strong>no problem', overview.text
+    )
