@@ -110,8 +110,11 @@ def test_only_an_operators_session_reaches_the_admin_pages(
     # A verified operator is in, and out again at once when removed.
     op = new()
     operator(cs, db, op, "op-removed@example.com")
-    page = op.get("/console/admin")
-    assert page.status_code == 200
+    for path in ("", "/accounts", "/orders", "/orders?status=paid", "/tasks", "/tasks?status=queued",
+                 "/audit", "/audit/export?format=jsonl"):  # fmt: skip
+        assert op.get(f"/console/admin{path}").status_code == 200, path
+    assert op.get("/console/admin/tasks?status=nope").status_code == 400
+    assert op.get("/console/admin/accounts/acct_nope").status_code == 404
     assert 'href="/console/admin"' in op.get("/console/dashboard").text
     remove_admin(db, CLI, "op-removed@example.com")
     assert op.get("/console/admin").status_code == 403

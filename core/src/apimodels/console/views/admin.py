@@ -158,7 +158,7 @@ def routes(console: Console) -> list[BaseRoute]:
         status = request.query_params.get("status") or None
         account_id = get_account(ops.db, ref)["id"] if ref else None
         rows = find_orders(ops, account_id, status, limit=100)
-        return render(request, "admin_orders.html", rows=rows, account=ref, status=status or "")
+        return render(request, "admin_orders.html", rows=rows, account=ref, chosen=status or "")
 
     async def refund(request: Request) -> Response:
         form = await console.form(request)
@@ -185,7 +185,7 @@ def routes(console: Console) -> list[BaseRoute]:
             "admin_tasks.html",
             rows=rows,
             more=more,
-            status=status or "",
+            chosen=status or "",
             statuses=TASK_STATUSES,
         )
 
