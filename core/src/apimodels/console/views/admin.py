@@ -55,6 +55,8 @@ DONE = {
     "check": N_("The books were checked."),
 }
 TASK_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+#: An account's statuses, shown translated (the task and order ones are marked in i18n).
+ACCOUNT_STATUSES = (N_("active"), N_("suspended"), N_("closed"))
 
 
 def _text(form: Any, name: str) -> str:
