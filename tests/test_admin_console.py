@@ -10,12 +10,14 @@ import re
 import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 import sqlite_utils
 from starlette.routing import Route
 
 from apimodels.admin import Actor
 from apimodels.admin.operators import create_admin, remove_admin
+from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import database_path
 from console_support import Browser, ConsoleServer, console_server
 from support import Simulator
@@ -228,3 +230,95 @@ def test_an_operator_grants_suspends_and_the_holder_hears_of_it(
     assert re.search(
         r'id="last-check">[^<]*by console:op@example.com:\s*<strong>no problem', overview.text
     )
+
+
+def test_an_operator_revokes_adjusts_cancels_and_closes(
+    cs: ConsoleServer, db: sqlite_utils.Database, new: Callable[[], Browser]
+) -> None:
+    op = new()
+    operator(cs, db, op, "op-three@example.com")
+    account_id = create_account(db, "three@example.com")["id"]
+    _, key = create_key(db, account_id, "sdk")
+    headers = {"authorization": f"Bearer {key}"}
+
+    def form(path: str, data: dict[str, str]) -> httpx.Response:
+        op.get(f"/console/admin/accounts/{account_id}")  # the page the form is on
+        return op.post(path, data)
+
+    base = f"/console/admin/accounts/{account_id}"
+    assert (
+        form(
+            f"{base}/credits", {"kind": "adjustment", "amount_usd": "3", "reason": "a"}
+        ).status_code
+        == 303
+    )
+    assert (
+        form(
+            f"{base}/credits", {"kind": "adjustment", "amount_usd": "-0.5", "reason": "b"}
+        ).status_code
+        == 303
+    )
+    assert (
+        form(f"{base}/credits", {"kind": "grant", "amount_usd": "-1", "reason": "c"}).status_code
+        == 400
+    )
+    assert (
+        form(f"{base}/credits", {"kind": "bonus", "amount_usd": "1", "reason": "c"}).status_code
+        == 400
+    )
+    balance = db.execute("SELECT balance_micros FROM accounts WHERE id = ?", [account_id])
+    assert balance.fetchone()[0] == 2_500_000
+
+    # A task canceled from the tasks page costs nothing (the simulator keeps it running).
+    replicate = cs.server.simulators.urls["replicate"]  # type: ignore[union-attr]
+    httpx.post(f"{replicate}/_sim/knobs", json={"slow_seconds": 60}).raise_for_status()
+    try:
+        task = httpx.post(
+            f"{cs.url}/v1/tasks",
+            json={"model": "replicate/veo-3.1-fast", "input": {"prompt": "waves", "duration": 4}},
+            headers=headers,
+            timeout=20,
+        ).json()
+        listed = op.get("/console/admin/tasks")
+        assert task["id"] in listed.text and f"Cancel {task['id']}" in listed.text
+        r = op.post(f"/console/admin/tasks/{task['id']}/cancel", {"reason": "stuck"})
+        assert r.status_code == 422  # not confirmed
+        op.get("/console/admin/tasks")
+        r = op.post(
+            f"/console/admin/tasks/{task['id']}/cancel", {"reason": "stuck", "confirm": "yes"}
+        )
+        assert r.status_code == 303
+    finally:
+        httpx.delete(f"{replicate}/_sim/knobs").raise_for_status()
+    status = db.execute("SELECT status FROM tasks WHERE id = ?", [task["id"]]).fetchone()[0]
+    assert status == "canceled"
+    balance = db.execute(
+        "SELECT balance_micros, held_micros FROM accounts WHERE id = ?", [account_id]
+    )
+    assert balance.fetchone() == (2_500_000, 0)
+
+    # The key, revoked from the account's page: the API refuses it at once.
+    key_id = db.execute("SELECT id FROM api_keys WHERE account_id = ?", [account_id]).fetchone()[0]
+    assert form(f"/console/admin/keys/{key_id}/revoke", {}).status_code == 422
+    assert form(f"/console/admin/keys/{key_id}/revoke", {"confirm": "yes"}).status_code == 303
+    assert httpx.get(f"{cs.url}/v1/models", headers=headers).status_code == 401
+
+    # Closed for good: its page offers no more changes, and a second close is 409.
+    assert form(f"{base}/close", {"reason": "asked", "confirm": "yes"}).status_code == 303
+    page = op.get(base)
+    assert 'id="status">closed' in page.text and "/close" not in page.text
+    r = op.post(f"{base}/close", {"reason": "again", "confirm": "yes"})
+    assert r.status_code == 409
+    actions = [
+        r["action"]
+        for r in db.query(
+            "SELECT action FROM admin_audit WHERE actor = 'console:op-three@example.com' ORDER BY id"
+        )
+    ]
+    assert actions == [
+        "credits.adjustment",
+        "credits.adjustment",
+        "tasks.cancel",
+        "keys.revoke",
+        "accounts.close",
+    ]
