@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from apimodels.admin import Actor
 from apimodels.admin.operators import create_admin, remove_admin
+from apimodels.admin.tokens import create_token
 from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import database_path
 from console_support import Browser, ConsoleServer, console_server
@@ -322,3 +323,40 @@ def test_an_operator_revokes_adjusts_cancels_and_closes(
         "keys.revoke",
         "accounts.close",
     ]
+
+
+def test_a_suspension_through_the_admin_api_is_mailed_too(
+    cs: ConsoleServer, db: sqlite_utils.Database
+) -> None:
+    """The mail comes from the accounts' state, not from the door: the API's suspension (the
+    CLI's calls the same function) reaches the holder as the page's does."""
+    account_id = create_account(db, "api-suspended@example.com")["id"]
+    _, token = create_token(db, CLI, "tests", "write")
+    r = httpx.post(
+        f"{cs.url}/admin/v1/accounts/{account_id}/suspend",
+        json={"reason": "chargeback 7"},
+        headers={"authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 10
+    while not cs.mail("api-suspended@example.com", "suspended") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (mail,) = cs.mail("api-suspended@example.com", "suspended")
+    assert "chargeback 7" in mail["body"]
+
+
+def test_the_account_search_pages_through_every_match(
+    cs: ConsoleServer, db: sqlite_utils.Database, new: Callable[[], Browser]
+) -> None:
+    made = {create_account(db, f"paged-{i:02d}@example.com")["id"] for i in range(30)}
+    op = new()
+    operator(cs, db, op, "op-pages@example.com")
+    seen: list[str] = []
+    path: str | None = "/console/admin/accounts?q=paged-"
+    while path:
+        page = op.get(path)
+        assert page.status_code == 200
+        seen += re.findall(r'href="/console/admin/accounts/(acct_\w+)"', page.text)
+        more = re.search(r'rel="next" href="([^"]+)"', page.text)
+        path = more.group(1).replace("&amp;", "&") if more else None
+    assert len(seen) == 30 and set(seen) == made  # 25, then 5; none twice
