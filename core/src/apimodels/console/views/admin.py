@@ -32,7 +32,7 @@ from ...admin.orders import find_orders, refund_order
 from ...admin.overview import overview, record_check
 from ...admin.tasks import cancel_task, find_tasks
 from ...store.accounts import get_account
-from ..app import Console, page, redirect
+from ..app import Console, Endpoint, page, redirect
 from ..chart import stacked_bars
 from ..i18n import N_, _
 
@@ -222,7 +222,7 @@ def routes(console: Console) -> list[BaseRoute]:
             },
         )
 
-    def admin(handler: Any) -> Any:
+    def admin(handler: Endpoint) -> Endpoint:
         return page(console, handler, operator=True)
 
     return [
