@@ -1,4 +1,5 @@
-"""Ledger benchmark: hold + capture pairs per second, on the real schema in a file.
+"""Ledger benchmark: hold + capture pairs per second, on the real schema, in a SQLite file and
+in a PostgreSQL database (a throwaway cluster started here, when PostgreSQL is installed).
 
 Three figures:
 
@@ -11,14 +12,20 @@ Three figures:
   balance updates) through ``ledger.GroupCommit``, awaited before the next request.
 - **gateway, N concurrent requests** (``--concurrency``, default 64): the same, with the
   captures that end in one event-loop iteration sharing one transaction.
+- **per-call holds, T threads** (``--threads``, default 4): per-call pairs from T threads at
+  once (several task workers): SQLite takes them one transaction at a time; PostgreSQL
+  runs them on pooled connections side by side (each hold and capture is a conditional
+  update of its rows).
 
-Durability: WAL mode with ``synchronous = NORMAL``, checkpoints off the writer (the server's
-settings). A committed pair
-survives a crash of the process; a power cut or OS crash can lose the pairs committed since
-the last WAL sync (at most a few hundred milliseconds of them), never corrupt the file.
-Every run ends with ``Ledger.check()`` and a sum of the charges against the balance.
+Durability: SQLite in WAL mode with ``synchronous = NORMAL``, checkpoints off the writer (the
+server's settings). A committed pair survives a crash of the process; a power cut or OS
+crash can lose the pairs committed since the last WAL sync (at most a few hundred
+milliseconds of them), never corrupt the file. PostgreSQL with fsync on and
+``synchronous_commit = off``: the same promise. Every run ends with ``Ledger.check()`` and a
+sum of the charges against the balance.
 
-    uv run python bench/ledger.py [--pairs 20000] [--concurrency 64]
+    uv run python bench/ledger.py [--pairs 20000] [--concurrency 64] [--threads 4]
+                                  [--backend both|sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +49,7 @@ from apimodels.billing.limits import Limiter
 from apimodels.http.app import new_request_id
 from apimodels.providers.types import Usage
 from apimodels.store.accounts import Principal, create_account
-from apimodels.store.db import Checkpointer, database_path, open_db
+from apimodels.store.db import Checkpointer, database_path, is_postgres, open_db
 
 GRANT = 10**15
 HOLD, COST = 12_000, 6
@@ -61,9 +68,17 @@ ROUTE: Any = SimpleNamespace(
 )
 
 
-def fresh(tmp: str, name: str) -> tuple[Ledger, str]:
-    db = open_db(Path(tmp) / f"{name}.db")
-    db.conn.execute("PRAGMA wal_autocheckpoint = 0")  # as the server: see checkpoints()
+def fresh(tmp: str, name: str, cluster: Any = None) -> tuple[Ledger, str]:
+    if cluster is not None:
+        import psycopg
+
+        url = cluster.new_database()
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET synchronous_commit = off')
+        db = open_db(url)
+    else:
+        db = open_db(Path(tmp) / f"{name}.db")
+        db.conn.execute("PRAGMA wal_autocheckpoint = 0")  # as the server: see checkpoints()
     ledger = Ledger(db)
     acct = create_account(db, "bench@example.com")["id"]
     ledger.post(acct, GRANT, kind="grant", reason="bench", actor="bench")
@@ -74,6 +89,9 @@ def fresh(tmp: str, name: str) -> tuple[Ledger, str]:
 def checkpoints(ledger: Ledger) -> Iterator[None]:
     """What the server does: the writer never checkpoints; a thread copies the WAL into the
     database file once a second (``db.Checkpointer``)."""
+    if is_postgres(ledger.db):
+        yield
+        return
     checkpointer = Checkpointer(database_path(ledger.db))
     stop = threading.Event()
 
@@ -98,6 +116,19 @@ def per_call_holds(ledger: Ledger, acct: str, pairs: int) -> float:
         rid = new_request_id()
         ledger.hold(rid, acct, HOLD, TTL, REQUEST)
         ledger.capture(rid, COST, fields)
+    return time.perf_counter() - started
+
+
+def threaded_holds(ledger: Ledger, acct: str, pairs: int, threads: int) -> float:
+    each = pairs // threads
+    workers = [
+        threading.Thread(target=per_call_holds, args=(ledger, acct, each)) for _ in range(threads)
+    ]
+    started = time.perf_counter()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
     return time.perf_counter() - started
 
 
@@ -131,13 +162,15 @@ def verified(ledger: Ledger, acct: str, pairs: int) -> None:
         raise SystemExit(f"ledger check FAILED: {problems or 'charges != balance change'}")
 
 
-def measure(tmp: str, name: str, run: Callable[[Ledger, str], float], pairs: int) -> float:
+def measure(
+    tmp: str, name: str, run: Callable[[Ledger, str], float], pairs: int, cluster: Any = None
+) -> float:
     """Pairs per second of one run on a fresh database, as the server runs it."""
-    ledger, acct = fresh(tmp, name)
+    ledger, acct = fresh(tmp, name, cluster)
     with checkpoints(ledger):
         elapsed = run(ledger, acct)
     verified(ledger, acct, pairs)
-    ledger.db.close()
+    ledger.db.conn.close()
     return pairs / elapsed
 
 
@@ -148,9 +181,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (median shown)")
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--backend", choices=("both", "sqlite", "postgresql"), default="both")
     args = parser.parse_args()
-    n, k = args.pairs, args.concurrency
+    n, k, t = args.pairs, args.concurrency, args.threads
     grouped = n - n % k
+    threaded = n - n % t
     runs: list[tuple[str, int, Callable[[Ledger, str], float]]] = [
         ("per-call holds (tasks)", n, lambda led, a: per_call_holds(led, a, n)),
         ("gateway, one request at a time", n, lambda led, a: asyncio.run(gateway(led, a, n, 1))),
@@ -159,18 +195,29 @@ def main() -> None:
             grouped,
             lambda led, a: asyncio.run(gateway(led, a, grouped, k)),
         ),
+        (f"per-call holds, {t} threads", threaded, lambda led, a: threaded_holds(led, a, n, t)),
     ]
     print(
         f"{n:,} hold+capture pairs per run, median of {args.rounds} runs; every run checked exact"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, pairs, run in runs:
-            rates = sorted(measure(tmp, f"{label}-{i}", run, pairs) for i in range(args.rounds))
-            median = statistics.median(rates)
-            print(
-                f"  {label:<32} {median:>9,.0f} pairs/s ({1e6 / median:6.1f} us per pair;"
-                f" runs {rates[0]:,.0f}-{rates[-1]:,.0f})"
-            )
+    backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        for backend in backends:
+            cluster = None
+            if backend == "postgresql":
+                from apimodels.testing.postgres import Cluster
+
+                cluster = stack.enter_context(Cluster.start(durable=True))
+            print(backend)
+            for label, pairs, run in runs:
+                rates = sorted(
+                    measure(tmp, f"{label}-{i}", run, pairs, cluster) for i in range(args.rounds)
+                )
+                median = statistics.median(rates)
+                print(
+                    f"  {label:<32} {median:>9,.0f} pairs/s ({1e6 / median:6.1f} us per pair;"
+                    f" runs {rates[0]:,.0f}-{rates[-1]:,.0f})"
+                )
 
 
 if __name__ == "__main__":

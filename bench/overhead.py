@@ -85,8 +85,8 @@ def wait_ready(url: str, seconds: float = 30) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
-def funded_key(path: Path) -> str:
-    """A new database at ``path`` with one account holding $1,000,000 of credits: its key."""
+def funded_key(path: Path | str) -> str:
+    """A new database at ``path`` (a file or a PostgreSQL URL) with one account holding $1,000,000 of credits: its key."""
     from apimodels.billing.ledger import Ledger
     from apimodels.store.accounts import create_account, create_key
     from apimodels.store.db import open_db

@@ -3,7 +3,8 @@ uvicorn on 127.0.0.1, and clients that talk to them over real sockets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -11,9 +12,11 @@ import pytest
 
 from apimodels.server import assemble
 from apimodels.store.accounts import create_account, create_key
+from apimodels.store.db import is_postgres
 from apimodels.testing import serve
+from apimodels.testing.postgres import Cluster, find_binaries
 from apimodels_openai.simulator import create_app as create_simulator
-from support import SIM_KEY, Gateway, Simulator, registry_for
+from support import BACKENDS, SIM_KEY, Gateway, Simulator, database_for, registry_for
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -23,6 +26,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the randomized fault mix (tests/faults/test_mix.py) 20x longer, over more seeds",
     )
+    parser.addoption(
+        "--db-backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="the database of the shared `gateway` fixture (the money, tasks, idempotency and"
+        " limits tests run on both backends whatever this says)",
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (tests on that backend are skipped when
+    PostgreSQL is not installed; ``.ci/run`` installs it)."""
+    binaries = find_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (initdb not found)")
+    with Cluster.start(binaries) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=BACKENDS)
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str | Path]:
+    """Makes new, empty databases of the test's backend (the test runs once on each): a
+    SQLite file of the given name, or a PostgreSQL URL."""
+    return lambda name="gateway.db": database_for(request, tmp_path, name)
+
+
+@pytest.fixture
+def database(new_database: Callable[[str], str | Path]) -> str | Path:
+    """A new, empty database, once on each backend: a SQLite file, or a PostgreSQL URL."""
+    return new_database("gateway.db")
 
 
 @pytest.fixture(scope="session")
@@ -32,16 +66,44 @@ def simulator() -> Iterator[Simulator]:
 
 
 @pytest.fixture(scope="session")
-def gateway(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    request: pytest.FixtureRequest, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
+    database = (
+        request.getfixturevalue("pg_cluster").new_database()
+        if request.config.getoption("--db-backend") == "postgresql"
+        else tmp / "gateway.db"
+    )
     server = assemble(
-        registry_for(simulator.url, tmp), tmp / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY}
+        registry_for(simulator.url, tmp), database, environ={"OPENAI_API_KEY": SIM_KEY}
     )
     account = create_account(server.db, "e2e@example.com")
     _, key = create_key(server.db, account["id"], "e2e")
     server.ledger.post(account["id"], 1_000_000_000, kind="grant", reason="e2e", actor="tests")
     with serve(server.app) as url:
         yield Gateway(url, server, key, account["id"])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def gateway_on_each_backend(
+    request: pytest.FixtureRequest, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """Like ``gateway``, once on SQLite and once on PostgreSQL (a module overrides
+    ``gateway`` with it to run its tests on both)."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    server = assemble(
+        registry_for(simulator.url, tmp),
+        database_for(request, tmp),
+        environ={"OPENAI_API_KEY": SIM_KEY},
+    )
+    account = create_account(server.db, "e2e@example.com")
+    _, key = create_key(server.db, account["id"], "e2e")
+    server.ledger.post(account["id"], 1_000_000_000, kind="grant", reason="e2e", actor="tests")
+    with serve(server.app) as url:
+        yield Gateway(url, server, key, account["id"])
+    if is_postgres(server.db):  # its pool's connections (SQLite's file closes with the test)
+        server.db.conn.close()
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import sqlite_utils
 from apimodels.billing.ledger import Ledger
 from apimodels.server import Server, assemble
 from apimodels.store.accounts import create_account, create_key
-from apimodels.store.db import database_path, open_db
+from apimodels.store.db import database_path, is_postgres, open_db
 from apimodels.testing import bound_socket, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,9 +159,21 @@ def gateway_of_its_own(
         yield Gateway(url, server, key, account["id"])
 
 
+#: The database backends the money, tasks, idempotency and limits tests run on.
+BACKENDS = ("sqlite", "postgresql")
+
+
+def database_for(request: Any, tmp: Path, name: str = "gateway.db") -> str | Path:
+    """A new, empty database of the test's backend (``request.param``, or SQLite): a file
+    in ``tmp``, or a database of its own on the session's throwaway PostgreSQL cluster."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return request.getfixturevalue("pg_cluster").new_database()
+    return tmp / name
+
+
 @contextmanager
 def tasks_gateway_of_its_own(
-    simulator: Simulator, replicate: Simulator, tmp: Path, email: str
+    simulator: Simulator, replicate: Simulator, tmp: Path, email: str, database: Any = None
 ) -> Iterator[Gateway]:
     """A gateway for tasks: OpenAI and Replicate on their simulators, ``public_url`` its own
     origin (so Replicate's signed webhooks reach it), and one funded account (``email``)."""
@@ -175,9 +187,11 @@ def tasks_gateway_of_its_own(
         "REPLICATE_API_TOKEN": REPLICATE_KEY,
         "REPLICATE_WEBHOOK_SECRET": REPLICATE_SECRET,
     }
-    server = assemble(registry, tmp / "gateway.db", environ=environ)
+    server = assemble(registry, database or tmp / "gateway.db", environ=environ)
     account = create_account(server.db, email)
     _, key = create_key(server.db, account["id"], email.split("@")[0])
     server.ledger.post(account["id"], 100_000_000, kind="grant", reason="t", actor="tests")
     with serve(server.app, sock=sock) as url:
         yield Gateway(url, server, key, account["id"])
+    if is_postgres(server.db):  # its pool's connections (SQLite's file closes with the test)
+        server.db.conn.close()

@@ -35,6 +35,12 @@ CHAT = {
 }
 
 
+@pytest.fixture(scope="module")
+def gateway(gateway_on_each_backend: Gateway) -> Gateway:
+    """This module's tests run on SQLite and on PostgreSQL."""
+    return gateway_on_each_backend
+
+
 def balance(gateway: Gateway, account_id: str) -> tuple[int, int]:
     b = gateway.ledger.balance(account_id)
     return b.balance_micros, b.held_micros
@@ -296,9 +302,11 @@ def test_upstream_timeout_is_504_and_free(
     assert rows(gw, gw.account_id)[-1]["status"] == "failed"
 
 
-def test_a_price_change_applies_to_new_requests_only(simulator: Simulator, tmp_path: Path) -> None:
+def test_a_price_change_applies_to_new_requests_only(
+    simulator: Simulator, tmp_path: Path, database: str | Path
+) -> None:
     registry = registry_for(simulator.url, tmp_path)
-    first = assemble(registry, tmp_path / "prices.db", environ={"OPENAI_API_KEY": SIM_KEY})
+    first = assemble(registry, database, environ={"OPENAI_API_KEY": SIM_KEY})
     account = create_account(first.db, "prices@example.com")["id"]
     _, key = create_key(first.db, account)
     first.ledger.post(account, 5_000_000, kind="grant", reason="t", actor="t")
@@ -307,10 +315,15 @@ def test_a_price_change_applies_to_new_requests_only(simulator: Simulator, tmp_p
     registry.write_text(
         registry.read_text().replace('output_per_1m = "0.60"', 'output_per_1m = "6.00"', 1)
     )
-    second = assemble(registry, tmp_path / "prices.db", environ={"OPENAI_API_KEY": SIM_KEY})
+    second = assemble(registry, database, environ={"OPENAI_API_KEY": SIM_KEY})
     with serve(second.app) as url:
         after = post(Gateway(url, second, key, account), key, CHAT)
-    old, new = (second.db["usage"].get(r.headers["x-request-id"]) for r in (before, after))
+    old, new = (
+        next(
+            second.db.query("SELECT * FROM usage WHERE request_id = ?", [r.headers["x-request-id"]])
+        )
+        for r in (before, after)
+    )
     assert json.loads(old["unit_prices"])["output_per_1m"] == "0.60"
     assert json.loads(new["unit_prices"])["output_per_1m"] == "6.00"
     out_old, out_new = (

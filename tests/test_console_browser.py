@@ -130,6 +130,9 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     page.screenshot(path=shots / "checkout.png")
     page.get_by_role("button", name="Pay", exact=True).click()
     expect(page.get_by_text("This session is complete")).to_be_visible()
+    page.get_by_role("link", name="Back to the merchant").click()  # to the Console's receipt
+    expect(page).to_have_url(re.compile(r"/console/credits/[\w-]+$"))
+    expect(page.get_by_role("heading", name=re.compile("^Receipt "))).to_be_visible()
     page.goto("/console/credits")
     expect(page.locator("#balance")).to_have_text("$20.00")
     page.reload()

@@ -410,11 +410,14 @@ def test_receipt_low_balance_and_suspension_are_mailed_once(
     browser.post("/console/account/low-balance", {"low_balance_usd": "3"})
     # A top-up paid at the simulated Checkout: one receipt.
     browser.get("/console/credits")
+    canceled = browser.post("/console/credits", {"amount_usd": "10", "method": "card"})
+    back = httpx.post(canceled.headers["location"], data={"action": "cancel"})
+    assert back.status_code == 303 and back.headers["location"] == f"{cs.url}/console/credits"
     checkout = browser.post("/console/credits", {"amount_usd": "10", "method": "card"})
     httpx.post(checkout.headers["location"], data={"action": "pay"})
     receipt = _wait_for_mail(cs, email, "receipt")[0]
     order_id = cs.server.db.execute(
-        "SELECT id FROM topup_orders WHERE account_id = ?", [account_id]
+        "SELECT id FROM topup_orders WHERE account_id = ? AND status = 'paid'", [account_id]
     ).fetchone()[0]
     assert order_id in receipt["body"] and "$10.00 of credits" in receipt["body"]
     assert f"/console/credits/{order_id}" in receipt["body"]

@@ -31,12 +31,14 @@ from apimodels.tasks.notify import account_webhook_secret
 from apimodels.testing import serve
 from apimodels_replicate.simulator import create_app as create_replicate
 from support import (
+    BACKENDS,
     REPLICATE_KEY,
     REPLICATE_SECRET,
     SIM_KEY,
     TASKS_SETTINGS,
     Gateway,
     Simulator,
+    database_for,
     registry_for,
     tasks_gateway_of_its_own,
 )
@@ -81,12 +83,19 @@ def receiver() -> Iterator[Receiver]:
         yield holder[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BACKENDS)
 def tasks_gateway(
-    simulator: Simulator, replicate: Simulator, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    simulator: Simulator,
+    replicate: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
+    """On SQLite and on PostgreSQL: this module's tests run on both."""
     tmp = tmp_path_factory.mktemp("tasks")
-    with tasks_gateway_of_its_own(simulator, replicate, tmp, "tasks@example.com") as gateway:
+    database = database_for(request, tmp)
+    with tasks_gateway_of_its_own(
+        simulator, replicate, tmp, "tasks@example.com", database
+    ) as gateway:
         yield gateway
 
 
@@ -498,14 +507,14 @@ def test_concurrent_tasks_settle_exactly_once(
 
 
 def test_two_servers_on_one_database_settle_each_task_once(
-    simulator: Simulator, replicate: Simulator, tmp_path: Path
+    simulator: Simulator, replicate: Simulator, tmp_path: Path, database: str | Path
 ) -> None:
     """Two gateway processes' worth of workers (two assembled servers) share a database:
     each task is submitted upstream once and charged once, whichever worker takes it."""
     registry = registry_for(simulator.url, tmp_path, replicate=replicate.url, tasks=TASKS_SETTINGS)
     env = {"OPENAI_API_KEY": SIM_KEY, "REPLICATE_API_TOKEN": REPLICATE_KEY}
-    first = assemble(registry, tmp_path / "shared.db", environ=env)
-    second = assemble(registry, tmp_path / "shared.db", environ=env)
+    first = assemble(registry, database, environ=env)
+    second = assemble(registry, database, environ=env)
     account = create_account(first.db, "shared@example.com")
     _, key = create_key(first.db, account["id"], "k")
     first.ledger.post(account["id"], 10_000_000, kind="grant", reason="t", actor="tests")
@@ -669,12 +678,12 @@ def test_a_cancel_during_the_upstream_create_cancels_the_job_it_makes(
 
 
 def test_a_task_past_its_deadline_is_canceled_upstream_and_costs_nothing(
-    simulator: Simulator, replicate: Simulator, tmp_path: Path
+    simulator: Simulator, replicate: Simulator, tmp_path: Path, database: str | Path
 ) -> None:
     settings = TASKS_SETTINGS + "timeout_seconds = 1\n"
     registry = registry_for(simulator.url, tmp_path, replicate=replicate.url, tasks=settings)
     env = {"OPENAI_API_KEY": SIM_KEY, "REPLICATE_API_TOKEN": REPLICATE_KEY}
-    server = assemble(registry, tmp_path / "deadline.db", environ=env)
+    server = assemble(registry, database, environ=env)
     account = create_account(server.db, "deadline@example.com")
     _, key = create_key(server.db, account["id"], "k")
     server.ledger.post(account["id"], 5_000_000, kind="grant", reason="t", actor="tests")

@@ -1,5 +1,6 @@
-"""Several gateway processes on one SQLite file: they start together, never spend credits an
-account does not have, hand tasks over when one dies, and stop without losing a bill."""
+"""Several gateway processes on one database (a SQLite file, or PostgreSQL): they start
+together, never spend credits an account does not have, hand tasks over when one dies, and
+stop without losing a bill."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from apimodels import ChatRequest
 from apimodels.billing.ledger import Ledger
 from apimodels.providers import dispatch
 from apimodels.server import assemble
-from apimodels.store.accounts import create_account, create_key
+from apimodels.store.accounts import create_account, create_key, set_key_limits
 from apimodels.store.db import open_db
 from apimodels.store.migrations import MIGRATIONS
 from apimodels.testing import serve
@@ -34,10 +37,10 @@ CHAT = {
 }
 
 
-def funded(db_path: Path, credits_micros: int) -> tuple[str, str]:
-    """A new account on the database file with ``credits_micros`` granted: (id, key)."""
+def funded(db_path: Path | str, credits_micros: int) -> tuple[str, str]:
+    """A new account on the database with ``credits_micros`` granted: (id, key)."""
     db = open_db(db_path)
-    account = create_account(db, f"{db_path.stem}-{time.time_ns()}@example.com")["id"]
+    account = create_account(db, f"funded-{time.time_ns()}@example.com")["id"]
     _, key = create_key(db, account)
     if credits_micros:
         Ledger(db).post(account, credits_micros, kind="grant", reason="t", actor="tests")
@@ -60,10 +63,10 @@ def wait_for(condition, seconds: float = 20, what: str = "") -> None:  # type: i
 
 
 def test_four_processes_start_at_once_on_a_new_database(
-    simulator: Simulator, tmp_path: Path
+    simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:
     registry = registry_for(simulator.url, tmp_path)
-    db_path = tmp_path / "fresh.db"
+    db_path = database
     servers = [Served(registry, db_path) for _ in range(4)]  # all started before any is ready
     try:
         for server in servers:
@@ -85,12 +88,14 @@ def test_four_processes_start_at_once_on_a_new_database(
     assert check.returncode == 0, check.stderr
 
 
-def test_processes_migrating_a_new_database_at_the_same_instant(tmp_path: Path) -> None:
+def test_processes_migrating_a_new_database_at_the_same_instant(
+    new_database: Callable[[str], Path | str],
+) -> None:
     """The race the servers above rarely meet (they import for a second or two first):
     each process sees every migration pending, and only one may apply each."""
     context = multiprocessing.get_context("spawn")
     for attempt in range(2):
-        path = str(tmp_path / f"race{attempt}.db")
+        path = str(new_database(f"race{attempt}.db"))
         barrier = context.Barrier(4)
         procs = [context.Process(target=open_db_after, args=(barrier, path)) for _ in range(4)]
         for p in procs:
@@ -104,15 +109,16 @@ def test_processes_migrating_a_new_database_at_the_same_instant(tmp_path: Path) 
         db.conn.close()
 
 
-def test_two_processes_never_spend_more_than_the_account_has(
-    simulator: Simulator, tmp_path: Path
+def test_processes_never_spend_more_than_the_account_has(
+    simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:
-    """Credits for exactly K calls, 40 calls at once spread over two processes: at most K
-    are served, the others answer 402, and the balance never goes below zero."""
+    """Credits for exactly K calls, 40 calls at once spread over the processes (2 on a
+    SQLite file, 4 on PostgreSQL): at most K are served, the others answer 402, and the
+    balance never goes below zero."""
     k, n = 10, 40
     registry = registry_for(simulator.url, tmp_path)
     hold = hold_of_a_call(registry, tmp_path)
-    db_path = tmp_path / "shared.db"
+    db_path = database
     account, key = funded(db_path, hold * k)
     simulator.knobs(latency=1.0)  # every call is admitted or refused before any settles
 
@@ -132,8 +138,14 @@ def test_two_processes_never_spend_more_than_the_account_has(
             for client in clients:
                 await client.close()
 
-    with serving(registry, db_path) as a, serving(registry, db_path) as b:
-        statuses = asyncio.run(calls([a.url, b.url]))
+    count = 2 if isinstance(db_path, Path) else 4
+    with ExitStack() as stack:
+        servers = [Served(registry, db_path) for _ in range(count)]
+        for server in servers:
+            stack.callback(server.stop)
+        for server in servers:
+            server.wait_ready()
+        statuses = asyncio.run(calls([s.url for s in servers]))
         watch = open_db(db_path)
         wait_for(
             lambda: Ledger(watch).balance(account).held_micros == 0, what="the holds to return"
@@ -160,14 +172,14 @@ def test_two_processes_never_spend_more_than_the_account_has(
 
 
 def test_a_task_is_finished_by_another_process_after_its_own_is_killed(
-    simulator: Simulator, tmp_path: Path
+    simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:
     with serve(create_replicate(REPLICATE_KEY)) as replicate_url:
         replicate = Simulator(replicate_url)
         registry = registry_for(
             simulator.url, tmp_path, replicate=replicate_url, tasks=TASKS_SETTINGS
         )
-        db_path = tmp_path / "tasks.db"
+        db_path = database
         account, key = funded(db_path, 5_000_000)
         replicate.knobs(slow_seconds=8)  # still running once the second process is up
         headers = {"authorization": f"Bearer {key}"}
@@ -327,3 +339,96 @@ def test_the_sandbox_takes_one_worker(simulator: Simulator, tmp_path: Path) -> N
     result = cli(registry, tmp_path / "sandbox.db", "serve", "--sandbox", "--workers", "2")
     assert result.returncode == 2
     assert "--sandbox" in result.stderr and "one worker" in result.stderr
+
+
+def test_a_keys_rpm_limit_holds_across_processes(
+    simulator: Simulator, tmp_path: Path, database: Path | str
+) -> None:
+    """Each process's own token bucket would serve the key its full rpm: across 2 processes
+    on a SQLite file (4 on PostgreSQL) the key still gets at most rpm a clock minute, from
+    the shared counter they lease slices of."""
+    rpm, n = 12, 48
+    registry = registry_for(simulator.url, tmp_path)
+    account, key = funded(database, 50_000_000)
+    db = open_db(database)
+    (key_id,) = db.execute("SELECT id FROM api_keys WHERE account_id = ?", [account]).fetchone()
+    set_key_limits(db, key_id, rpm=rpm, daily_cap_micros=None, total_cap_micros=None)
+    db.conn.close()
+    count = 2 if isinstance(database, Path) else 4
+
+    async def calls(urls: list[str]) -> list[int]:
+        clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
+
+        async def one(client: openai.AsyncOpenAI) -> int:
+            try:
+                await client.chat.completions.create(**CHAT)
+                return 200
+            except openai.APIStatusError as exc:
+                return exc.status_code
+
+        try:
+            return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
+        finally:
+            for client in clients:
+                await client.close()
+
+    with ExitStack() as stack:
+        servers = [Served(registry, database) for _ in range(count)]
+        for server in servers:
+            stack.callback(server.stop)
+        for server in servers:
+            server.wait_ready()
+        # Clear of a minute's end, so that all the calls fall in one clock minute.
+        if time.time() % 60 > 50:
+            time.sleep(61 - time.time() % 60)
+        started = time.gmtime()
+        statuses = asyncio.run(calls([s.url for s in servers]))
+        minutes = 1 if time.gmtime()[:5] == started[:5] else 2
+    served = statuses.count(200)
+    assert statuses.count(429) == n - served, statuses
+    # Every process admits some (its bucket is full), and together no more than the limit.
+    assert rpm // 2 <= served <= rpm * minutes, statuses
+
+
+def test_every_call_two_busy_processes_serve_is_charged_once(
+    simulator: Simulator, tmp_path: Path, database: Path | str
+) -> None:
+    """Two processes under load on one account: their batches of charges and reservation
+    growths meet on the account's row; every call served has its usage row and its charge
+    (none lost to a failed batch, none twice)."""
+    n, concurrency = 1200, 64
+    registry = registry_for(simulator.url, tmp_path)
+    account, key = funded(database, 100_000_000)
+
+    async def calls(urls: list[str]) -> list[int]:
+        clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(client: openai.AsyncOpenAI) -> int:
+            async with gate:
+                try:
+                    await client.chat.completions.create(**CHAT)
+                    return 200
+                except openai.APIStatusError as exc:
+                    return exc.status_code
+
+        try:
+            return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
+        finally:
+            for client in clients:
+                await client.close()
+
+    with serving(registry, database) as a, serving(registry, database) as b:
+        statuses = asyncio.run(calls([a.url, b.url]))
+    assert statuses == [200] * n
+    watch = open_db(database)
+    succeeded = watch.execute(
+        "SELECT COUNT(*) FROM usage WHERE account_id = ? AND status = 'succeeded'", [account]
+    ).fetchone()[0]
+    charged = watch.execute(
+        "SELECT COUNT(*) FROM ledger_entries WHERE account_id = ? AND kind = 'charge'", [account]
+    ).fetchone()[0]
+    watch.conn.close()
+    assert succeeded == charged == n
+    check = cli(registry, database, "ledger", "check")
+    assert check.returncode == 0, check.stderr

@@ -31,8 +31,8 @@ TTL = timedelta(minutes=10)
 
 
 def far() -> str:
-    """A reservation's expiry, TTL from now: taken when used, not at import (a suite on a
-    loaded machine once ran past TTL, and check() flagged the reservations expired)."""
+    """A reservation's expiry, a TTL from now (at each use: a slow suite imports this module
+    minutes before its tests run)."""
     return (datetime.now(UTC) + TTL).isoformat()
 
 

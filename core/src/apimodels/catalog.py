@@ -235,6 +235,8 @@ class StorageConfig(_Strict):
     secret_env: str | None = None  # signs local URLs and names keys; default: kept in the database
     # local
     path: str = "outputs"
+    # One folder mounted on every host (NFS...): several hosts on PostgreSQL may share it.
+    shared_folder: bool = False
     # s3
     endpoint_url: BaseURL | None = None
     bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] | None = None

@@ -83,8 +83,7 @@ def _catalog(ctx: click.Context) -> Any:
     envvar="APIMODELS_DB",
     default="apimodels.db",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The SQLite database (env APIMODELS_DB).",
+    help="The SQLite database file, or a postgresql:// URL (env APIMODELS_DB).",
 )
 @click.option(
     "--url",
@@ -102,9 +101,11 @@ def _catalog(ctx: click.Context) -> Any:
 )
 @click.pass_context
 def cli(
-    ctx: click.Context, registry: Path, db: Path, url: str | None, admin_token: str | None
+    ctx: click.Context, registry: Path, db: str, url: str | None, admin_token: str | None
 ) -> None:
     """apimodels: one endpoint and one API key for many AI model providers."""
+    from .store.db import is_url
+
     remote = None
     if url is not None:
         if not admin_token:
@@ -113,7 +114,15 @@ def cli(
 
         remote = RemoteAdmin(url, admin_token)
         ctx.call_on_close(remote.close)
-    ctx.obj = {"registry": registry, "db": db, "remote": remote}
+    ctx.obj = {"registry": registry, "db": db if is_url(db) else Path(db), "remote": remote}
+
+
+def _storage_base(ctx: click.Context) -> Path:
+    """What a relative local storage path is relative to (see ``server._storage_base``)."""
+    from .store.db import is_url
+
+    db = ctx.obj["db"]
+    return Path(ctx.obj["registry"]).parent if is_url(db) else Path(db).parent
 
 
 @cli.command()
@@ -277,7 +286,7 @@ def _serve_workers(
         os.environ[WORKER_ENV] = json.dumps(
             {
                 "registry": str(Path(ctx.obj["registry"]).resolve()),
-                "db": str(Path(ctx.obj["db"]).resolve()),
+                "db": str(db if isinstance(db := ctx.obj["db"], str) else db.resolve()),
                 "url": url,
                 "host": host,
             }
@@ -614,7 +623,7 @@ def tasks_delete(ctx: click.Context, task_id: str) -> None:
     task = store.mark_deleted(task["account_id"], task_id)
     _audit(db, "tasks.delete", task_id, after={"status": task["status"], "deleted": True})
     config = _catalog(ctx).storage
-    storage = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    storage = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
 
     async def remove() -> int:
         try:
@@ -893,6 +902,22 @@ def ledger_check(ctx: click.Context) -> None:
     )
 
 
+@cli.command()
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def backup(ctx: click.Context, destination: Path) -> None:
+    """Copy the SQLite database to DESTINATION, consistent, while servers keep running
+    (SQLite's online backup). For PostgreSQL, use pg_dump (docs/self-hosting.md)."""
+    from .store.db import backup as backup_db
+
+    if isinstance(ctx.obj["db"], str):
+        raise click.UsageError("the database is PostgreSQL: back it up with pg_dump")
+    if destination.exists():
+        raise click.UsageError(f"{destination} exists; back up to a new file")
+    pages = backup_db(ctx.obj["db"], destination)
+    console.print(f"backed up {ctx.obj['db']} to {destination} ({pages} pages)", highlight=False)
+
+
 def _show_status(row: dict[str, Any]) -> None:
     console.print(f"{row['id']} is now {row['status']} ({row['status_reason']})", highlight=False)
 
@@ -981,7 +1006,7 @@ def _write_export(ctx: click.Context, db: Any, account: str, path: Path | None) 
 
     catalog = _catalog(ctx)
     config = catalog.storage
-    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    store = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
     public_url = str(catalog.gateway.public_url or "")
     data = export_account(db, TaskStore(db, Ledger(db)), store, account, public_url=public_url)
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
@@ -1127,7 +1152,7 @@ def storage_check(ctx: click.Context) -> None:
 
     config = _catalog(ctx).storage
     db = _db(ctx)
-    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    store = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
     try:
         console.print(f"ok: {asyncio.run(check(store))}", highlight=False)
     except StorageError as exc:
@@ -1157,7 +1182,7 @@ def storage_sweep(ctx: click.Context, dry_run: bool) -> None:
     db = _db(ctx)
     ledger = Ledger(db)
     config = catalog.storage
-    store = open_storage(config, load_secret(db, config), base_dir=Path(ctx.obj["db"]).parent)
+    store = open_storage(config, load_secret(db, config), base_dir=_storage_base(ctx))
     sweeper = Sweeper(
         db, ledger, TaskStore(db, ledger), store, config, catalog.privacy, idempotency_ttl=TTL
     )

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -35,8 +36,9 @@ from .privacy.retention import Sweeper, sweep_periodically
 from .providers.runtime import Gateway, build_gateway
 from .providers.sandbox import Simulators
 from .storage import LocalStorage, Storage, load_secret, open_storage
+from .store import hosts
 from .store.accounts import KeyStore
-from .store.db import Checkpointer, database_path, open_db
+from .store.db import Checkpointer, database_path, is_postgres, open_db
 from .tasks import TaskRunner
 
 if TYPE_CHECKING:
@@ -60,6 +62,14 @@ class Server:
     metrics: Metrics | None = None
     topups: Any = None  # http.topups.TopupsAPI, when top-ups are on
     console: Any = None  # console.build.BuiltConsole, when the Console is on
+
+
+def _storage_base(registry: str | Path | Catalog, db: Any) -> Path:
+    """What a relative local storage path is relative to: the SQLite file's folder, or with
+    PostgreSQL (no local file) the registry file's folder."""
+    if not is_postgres(db):
+        return Path(database_path(db) or ".").parent
+    return Path(registry).parent if isinstance(registry, str | Path) else Path(".")
 
 
 def assemble(
@@ -92,10 +102,20 @@ def assemble(
     storage = open_storage(
         catalog.storage,
         load_secret(db, catalog.storage, environ),
-        base_dir=Path(database_path(db) or ".").parent,
+        base_dir=_storage_base(registry, db),
         environ=environ,
         public_url=settings.public_url,
     )
+    # Several hosts on one PostgreSQL database cannot each keep outputs in a folder of its own.
+    local_host = (
+        socket.gethostname()
+        if is_postgres(db)
+        and catalog.storage.backend == "local"
+        and not catalog.storage.shared_folder
+        else None
+    )
+    if local_host is not None:
+        hosts.claim_local_storage(db, local_host)
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     server.storage = storage
     metrics = server.metrics = Metrics(db, token=_metrics_token(settings, environ))
@@ -117,10 +137,14 @@ def assemble(
                 if n := ledger.expire():
                     log.warning("released %d expired holds", n)
                 idempotency.purge()
+                limiter.purge()
+                if local_host is not None:
+                    hosts.renew(db, local_host)
             except Exception as exc:  # keep sweeping; never crash the server over it
                 log.error("expiry sweep failed: %s", type(exc).__name__)
 
-    checkpointer = Checkpointer(database_path(db)) if database_path(db) else None
+    sqlite_file = "" if is_postgres(db) else database_path(db)
+    checkpointer = Checkpointer(sqlite_file) if sqlite_file else None
 
     async def checkpoints() -> None:
         assert checkpointer is not None

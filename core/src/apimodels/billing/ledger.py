@@ -42,7 +42,8 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import InsufficientCredits, NotFound
-from ..store.db import utcnow
+from ..store import db as store_db
+from ..store.db import is_postgres, utcnow
 from .usage import NO_QUANTITIES, QUANTITY_FIELDS
 
 log = logging.getLogger("apimodels")
@@ -156,19 +157,20 @@ def post_op(
         raise ValueError(f"unknown entry kind {kind!r}")
     if not reason:
         raise ValueError("every ledger entry needs a reason")
-    cur = c.execute(
+    row = c.execute(
         "INSERT INTO ledger_entries (account_id, kind, amount_micros, reason, actor,"
         " idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        " RETURNING id",
         (account_id, kind, amount_micros, reason, actor, idempotency_key, utcnow()),
-    )
-    if cur.rowcount == 0:
+    ).fetchone()
+    if row is None:
         return None
     c.execute(
         "UPDATE accounts SET balance_micros = balance_micros + ? WHERE id = ?",
         (amount_micros, account_id),
     )
-    return cur.lastrowid
+    return int(row[0])
 
 
 #: The columns of a usage row written whole when its request ends (see :class:`Settlement`).
@@ -263,7 +265,8 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
             key = (s.reservation_id, s.account_id)
             taken[key] = taken.get(key, 0) + s.taken_micros
     unheld: dict[str, int] = {}
-    for (reservation_id, account_id), amount in taken.items():
+    # In key order: two processes' batches lock the same rows in the same order (PostgreSQL).
+    for (reservation_id, account_id), amount in sorted(taken.items()):
         # A reservation released meanwhile (expired by another process) no longer holds
         # anything: then the charge comes from the balance alone.
         if c.execute(
@@ -272,13 +275,17 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
             (amount, reservation_id),
         ).rowcount:
             unheld[account_id] = unheld.get(account_id, 0) + amount
-    for account_id, cost in spent.items():
+    for account_id, cost in sorted(spent.items()):
         if cost or unheld.get(account_id):
             c.execute(
                 "UPDATE accounts SET balance_micros = balance_micros - ?,"
                 " held_micros = held_micros - ? WHERE id = ?",
                 (cost, unheld.get(account_id, 0), account_id),
             )
+
+
+_AVAILABLE = "SELECT balance_micros - held_micros FROM accounts WHERE id = ?"
+_AVAILABLE_FOR_UPDATE = _AVAILABLE + " FOR NO KEY UPDATE"
 
 
 def reserve_op(
@@ -294,8 +301,11 @@ def reserve_op(
     credits for its process's reservation (beyond ``need``, at most half of what is left);
     how much was set aside. 402 when even ``need`` is not available (nothing is written
     then)."""
+    # PostgreSQL: the row stays locked until the grant below (SQLite's write lock does it);
+    # NO KEY UPDATE, as the UPDATE itself takes: it does not wait for the KEY SHARE locks
+    # that other transactions' inserts referencing the account hold (a deadlock otherwise).
     row = c.execute(
-        "SELECT balance_micros - held_micros FROM accounts WHERE id = ?", (account_id,)
+        _AVAILABLE_FOR_UPDATE if is_postgres(c) else _AVAILABLE, (account_id,)
     ).fetchone()
     if row is None or row[0] < need:
         raise InsufficientCredits(
@@ -309,7 +319,7 @@ def reserve_op(
     c.execute(
         "INSERT INTO reservations (id, account_id, process, amount_micros, expires_at,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-        " amount_micros = amount_micros + excluded.amount_micros,"
+        " amount_micros = reservations.amount_micros + excluded.amount_micros,"
         " expires_at = excluded.expires_at",
         (reservation_id, account_id, process, granted, expires_at, utcnow()),
     )
@@ -465,7 +475,9 @@ class GroupCommit:
         try:
             with self.ledger._tx() as c:
                 outcomes = self._apply(c, batch, now)
-        except sqlite3.OperationalError as exc:
+        except store_db.RETRY_ERRORS:  # a deadlock between processes' batches: each write alone
+            outcomes = [self._alone(op, now) for op in batch]
+        except store_db.UNAVAILABLE_ERRORS as exc:
             # Busy past the timeout, or failing: each write alone would wait or fail the
             # same way, one timeout each, so they fail together.
             log.error("ledger: a batch of %d writes failed: %s", len(batch), exc)
@@ -508,7 +520,7 @@ class GroupCommit:
             with self.ledger._tx() as c:
                 [outcome] = self._apply(c, [op], now)
                 return outcome
-        except sqlite3.IntegrityError as exc:
+        except store_db.INTEGRITY_ERRORS as exc:
             if kind == "settle" and self._recorded(args.request_id):
                 return False, None  # recorded before: never charged twice
             return None, exc
@@ -535,9 +547,17 @@ class Ledger:
         self.db = db
         self.conn = db.conn
         self._lock = threading.Lock()  # one transaction at a time on the shared connection
+        self._postgres = is_postgres(db)
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
+        if self._postgres:
+            # A pooled connection per transaction, no lock: every write of the ledger is a
+            # conditional update or takes its row lock (reserve_op), so transactions of
+            # several threads and processes interleave safely.
+            with self.conn:
+                yield self.conn
+            return
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -658,7 +678,8 @@ class Ledger:
             " COALESCE((SELECT SUM(u.hold_micros) FROM usage u"
             "  WHERE u.account_id = a.id AND u.hold_state = 'pending'), 0)"
             " + COALESCE((SELECT SUM(r.amount_micros) FROM reservations r"
-            "  WHERE r.account_id = a.id), 0) AS held FROM accounts a) WHERE held_micros != held"
+            "  WHERE r.account_id = a.id), 0) AS held FROM accounts a) AS t"
+            " WHERE held_micros != held"
         ):
             problems.append(
                 f"account {acct}: held {stored} but its pending holds and reservations"

@@ -1,10 +1,21 @@
 """Per-key limits: requests per minute and spending caps (per UTC day and in total).
 
-Checked in memory, in microseconds, before the hold. The rate limit is a token bucket per
-key and per server process. Spending is read from the usage rows when a capped key is first
-seen and again every ``gateway.key_cache_seconds``, and counted in memory in between,
-pending holds included; so within one process a cap is exact, and spending through other
-processes is seen within that same bound.
+Checked in memory, in microseconds, before the hold, in the common case.
+
+Requests per minute hold across every process and host on the database: each clock minute
+of a key has a shared counter (``rate_windows``), from which a process leases a *slice* of
+requests (``rpm / 8``, at least 1) with one atomic upsert, and admits that many in memory
+before it asks again. The counter never grants more than ``rpm`` a minute, so over any clock
+minute the key is served at most ``rpm`` requests, whatever the number of processes; a
+slice unused at the minute's end is lost, so with P processes a busy key may be refused up
+to (P - 1) x slice requests early in a minute. Within a process a token bucket (``rpm``
+deep, refilled at ``rpm`` a minute) smooths the bursts as before; together, over any 60
+seconds a key gets at most twice ``rpm`` (a full minute's end, then the next one's start).
+
+Spending is read from the usage rows when a capped key is first seen and again every
+``gateway.key_cache_seconds``, and counted in memory in between, pending holds included; so
+within one process a cap is exact, and spending through other processes is seen within
+that same bound (the tolerance: what the other processes spend in that time).
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ class _KeyState:
     spent_total: int = 0
     held: int = 0
     synced: float = -math.inf
+    window: str = ""  # the clock minute the slice below was leased in
+    slice: int = 0  # requests of the shared counter this process may still admit in it
 
 
 def _today() -> tuple[str, float]:
@@ -36,6 +49,20 @@ def _today() -> tuple[str, float]:
     now = datetime.now(UTC)
     tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return now.date().isoformat(), (tomorrow - now).total_seconds()
+
+
+_MINUTE = "%Y-%m-%dT%H:%M"
+_LEASE = (
+    "INSERT INTO rate_windows (key_id, window_start, taken) VALUES (?1, ?2, ?3)"
+    " ON CONFLICT (key_id, window_start) DO UPDATE SET taken = rate_windows.taken + ?3"
+    " WHERE rate_windows.taken < ?4 RETURNING taken"
+)
+
+
+def _minute() -> tuple[str, float]:
+    """This clock minute (UTC) and the seconds until it ends."""
+    now = time.time()
+    return time.strftime(_MINUTE, time.gmtime(now)), 60 - now % 60
 
 
 class Limiter:
@@ -63,6 +90,18 @@ class Limiter:
                     code="key_rate_limit",
                     headers={"retry-after": str(wait)},
                 )
+            window, seconds_left = _minute()
+            if state.window != window or state.slice < 1:
+                state.window, state.slice = (
+                    window,
+                    self._lease(principal.key_id, window, limits.rpm),
+                )
+                if state.slice < 1:  # the other processes took this minute's requests
+                    raise RateLimited(
+                        f"This key is limited to {limits.rpm} requests per minute.",
+                        code="key_rate_limit",
+                        headers={"retry-after": str(math.ceil(seconds_left))},
+                    )
         if limits.caps_spending:
             self._sync(principal.account_id, principal.key_id, state)
             day, seconds_left = _today()
@@ -90,6 +129,24 @@ class Limiter:
             state.held += hold_micros
         if limits.rpm:
             state.tokens -= 1
+            state.slice -= 1
+
+    def _lease(self, key_id: str, window: str, rpm: int) -> int:
+        """Take up to a slice of the key's requests for this minute from the shared counter;
+        how many (0 when the minute's ``rpm`` are all taken). One statement, atomic on
+        either backend: the counter moves only while it is below ``rpm``."""
+        want = max(1, rpm // 8)
+        row = self.db.execute(_LEASE, (key_id, window, want, rpm)).fetchone()
+        if row is None:
+            return 0
+        return min(want, rpm - (row[0] - want))
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Forget the counters of minutes past (the expiry sweep)."""
+        cutoff = ((now or datetime.now(UTC)) - timedelta(minutes=2)).strftime(_MINUTE)
+        return self.db.execute(
+            "DELETE FROM rate_windows WHERE window_start < ?", (cutoff,)
+        ).rowcount
 
     def settled(self, principal: Principal, hold_micros: int, cost_micros: int) -> None:
         """A request admitted with ``hold_micros`` ended costing ``cost_micros``."""
@@ -112,7 +169,7 @@ class Limiter:
             "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(CASE WHEN created_at >= ? THEN spent END), 0)"
             " FROM (SELECT created_at, CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%'"
             " ESCAPE '!' THEN hold_micros ELSE cost_micros END AS spent"
-            " FROM usage WHERE account_id = ? AND key_id = ?)",
+            " FROM usage WHERE account_id = ? AND key_id = ?) AS spending",
             (day, account_id, key_id),
         ).fetchone()
         state.spent_total, state.spent_day, state.day, state.synced = total, today, day, now

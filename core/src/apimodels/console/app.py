@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -59,6 +60,11 @@ def usd(micros: int | None) -> str:
     return f"${whole}.{fraction}".replace("$-", "-$")
 
 
+def minor(amount: int) -> str:
+    """An amount in a currency's minor units (cents, fen) as text: 1234 -> "12.34"."""
+    return f"{Decimal(amount).scaleb(-2):.2f}"
+
+
 @dataclass
 class Console:
     """Everything the pages use: the same services the API and the CLI call."""
@@ -94,6 +100,7 @@ class Console:
         )
         self.templates.globals["languages"] = i18n.LANGUAGES
         self.templates.filters["usd"] = usd
+        self.templates.filters["minor"] = minor
         self.templates.globals["prefix"] = PREFIX
 
     # --- rendering ------------------------------------------------------------------------

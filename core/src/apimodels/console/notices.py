@@ -16,7 +16,7 @@ import sqlite_utils
 
 from ..billing.money import to_micros
 from ..store.db import utcnow
-from .app import usd
+from .app import minor, usd
 from .legal import Legal
 from .mail import Mail, Notifier
 
@@ -56,7 +56,7 @@ class Notices:
         """Send what is due; the number of mails sent."""
         since = (datetime.now(UTC) - LOOKBACK).isoformat(timespec="seconds")
         sent = 0
-        for order_id, account_id, email, micros, currency, minor, method in self.db.execute(
+        for order_id, account_id, email, micros, currency, amount_minor, method in self.db.execute(
             "SELECT o.id, o.account_id, a.email, o.amount_usd_micros, o.currency, o.amount_minor,"
             " o.method FROM topup_orders o JOIN accounts a ON a.id = o.account_id"
             " LEFT JOIN console_mail_log m ON m.kind = 'receipt' AND m.ref = o.id"
@@ -66,7 +66,7 @@ class Notices:
             if self._claim("receipt", order_id, account_id):
                 body = (
                     f"Thank you: {usd(micros)} of credits were added to your account.\n\n"
-                    f"Order {order_id}, paid {minor / 100:.2f} {currency.upper()} by {method}.\n"
+                    f"Order {order_id}, paid {minor(amount_minor)} {currency.upper()} by {method}.\n"
                     f"Receipt: {self.origin}/console/credits/{order_id}\n"
                 )
                 sent += await self.notifier.send(

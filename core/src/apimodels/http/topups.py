@@ -182,16 +182,19 @@ class TopupsAPI:
         order = await self.open_order(principal.account_id, method, usd)
         return _json(render_order(order, []), 201)
 
-    async def open_order(self, account_id: str, method: str, usd: Decimal) -> dict[str, Any]:
+    async def open_order(
+        self, account_id: str, method: str, usd: Decimal, back_to: str | None = None
+    ) -> dict[str, Any]:
         """A new order for ``usd`` of credits by ``method``, opened at Stripe Checkout: the
-        row with its ``checkout_url`` (the API and the Console both start a top-up here)."""
+        row with its ``checkout_url`` (the API and the Console both start a top-up here;
+        the Console's payers come back to ``back_to``, its orders page)."""
         rate = None
         if method == "alipay":
             assert self.rates is not None and self.max_rate_age is not None
             rate = fresh_rate(self.rates, self.max_rate_age)
         order = new_order(self.db, account_id, method, usd, rate)
         try:
-            session = await self.stripe.create_checkout(order)
+            session = await self.stripe.create_checkout(order, back_to)
         except APIError:
             set_creation_failed(self.db, order["id"], "payment_provider_error")
             raise

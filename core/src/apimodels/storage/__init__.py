@@ -69,7 +69,8 @@ def load_secret(
         return value.encode()
     with db.conn:
         db.conn.execute(
-            "INSERT OR IGNORE INTO server_secrets (name, value, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO server_secrets (name, value, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO NOTHING",
             (_SECRET_NAME, secrets.token_urlsafe(32), utcnow()),
         )
     row = db.execute("SELECT value FROM server_secrets WHERE name = ?", [_SECRET_NAME]).fetchone()

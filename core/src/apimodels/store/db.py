@@ -1,7 +1,10 @@
-"""The embedded database: one SQLite file through sqlite-utils, in WAL mode, migrated on open.
+"""The database: one SQLite file through sqlite-utils, in WAL mode (the embedded default), or
+a PostgreSQL database named by a ``postgresql://`` URL (several processes and hosts, see
+``postgres``); migrated on open.
 
 Every SQL statement of the project lives in the modules that own a table (accounts, ...),
-each taking a ``sqlite_utils.Database``, so another backend later replaces one layer.
+each taking a ``sqlite_utils.Database`` or its PostgreSQL counterpart, which offers the same
+interface (``postgres.PgDatabase``).
 """
 
 from __future__ import annotations
@@ -11,14 +14,51 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from .migrations import migrate
 
+# The errors modules catch, whatever the backend: psycopg's join them once a PostgreSQL
+# database is opened (importing psycopg costs 25 MB and half a second: SQLite never pays it).
+# Read them as attributes of this module (``db.INTEGRITY_ERRORS``), at the ``except``.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+#: The database is busy or unreachable (every write of a batch would fail the same way).
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+#: PostgreSQL rolled the transaction back to break a deadlock: worth trying again.
+RETRY_ERRORS: tuple[type[Exception], ...] = ()
+
+
+def _postgres_errors() -> None:
+    global INTEGRITY_ERRORS, UNAVAILABLE_ERRORS, RETRY_ERRORS
+    import psycopg
+
+    INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
+    RETRY_ERRORS = (psycopg.errors.TransactionRollback,)
+    UNAVAILABLE_ERRORS = (sqlite3.OperationalError, psycopg.OperationalError)
+
+
+def is_url(target: object) -> bool:
+    """Whether a ``--db`` value names a PostgreSQL database rather than a SQLite file."""
+    return str(target).startswith(("postgresql://", "postgres://"))
+
+
+def is_postgres(db: Any) -> bool:
+    """Whether ``db`` (a database or the connection of a transaction) is PostgreSQL's."""
+    return getattr(db, "dialect", "sqlite") == "postgresql"
+
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating if needed) and migrate the database at ``path``."""
+    """Open (creating if needed) and migrate the database at ``path``, a file or a
+    ``postgresql://`` URL."""
+    if is_url(path):
+        from .postgres import PgDatabase  # needs apimodels[postgresql]
+
+        _postgres_errors()
+        pg = PgDatabase(str(path))
+        migrate(pg)  # type: ignore[arg-type]
+        return pg  # type: ignore[return-value]
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     # autocommit mode: each module opens its own transactions with ``with db.conn:``
@@ -51,8 +91,27 @@ def utcnow() -> str:
 
 
 def database_path(db: sqlite_utils.Database) -> str:
-    """The file behind a database connection ('' for an in-memory one)."""
+    """The file behind a database connection ('' for an in-memory one), or the URL of a
+    PostgreSQL database."""
+    if is_postgres(db):
+        return db.url  # type: ignore[attr-defined]
     return db.conn.execute("PRAGMA database_list").fetchone()[2]
+
+
+def backup(source: str | Path, destination: str | Path) -> int:
+    """Copy a SQLite database file, consistent as of one moment, while other processes keep
+    writing to it (SQLite's online backup, a few pages at a time); the pages copied."""
+    if not Path(source).exists():
+        raise FileNotFoundError(f"no database at {source}")
+    src = sqlite3.connect(f"file:{Path(source).resolve()}?mode=ro", uri=True)
+    dest = sqlite3.connect(str(destination))
+    try:
+        src.execute("PRAGMA busy_timeout = 5000")
+        src.backup(dest, pages=1024)
+        return dest.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        dest.close()
+        src.close()
 
 
 class Checkpointer:

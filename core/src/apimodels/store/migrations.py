@@ -22,9 +22,12 @@ def migration(fn: Migration) -> Migration:
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply pending migrations in order; return the names applied."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-    )
+    with db.conn:  # under the write lock: PostgreSQL's IF NOT EXISTS races with itself
+        db.conn.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations"
+            " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
     done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
     applied = []
     for fn in MIGRATIONS:
@@ -528,3 +531,21 @@ def m016_admin(db: sqlite_utils.Database) -> None:
         not_null={"created_at", "actor", "action", "target"},
     )
     db["admin_audit"].create_index(["target"])
+
+
+@migration
+def m017_rate_windows(db: sqlite_utils.Database) -> None:
+    # A key's requests in one clock minute, shared by every process (apimodels.billing.limits
+    # leases slices of them): rpm limits hold across processes and hosts.
+    db["rate_windows"].create(
+        {"key_id": str, "window_start": str, "taken": int},
+        pk=("key_id", "window_start"),
+        not_null={"taken"},
+    )
+
+
+@migration
+def m018_storage_hosts(db: sqlite_utils.Database) -> None:
+    # Hosts keeping outputs in a local folder (apimodels.store.hosts): with PostgreSQL, a
+    # second live host refuses to start on the local store.
+    db["storage_hosts"].create({"host": str, "seen_at": str}, pk="host", not_null={"seen_at"})

@@ -34,6 +34,7 @@ from ..billing.ledger import Ledger, capture_op, hold_op, release_op, transactio
 from ..billing.usage import usage_fields
 from ..errors import NotFound
 from ..providers.types import Usage
+from ..store.db import is_postgres
 
 TERMINAL = ("succeeded", "failed", "canceled")
 STATUSES = ("queued", "running", *TERMINAL)
@@ -166,7 +167,7 @@ class TaskStore:
     ) -> tuple[list[dict[str, Any]], bool]:
         """The account's tasks (every account's for None), newest first; ``starting_after``
         is the last id of a page."""
-        where = ["1"]
+        where = ["TRUE"]
         params: list[Any] = []
         if account_id is not None:
             where.append("account_id = ?")
@@ -198,10 +199,14 @@ class TaskStore:
                 (now_iso(), task_id, account_id),
             ).fetchone()
             if row is not None:
+                named = f'"id":"{task_id}"'
+                if is_postgres(c):  # bytea in bytea
+                    sql, needle = " AND position(? IN body) > 0", named.encode()
+                else:
+                    sql, needle = " AND instr(CAST(body AS TEXT), ?) > 0", named
                 c.execute(
-                    "DELETE FROM idempotency_keys WHERE account_id = ? AND state = 'done'"
-                    " AND instr(CAST(body AS TEXT), ?) > 0",
-                    (account_id, f'"id":"{task_id}"'),
+                    "DELETE FROM idempotency_keys WHERE account_id = ? AND state = 'done'" + sql,
+                    (account_id, needle),
                 )
         if row is None:
             self.get(account_id, task_id)  # 404 when it is not the account's
@@ -310,6 +315,19 @@ class TaskStore:
     def claim_due(self, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
         """Lease up to ``limit`` unfinished tasks whose next poll is due."""
         now = now_iso()
+        if is_postgres(self.db):
+            # One statement: rows another process is claiming right now are skipped, not
+            # waited for, so N workers on M hosts take disjoint tasks.
+            with transaction(self.ledger) as c:
+                rows = c.execute(
+                    "UPDATE tasks SET lease_until = ?1, next_poll_at = ?1 WHERE id IN ("
+                    "SELECT id FROM tasks WHERE status IN ('queued', 'running')"
+                    " AND next_poll_at <= ?2 AND (lease_until IS NULL OR lease_until <= ?2)"
+                    " ORDER BY next_poll_at LIMIT ?3 FOR UPDATE SKIP LOCKED)"
+                    " AND (lease_until IS NULL OR lease_until <= ?2) RETURNING *",
+                    (now_iso(lease_seconds), now, limit),
+                ).fetchall()
+            return [self._row(r) for r in rows]
         ids = [
             r[0]
             for r in self.db.execute(
@@ -370,8 +388,9 @@ class TaskStore:
         if an upstream webhook asked for a poll meanwhile)."""
         with transaction(self.ledger) as c:
             c.execute(
-                "UPDATE tasks SET lease_until = NULL, next_poll_at = MIN(next_poll_at, ?),"
-                " polls = polls + 1 WHERE id = ?",
+                "UPDATE tasks SET lease_until = NULL, polls = polls + 1,"
+                " next_poll_at = CASE WHEN next_poll_at < ?1 THEN next_poll_at ELSE ?1 END"
+                " WHERE id = ?2",
                 (now_iso(next_poll_in), task_id),
             )
 
@@ -426,6 +445,16 @@ class TaskStore:
         """Due webhook deliveries, each pushed ``hold_seconds`` ahead (compare-and-set) so
         that a second worker does not send it at the same time."""
         now = now_iso()
+        if is_postgres(self.db):
+            with transaction(self.ledger) as c:
+                rows = c.execute(
+                    "UPDATE tasks SET webhook_next_at = ?1 WHERE id IN ("
+                    "SELECT id FROM tasks WHERE webhook_state = 'pending' AND webhook_next_at <= ?2"
+                    " ORDER BY webhook_next_at LIMIT ?3 FOR UPDATE SKIP LOCKED)"
+                    " AND webhook_state = 'pending' AND webhook_next_at <= ?2 RETURNING *",
+                    (now_iso(hold_seconds), now, limit),
+                ).fetchall()
+            return [self._row(r) for r in rows]
         due = self.db.execute(
             "SELECT id, webhook_next_at FROM tasks WHERE webhook_state = 'pending'"
             " AND webhook_next_at <= ? ORDER BY webhook_next_at LIMIT ?",

@@ -42,7 +42,7 @@ class StripeGateway:
             max_network_retries=2,
         )
 
-    def _checkout_params(self, order: dict[str, Any]) -> dict[str, Any]:
+    def _checkout_params(self, order: dict[str, Any], back_to: str | None = None) -> dict[str, Any]:
         return {
             "mode": "payment",
             "payment_method_types": [order["method"]],
@@ -56,8 +56,9 @@ class StripeGateway:
                     "quantity": 1,
                 }
             ],
-            "success_url": self.config.success_url,
-            "cancel_url": self.config.cancel_url,
+            # The Console's own pages when it opened the order; else the configured ones.
+            "success_url": f"{back_to}/{order['id']}" if back_to else self.config.success_url,
+            "cancel_url": back_to or self.config.cancel_url,
             "client_reference_id": order["id"],
             "metadata": {
                 "order_id": order["id"],
@@ -65,12 +66,13 @@ class StripeGateway:
             },
         }
 
-    async def create_checkout(self, order: dict[str, Any]) -> Any:
-        """A Checkout Session (mode payment) charging exactly the order's amount."""
+    async def create_checkout(self, order: dict[str, Any], back_to: str | None = None) -> Any:
+        """A Checkout Session (mode payment) charging exactly the order's amount; the payer
+        returns to ``back_to``/<order id> (paid) or ``back_to`` (canceled) when given."""
         try:
             return await asyncio.to_thread(
                 self.client.v1.checkout.sessions.create,
-                self._checkout_params(order),
+                self._checkout_params(order, back_to),
                 {"idempotency_key": f"checkout:{order['id']}"},
             )
         except stripe.StripeError as exc:

@@ -51,7 +51,10 @@ def routes(console: Console) -> list[BaseRoute]:
             usd = parse_amount(form.get("amount_usd"), console.topups.config)
         except InvalidRequest as exc:
             return listing(request, 422, error=exc.message)
-        order = await console.topups.open_order(session.account_id, str(method), usd)
+        # Back here after paying (the order's page) or canceling (this page), on the
+        # address the browser used.
+        back_to = str(request.url.replace(query="", fragment=""))
+        order = await console.topups.open_order(session.account_id, str(method), usd, back_to)
         return RedirectResponse(order["checkout_url"], 303)
 
     async def order(request: Request) -> Response:

@@ -1,0 +1,117 @@
+"""What differs between the backends: the placeholders PostgreSQL's layer translates, the
+hosts it refuses to serve from folders of their own, SQLite's online backup."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openai
+import pytest
+from processes import cli, serving
+
+from apimodels.billing.ledger import Ledger
+from apimodels.errors import ConfigError
+from apimodels.server import assemble
+from apimodels.store.accounts import create_account, create_key
+from apimodels.store.db import open_db
+from apimodels.store.hosts import STALE
+from apimodels.store.postgres import translate
+from apimodels.testing.postgres import Cluster
+from support import SIM_KEY, Simulator, registry_for
+
+
+def test_placeholders_are_translated_outside_literals_and_casts() -> None:
+    assert translate("SELECT ? , :name, x::text, '?:a%' FROM t WHERE y LIKE 'a%'") == (
+        "SELECT %s , %(name)s, x::text, '?:a%%' FROM t WHERE y LIKE 'a%%'",
+        None,
+    )
+    # ?N: positional, with the order to pass the values in (one may repeat)
+    assert translate("UPDATE t SET a = ?2 WHERE b = ?1 AND c < ?2") == (
+        "UPDATE t SET a = %s WHERE b = %s AND c < %s",
+        (1, 0, 1),
+    )
+
+
+def _stamp(db: object, host: str, ago: timedelta) -> None:
+    seen = (datetime.now(UTC) - ago).isoformat(timespec="microseconds")
+    db.execute("INSERT INTO storage_hosts (host, seen_at) VALUES (?, ?)", (host, seen))  # type: ignore[attr-defined]
+
+
+def test_a_second_host_on_the_local_folder_store_is_refused(
+    pg_cluster: Cluster, simulator: Simulator, tmp_path: Path
+) -> None:
+    url = pg_cluster.new_database()
+    registry = registry_for(simulator.url, tmp_path)
+    env = {"OPENAI_API_KEY": SIM_KEY}
+    assemble(registry, url, environ=env).db.conn.close()  # this host, alone: fine
+    db = open_db(url)
+    _stamp(db, "another-host", timedelta(seconds=5))
+    with pytest.raises(ConfigError, match='backend = "s3"'):
+        assemble(registry, url, environ=env)
+    # A folder every host mounts is declared so, and then shared.
+    shared = registry.read_text().replace("[storage]\n", "[storage]\nshared_folder = true\n", 1)
+    registry.write_text(shared)
+    assemble(registry, url, environ=env).db.conn.close()
+    db.conn.close()
+
+
+def test_a_host_gone_quiet_no_longer_blocks_the_local_store(
+    pg_cluster: Cluster, simulator: Simulator, tmp_path: Path
+) -> None:
+    url = pg_cluster.new_database()
+    db = open_db(url)
+    _stamp(db, "old-host", STALE + timedelta(minutes=1))  # replaced, say
+    registry = registry_for(simulator.url, tmp_path)
+    assemble(registry, url, environ={"OPENAI_API_KEY": SIM_KEY}).db.conn.close()
+    db.conn.close()
+
+
+def test_sqlite_serves_one_host_and_never_asks(simulator: Simulator, tmp_path: Path) -> None:
+    path = tmp_path / "one.db"
+    db = open_db(path)
+    _stamp(db, "another-host", timedelta(seconds=5))
+    assemble(registry_for(simulator.url, tmp_path), path, environ={"OPENAI_API_KEY": SIM_KEY})
+
+
+def test_backup_copies_a_database_in_use_consistently(simulator: Simulator, tmp_path: Path) -> None:
+    registry = registry_for(simulator.url, tmp_path)
+    db_path = tmp_path / "live.db"
+    db = open_db(db_path)
+    account = create_account(db, "backup@example.com")["id"]
+    _, key = create_key(db, account)
+    Ledger(db).post(account, 5_000_000, kind="grant", reason="t", actor="tests")
+    db.conn.close()
+    with serving(registry, db_path) as server:
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as c:
+                while not stop.is_set():
+                    c.chat.completions.create(
+                        model="openai/gpt-4o-mini",
+                        messages=[{"role": "user", "content": "hi"}],
+                        max_tokens=5,
+                    )
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            time.sleep(0.5)
+            result = cli(registry, db_path, "backup", str(tmp_path / "copy.db"))
+        finally:
+            stop.set()
+            thread.join()
+    assert result.returncode == 0, result.stderr
+    copy = open_db(tmp_path / "copy.db")
+    assert copy.execute("SELECT COUNT(*) FROM usage").fetchone()[0] > 0
+    assert Ledger(copy).check() == []  # one moment's state: every charge with its balance
+    again = cli(registry, db_path, "backup", str(tmp_path / "copy.db"))
+    assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_backup_of_postgresql_points_to_pg_dump(pg_cluster: Cluster, tmp_path: Path) -> None:
+    result = cli(tmp_path / "registry.toml", pg_cluster.url, "backup", str(tmp_path / "x.db"))
+    assert result.returncode != 0 and "pg_dump" in result.stderr
