@@ -9,17 +9,22 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import sqlite_utils
 from starlette.routing import Route
 
-from apimodels.admin import Actor
+from apimodels.admin import Actor, Operations
 from apimodels.admin.operators import create_admin, remove_admin
+from apimodels.admin.overview import overview, record_check
 from apimodels.admin.tokens import create_token
-from apimodels.store.accounts import create_account, create_key
-from apimodels.store.db import database_path
+from apimodels.billing.ledger import Ledger
+from apimodels.store.accounts import create_account, create_key, set_status
+from apimodels.store.db import database_path, is_postgres, open_db
+from apimodels.tasks.store import TaskStore
 from console_support import Browser, ConsoleServer, console_server
 from support import Simulator
 
@@ -360,3 +365,62 @@ def test_the_account_search_pages_through_every_match(
         more = re.search(r'rel="next" href="([^"]+)"', page.text)
         path = more.group(1).replace("&amp;", "&") if more else None
     assert len(seen) == 30 and set(seen) == made  # 25, then 5; none twice
+
+
+def test_the_overview_adds_up_on_each_backend(database: str | Path) -> None:
+    """The overview's figures from known usage rows, on SQLite and on PostgreSQL (its SQL is
+    portable; sums come back as exact integers on both)."""
+    db = open_db(database)
+    ledger = Ledger(db)
+    ops = Operations(db, ledger, TaskStore(db, ledger), 30)
+    a, b = (
+        create_account(db, "ov-a@example.com")["id"],
+        create_account(db, "ov-b@example.com")["id"],
+    )
+    set_status(db, b, "suspended", "test")
+    now = datetime.now(UTC)
+    today, yesterday = (
+        now.isoformat(timespec="seconds"),
+        (now - timedelta(days=1)).isoformat(timespec="seconds"),
+    )
+    old = (now - timedelta(days=40)).isoformat(timespec="seconds")
+    rows = [  # account, created_at, model, provider, status, hold_state, cost, error_code
+        (a, today, "openai/x", "openai", "succeeded", "captured", 1_500_000, None),
+        (a, today, "openai/x", "openai", "failed", "released", 0, "upstream_timeout"),
+        (a, yesterday, "acme/y", "acme", "succeeded", "captured", 250_000, None),
+        (b, yesterday, "openai/x", "openai", "failed", "released", 0, "invalid_request"),
+        (b, today, "openai/x", "openai", "pending", "pending", None, None),
+        (a, old, "openai/x", "openai", "succeeded", "captured", 9_000_000, None),  # not counted
+    ]
+    with db.conn:
+        for i, (acct, at, model, provider, status, hold, cost, code) in enumerate(rows):
+            db.execute(
+                "INSERT INTO usage (request_id, account_id, created_at, model, provider, status,"
+                " hold_state, hold_micros, cost_micros, error_code)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [f"req_ov{i}", acct, at, model, provider, status, hold, 2_000_000, cost, code],
+            )
+    o = overview(ops, now=now)
+    assert o.days[-1] == now.date().isoformat() and len(o.days) == 30
+    assert (o.calls_per_day[-1], o.calls_per_day[-2], sum(o.calls_per_day)) == (3, 2, 5)
+    assert (o.spend_per_day[-1], o.spend_per_day[-2]) == (1_500_000, 250_000)
+    assert all(type(v) is int for v in [*o.spend_per_day, *o.spend_per_model["openai/x"]])
+    assert o.spend_per_model == {
+        "openai/x": [0] * 29 + [1_500_000],
+        "acme/y": [0] * 28 + [250_000, 0],
+    }
+    assert o.accounts_by_status == {"active": 1, "suspended": 1}
+    assert o.active_accounts == 2
+    assert [(m["key"], m["calls"], m["cost_micros"]) for m in o.top_models] == [
+        ("openai/x", 3, 1_500_000),  # the pending call is not a total yet
+        ("acme/y", 1, 250_000),
+    ]
+    assert o.providers == [
+        {"provider": "acme", "calls": 1, "upstream_errors": 0, "error_rate": "0.0%"},
+        {"provider": "openai", "calls": 4, "upstream_errors": 1, "error_rate": "25.0%"},
+    ]
+    assert o.pending_holds == 1 and o.last_check is None
+    record_check(ops, Actor("console:op@example.com"))
+    assert overview(ops, now=now).last_check["actor"] == "console:op@example.com"  # type: ignore[index]
+    if is_postgres(db):
+        db.conn.close()
