@@ -90,8 +90,10 @@ ALLOWED: dict[str, set[str]] = {
     "openapi": {"schemas", "dialects", "http", "admin", "__init__"},
     "plugins": {"errors", "interface", "providers", "policy"},
     # The Console: a front end over the same services, and over the API's top-ups (the
-    # same checkout flow and amount rule as POST /v1/topups).
+    # same checkout flow and amount rule as POST /v1/topups); its admin pages over the
+    # admin service functions (the admin API's own).
     "console": {
+        "admin",
         "http",
         "errors",
         "catalog",

@@ -60,6 +60,20 @@ def is_admin(db: sqlite_utils.Database, email: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def may_operate(db: sqlite_utils.Database, account: dict[str, Any]) -> bool:
+    """Whether a Console sign-in of ``account`` gets the operator's role: its email is a
+    current operator's and verified (a password set by sign-up alone proves nothing of the
+    address: whoever signed up first with an operator's email gets no admin page). The
+    admin pages ask :func:`is_admin` again on each request, so a removal holds at once."""
+    verified = account.get("email_verified_at") is not None
+    return verified and is_admin(db, account["email"]) is not None
+
+
+def console_actor(email: str) -> Actor:
+    """An operator acting in the Console, as the audit log names them."""
+    return Actor(f"console:{email}")
+
+
 def remove_admin(db: sqlite_utils.Database, actor: Actor, ref: str) -> dict[str, Any]:
     """``ref`` (an email or ``adm_`` id) is no longer an operator."""
     rows = list(

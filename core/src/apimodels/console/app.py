@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..admin.operators import is_admin, may_operate
 from ..billing.ledger import Ledger
 from ..billing.money import format_usd
 from ..catalog import Catalog
@@ -32,7 +33,7 @@ from ..errors import APIError
 from ..storage import Storage
 from ..store.accounts import KeyStore
 from ..tasks.store import TaskStore
-from . import i18n, sessions
+from . import i18n, sessions, users
 from .config import ConsoleConfig
 from .csrf import CSRF, FIELD, PRE_SESSION_COOKIE
 from .i18n import _
@@ -169,6 +170,9 @@ class Console:
             days=self.config.session_days,
             user_agent=request.headers.get("user-agent", ""),
             ip=client_ip(request),
+            role=sessions.OPERATOR
+            if may_operate(self.db, users.get(self.db, account_id))
+            else sessions.HOLDER,
         )
         self.set_cookie(
             request, response, sessions.COOKIE, token, max_age=self.config.session_days * 86400
@@ -199,9 +203,12 @@ def redirect(path: str) -> RedirectResponse:
     return RedirectResponse(PREFIX + path, 303)
 
 
-def page(console: Console, handler: Endpoint, *, signed_in: bool = True) -> Endpoint:
+def page(
+    console: Console, handler: Endpoint, *, signed_in: bool = True, operator: bool = False
+) -> Endpoint:
     """An endpoint with the session loaded (``request.scope["console_session"]``); a signed-in
-    page sends a visitor without a session to sign in; errors become pages."""
+    page sends a visitor without a session to sign in; an ``operator`` page answers 403 to any
+    session but an operator's (whose email is still an operator's); errors become pages."""
 
     async def endpoint(request: Request) -> Response:
         session = sessions.load(console.db, request.cookies.get(sessions.COOKIE))
@@ -213,6 +220,8 @@ def page(console: Console, handler: Endpoint, *, signed_in: bool = True) -> Endp
             if request.method != "GET":
                 return console.render(request, "error.html", 403, message=_("Sign in first."))
             return redirect(f"/sign-in?next={quote(request.url.path)}")
+        if operator and not is_operator(console, session):
+            return console.render(request, "error.html", 403, message=_("Operators only."))
         try:
             return await handler(request)
         except HTTPException as exc:
@@ -222,6 +231,14 @@ def page(console: Console, handler: Endpoint, *, signed_in: bool = True) -> Endp
             return console.render(request, "error.html", status, message=exc.message)
 
     return endpoint
+
+
+def is_operator(console: Console, session: sessions.Session | None) -> bool:
+    return (
+        session is not None
+        and session.role == sessions.OPERATOR
+        and is_admin(console.db, session.email) is not None
+    )
 
 
 def build_app(console: Console, routes: list[BaseRoute]) -> Starlette:

@@ -18,7 +18,8 @@ import sqlite_utils
 from ..store.db import utcnow
 
 COOKIE = "am_session"
-HOLDER = "holder"  # an account holder (operators will sign in with a role of their own)
+HOLDER = "holder"  # an account holder
+OPERATOR = "operator"  # an operator (admin.operators): the admin pages too
 #: last_seen_at is written at most this often (a page view is not a write).
 _TOUCH_EVERY = timedelta(minutes=5)
 

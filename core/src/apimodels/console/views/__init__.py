@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute
 from ..app import Console
 from . import (
     account,
+    admin,
     auth,
     credits,
     dashboard,
@@ -34,6 +35,7 @@ def all_routes(console: Console) -> list[BaseRoute]:
         legal,
         language,
         devmail,
+        admin,
     ):
         routes += module.routes(console)
     return routes
