@@ -8,9 +8,13 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from ..billing.money import format_usd
+
 #: Colours told apart also by people with the commonest colour-vision deficiencies (Okabe-Ito).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 WIDTH, HEIGHT, GAP = 600, 160, 2
+#: Room under the bars for the first and last day, and above them for the top amount.
+BELOW, ABOVE = 16, 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,26 @@ class Chart:
     width: int
     height: int
     max_micros: int
+    first_day: str = ""
+    last_day: str = ""
+
+    @property
+    def view_box(self) -> str:
+        return f"0 {-ABOVE} {self.width} {self.height + ABOVE + BELOW}"
+
+    def axis(self) -> Markup:
+        """The scale: the highest day's total at the top, the first and last days below."""
+        if not self.bars:
+            return Markup("")
+        top = f"${format_usd(self.max_micros)}"
+        y = self.height + BELOW - 3
+        return Markup(
+            f'<line x1="0" y1="0" x2="{self.width}" y2="0" class="grid"/>'
+            f'<text x="0" y="-3" class="tick">{escape(top)}</text>'
+            f'<text x="0" y="{y}" class="tick">{escape(self.first_day)}</text>'
+            f'<text x="{self.width}" y="{y}" class="tick" text-anchor="end">'
+            f"{escape(self.last_day)}</text>"
+        )
 
     def rects(self) -> Markup:
         """The bars as SVG, written here rather than in the template: a month of several
@@ -59,6 +83,8 @@ def stacked_bars(labels: list[str], per_model: dict[str, list[int]]) -> Chart:
                 continue
             h = HEIGHT * micros / top
             y -= h
-            title = f"{day} {model}: ${micros / 1_000_000:.4f}"  # a tooltip, not money math
+            title = f"{day} {model}: ${format_usd(micros)}"
             bars.append(Bar(i * step, y, step - GAP, h, colours[model], title))
-    return Chart(bars, [(m, colours[m]) for m in models], WIDTH, HEIGHT, max(totals, default=0))
+    legend = [(m, colours[m]) for m in models]
+    first, last = (labels[0], labels[-1]) if labels else ("", "")
+    return Chart(bars, legend, WIDTH, HEIGHT, max(totals, default=0), first, last)
