@@ -14,6 +14,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from processes import serving
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -254,3 +259,63 @@ def test_serve_help_documents_the_operations_flags() -> None:
     )
     for flag in ("--workers", "--log-format", "--shutdown-timeout"):
         assert flag in result.stdout
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    """OpenTelemetry's SDK keeping this process's spans in memory (the process's tracer
+    provider can be set once: the in-process gateways of this module report here)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    yield exporter
+
+
+def test_tracing_spans_a_call_and_its_upstream_exchange(
+    spans: InMemorySpanExporter, simulator: Simulator, tmp_path: Path
+) -> None:
+    """With [gateway] tracing on: a server span per request (model, provider, status,
+    request id) and a client span under it per upstream exchange, whose traceparent the
+    upstream receives; an upstream failure marks both. Off (the default): no span."""
+    on = lambda text: text.replace("[gateway]\n", "[gateway]\ntracing = true\n", 1)  # noqa: E731
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    with gateway_of_its_own(simulator, tmp_path / "on", on) as gw:
+        spans.clear()
+        with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=0) as client:
+            answer = client.chat.completions.with_raw_response.create(**CHAT)
+            sent = simulator.requests()[-1]["headers"]
+            simulator.knobs(fail=[{"kind": "error", "status": 500}])
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(**CHAT)
+        finished = spans.get_finished_spans()
+    servers = [s for s in finished if s.kind == SpanKind.SERVER]
+    clients = [s for s in finished if s.kind == SpanKind.CLIENT]
+    assert [s.name for s in servers] == ["POST /v1/chat/completions"] * 2
+    assert [s.name for s in clients] == ["upstream openai"] * 2
+    ok, failed = servers
+    assert ok.attributes["http.response.status_code"] == 200
+    assert ok.attributes["apimodels.model"] == CHAT["model"]
+    assert ok.attributes["apimodels.provider"] == "openai"
+    assert ok.attributes["apimodels.request_id"] == answer.headers["x-request-id"]
+    # The upstream span is the server span's child, and its context reached the upstream.
+    upstream = clients[0]
+    assert upstream.parent is not None and upstream.parent.span_id == ok.context.span_id
+    assert upstream.context.trace_id == ok.context.trace_id
+    trace_id, span_id = f"{ok.context.trace_id:032x}", f"{upstream.context.span_id:016x}"
+    version, sent_trace, sent_span, flags = sent["traceparent"].split("-")
+    assert (version, sent_trace, sent_span) == ("00", trace_id, span_id)
+    assert int(flags, 16) & 1  # sampled
+    assert clients[1].attributes["http.response.status_code"] == 500
+    assert clients[1].status.status_code == StatusCode.ERROR
+    assert failed.attributes["http.response.status_code"] >= 500
+    assert failed.status.status_code == StatusCode.ERROR
+    simulator.reset()
+
+    with gateway_of_its_own(simulator, tmp_path / "off") as gw:  # tracing off: not a span
+        spans.clear()
+        with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=0) as client:
+            client.chat.completions.create(**CHAT)
+        assert spans.get_finished_spans() == ()
+        assert "traceparent" not in simulator.requests()[-1]["headers"]

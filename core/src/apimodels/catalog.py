@@ -203,6 +203,8 @@ class GatewayConfig(_Strict):
     fallback_seconds: Annotated[float, Field(gt=0)] = 60.0
     # GET /metrics answers only a bearer of the token in this variable (unset: anyone).
     metrics_token_env: str | None = None
+    # OpenTelemetry spans of each call, gateway and upstream (apimodels.ops.tracing).
+    tracing: bool = False
 
 
 class TasksConfig(_Strict):

@@ -30,6 +30,7 @@ from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
 from .openapi import docs_routes
 from .ops import CountedTaskStore, Health, Metrics, RequestObserver
+from .ops.tracing import start_tracing
 from .plugins import check_plugins, pm
 from .policy import build_policy
 from .privacy.retention import Sweeper, sweep_periodically
@@ -119,6 +120,7 @@ def assemble(
     server = Server(None, gateway, db, keys, ledger, simulators)  # type: ignore[arg-type]
     server.storage = storage
     metrics = server.metrics = Metrics(db, token=_metrics_token(settings, environ))
+    tracing = start_tracing() if settings.tracing else None
     biller.on_charge = metrics.charge
     if gateway.policy is not None:
         metrics.count_refusals(gateway.policy)
@@ -166,7 +168,7 @@ def assemble(
                 log.error("reservations upkeep failed: %s", type(exc).__name__)
 
     async def on_startup() -> None:
-        metrics.measure_upstreams(gateway)  # the pools the gateway has just opened
+        metrics.measure_upstreams(gateway, tracing)  # the pools the gateway has just opened
         if n := ledger.expire():
             log.warning("released %d expired holds at startup", n)
         sweeper.append(asyncio.create_task(sweep()))
@@ -252,7 +254,8 @@ def assemble(
         extra_routes=extra_routes,
         mounts=mounts,
     )
-    server.app = RequestObserver(server.app, metrics)  # each request's log context and metrics
+    # each request's log context, metrics and span
+    server.app = RequestObserver(server.app, metrics, tracing)
     return server
 
 

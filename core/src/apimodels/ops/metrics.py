@@ -45,6 +45,7 @@ from ..providers.upstream import ResponseTooLarge, UpstreamClient
 from ..schemas import ENDPOINTS
 from ..tasks.store import Finish, TaskStore
 from .logs import current_request
+from .tracing import Tracing
 
 if TYPE_CHECKING:
     from ..policy.audit import Violation
@@ -185,12 +186,12 @@ class Metrics:
 
         chain.refuse = refuse  # type: ignore[method-assign]
 
-    def measure_upstreams(self, gateway: Gateway) -> None:
+    def measure_upstreams(self, gateway: Gateway, tracing: Tracing | None = None) -> None:
         """Give every provider a connection pool that measures its calls (at startup, once
-        the gateway has opened its pools, before any call)."""
+        the gateway has opened its pools, before any call), and traces them if asked."""
         for provider in gateway.providers.values():
             if provider.client is not None and not isinstance(provider.client, MeasuredClient):
-                provider.client = MeasuredClient(provider.config, provider.name, self)
+                provider.client = MeasuredClient(provider.config, provider.name, self, tracing)
 
     # --- the endpoint --------------------------------------------------------------------
 
@@ -208,17 +209,36 @@ class Metrics:
 
 class RequestObserver:
     """ASGI middleware around the whole app: each request's log context (its request id on
-    every log line) and its metrics (route, model, provider, status, duration)."""
+    every log line), its metrics (route, model, provider, status, duration) and, when
+    tracing is on, its span."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        current_request.set(scope.setdefault("state", {}))
+        if self.tracing is None:
+            await self._observe(scope, receive, send)
+            return
+        with self.tracing.request(scope["method"], scope["path"]) as span:
+            try:
+                await self._observe(scope, receive, send)
+            finally:
+                state = scope["state"]
+                served = state.get("route")
+                span.set_attribute("apimodels.request_id", state.get("request_id", ""))
+                if served is not None:
+                    span.set_attribute("apimodels.model", served.model.id)
+                    span.set_attribute("apimodels.provider", served.model.provider)
+                self.tracing.answered(span, state.get("status", 500))
+
+    async def _observe(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.setdefault("state", {})
+        current_request.set(state)
         started = time.perf_counter()
         status = 0
 
@@ -234,14 +254,22 @@ class RequestObserver:
             status = status or 499  # the client left before any answer
             raise
         finally:
+            state["status"] = status or 500
             self.metrics.request(scope, status or 500, time.perf_counter() - started)
 
 
 class MeasuredClient(UpstreamClient):
     """A provider's connection pool that times each upstream answer and counts failures."""
 
-    def __init__(self, config: ProviderConfig, provider: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        provider: str,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
+    ) -> None:
         super().__init__(config)
+        self._tracing = tracing
         self._seconds = metrics.upstream_seconds.labels(provider)
         self._errors = metrics.upstream_errors
         self._provider = provider
@@ -254,6 +282,14 @@ class MeasuredClient(UpstreamClient):
         child.inc()
 
     async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        if self._tracing is None:
+            return await self._measured(request, stream)
+        with self._tracing.upstream(self._provider, request.headers) as span:
+            response = await self._measured(request, stream)
+            self._tracing.answered(span, response.status_code)
+            return response
+
+    async def _measured(self, request: httpx.Request, stream: bool) -> httpx.Response:
         started = time.perf_counter()
         try:
             response = await super().send(request, stream=stream)
