@@ -16,6 +16,7 @@ from apimodels.store.db import is_postgres
 from apimodels.testing import serve
 from apimodels.testing.postgres import Cluster, find_binaries
 from apimodels_openai.simulator import create_app as create_simulator
+from console_support import Browser, ConsoleServer
 from support import BACKENDS, SIM_KEY, Gateway, Simulator, database_for, registry_for
 
 
@@ -131,3 +132,18 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
     headers = {"authorization": f"Bearer {gateway.key}"}
     with httpx.Client(base_url=gateway.url, headers=headers, timeout=20) as c:
         yield c
+
+
+@pytest.fixture
+def new(cs: ConsoleServer) -> Iterator[Callable[[], Browser]]:
+    """The Console's tests (their module's ``cs``): makes HTTP browsers, each with its own
+    cookies, all closed after the test."""
+    made: list[Browser] = []
+
+    def make() -> Browser:
+        made.append(Browser(cs.url))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()

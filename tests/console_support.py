@@ -1,8 +1,10 @@
-"""What the Console's tests share: a sandboxed server with the Console on, and a browser-
-like HTTP client that keeps cookies and sends each form's CSRF token."""
+"""What the Console's tests share: a sandboxed server with the Console on, a browser-like
+HTTP client that keeps cookies and sends each form's CSRF token, and a page in Debian's
+Chromium driven by Playwright (never a browser Playwright downloads)."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,32 @@ from support import registry_for
 
 TOKEN = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 PASSWORD = "correct horse battery"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it)
+#: Headless, and nothing that reaches for the network on its own (this machine has none).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@contextmanager
+def chromium_page(url: str, *, clipboard: bool = False) -> Iterator[Any]:
+    """A Playwright page in Debian's Chromium, its relative URLs on ``url``."""
+    from playwright.sync_api import sync_playwright  # only the browser tests need it
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(base_url=url, viewport={"width": 1200, "height": 900})
+        if clipboard:
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def screenshots(tmp: Path) -> Path:
+    """Where the browser tests save their screenshots: $CONSOLE_SCREENSHOTS, else ``tmp``."""
+    folder = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @dataclass

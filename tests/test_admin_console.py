@@ -46,19 +46,6 @@ def db(cs: ConsoleServer) -> Iterator[sqlite_utils.Database]:
     own.close()
 
 
-@pytest.fixture
-def new(cs: ConsoleServer) -> Iterator[Callable[[], Browser]]:
-    made: list[Browser] = []
-
-    def make() -> Browser:
-        made.append(Browser(cs.url))
-        return made[-1]
-
-    yield make
-    for b in made:
-        b.close()
-
-
 def holder(cs: ConsoleServer, b: Browser, email: str, *, verify: bool = True) -> None:
     assert b.sign_up(email).status_code == 303
     if verify:

@@ -7,11 +7,11 @@ saved (into ``$CONSOLE_SCREENSHOTS`` when set: docs/admin.md shows a few)."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -22,13 +22,18 @@ from apimodels.admin import Actor
 from apimodels.admin.operators import create_admin
 from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import database_path
-from console_support import PASSWORD, Browser, ConsoleServer, console_server
+from console_support import (
+    CHROMIUM,
+    PASSWORD,
+    Browser,
+    ConsoleServer,
+    chromium_page,
+    console_server,
+    screenshots,
+)
 from support import Simulator
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 OPERATOR, HOLDER = "operator@example.com", "holder@example.com"
 
 
@@ -40,22 +45,14 @@ def cs(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture
-def page(cs: ConsoleServer) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(base_url=cs.url, viewport={"width": 1200, "height": 900})
-        yield context.new_page()
-        context.close()
-        browser.close()
+def page(cs: ConsoleServer) -> Iterator[Any]:
+    with chromium_page(cs.url) as page:
+        yield page
 
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshots(tmp_path)
 
 
 def _chat(cs: ConsoleServer, key: str) -> None:

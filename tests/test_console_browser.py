@@ -8,29 +8,19 @@ reset the password by mail, close the account. A screenshot of each page is save
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from console_support import ConsoleServer, console_server
+from console_support import CHROMIUM, ConsoleServer, chromium_page, console_server, screenshots
 from support import Simulator
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 EMAIL = "browser@example.com"
 FIRST, SECOND = "first browser password", "second browser password"
 
@@ -42,23 +32,14 @@ def cs(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture
-def page(cs: ConsoleServer) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(base_url=cs.url, viewport={"width": 1200, "height": 900})
-        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=cs.url)
-        yield context.new_page()
-        context.close()
-        browser.close()
+def page(cs: ConsoleServer) -> Iterator[Any]:
+    with chromium_page(cs.url, clipboard=True) as page:
+        yield page
 
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshots(tmp_path)
 
 
 def _labelled(page) -> list[str]:  # type: ignore[no-untyped-def]

@@ -52,20 +52,6 @@ def everything_stored(db: Any) -> str:
 
 
 @pytest.fixture
-def new(cs: ConsoleServer) -> Iterator[Callable[[], Browser]]:
-    """Makes browsers (each with its own cookies), all closed after the test."""
-    made: list[Browser] = []
-
-    def make() -> Browser:
-        made.append(Browser(cs.url))
-        return made[-1]
-
-    yield make
-    for b in made:
-        b.close()
-
-
-@pytest.fixture
 def browser(new: Callable[[], Browser]) -> Browser:
     return new()
 

@@ -55,6 +55,29 @@ def hold_of_a_call(registry: Path, tmp: Path) -> int:
     return dispatch.estimate(route, ChatRequest.model_validate(CHAT))[1]
 
 
+async def calls_at_once(
+    urls: list[str], key: str, n: int, concurrency: int | None = None
+) -> list[int]:
+    """``n`` chat calls spread over the servers at ``urls`` (at most ``concurrency`` at a
+    time; all at once by default): the status each got."""
+    clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
+    gate = asyncio.Semaphore(concurrency or n)
+
+    async def one(client: openai.AsyncOpenAI) -> int:
+        async with gate:
+            try:
+                await client.chat.completions.create(**CHAT)
+                return 200
+            except openai.APIStatusError as exc:
+                return exc.status_code
+
+    try:
+        return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
+    finally:
+        for client in clients:
+            await client.close()
+
+
 def wait_for(condition, seconds: float = 20, what: str = "") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while not condition():
@@ -122,22 +145,6 @@ def test_processes_never_spend_more_than_the_account_has(
     account, key = funded(db_path, hold * k)
     simulator.knobs(latency=1.0)  # every call is admitted or refused before any settles
 
-    async def calls(urls: list[str]) -> list[int]:
-        clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
-
-        async def one(client: openai.AsyncOpenAI) -> int:
-            try:
-                await client.chat.completions.create(**CHAT)
-                return 200
-            except openai.APIStatusError as exc:
-                return exc.status_code
-
-        try:
-            return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
-        finally:
-            for client in clients:
-                await client.close()
-
     count = 2 if isinstance(db_path, Path) else 4
     with ExitStack() as stack:
         servers = [Served(registry, db_path) for _ in range(count)]
@@ -145,7 +152,7 @@ def test_processes_never_spend_more_than_the_account_has(
             stack.callback(server.stop)
         for server in servers:
             server.wait_ready()
-        statuses = asyncio.run(calls([s.url for s in servers]))
+        statuses = asyncio.run(calls_at_once([s.url for s in servers], key, n))
         watch = open_db(db_path)
         wait_for(
             lambda: Ledger(watch).balance(account).held_micros == 0, what="the holds to return"
@@ -356,22 +363,6 @@ def test_a_keys_rpm_limit_holds_across_processes(
     db.conn.close()
     count = 2 if isinstance(database, Path) else 4
 
-    async def calls(urls: list[str]) -> list[int]:
-        clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
-
-        async def one(client: openai.AsyncOpenAI) -> int:
-            try:
-                await client.chat.completions.create(**CHAT)
-                return 200
-            except openai.APIStatusError as exc:
-                return exc.status_code
-
-        try:
-            return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
-        finally:
-            for client in clients:
-                await client.close()
-
     with ExitStack() as stack:
         servers = [Served(registry, database) for _ in range(count)]
         for server in servers:
@@ -382,7 +373,7 @@ def test_a_keys_rpm_limit_holds_across_processes(
         if time.time() % 60 > 50:
             time.sleep(61 - time.time() % 60)
         started = time.gmtime()
-        statuses = asyncio.run(calls([s.url for s in servers]))
+        statuses = asyncio.run(calls_at_once([s.url for s in servers], key, n))
         minutes = 1 if time.gmtime()[:5] == started[:5] else 2
     served = statuses.count(200)
     assert statuses.count(429) == n - served, statuses
@@ -400,26 +391,8 @@ def test_every_call_two_busy_processes_serve_is_charged_once(
     registry = registry_for(simulator.url, tmp_path)
     account, key = funded(database, 100_000_000)
 
-    async def calls(urls: list[str]) -> list[int]:
-        clients = [openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0) for u in urls]
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(client: openai.AsyncOpenAI) -> int:
-            async with gate:
-                try:
-                    await client.chat.completions.create(**CHAT)
-                    return 200
-                except openai.APIStatusError as exc:
-                    return exc.status_code
-
-        try:
-            return await asyncio.gather(*(one(clients[i % len(urls)]) for i in range(n)))
-        finally:
-            for client in clients:
-                await client.close()
-
     with serving(registry, database) as a, serving(registry, database) as b:
-        statuses = asyncio.run(calls([a.url, b.url]))
+        statuses = asyncio.run(calls_at_once([a.url, b.url], key, n, concurrency))
     assert statuses == [200] * n
     watch = open_db(database)
     succeeded = watch.execute(
