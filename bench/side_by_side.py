@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -108,8 +109,19 @@ class Servers:
             port = free_port()
             command = [str(litellm / "bin" / "litellm"), "--config", str(config),
                        "--port", str(port), "--num_workers", "1"]  # fmt: skip
-            self.procs["litellm"] = subprocess.Popen(command, env=self.env, **quiet)
-            self.targets["litellm"] = (f"http://127.0.0.1:{port}/v1/chat/completions", {})
+            # Offline: LiteLLM fetches its cost map and other catalogs from GitHub at startup
+            # otherwise (its docs, "Outbound Requests and Offline Mode"); nothing here may
+            # leave 127.0.0.1.
+            offline = {"LITELLM_OFFLINE_MODE": "true", "LITELLM_LOCAL_MODEL_COST_MAP": "true"}
+            # Its proxy refuses to start without a master key: every call authenticated, as
+            # the gateway's are.
+            master = f"sk-bench-{secrets.token_hex(16)}"
+            env = {**self.env, **offline, "LITELLM_MASTER_KEY": master}
+            self.procs["litellm"] = subprocess.Popen(command, env=env, **quiet)
+            self.targets["litellm"] = (
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                {"authorization": f"Bearer {master}"},
+            )
 
     def wait(self) -> None:
         wait_ready(self.upstream + "/")
