@@ -194,6 +194,18 @@ async def _together(
     return dict(zip(names, await asyncio.gather(*loads), strict=True))
 
 
+def start_mock(latency: float) -> tuple[str, dict[str, str], subprocess.Popen[bytes]]:
+    """The mock upstream in a process of its own: its URL, the environment every process of
+    the benchmark runs with, and the process."""
+    port = free_port()
+    # One hash seed for every process: string hashing then costs the same in each gateway.
+    env = {**os.environ, "MOCK_LATENCY": str(latency), "OPENAI_API_KEY": "sk-bench",
+           "PYTHONHASHSEED": "0"}  # fmt: skip
+    mock = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "mock_upstream:app",
+            "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    return f"http://127.0.0.1:{port}", env, subprocess.Popen(mock, env=env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,14 +226,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "core" / "src"))
 
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-bench-"))
-    up_port = free_port()
-    upstream = f"http://127.0.0.1:{up_port}"
-    # One hash seed for every process: string hashing then costs the same in both gateways.
-    env = {**os.environ, "MOCK_LATENCY": str(args.latency), "OPENAI_API_KEY": "sk-bench",
-           "PYTHONHASHSEED": "0"}  # fmt: skip
-    mock = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "mock_upstream:app",
-            "--port", str(up_port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    procs = {"upstream": subprocess.Popen(mock, env=env)}
+    upstream, env, mock = start_mock(args.latency)
+    procs = {"upstream": mock}
     targets: dict[str, tuple[str, dict]] = {
         "direct": (upstream + "/v1/chat/completions", {"authorization": "Bearer sk-bench"})
     }

@@ -27,7 +27,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from overhead import REGISTRY, _load, cpu_seconds, free_port, funded_key, wait_ready
+from overhead import (
+    REGISTRY,
+    _load,
+    cpu_seconds,
+    free_port,
+    funded_key,
+    start_mock,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,13 +96,8 @@ def database(cluster: Any, backend: str, folder: Path) -> str:
 def run(args: argparse.Namespace, backends: tuple[str, ...], cluster: Any) -> None:
     sys.path.insert(0, str(ROOT / "core" / "src"))
     tmp = Path(tempfile.mkdtemp(prefix="apimodels-workers-"))
-    up_port = free_port()
-    upstream = f"http://127.0.0.1:{up_port}"
-    env = {**os.environ, "MOCK_LATENCY": str(args.latency), "OPENAI_API_KEY": "sk-bench",
-           "PYTHONHASHSEED": "0"}  # fmt: skip
-    mock = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "mock_upstream:app",
-            "--port", str(up_port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    procs = {"upstream": subprocess.Popen(mock, env=env)}
+    upstream, env, mock = start_mock(args.latency)
+    procs = {"upstream": mock}
     targets: dict[str, tuple[str, dict]] = {}
     for backend, workers in [(b, w) for b in backends for w in (1, args.workers)]:
         name = f"{backend}, {workers} worker" + ("s" if workers > 1 else "")
