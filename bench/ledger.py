@@ -133,7 +133,8 @@ def threaded_holds(ledger: Ledger, acct: str, pairs: int, threads: int) -> float
 
 
 async def gateway(ledger: Ledger, acct: str, pairs: int, concurrency: int) -> float:
-    biller = Biller(GroupCommit(ledger), TTL, Limiter(ledger.db, 5.0))
+    writes = GroupCommit(ledger)
+    biller = Biller(writes, TTL, Limiter(writes))
     principal = Principal(acct, "key_bench", "active", None, None, 0.0)
     per_worker = pairs // concurrency
 

@@ -381,6 +381,49 @@ def test_a_keys_rpm_limit_holds_across_processes(
     assert rpm // 2 <= served <= rpm * minutes, statuses
 
 
+def test_a_keys_spending_cap_holds_across_processes(
+    simulator: Simulator, tmp_path: Path, database: Path | str
+) -> None:
+    """Each process counting only its own spending would let the key spend its cap once per
+    process: across 2 processes on a SQLite file (4 on PostgreSQL) what the key is charged
+    stays under its total cap, from the room they lease slices of."""
+    registry = registry_for(simulator.url, tmp_path)
+    account, key = funded(database, 50_000_000)
+    count = 2 if isinstance(database, Path) else 4
+    db = open_db(database)
+    (key_id,) = db.execute("SELECT id FROM api_keys WHERE account_id = ?", [account]).fetchone()
+    cap = 12 * hold_of_a_call(registry, tmp_path)  # room for 12 calls in flight at once
+    set_key_limits(db, key_id, rpm=None, daily_cap_micros=None, total_cap_micros=cap)
+
+    with ExitStack() as stack:
+        servers = [Served(registry, database) for _ in range(count)]
+        for server in servers:
+            stack.callback(server.stop)
+        for server in servers:
+            server.wait_ready()
+        # 48 at once, each answered after half a second: every process is sent more calls
+        # than the room has, and holds them all at the same time unless the room is shared.
+        simulator.knobs(latency=0.5)
+        try:
+            statuses = asyncio.run(calls_at_once([s.url for s in servers], key, 48))
+        finally:
+            simulator.reset()
+    served = statuses.count(200)
+    assert statuses.count(429) == 48 - served, statuses
+    spent = db.execute("SELECT SUM(cost_micros) FROM usage WHERE key_id = ?", [key_id])
+    assert spent.fetchone()[0] <= cap and served <= 12
+    assert served >= 4, statuses  # the early refusals are bounded (limits module)
+    refused = db.execute(
+        "SELECT COUNT(*) FROM usage WHERE key_id = ? AND status <> 'succeeded'", [key_id]
+    ).fetchone()[0]
+    assert refused == 0  # a 429 is refused before anything is held or written
+    leases = db.execute("SELECT COUNT(*) FROM spend_leases WHERE key_id = ?", [key_id])
+    assert leases.fetchone()[0] == 0  # returned by the processes as they stopped
+    db.conn.close()
+    check = cli(registry, database, "ledger", "check")
+    assert check.returncode == 0, check.stderr
+
+
 def test_every_call_two_busy_processes_serve_is_charged_once(
     simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:

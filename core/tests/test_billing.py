@@ -41,8 +41,9 @@ def funded(db: sqlite_utils.Database, micros: int) -> tuple[Ledger, Principal]:
     return ledger, Principal(account, "key_1", "active", None, None, 0.0)
 
 
-def biller(ledger: Ledger, idle_seconds: float = 0) -> Biller:
-    return Biller(GroupCommit(ledger), TTL, Limiter(ledger.db, 5.0), idle_seconds=idle_seconds)
+def biller(ledger: Ledger, idle_seconds: float = 0, delay: float = 0.0) -> Biller:
+    writes = GroupCommit(ledger, delay)
+    return Biller(writes, TTL, Limiter(writes), idle_seconds=idle_seconds)
 
 
 async def call(b: Biller, principal: Principal, request_id: str, hold: int) -> Bill:
@@ -175,7 +176,7 @@ def test_an_answered_calls_charge_waits_for_company_but_not_for_a_read(
         return db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
 
     async def run() -> None:
-        b = Biller(GroupCommit(ledger, delay=60.0), TTL, Limiter(db, 5.0))
+        b = biller(ledger, idle_seconds=1.0, delay=60.0)
         first = await call(b, principal, "d1", 1_000)
         charged = first.succeed(Usage(), 300)
         await asyncio.sleep(0.01)
@@ -216,7 +217,7 @@ def test_a_capped_keys_charge_is_committed_before_its_next_call(
     )
 
     async def run() -> None:
-        b = Biller(GroupCommit(ledger, delay=60.0), TTL, Limiter(db, 5.0), idle_seconds=60)
+        b = biller(ledger, idle_seconds=60, delay=60.0)
         first = await call(b, principal, "c1", 600)
         first.succeed(Usage(), 50)
         await asyncio.sleep(0)  # the client's next call: 50 spent of 1,000, 600 more fits
@@ -235,7 +236,7 @@ def test_writes_queued_under_a_loop_that_stopped_are_flushed_by_the_next(
     """Review finding: a flush due on an event loop that stopped never runs; a write queued
     on the next loop must not wait for it forever."""
     ledger, principal = funded(db, 10_000)
-    b = Biller(GroupCommit(ledger, delay=0.05), TTL, Limiter(db, 5.0), idle_seconds=60)
+    b = biller(ledger, idle_seconds=60, delay=0.05)
 
     async def first() -> None:
         bill = await call(b, principal, "l1", 1_000)  # grows the reservation

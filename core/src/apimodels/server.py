@@ -91,11 +91,11 @@ def assemble(
     keys = KeyStore(db, settings.key_cache_seconds)
     gateway.policy = build_policy(catalog, pm, gateway.providers, db, keys, gateway.notices)
     ledger = Ledger(db)
-    limiter = Limiter(db, settings.key_cache_seconds)
+    writes = GroupCommit(ledger, settings.commit_delay_ms / 1000)
     biller = Biller(
-        GroupCommit(ledger, settings.commit_delay_ms / 1000),
+        writes,
         timedelta(seconds=settings.hold_ttl_seconds),
-        limiter,
+        Limiter(writes),
         enabled=settings.billing,
         idle_seconds=settings.reserve_idle_seconds,
     )
@@ -139,7 +139,7 @@ def assemble(
                 if n := ledger.expire():
                     log.warning("released %d expired holds", n)
                 idempotency.purge()
-                limiter.purge()
+                biller.limiter.purge()
                 if local_host is not None:
                     hosts.renew(db, local_host)
             except Exception as exc:  # keep sweeping; never crash the server over it

@@ -145,7 +145,8 @@ class Biller:
         """Check the key's limits (429), then set ``hold_micros`` aside (402 when short)."""
         if not self.enabled:
             return FreeBill()
-        self.limiter.admit(principal, hold_micros)
+        if principal.limits is not None:
+            await self.limiter.admit(principal, hold_micros)
         account_id = principal.account_id
         reservation = self._reservations.get(account_id)
         if reservation is None:
@@ -228,8 +229,9 @@ class Biller:
             bill.committed,
         )
         # An answered call's charge may wait a moment to be committed with others';
-        # a stream's last event and a failed call's error wait for theirs, and so does a
-        # capped key's next call (its spending counts once committed: Limiter.settled).
+        # a stream's last event and a failed call's error wait for theirs, and a capped
+        # key's charge is committed at once: until then the key counts the call's whole
+        # hold (Limiter.settled), and its next call could be refused for it.
         limits = bill.principal.limits
         capped = limits is not None and limits.caps_spending
         if bill.stream or error_code is not None or capped:
@@ -267,12 +269,13 @@ class Biller:
                     reservation.amount = 0  # expired elsewhere: what it held is free again
 
     async def aclose(self) -> None:
-        """Commit what is queued and return every reservation (a clean shutdown)."""
+        """Commit what is queued and return every reservation and spending lease (a clean
+        shutdown)."""
         futures = [self.ledger.unreserve(r.id) for r in self._reservations.values()]
+        futures.append(self.limiter.release())
         self._reservations.clear()
         self.ledger.commit()
-        if futures:
-            await asyncio.gather(*futures, return_exceptions=True)
+        await asyncio.gather(*futures, return_exceptions=True)
 
 
 def _logged(what: str) -> Callable[[asyncio.Future[Any]], None]:

@@ -1,47 +1,75 @@
 """Per-key limits: requests per minute and spending caps (per UTC day and in total).
 
-Checked in memory, in microseconds, before the hold, in the common case.
+Both hold across every process and host on the database, and both are checked in memory, in
+microseconds, in the common case: each process *leases* a slice of a key's allowance from a
+shared row with one write, and admits requests against it before it asks again. The writes
+join the ledger's batch (``GroupCommit.write``), so they cost a request no round trip of its
+own and never block the event loop longer than a batch does.
 
-Requests per minute hold across every process and host on the database: each clock minute
-of a key has a shared counter (``rate_windows``), from which a process leases a *slice* of
-requests (``rpm / 8``, at least 1) with one atomic upsert, and admits that many in memory
-before it asks again. The counter never grants more than ``rpm`` a minute, so over any clock
-minute the key is served at most ``rpm`` requests, whatever the number of processes; a
-slice unused at the minute's end is lost, so with P processes a busy key may be refused up
-to (P - 1) x slice requests early in a minute. Within a process a token bucket (``rpm``
-deep, refilled at ``rpm`` a minute) smooths the bursts as before; together, over any 60
-seconds a key gets at most twice ``rpm`` (a full minute's end, then the next one's start).
+Requests per minute: each clock minute of a key has a shared counter (``rate_windows``),
+from which a process leases ``rpm / 8`` requests (at least 1) at a time. The counter never
+grants more than ``rpm`` a minute, so over any clock minute the key is served at most
+``rpm`` requests, whatever the number of processes; a slice unused at the minute's end is
+lost, so with P processes a busy key may be refused up to (P - 1) x slice requests early in
+a minute. Within a process a token bucket (``rpm`` deep, refilled at ``rpm`` a minute)
+smooths the bursts; together, over any 60 seconds a key gets at most twice ``rpm`` (a full
+minute's end, then the next one's start).
 
-Spending is read from the usage rows when a capped key is first seen and again every
-``gateway.key_cache_seconds``, and counted in memory in between, pending holds included; so
-within one process a cap is exact, and spending through other processes is seen within
-that same bound (the tolerance: what the other processes spend in that time).
+Spending caps: a process leases an amount of the key's room, what it may hold and charge
+from then on (``spend_leases``, one row per key and process). The lease is granted in one
+transaction that locks the key's account, reads what the key has spent (its usage rows; a pending
+task's hold counts as spent until the task ends) and the live leases of the other processes,
+and grants at most the room left under each cap: so what every process charges never sums
+past a cap. A lease is renewed when the process's requests outgrow it, when it is
+``LEASE_SECONDS / 2`` old, when the UTC day or the key's caps change; it expires after
+``LEASE_SECONDS`` (a crashed process's lease frees its room then) and is returned when the
+server stops. A lease takes what the next requests hold plus an eighth of the room left, so
+with P processes serving one key a cap may refuse a request up to (P - 1) eighths of the
+room early, never late; near a cap the slices, and that tolerance, shrink with the room.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RateLimited
-from ..store.accounts import Principal
+from ..store.accounts import KeyLimits, Principal
+from ..store.db import is_postgres, utcnow
+
+if TYPE_CHECKING:
+    from .ledger import GroupCommit
+
+#: How long a spending lease lives in the database; a process uses it for half that.
+LEASE_SECONDS = 60.0
+#: After a refusal, the key's requests that would need a new lease are refused in memory
+#: for this long (a client hammering a spent cap costs no write per request).
+REFUSAL_SECONDS = 1.0
 
 
 @dataclass(slots=True)
 class _KeyState:
     tokens: float = 0.0
     refilled: float = field(default_factory=time.monotonic)
-    day: str = ""
-    spent_day: int = 0
-    spent_total: int = 0
-    held: int = 0
-    synced: float = -math.inf
     window: str = ""  # the clock minute the slice below was leased in
     slice: int = 0  # requests of the shared counter this process may still admit in it
+    # Spending: what this process may hold and charge for the key since its lease was
+    # granted (``lease``), and what it holds now and charged since (``held``, ``charged``).
+    lease: int = 0
+    held: int = 0
+    charged: int = 0
+    caps: KeyLimits | None = None  # the caps it was granted under
+    until: float = -math.inf  # used until then (monotonic)
+    day_ends: float = -math.inf  # the end of the UTC day it was granted in (epoch)
+    refused: tuple[float, str] | None = None  # (until, code) after a refusal
+    leasing: asyncio.Future[None] | None = None  # the renewal on its way
+    full: str = ""  # the minute whose requests the processes took all of
+    slicing: asyncio.Future[None] | None = None  # the lease of requests on its way
 
 
 def _today() -> tuple[str, float]:
@@ -52,10 +80,27 @@ def _today() -> tuple[str, float]:
 
 
 _MINUTE = "%Y-%m-%dT%H:%M"
-_LEASE = (
+_LEASE_REQUESTS = (
     "INSERT INTO rate_windows (key_id, window_start, taken) VALUES (?1, ?2, ?3)"
     " ON CONFLICT (key_id, window_start) DO UPDATE SET taken = rate_windows.taken + ?3"
     " WHERE rate_windows.taken < ?4 RETURNING taken"
+)
+# What a key spent in all and today: a pending task's hold counts until the task ends (it
+# settles in the background, maybe in another process, long after it was admitted).
+_SPENT = (
+    "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(CASE WHEN created_at >= ? THEN spent END), 0)"
+    " FROM (SELECT created_at, CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%'"
+    " ESCAPE '!' THEN hold_micros ELSE cost_micros END AS spent"
+    " FROM usage WHERE key_id = ?) AS spending"
+)
+_OTHERS = (
+    "SELECT COALESCE(SUM(amount_micros), 0) FROM spend_leases"
+    " WHERE key_id = ? AND holder <> ? AND expires_at > ?"
+)
+_GRANT = (
+    "INSERT INTO spend_leases (key_id, holder, amount_micros, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key_id, holder) DO UPDATE SET amount_micros = excluded.amount_micros,"
+    " expires_at = excluded.expires_at"
 )
 
 
@@ -65,14 +110,59 @@ def _minute() -> tuple[str, float]:
     return time.strftime(_MINUTE, time.gmtime(now)), 60 - now % 60
 
 
+def lease_requests_op(c: Any, key_id: str, window: str, rpm: int) -> int:
+    """Take up to a slice of the key's requests for this minute from the shared counter;
+    how many (0 when the minute's ``rpm`` are all taken). One statement: the counter moves
+    only while it is below ``rpm``."""
+    want = max(1, rpm // 8)
+    row = c.execute(_LEASE_REQUESTS, (key_id, window, want, rpm)).fetchone()
+    if row is None:
+        return 0
+    return min(want, rpm - (row[0] - want))
+
+
+def lease_spending_op(
+    c: Any, account_id: str, key_id: str, holder: str, caps: KeyLimits, day: str, need: int
+) -> tuple[int, str | None]:
+    """Lease ``holder`` between ``need`` and ``need`` + an eighth of the room left under
+    the key's caps: (the lease, None), or (0, the code of the cap that has no room)."""
+    if is_postgres(c):
+        # Leases of one key, one at a time (SQLite's write lock does it), under the lock
+        # of the key's account: the row the ledger's writes lock, so a batch that settles
+        # the account's calls and leases for its key takes no second lock to deadlock on.
+        c.execute("SELECT 1 FROM accounts WHERE id = ? FOR NO KEY UPDATE", (account_id,))
+    now = utcnow()
+    total, today = c.execute(_SPENT, (day, key_id)).fetchone()
+    others = c.execute(_OTHERS, (key_id, holder, now)).fetchone()[0]
+    rooms = []
+    if caps.daily_cap_micros is not None:
+        rooms.append((caps.daily_cap_micros - today - others, "key_daily_cap"))
+    if caps.total_cap_micros is not None:
+        rooms.append((caps.total_cap_micros - total - others, "key_total_cap"))
+    room, code = min(rooms)
+    if room < need:
+        return 0, code
+    lease = min(room, need + room // 8)
+    expires = datetime.now(UTC) + timedelta(seconds=LEASE_SECONDS)
+    c.execute(_GRANT, (key_id, holder, lease, expires.isoformat(timespec="microseconds")))
+    return lease, None
+
+
+def release_spending_op(c: Any, holder: str) -> int:
+    """Return every spending lease of a stopping process."""
+    return c.execute("DELETE FROM spend_leases WHERE holder = ?", (holder,)).rowcount
+
+
 class Limiter:
-    def __init__(self, db: sqlite_utils.Database, sync_seconds: float) -> None:
-        self.db = db
-        self.sync_seconds = sync_seconds
+    def __init__(self, ledger: GroupCommit) -> None:
+        self.ledger = ledger
+        self.db = ledger.ledger.db
+        self.holder = f"proc_{secrets.token_hex(6)}"
         self._keys: dict[str, _KeyState] = {}
 
-    def admit(self, principal: Principal, hold_micros: int) -> None:
-        """Raise 429 when the request would break one of the key's limits; else count it."""
+    async def admit(self, principal: Principal, hold_micros: int) -> None:
+        """Raise 429 when the request would break one of the key's limits; else count it
+        (a request admitted is then :meth:`settled`)."""
         limits = principal.limits
         if limits is None:
             return
@@ -80,96 +170,145 @@ class Limiter:
         if state is None:
             state = self._keys[principal.key_id] = _KeyState(tokens=float(limits.rpm or 0))
         if limits.rpm:
-            now = time.monotonic()
-            state.tokens = min(limits.rpm, state.tokens + (now - state.refilled) * limits.rpm / 60)
-            state.refilled = now
-            if state.tokens < 1:
-                wait = math.ceil((1 - state.tokens) * 60 / limits.rpm)
-                raise RateLimited(
-                    f"This key is limited to {limits.rpm} requests per minute.",
-                    code="key_rate_limit",
-                    headers={"retry-after": str(wait)},
-                )
-            window, seconds_left = _minute()
-            if state.window != window or state.slice < 1:
-                state.window, state.slice = (
-                    window,
-                    self._lease(principal.key_id, window, limits.rpm),
-                )
-                if state.slice < 1:  # the other processes took this minute's requests
-                    raise RateLimited(
-                        f"This key is limited to {limits.rpm} requests per minute.",
-                        code="key_rate_limit",
-                        headers={"retry-after": str(math.ceil(seconds_left))},
-                    )
+            await self._admit_request(principal.key_id, limits.rpm, state)
         if limits.caps_spending:
-            self._sync(principal.account_id, principal.key_id, state)
-            day, seconds_left = _today()
-            if state.day != day:
-                state.day, state.spent_day = day, 0
-            if (
-                limits.daily_cap_micros is not None
-                and state.spent_day + state.held + hold_micros > limits.daily_cap_micros
-            ):
-                raise RateLimited(
-                    "This key has reached its daily spending cap.",
-                    code="key_daily_cap",
-                    headers={"retry-after": str(math.ceil(seconds_left))},
-                )
-            if (
-                limits.total_cap_micros is not None
-                and state.spent_total + state.held + hold_micros > limits.total_cap_micros
-            ):
-                # Retry-After: when in-flight requests of this key settle and free their holds.
-                raise RateLimited(
-                    "This key has reached its total spending cap; raise it with `apimodels keys limit`.",
-                    code="key_total_cap",
-                    headers={"retry-after": "60"},
-                )
+            try:
+                while not _fits(state, limits, hold_micros):
+                    await self._lease_spending(principal, state, hold_micros)
+            except BaseException:
+                if limits.rpm:  # refused, so not counted against the rate either
+                    state.tokens += 1
+                    state.slice += 1
+                raise
             state.held += hold_micros
-        if limits.rpm:
-            state.tokens -= 1
-            state.slice -= 1
 
-    def _lease(self, key_id: str, window: str, rpm: int) -> int:
-        """Take up to a slice of the key's requests for this minute from the shared counter;
-        how many (0 when the minute's ``rpm`` are all taken). One statement, atomic on
-        either backend: the counter moves only while it is below ``rpm``."""
-        want = max(1, rpm // 8)
-        row = self.db.execute(_LEASE, (key_id, window, want, rpm)).fetchone()
-        if row is None:
-            return 0
-        return min(want, rpm - (row[0] - want))
+    async def _admit_request(self, key_id: str, rpm: int, state: _KeyState) -> None:
+        """Take a token of the key's bucket and a request of its slice for this minute."""
+        now = time.monotonic()
+        state.tokens = min(rpm, state.tokens + (now - state.refilled) * rpm / 60)
+        state.refilled = now
+        if state.tokens < 1:
+            raise _rate_limited(rpm, math.ceil((1 - state.tokens) * 60 / rpm))
+        state.tokens -= 1  # before any wait: the requests that wait with it see it taken
+        try:
+            while True:
+                window, seconds_left = _minute()
+                if state.window != window:
+                    state.window, state.slice = window, 0
+                if state.slice >= 1:
+                    state.slice -= 1
+                    return
+                if state.full == window:  # the processes took this minute's requests
+                    raise _rate_limited(rpm, math.ceil(seconds_left))
+                if state.slicing is None:  # one lease at a time per key; the others wait
+                    state.slicing = asyncio.ensure_future(
+                        self._lease_requests(key_id, window, rpm, state)
+                    )
+                await asyncio.shield(state.slicing)
+        except BaseException:
+            state.tokens += 1
+            raise
 
-    def purge(self, now: datetime | None = None) -> int:
-        """Forget the counters of minutes past (the expiry sweep)."""
-        cutoff = ((now or datetime.now(UTC)) - timedelta(minutes=2)).strftime(_MINUTE)
-        return self.db.execute(
-            "DELETE FROM rate_windows WHERE window_start < ?", (cutoff,)
-        ).rowcount
+    async def _lease_requests(self, key_id: str, window: str, rpm: int, state: _KeyState) -> None:
+        try:
+            granted = await self.ledger.write(lease_requests_op, key_id, window, rpm)
+        finally:
+            state.slicing = None
+        if state.window == window:
+            state.slice += granted
+            if not granted:
+                state.full = window
+
+    async def _lease_spending(self, principal: Principal, state: _KeyState, hold: int) -> None:
+        """Renew the key's lease to cover what this process holds and ``hold`` (one renewal
+        at a time per key, the others wait for it), or raise the 429 of the cap without
+        room."""
+        if state.refused is not None and time.monotonic() < state.refused[0]:
+            raise _capped(state.refused[1])
+        if state.leasing is None:
+            state.leasing = asyncio.ensure_future(self._renew(principal, state, hold))
+        await asyncio.shield(state.leasing)
+
+    async def _renew(self, principal: Principal, state: _KeyState, hold: int) -> None:
+        limits = principal.limits
+        assert limits is not None
+        day, seconds_left = _today()
+        charged = state.charged
+        try:
+            lease, refusal = await self.ledger.write(
+                lease_spending_op,
+                principal.account_id,
+                principal.key_id,
+                self.holder,
+                limits,
+                day,
+                state.held + hold,
+            )
+        finally:
+            state.leasing = None
+        if refusal is not None:
+            state.refused = (time.monotonic() + REFUSAL_SECONDS, refusal)
+            raise _capped(refusal)
+        # What was charged before the grant is in the usage rows it read; what settled
+        # while it was on its way (maybe read, maybe not) stays counted here: never less.
+        state.charged -= charged
+        state.lease, state.caps, state.refused = lease, limits, None
+        state.until = time.monotonic() + LEASE_SECONDS / 2
+        state.day_ends = time.time() + seconds_left
 
     def settled(self, principal: Principal, hold_micros: int, cost_micros: int) -> None:
-        """A request admitted with ``hold_micros`` ended costing ``cost_micros``."""
+        """A request admitted with ``hold_micros`` ended costing ``cost_micros`` (committed)."""
         limits = principal.limits
         state = self._keys.get(principal.key_id)
         if limits is None or state is None or not limits.caps_spending:
             return
         state.held = max(0, state.held - hold_micros)
-        state.spent_day += cost_micros
-        state.spent_total += cost_micros
+        state.charged += cost_micros
 
-    def _sync(self, account_id: str, key_id: str, state: _KeyState) -> None:
-        now = time.monotonic()
-        if now - state.synced < self.sync_seconds:
-            return
-        day, _ = _today()
-        # A task's hold counts as spent until the task ends: it settles in the background,
-        # maybe in another process, long after this one admitted it.
-        total, today = self.db.execute(
-            "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(CASE WHEN created_at >= ? THEN spent END), 0)"
-            " FROM (SELECT created_at, CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%'"
-            " ESCAPE '!' THEN hold_micros ELSE cost_micros END AS spent"
-            " FROM usage WHERE account_id = ? AND key_id = ?) AS spending",
-            (day, account_id, key_id),
-        ).fetchone()
-        state.spent_total, state.spent_day, state.day, state.synced = total, today, day, now
+    def purge(self, now: datetime | None = None) -> None:
+        """Forget the counters of minutes past and the leases expired (the expiry sweep)."""
+        moment = now or datetime.now(UTC)
+        cutoff = (moment - timedelta(minutes=2)).strftime(_MINUTE)
+        self.db.execute("DELETE FROM rate_windows WHERE window_start < ?", (cutoff,))
+        self.db.execute(
+            "DELETE FROM spend_leases WHERE expires_at < ?",
+            (moment.isoformat(timespec="microseconds"),),
+        )
+
+    def release(self) -> asyncio.Future[int]:
+        """Return this process's spending leases (a clean shutdown)."""
+        self._keys.clear()
+        return self.ledger.write(release_spending_op, self.holder)
+
+
+def _fits(state: _KeyState, limits: KeyLimits, hold: int) -> bool:
+    """The key's lease covers ``hold`` too, and is still good."""
+    return (
+        state.held + state.charged + hold <= state.lease
+        and (state.caps is limits or state.caps == limits)
+        and time.monotonic() < state.until
+        and time.time() < state.day_ends
+    )
+
+
+def _rate_limited(rpm: int, retry_after: int) -> RateLimited:
+    return RateLimited(
+        f"This key is limited to {rpm} requests per minute.",
+        code="key_rate_limit",
+        headers={"retry-after": str(retry_after)},
+    )
+
+
+def _capped(code: str) -> RateLimited:
+    if code == "key_daily_cap":
+        return RateLimited(
+            "This key has reached its daily spending cap.",
+            code=code,
+            headers={"retry-after": str(math.ceil(_today()[1]))},
+        )
+    # Retry-After: when in-flight requests of this key settle and free their holds.
+    return RateLimited(
+        "This key has reached its total spending cap; raise it with `apimodels keys limit`.",
+        code=code,
+        headers={"retry-after": "60"},
+    )

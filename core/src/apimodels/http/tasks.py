@@ -129,7 +129,7 @@ class TasksAPI:
             webhook = check_url(body.webhook, allow_private=allow)
             if not allow:
                 await check_resolves_public(webhook)
-        task = self._create(principal, route, body.input, webhook, hold)
+        task = await self._create(principal, route, body.input, webhook, hold)
         self.runner.kick()
         return _json(self.render(task, request), 202)
 
@@ -165,7 +165,7 @@ class TasksAPI:
         )
         return dispatch.estimate(route, unified)[1]
 
-    def _create(
+    async def _create(
         self,
         principal: Principal,
         route: Route,
@@ -175,7 +175,7 @@ class TasksAPI:
     ) -> dict[str, Any]:
         billing = self.biller.enabled
         if billing:
-            self.biller.limiter.admit(principal, hold)
+            await self.biller.limiter.admit(principal, hold)
         try:
             task = self.store.create(
                 new_task_id(),
@@ -280,5 +280,5 @@ class TasksAPI:
         """Run a task and wait for it up to ``tasks.sync_wait_seconds`` (then 504 naming the
         task, which goes on and is billed when it ends)."""
         hold = await self.validate(route, input, principal)
-        task = self._create(principal, route, input, None, hold)
+        task = await self._create(principal, route, input, None, hold)
         return await self.runner.wait_for(task, self.config.sync_wait_seconds)

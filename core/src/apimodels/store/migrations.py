@@ -549,3 +549,14 @@ def m018_storage_hosts(db: sqlite_utils.Database) -> None:
     # Hosts keeping outputs in a local folder (apimodels.store.hosts): with PostgreSQL, a
     # second live host refuses to start on the local store.
     db["storage_hosts"].create({"host": str, "seen_at": str}, pk="host", not_null={"seen_at"})
+
+
+@migration
+def m019_spend_leases(db: sqlite_utils.Database) -> None:
+    # What each process may still hold and charge for a key under its spending caps
+    # (apimodels.billing.limits leases the room left): caps hold across processes and hosts.
+    db["spend_leases"].create(
+        {"key_id": str, "holder": str, "amount_micros": int, "expires_at": str},
+        pk=("key_id", "holder"),
+        not_null={"amount_micros", "expires_at"},
+    )
