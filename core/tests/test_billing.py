@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,10 +14,11 @@ from typing import Any
 import pytest
 import sqlite_utils
 
+from apimodels.billing import limits
 from apimodels.billing.biller import Bill, Biller
 from apimodels.billing.ledger import GroupCommit, Ledger
 from apimodels.billing.limits import Limiter
-from apimodels.errors import InsufficientCredits
+from apimodels.errors import InsufficientCredits, RateLimited
 from apimodels.http.app import settle_stream
 from apimodels.providers.dispatch import StreamResult
 from apimodels.providers.types import Usage
@@ -313,4 +315,40 @@ def test_a_call_settled_while_the_reservation_grows_is_not_given_back(
     outcomes = asyncio.run(run())
     assert outcomes.count("admitted") == 3  # 5 calls in all, for credits for 5
     assert ledger.balance(principal.account_id).held_micros >= 0
+    assert ledger.check() == []
+
+
+def test_processes_share_a_keys_spending_cap_through_leases(
+    db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes (two billers on one database) serving one key capped at 1,000: the
+    room one leases, the other cannot; a lease returned, or left by a crashed process and
+    expired, frees its room; a lowered cap applies to the next call."""
+    monkeypatch.setattr(limits, "REFUSAL_SECONDS", 0.0)  # every refusal asks the database
+    ledger, funded_principal = funded(db, 100_000)
+    capped = replace(funded_principal, limits=KeyLimits(None, None, 1_000))
+
+    async def run() -> None:
+        a, b = biller(ledger, idle_seconds=60), biller(ledger, idle_seconds=60)
+        first = await call(a, capped, "a1", 600)  # a leases 600 + 1,000 / 8
+        with pytest.raises(RateLimited) as refused:
+            await call(b, capped, "b1", 600)  # 275 left beside a's lease
+        assert refused.value.code == "key_total_cap"
+        await first.succeed(Usage(), 100)
+        await a.aclose()  # returns its lease
+        second = await call(b, capped, "b2", 600)  # 900 left
+        await second.succeed(Usage(), 100)
+        db.execute(  # a process that died holding 700: expired, so not counted
+            "INSERT INTO spend_leases VALUES ('key_1', 'proc_dead', 700, '2000-01-01T00:00:00')"
+        )
+        third = await call(b, capped, "b3", 600)  # renews: 200 spent, 800 left
+        await third.succeed(Usage(), 100)
+        lowered = replace(capped, limits=KeyLimits(None, None, 400))
+        with pytest.raises(RateLimited):  # 300 spent: its lease is renewed, and refused
+            await call(b, lowered, "b4", 200)
+        await b.aclose()
+
+    asyncio.run(run())
+    assert db.execute("SELECT SUM(cost_micros) FROM usage").fetchone()[0] == 300
+    assert db.execute("SELECT holder FROM spend_leases").fetchall() == [("proc_dead",)]
     assert ledger.check() == []
