@@ -8,7 +8,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import openai
+import psycopg
 import pytest
 from processes import cli, serving
 
@@ -19,6 +21,7 @@ from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import open_db
 from apimodels.store.hosts import STALE
 from apimodels.store.postgres import translate
+from apimodels.testing import serve
 from apimodels.testing.postgres import Cluster
 from support import SIM_KEY, Simulator, registry_for
 
@@ -115,3 +118,54 @@ def test_backup_copies_a_database_in_use_consistently(simulator: Simulator, tmp_
 def test_backup_of_postgresql_points_to_pg_dump(pg_cluster: Cluster, tmp_path: Path) -> None:
     result = cli(tmp_path / "registry.toml", pg_cluster.url, "backup", str(tmp_path / "x.db"))
     assert result.returncode != 0 and "pg_dump" in result.stderr
+
+
+def test_a_batch_waiting_on_postgresql_leaves_the_event_loop_serving(
+    pg_cluster: Cluster, simulator: Simulator, tmp_path: Path
+) -> None:
+    """On PostgreSQL the ledger's batches are written on a thread of their own: while one
+    waits (here for an account row another session has locked), the gateway goes on
+    answering; the call whose batch waited is answered and charged once the lock goes."""
+    url = pg_cluster.new_database()
+    server = assemble(
+        registry_for(simulator.url, tmp_path), url, environ={"OPENAI_API_KEY": SIM_KEY}
+    )
+    account = create_account(server.db, "locked@example.com")["id"]
+    _, key = create_key(server.db, account)
+    server.ledger.post(account, 1_000_000, kind="grant", reason="t", actor="tests")
+    chat = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"authorization": f"Bearer {key}"}
+    with serve(server.app) as base, psycopg.connect(url) as locker:
+        locker.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", [account])
+        answers: list[int] = []
+        call = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{base}/v1/chat/completions",
+                    json=chat,
+                    headers=auth,
+                    timeout=30,
+                ).status_code
+            )
+        )
+        call.start()  # its reservation waits for the row
+        deadline = time.monotonic() + 10
+        while not locker.execute(
+            "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the call's batch never reached the lock"
+            time.sleep(0.05)
+        for _ in range(3):  # the event loop is free meanwhile
+            assert httpx.get(f"{base}/health/live", timeout=2).status_code == 200
+            models = httpx.get(f"{base}/v1/models", headers=auth, timeout=2)
+            assert models.status_code == 200  # the key is known: no database read
+        assert not answers
+        locker.rollback()
+        call.join(timeout=10)
+    assert answers == [200]
+    charged = server.db.execute(
+        "SELECT COUNT(*) FROM ledger_entries WHERE account_id = ? AND kind = 'charge'", [account]
+    )
+    assert charged.fetchone()[0] == 1
+    assert server.ledger.check() == []
+    server.db.close()

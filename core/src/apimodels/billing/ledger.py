@@ -30,10 +30,13 @@ requests), never corrupt the file, and never leave an entry without its running 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -353,7 +356,7 @@ _Op = tuple[str, Any, "asyncio.Future[Any]"]
 
 
 class GroupCommit:
-    """The gateway's ledger writes, committed together on the event loop.
+    """The gateway's ledger writes, committed together, in order.
 
     Each write is queued and its future awaited. A write someone waits for (a reservation
     to grow; :meth:`settle`) has the queue flushed at the end of the loop iteration that
@@ -365,6 +368,12 @@ class GroupCommit:
     wrote. If anything in a batch fails unexpectedly, the batch is rolled back and each
     write is retried in a transaction of its own, so it fails alone and never takes its
     neighbours with it.
+
+    Where a batch is written: on SQLite, in place, on the event loop (a transaction of a
+    local file costs microseconds; a thread's hand-over would cost more). On PostgreSQL, on
+    a writer thread of its own, one batch after the other, in order: a batch waits for
+    network round trips, and the event loop serves requests meanwhile. Its writes are
+    answered on the event loop once it is committed, as in place.
     """
 
     def __init__(self, ledger: Ledger, delay: float = 0.0) -> None:
@@ -374,6 +383,12 @@ class GroupCommit:
         self._soon = False  # a flush is due at the end of this loop iteration
         self._later: asyncio.TimerHandle | None = None  # or within ``delay``
         self._loop: asyncio.AbstractEventLoop | None = None  # where they are due
+        self._writer = (
+            ThreadPoolExecutor(1, thread_name_prefix="apimodels-ledger")
+            if ledger.postgres
+            else None
+        )
+        self._written: Future[Any] | None = None  # the last batch given to the writer
 
     def _submit(self, kind: str, args: Any, *, later: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -401,9 +416,12 @@ class GroupCommit:
         return self._submit("settle", settlement, later=True)
 
     def commit(self) -> None:
-        """Commit every queued write now (before a read that must see them)."""
+        """Commit every queued write now (before a read that must see them): on the
+        writer thread, wait for it (their futures are answered on the event loop)."""
         if self._queue:
             self._flush()
+        if self._written is not None:
+            futures.wait([self._written])
 
     def reserve(
         self,
@@ -471,24 +489,49 @@ class GroupCommit:
         batch, self._queue = self._queue, []
         if not batch:  # flushed already by commit()
             return
+        if self._writer is None:
+            try:
+                outcomes = self._write(batch)
+            except BaseException:
+                # Interrupted (rolled back): no waiter of this batch may wait forever.
+                _cancel(batch)
+                raise
+            self._answer(batch, outcomes)
+            return
+        loop = self._loop
+        assert loop is not None
+        written = self._written = self._writer.submit(self._write, batch)
+
+        def answer(written: Future[list[tuple[Any, Any]]]) -> None:  # on the event loop
+            if written.cancelled() or written.exception() is not None:
+                _cancel(batch)
+            else:
+                self._answer(batch, written.result())
+
+        def done(written: Future[list[tuple[Any, Any]]]) -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(answer, written)
+
+        written.add_done_callback(done)
+
+    def _write(self, batch: list[_Op]) -> list[tuple[Any, Any]]:
+        """Apply a batch in one transaction (or each write alone if it fails): the
+        outcome of each, (result, error)."""
         now = utcnow()
         try:
             with self.ledger._tx() as c:
-                outcomes = self._apply(c, batch, now)
+                return self._apply(c, batch, now)
         except store_db.RETRY_ERRORS:  # a deadlock between processes' batches: each write alone
-            outcomes = [self._alone(op, now) for op in batch]
+            return [self._alone(op, now) for op in batch]
         except store_db.UNAVAILABLE_ERRORS as exc:
             # Busy past the timeout, or failing: each write alone would wait or fail the
             # same way, one timeout each, so they fail together.
             log.error("ledger: a batch of %d writes failed: %s", len(batch), exc)
-            outcomes = [(None, exc)] * len(batch)
+            return [(None, exc)] * len(batch)
         except Exception:
-            outcomes = [self._alone(op, now) for op in batch]
-        except BaseException:
-            # Interrupted (rolled back): no waiter of this batch may wait forever.
-            for _, _, future in batch:
-                future.cancel()
-            raise
+            return [self._alone(op, now) for op in batch]
+
+    def _answer(self, batch: list[_Op], outcomes: list[tuple[Any, Any]]) -> None:
         for (kind, args, future), (result, error) in zip(batch, outcomes, strict=True):
             if kind == "settle":  # its future tells whether it was recorded, never raises
                 self._settled(args, bool(result), error)
@@ -547,11 +590,11 @@ class Ledger:
         self.db = db
         self.conn = db.conn
         self._lock = threading.Lock()  # one transaction at a time on the shared connection
-        self._postgres = is_postgres(db)
+        self.postgres = is_postgres(db)
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        if self._postgres:
+        if self.postgres:
             # A pooled connection per transaction, no lock: every write of the ledger is a
             # conditional update or takes its row lock (reserve_op), so transactions of
             # several threads and processes interleave safely.
@@ -715,6 +758,11 @@ class Ledger:
         ):
             problems.append(f"reservation {reservation_id}: expired but still held")
         return problems
+
+
+def _cancel(batch: list[_Op]) -> None:
+    for _, _, future in batch:
+        future.cancel()
 
 
 def _below_floor(c: sqlite3.Connection) -> list[str]:
