@@ -348,19 +348,25 @@ def test_the_sandbox_takes_one_worker(simulator: Simulator, tmp_path: Path) -> N
     assert "--sandbox" in result.stderr and "one worker" in result.stderr
 
 
-def test_a_keys_rpm_limit_holds_across_processes(
+def test_a_keys_limits_hold_across_processes(
     simulator: Simulator, tmp_path: Path, database: Path | str
 ) -> None:
-    """Each process's own token bucket would serve the key its full rpm: across 2 processes
-    on a SQLite file (4 on PostgreSQL) the key still gets at most rpm a clock minute, from
-    the shared counter they lease slices of."""
+    """Each process counting only its own calls would serve a key its rpm, and let it spend
+    its cap, once per process: across 2 processes on a SQLite file (4 on PostgreSQL) a key
+    still gets at most rpm a clock minute, from the shared counter they lease slices of,
+    and another key is charged no more than its total cap, from the room they lease."""
     rpm, n = 12, 48
     registry = registry_for(simulator.url, tmp_path)
     account, key = funded(database, 50_000_000)
+    capped_account, capped_key = funded(database, 50_000_000)
     db = open_db(database)
-    (key_id,) = db.execute("SELECT id FROM api_keys WHERE account_id = ?", [account]).fetchone()
+    key_id, capped_id = (
+        db.execute("SELECT id FROM api_keys WHERE account_id = ?", [a]).fetchone()[0]
+        for a in (account, capped_account)
+    )
     set_key_limits(db, key_id, rpm=rpm, daily_cap_micros=None, total_cap_micros=None)
-    db.conn.close()
+    cap = 12 * hold_of_a_call(registry, tmp_path)  # room for 12 calls in flight at once
+    set_key_limits(db, capped_id, rpm=None, daily_cap_micros=None, total_cap_micros=cap)
     count = 2 if isinstance(database, Path) else 4
 
     with ExitStack() as stack:
@@ -369,55 +375,35 @@ def test_a_keys_rpm_limit_holds_across_processes(
             stack.callback(server.stop)
         for server in servers:
             server.wait_ready()
+        urls = [s.url for s in servers]
         # Clear of a minute's end, so that all the calls fall in one clock minute.
         if time.time() % 60 > 50:
             time.sleep(61 - time.time() % 60)
         started = time.gmtime()
-        statuses = asyncio.run(calls_at_once([s.url for s in servers], key, n))
+        statuses = asyncio.run(calls_at_once(urls, key, n))
         minutes = 1 if time.gmtime()[:5] == started[:5] else 2
+        # 48 at once, each answered after half a second: every process is sent more calls
+        # than the room has, and holds them all at the same time unless the room is shared.
+        simulator.knobs(latency=0.5)
+        try:
+            capped = asyncio.run(calls_at_once(urls, capped_key, 48))
+        finally:
+            simulator.reset()
     served = statuses.count(200)
     assert statuses.count(429) == n - served, statuses
     # Every process admits some (its bucket is full), and together no more than the limit.
     assert rpm // 2 <= served <= rpm * minutes, statuses
 
-
-def test_a_keys_spending_cap_holds_across_processes(
-    simulator: Simulator, tmp_path: Path, database: Path | str
-) -> None:
-    """Each process counting only its own spending would let the key spend its cap once per
-    process: across 2 processes on a SQLite file (4 on PostgreSQL) what the key is charged
-    stays under its total cap, from the room they lease slices of."""
-    registry = registry_for(simulator.url, tmp_path)
-    account, key = funded(database, 50_000_000)
-    count = 2 if isinstance(database, Path) else 4
-    db = open_db(database)
-    (key_id,) = db.execute("SELECT id FROM api_keys WHERE account_id = ?", [account]).fetchone()
-    cap = 12 * hold_of_a_call(registry, tmp_path)  # room for 12 calls in flight at once
-    set_key_limits(db, key_id, rpm=None, daily_cap_micros=None, total_cap_micros=cap)
-
-    with ExitStack() as stack:
-        servers = [Served(registry, database) for _ in range(count)]
-        for server in servers:
-            stack.callback(server.stop)
-        for server in servers:
-            server.wait_ready()
-        # 48 at once, each answered after half a second: every process is sent more calls
-        # than the room has, and holds them all at the same time unless the room is shared.
-        simulator.knobs(latency=0.5)
-        try:
-            statuses = asyncio.run(calls_at_once([s.url for s in servers], key, 48))
-        finally:
-            simulator.reset()
-    served = statuses.count(200)
-    assert statuses.count(429) == 48 - served, statuses
-    spent = db.execute("SELECT SUM(cost_micros) FROM usage WHERE key_id = ?", [key_id])
+    served = capped.count(200)
+    assert capped.count(429) == 48 - served, capped
+    spent = db.execute("SELECT SUM(cost_micros) FROM usage WHERE key_id = ?", [capped_id])
     assert spent.fetchone()[0] <= cap and served <= 12
-    assert served >= 4, statuses  # the early refusals are bounded (limits module)
-    refused = db.execute(
-        "SELECT COUNT(*) FROM usage WHERE key_id = ? AND status <> 'succeeded'", [key_id]
+    assert served >= 4, capped  # the early refusals are bounded (limits module)
+    failed = db.execute(
+        "SELECT COUNT(*) FROM usage WHERE key_id = ? AND status <> 'succeeded'", [capped_id]
     ).fetchone()[0]
-    assert refused == 0  # a 429 is refused before anything is held or written
-    leases = db.execute("SELECT COUNT(*) FROM spend_leases WHERE key_id = ?", [key_id])
+    assert failed == 0  # a 429 is refused before anything is held or written
+    leases = db.execute("SELECT COUNT(*) FROM spend_leases WHERE key_id = ?", [capped_id])
     assert leases.fetchone()[0] == 0  # returned by the processes as they stopped
     db.conn.close()
     check = cli(registry, database, "ledger", "check")
