@@ -444,6 +444,10 @@ def test_receipt_low_balance_and_suspension_are_mailed_once(
     assert "card dispute under review" in suspended[0]["body"]
     time.sleep(0.4)
     assert len(cs.mail(email, "suspended")) == 1
+    # Reinstated, then suspended again for the same reason: a new suspension, a new mail.
+    set_status(cs.server.db, account_id, "active", "dispute resolved")
+    set_status(cs.server.db, account_id, "suspended", "card dispute under review")
+    assert len(_wait_for_mail(cs, email, "suspended", 2)) == 2
 
 
 def test_terms_versions_are_accepted_at_sign_up_and_again_when_they_change(

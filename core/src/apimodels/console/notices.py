@@ -72,13 +72,16 @@ class Notices:
                 sent += await self.notifier.send(
                     Mail(email, "Your top-up receipt", body, "receipt")
                 )
-        for account_id, email, reason in self.db.execute(
-            "SELECT a.id, a.email, a.status_reason FROM accounts a"
+        # One mail per suspension: its ref is when it happened (the reason, for one made
+        # before accounts kept that), so the same reason a second time is mailed again.
+        for account_id, email, reason, ref in self.db.execute(
+            "SELECT a.id, a.email, a.status_reason, a.id || ':'"
+            " || COALESCE(a.status_changed_at, a.status_reason, '') AS ref FROM accounts a"
             " LEFT JOIN console_mail_log m ON m.kind = 'suspended'"
-            " AND m.ref = a.id || ':' || COALESCE(a.status_reason, '')"
+            " AND m.ref = a.id || ':' || COALESCE(a.status_changed_at, a.status_reason, '')"
             " WHERE a.status = 'suspended' AND m.ref IS NULL"
         ).fetchall():
-            if self._claim("suspended", f"{account_id}:{reason or ''}", account_id):
+            if self._claim("suspended", ref, account_id):
                 body = (
                     f"Your account is suspended: {reason or 'contact support'}.\n\n"
                     "Its API keys are refused until it is reinstated.\n"

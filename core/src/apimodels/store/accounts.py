@@ -290,8 +290,8 @@ def set_status(db: sqlite_utils.Database, account: str, status: str, reason: str
     with db.conn:
         db.execute("BEGIN IMMEDIATE")
         db.execute(
-            "UPDATE accounts SET status = ?, status_reason = ? WHERE id = ?",
-            [status, reason, acct["id"]],
+            "UPDATE accounts SET status = ?, status_reason = ?, status_changed_at = ? WHERE id = ?",
+            [status, reason, now, acct["id"]],
         )
         if status == "closed":
             close_op(db.conn, acct["id"], reason, now)

@@ -560,3 +560,10 @@ def m019_spend_leases(db: sqlite_utils.Database) -> None:
         pk=("key_id", "holder"),
         not_null={"amount_micros", "expires_at"},
     )
+
+
+@migration
+def m020_account_status_changed_at(db: sqlite_utils.Database) -> None:
+    # When an account's status last changed: a second suspension for the same reason is a
+    # new event, mailed again (apimodels.console.notices).
+    db["accounts"].add_column("status_changed_at", str)
