@@ -423,6 +423,15 @@ class GroupCommit:
         if self._written is not None:
             futures.wait([self._written])
 
+    async def flushed(self) -> None:
+        """:meth:`commit`, awaited: on the writer thread, the event loop serves other
+        requests while it writes."""
+        if self._queue:
+            self._flush()
+        if self._written is not None and not self._written.done():
+            with contextlib.suppress(Exception):  # its writes' waiters are told
+                await asyncio.wrap_future(self._written)
+
     def reserve(
         self,
         reservation_id: str,

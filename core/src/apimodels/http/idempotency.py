@@ -34,7 +34,7 @@ from starlette.responses import Response
 
 from ..billing.ledger import GroupCommit
 from ..errors import APIError, InvalidRequest
-from ..store.db import utcnow
+from ..store.db import off_loop, utcnow
 from ..tasks.store import TASK_HEADER
 
 log = logging.getLogger("apimodels")
@@ -77,16 +77,16 @@ class Idempotency:
         digest = hashlib.sha256(
             request.method.encode() + request.url.path.encode() + b"\0" + raw
         ).hexdigest()
-        stored = self._claim(account_id, key, digest)
+        stored = await off_loop(self.db, self._claim, account_id, key, digest)
         if stored is not None:
             return stored
         try:
             response = await handler()
         except BaseException:
-            self._forget(account_id, key)
+            self._forget(account_id, key)  # in place: a cancelled request awaits nothing more
             raise
         if response.status_code >= 400 and TASK_HEADER not in response.headers:
-            self._forget(account_id, key)
+            await off_loop(self.db, self._forget, account_id, key)
         else:
             await self._store(account_id, key, response)
         return response

@@ -19,6 +19,7 @@ from ..billing.money import format_usd, usd_number
 from ..billing.usage import QUANTITY_FIELDS
 from ..errors import InvalidRequest
 from ..store.accounts import KeyStore
+from ..store.db import off_loop
 
 
 def render_usage(row: dict[str, Any]) -> dict[str, Any]:
@@ -81,12 +82,12 @@ class Receipts:
     def __init__(self, keys: KeyStore, writes: GroupCommit) -> None:
         self.keys = keys
         self.ledger = writes.ledger
-        self.commit = writes.commit
+        self.writes = writes
 
     async def credits(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
-        self.commit()
-        b = self.ledger.balance(principal.account_id)
+        await self.writes.flushed()
+        b = await off_loop(self.ledger.db, self.ledger.balance, principal.account_id)
         return _json(
             {
                 "object": "credits",
@@ -99,22 +100,33 @@ class Receipts:
 
     async def usage(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
-        self.commit()
         q = request.query_params
         limit = page_limit(q.get("limit"))
-        rows, more = list_usage(
-            self.ledger.db,
-            principal.account_id,
-            limit=limit,
-            starting_after=q.get("starting_after"),
-            since=_time(q.get("since"), "since"),
-            until=_time(q.get("until"), "until"),
-            model=q.get("model"),
+        since, until = _time(q.get("since"), "since"), _time(q.get("until"), "until")
+        await self.writes.flushed()
+        db = self.ledger.db
+        rows, more = await off_loop(
+            db,
+            lambda: list_usage(
+                db,
+                principal.account_id,
+                limit=limit,
+                starting_after=q.get("starting_after"),
+                since=since,
+                until=until,
+                model=q.get("model"),
+            ),
         )
         return _json({"object": "list", "data": [render_usage(r) for r in rows], "has_more": more})
 
     async def generation(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
-        self.commit()
-        row = get_usage(self.ledger.db, principal.account_id, request.path_params["request_id"])
+        await self.writes.flushed()
+        row = await off_loop(
+            self.ledger.db,
+            get_usage,
+            self.ledger.db,
+            principal.account_id,
+            request.path_params["request_id"],
+        )
         return _json(render_usage(row))

@@ -35,6 +35,7 @@ from ..providers.runtime import Gateway, Route
 from ..schemas import TaskRequest
 from ..storage import StorageError
 from ..store.accounts import KeyStore, Principal
+from ..store.db import off_loop
 from ..tasks.notify import check_resolves_public, check_url
 from ..tasks.render import render_task
 from ..tasks.runner import TaskRunner, unified_request
@@ -196,14 +197,16 @@ class TasksAPI:
                 self.biller.limiter.settled(principal, hold, 0)
             raise
         if billing:
-            # Counted as spent until it ends (the limiter's sync then reads the ledger,
-            # where a pending task's hold also counts as spent).
+            # Counted as spent until it ends (a renewed lease reads the usage rows, where
+            # a pending task's hold also counts as spent).
             self.biller.limiter.settled(principal, hold, hold)
         return task
 
     async def get(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
-        task = self.store.get(principal.account_id, request.path_params["id"])
+        task = await off_loop(
+            self.store.db, self.store.get, principal.account_id, request.path_params["id"]
+        )
         return _json(self.render(task, request))
 
     async def list(self, request: Request) -> Response:
@@ -213,8 +216,14 @@ class TasksAPI:
         status = q.get("status")
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"'status' must be one of {', '.join(STATUSES)}", param="status")
-        tasks, more = self.store.page(
-            principal.account_id, limit=limit, status=status, starting_after=q.get("starting_after")
+        tasks, more = await off_loop(
+            self.store.db,
+            lambda: self.store.page(
+                principal.account_id,
+                limit=limit,
+                status=status,
+                starting_after=q.get("starting_after"),
+            ),
         )
         return _json(
             {"object": "list", "data": [self.render(t, request) for t in tasks], "has_more": more}

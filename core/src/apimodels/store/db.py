@@ -9,16 +9,20 @@ interface (``postgres.PgDatabase``).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
 from .migrations import migrate
+
+T = TypeVar("T")
 
 # The errors modules catch, whatever the backend: psycopg's join them once a PostgreSQL
 # database is opened (importing psycopg costs 25 MB and half a second: SQLite never pays it).
@@ -47,6 +51,16 @@ def is_url(target: object) -> bool:
 def is_postgres(db: Any) -> bool:
     """Whether ``db`` (a database or the connection of a transaction) is PostgreSQL's."""
     return getattr(db, "dialect", "sqlite") == "postgresql"
+
+
+async def off_loop(db: Any, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, a few statements on ``db``: on PostgreSQL on a worker thread (its
+    round trips would stop the event loop meanwhile; the pool binds a transaction to its
+    thread), on SQLite in place (a local read costs microseconds, and its connection is the
+    event loop's)."""
+    if is_postgres(db):
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
