@@ -101,11 +101,12 @@ def serving(registry: Path, db: Path, *args: str, **kwargs: object) -> Iterator[
         served.stop()
 
 
-def open_db_after(barrier: Any, path: str) -> None:
-    """Open (and so migrate) the database at ``path`` once every process reaches
-    ``barrier``. A child of a spawned process imports it from here: a test module, named
+def open_db_after(barriers: list[Any], paths: list[str]) -> None:
+    """Open (and so migrate) each database of ``paths`` once every process reaches its
+    barrier. A child of a spawned process imports it from here: a test module, named
     ``tests.test_...`` under pytest's importlib mode, cannot be imported by the child."""
     from apimodels.store.db import open_db
 
-    barrier.wait()
-    open_db(path).conn.close()
+    for barrier, path in zip(barriers, paths, strict=True):
+        barrier.wait()
+        open_db(path).conn.close()

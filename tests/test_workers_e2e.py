@@ -117,15 +117,17 @@ def test_processes_migrating_a_new_database_at_the_same_instant(
     """The race the servers above rarely meet (they import for a second or two first):
     each process sees every migration pending, and only one may apply each."""
     context = multiprocessing.get_context("spawn")
-    for attempt in range(2):
-        path = str(new_database(f"race{attempt}.db"))
-        barrier = context.Barrier(4)
-        procs = [context.Process(target=open_db_after, args=(barrier, path)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout=60)
-        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    # Two new databases, each opened by the 4 processes together once they are all ready:
+    # two races for one start of the processes.
+    paths = [str(new_database(f"race{attempt}.db")) for attempt in range(2)]
+    barriers = [context.Barrier(4) for _ in paths]
+    procs = [context.Process(target=open_db_after, args=(barriers, paths)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    for path in paths:
         db = open_db(path)
         applied = [row[0] for row in db.execute("SELECT name FROM _migrations")]
         assert sorted(applied) == sorted(fn.__name__ for fn in MIGRATIONS)
