@@ -352,3 +352,75 @@ def test_processes_share_a_keys_spending_cap_through_leases(
     assert db.execute("SELECT SUM(cost_micros) FROM usage").fetchone()[0] == 300
     assert db.execute("SELECT holder FROM spend_leases").fetchall() == [("proc_dead",)]
     assert ledger.check() == []
+
+
+def test_a_live_process_keeps_its_lease_under_a_long_call_and_returns_it_when_idle(
+    db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a lease expired under a call still running (its hold in no usage row
+    yet), and another process leased the same room: the key was charged past its cap. The
+    upkeep keeps a live process's leases; an idle key's lease goes back at once."""
+    monkeypatch.setattr(limits, "LEASE_SECONDS", 0.4)  # stands for 60 s
+    monkeypatch.setattr(limits, "REFUSAL_SECONDS", 0.0)
+    ledger, funded_principal = funded(db, 100_000)
+    capped = replace(funded_principal, limits=KeyLimits(None, None, 1_000))
+
+    async def run() -> None:
+        a, b = biller(ledger, idle_seconds=60), biller(ledger, idle_seconds=60)
+
+        async def upkeep() -> None:
+            while True:
+                await a.limiter.maintain(idle_seconds=60)
+                await asyncio.sleep(0.05)
+
+        keeping = asyncio.ensure_future(upkeep())
+        long_call = await call(a, capped, "a1", 900)
+        await asyncio.sleep(1.0)  # 2.5 lease lives; no other call on A meanwhile
+        with pytest.raises(RateLimited):
+            await call(b, capped, "b1", 900)
+        keeping.cancel()
+        await long_call.succeed(Usage(), 900)
+        await asyncio.sleep(0.15)
+        await a.limiter.maintain(idle_seconds=0)  # A is idle: its lease goes back
+        with pytest.raises(RateLimited):  # 100 left, counted once
+            await call(b, capped, "b2", 200)
+        second = await call(b, capped, "b3", 100)
+        await second.succeed(Usage(), 100)
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(run())
+    assert db.execute("SELECT SUM(cost_micros) FROM usage").fetchone()[0] == 1_000
+    assert ledger.check() == []
+
+
+def test_an_idle_keys_lease_goes_back_to_the_other_processes(
+    db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "LEASE_SECONDS", 0.4)
+    monkeypatch.setattr(limits, "REFUSAL_SECONDS", 0.0)
+    ledger, funded_principal = funded(db, 100_000)
+    capped = replace(funded_principal, limits=KeyLimits(None, None, 1_000))
+
+    async def run() -> None:
+        a, b = biller(ledger, idle_seconds=60), biller(ledger, idle_seconds=60)
+        first = await call(a, capped, "a1", 500)  # A leases 500 + 125
+        await first.succeed(Usage(), 100)
+        with pytest.raises(RateLimited):  # 900 left, of which A's lease holds 525
+            await call(b, capped, "b1", 600)
+        await asyncio.sleep(0.15)
+        await a.limiter.maintain(idle_seconds=0.1)  # A's key is idle: its lease goes back
+        second = await call(b, capped, "b2", 600)
+        await second.succeed(Usage(), 600)
+        # A leases again, from what is left beside B's lease (600 + 900 / 8, less its
+        # charge once committed): 1,000 - 700 spent - 112.
+        with pytest.raises(RateLimited):
+            await call(a, capped, "a2", 200)
+        third = await call(a, capped, "a3", 188)
+        await third.succeed(Usage(), 150)
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(run())
+    assert db.execute("SELECT SUM(cost_micros) FROM usage").fetchone()[0] == 850
+    assert db.execute("SELECT COUNT(*) FROM spend_leases").fetchone()[0] == 0

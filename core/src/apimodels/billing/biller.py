@@ -93,7 +93,7 @@ class Bill:
         """What follows the write of this bill's settle (its ``Settlement.on_commit``)."""
         # The key's spending grows by what was actually charged.
         charged = self.cost_micros if recorded else 0
-        self.biller.limiter.settled(self.principal, self.hold_micros, charged)
+        self.biller.limiter.committed(self.principal, self.cost_micros, recorded)
         if charged and self.biller.on_charge is not None:  # the charged-credits metric
             self.biller.on_charge(self.billed_as, charged)
         if error is not None:  # the call is then free
@@ -161,7 +161,7 @@ class Biller:
                 finally:
                     reservation.waiting -= 1
         except BaseException:
-            self.limiter.settled(principal, hold_micros, 0)
+            self.limiter.released(principal, hold_micros)
             raise
         reservation.in_flight += hold_micros
         return Bill(self, request_id, principal, reservation, hold_micros, route.billed_as, stream)
@@ -205,6 +205,7 @@ class Biller:
     ) -> asyncio.Future[bool]:
         bill.settled = True
         bill.cost_micros = cost_micros
+        self.limiter.settling(bill.principal, bill.hold_micros, cost_micros)
         reservation = bill.reservation
         reservation.in_flight -= bill.hold_micros
         taken = min(cost_micros, max(reservation.amount, 0))
@@ -228,13 +229,10 @@ class Biller:
             int((time.perf_counter() - bill.started) * 1e6) / 1000,
             bill.committed,
         )
-        # An answered call's charge may wait a moment to be committed with others';
-        # a stream's last event and a failed call's error wait for theirs, and a capped
-        # key's charge is committed at once: until then the key counts the call's whole
-        # hold (Limiter.settled), and its next call could be refused for it.
-        limits = bill.principal.limits
-        capped = limits is not None and limits.caps_spending
-        if bill.stream or error_code is not None or capped:
+        # An answered call's charge may wait a moment to be committed with others' (a
+        # capped key counts its cost meanwhile: Limiter.settling); a stream's last event
+        # and a failed call's error wait for theirs.
+        if bill.stream or error_code is not None:
             future = self.ledger.settle(settlement)
         else:
             future = self.ledger.settle_later(settlement)
@@ -255,12 +253,13 @@ class Biller:
 
     async def maintain(self) -> None:
         """Return the reservations of idle accounts; renew the others while this process
-        lives (called about every second)."""
+        lives, and the keys' spending leases likewise (called about every second)."""
         now = time.monotonic()
         for account_id, reservation in list(self._reservations.items()):
             idle = reservation.in_flight == 0 and now - reservation.idle_since >= self.idle_seconds
             if idle and self._return(reservation):
                 del self._reservations[account_id]
+        await self.limiter.maintain()
         if now - self._renewed >= min(10.0, self.hold_ttl.total_seconds() / 4):
             self._renewed = now
             kept = await self.ledger.renew(self.process, self._expiry())

@@ -451,11 +451,12 @@ class GroupCommit:
     def renew(self, process: str, expires_at: str) -> asyncio.Future[set[str]]:
         return self._submit("renew", (process, expires_at))
 
-    def write(self, op: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run ``op(connection, *args)`` at the end of this loop iteration, in the
-        transaction of every write queued before it: a record that must never be
-        committed without them (an idempotent answer, and its call's charge)."""
-        return self._submit("write", (op, args))
+    def write(self, op: Callable[..., Any], *args: Any, later: bool = False) -> asyncio.Future[Any]:
+        """Run ``op(connection, *args)`` at the end of this loop iteration (or, ``later``,
+        within ``delay``), in the transaction of every write queued before it: a record
+        that must never be committed without them (an idempotent answer, and its call's
+        charge)."""
+        return self._submit("write", (op, args), later=later)
 
     @staticmethod
     def _apply(c: sqlite3.Connection, batch: list[_Op], now: str) -> list[tuple[Any, Any]]:
@@ -573,8 +574,11 @@ class GroupCommit:
                 [outcome] = self._apply(c, [op], now)
                 return outcome
         except store_db.INTEGRITY_ERRORS as exc:
-            if kind == "settle" and self._recorded(args.request_id):
-                return False, None  # recorded before: never charged twice
+            try:
+                if kind == "settle" and self._recorded(args.request_id):
+                    return False, None  # recorded before: never charged twice
+            except Exception as error:  # the database failing now: this write failed
+                return None, error
             return None, exc
         except Exception as exc:
             return None, exc

@@ -17,20 +17,25 @@ minute's end, then the next one's start).
 
 Spending caps: a process leases an amount of the key's room, what it may hold and charge
 from then on (``spend_leases``, one row per key and process). The lease is granted in one
-transaction that locks the key's account, reads what the key has spent (its usage rows; a pending
-task's hold counts as spent until the task ends) and the live leases of the other processes,
-and grants at most the room left under each cap: so what every process charges never sums
-past a cap. A lease is renewed when the process's requests outgrow it, when it is
-``LEASE_SECONDS / 2`` old, when the UTC day or the key's caps change; it expires after
-``LEASE_SECONDS`` (a crashed process's lease frees its room then) and is returned when the
-server stops. A lease takes what the next requests hold plus an eighth of the room left, so
-with P processes serving one key a cap may refuse a request up to (P - 1) eighths of the
-room early, never late; near a cap the slices, and that tolerance, shrink with the room.
+transaction that locks the key's account, reads what the key has spent (its usage rows; a
+pending task's hold counts as spent until the task ends) and the live leases of the other
+processes, and grants at most the room left under each cap: so what every process charges
+never sums past a cap. A charge, once committed, is taken off its process's lease (it is in
+the usage rows then: counted twice otherwise). A lease is renewed when the requests outgrow
+it, when the UTC day or the key's caps change; the upkeep (:meth:`Limiter.maintain`) keeps
+a live process's leases from expiring (a lease must outlive the calls it covers) and gives
+back those of keys idle for a few seconds; a lease expires ``LEASE_SECONDS`` after its last
+renewal (a crashed process's lease frees its room then) and is returned when the server
+stops. A lease takes what the next requests hold plus an eighth of the room left, so with P
+processes serving one key a cap may refuse a request while up to (P - 1) eighths of the
+room sit in the other processes' leases, never let one through past it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import secrets
 import time
@@ -44,6 +49,8 @@ from ..store.db import is_postgres, utcnow
 
 if TYPE_CHECKING:
     from .ledger import GroupCommit
+
+log = logging.getLogger("apimodels")
 
 #: How long a spending lease lives in the database; a process uses it for half that.
 LEASE_SECONDS = 60.0
@@ -59,15 +66,20 @@ class _KeyState:
     window: str = ""  # the clock minute the slice below was leased in
     slice: int = 0  # requests of the shared counter this process may still admit in it
     # Spending: what this process may hold and charge for the key since its lease was
-    # granted (``lease``), and what it holds now and charged since (``held``, ``charged``).
+    # granted (``lease``); what it holds for requests in flight (``held``), the costs of
+    # requests settled but not yet committed (``pending``), and the costs committed since
+    # the grant (``charged``); ``dropped``: costs whose settle was not recorded.
     lease: int = 0
     held: int = 0
+    pending: int = 0
     charged: int = 0
+    dropped: int = 0
     caps: KeyLimits | None = None  # the caps it was granted under
     until: float = -math.inf  # used until then (monotonic)
     day_ends: float = -math.inf  # the end of the UTC day it was granted in (epoch)
-    refused: tuple[float, str] | None = None  # (until, code) after a refusal
+    refused: tuple[float, int, str] | None = None  # (until, need refused, code)
     leasing: asyncio.Future[None] | None = None  # the renewal on its way
+    used_at: float = 0.0  # when a request last used the lease (monotonic)
     full: str = ""  # the minute whose requests the processes took all of
     slicing: asyncio.Future[None] | None = None  # the lease of requests on its way
 
@@ -148,6 +160,24 @@ def lease_spending_op(
     return lease, None
 
 
+def shrink_lease_op(c: Any, key_id: str, holder: str, charged: int) -> None:
+    """A charge of the holder's is committed, so in the key's usage rows: its lease no
+    longer counts it (the other processes would count it twice)."""
+    c.execute(
+        "UPDATE spend_leases SET amount_micros = CASE WHEN amount_micros > ?1"
+        " THEN amount_micros - ?1 ELSE 0 END WHERE key_id = ?2 AND holder = ?3",
+        (charged, key_id, holder),
+    )
+
+
+def renew_leases_op(c: Any, holder: str, expires_at: str, idle: list[str]) -> None:
+    """Keep a live process's leases (a lease must not expire under a call it covers);
+    return those of its idle keys (their room goes back to the other processes)."""
+    for key_id in idle:
+        c.execute("DELETE FROM spend_leases WHERE key_id = ? AND holder = ?", (key_id, holder))
+    c.execute("UPDATE spend_leases SET expires_at = ? WHERE holder = ?", (expires_at, holder))
+
+
 def release_spending_op(c: Any, holder: str) -> int:
     """Return every spending lease of a stopping process."""
     return c.execute("DELETE FROM spend_leases WHERE holder = ?", (holder,)).rowcount
@@ -159,6 +189,7 @@ class Limiter:
         self.db = ledger.ledger.db
         self.holder = f"proc_{secrets.token_hex(6)}"
         self._keys: dict[str, _KeyState] = {}
+        self._renewed = time.monotonic()
 
     async def admit(self, principal: Principal, hold_micros: int) -> None:
         """Raise 429 when the request would break one of the key's limits; else count it
@@ -169,8 +200,9 @@ class Limiter:
         state = self._keys.get(principal.key_id)
         if state is None:
             state = self._keys[principal.key_id] = _KeyState(tokens=float(limits.rpm or 0))
+        window = ""
         if limits.rpm:
-            await self._admit_request(principal.key_id, limits.rpm, state)
+            window = await self._admit_request(principal.key_id, limits.rpm, state)
         if limits.caps_spending:
             try:
                 while not _fits(state, limits, hold_micros):
@@ -178,12 +210,15 @@ class Limiter:
             except BaseException:
                 if limits.rpm:  # refused, so not counted against the rate either
                     state.tokens += 1
-                    state.slice += 1
+                    if state.window == window:  # (a later minute's slice was not its)
+                        state.slice += 1
                 raise
             state.held += hold_micros
+            state.used_at = time.monotonic()
 
-    async def _admit_request(self, key_id: str, rpm: int, state: _KeyState) -> None:
-        """Take a token of the key's bucket and a request of its slice for this minute."""
+    async def _admit_request(self, key_id: str, rpm: int, state: _KeyState) -> str:
+        """Take a token of the key's bucket and a request of its slice for this minute
+        (which it returns)."""
         now = time.monotonic()
         state.tokens = min(rpm, state.tokens + (now - state.refilled) * rpm / 60)
         state.refilled = now
@@ -197,7 +232,7 @@ class Limiter:
                     state.window, state.slice = window, 0
                 if state.slice >= 1:
                     state.slice -= 1
-                    return
+                    return window
                 if state.full == window:  # the processes took this minute's requests
                     raise _rate_limited(rpm, math.ceil(seconds_left))
                 if state.slicing is None:  # one lease at a time per key; the others wait
@@ -221,19 +256,28 @@ class Limiter:
 
     async def _lease_spending(self, principal: Principal, state: _KeyState, hold: int) -> None:
         """Renew the key's lease to cover what this process holds and ``hold`` (one renewal
-        at a time per key, the others wait for it), or raise the 429 of the cap without
-        room."""
-        if state.refused is not None and time.monotonic() < state.refused[0]:
-            raise _capped(state.refused[1])
-        if state.leasing is None:
-            state.leasing = asyncio.ensure_future(self._renew(principal, state, hold))
+        at a time per key; a request that waited for another's tries again with its own
+        hold), or raise the 429 of the cap without room."""
+        need = state.held + hold
+        if state.refused is not None:
+            until, refused, code = state.refused
+            if time.monotonic() < until and need >= refused:
+                raise _capped(code)
+        if state.leasing is not None:
+            with contextlib.suppress(RateLimited):  # its refusal is for its own size
+                await asyncio.shield(state.leasing)
+            return
+        state.leasing = asyncio.ensure_future(self._renew(principal, state, need))
         await asyncio.shield(state.leasing)
 
-    async def _renew(self, principal: Principal, state: _KeyState, hold: int) -> None:
+    async def _renew(self, principal: Principal, state: _KeyState, need: int) -> None:
         limits = principal.limits
         assert limits is not None
         day, seconds_left = _today()
-        charged = state.charged
+        sent = time.monotonic()
+        # The settles queued before this write are committed before it reads the usage
+        # rows: from the grant on, their costs count there, not here.
+        base, dropped = state.charged + state.pending, state.dropped
         try:
             lease, refusal = await self.ledger.write(
                 lease_spending_op,
@@ -242,28 +286,88 @@ class Limiter:
                 self.holder,
                 limits,
                 day,
-                state.held + hold,
+                need,
             )
         finally:
             state.leasing = None
         if refusal is not None:
-            state.refused = (time.monotonic() + REFUSAL_SECONDS, refusal)
+            state.refused = (time.monotonic() + REFUSAL_SECONDS, need, refusal)
             raise _capped(refusal)
-        # What was charged before the grant is in the usage rows it read; what settled
-        # while it was on its way (maybe read, maybe not) stays counted here: never less.
-        state.charged -= charged
+        # Answered in order, after those settles: each is in ``charged`` or ``dropped`` now.
+        state.charged -= base - (state.dropped - dropped)
         state.lease, state.caps, state.refused = lease, limits, None
-        state.until = time.monotonic() + LEASE_SECONDS / 2
+        state.until = sent + LEASE_SECONDS / 2
         state.day_ends = time.time() + seconds_left
 
-    def settled(self, principal: Principal, hold_micros: int, cost_micros: int) -> None:
-        """A request admitted with ``hold_micros`` ended costing ``cost_micros`` (committed)."""
-        limits = principal.limits
-        state = self._keys.get(principal.key_id)
-        if limits is None or state is None or not limits.caps_spending:
+    def settling(self, principal: Principal, hold_micros: int, cost_micros: int) -> None:
+        """A request admitted with ``hold_micros`` ended costing ``cost_micros``; its
+        settle is queued (then :meth:`committed`)."""
+        state = self._capped(principal)
+        if state is not None:
+            state.held = max(0, state.held - hold_micros)
+            state.pending += cost_micros
+
+    def committed(self, principal: Principal, cost_micros: int, recorded: bool) -> None:
+        """The settle of a request that cost ``cost_micros`` is committed (``recorded``),
+        or failed."""
+        state = self._capped(principal)
+        if state is None:
             return
-        state.held = max(0, state.held - hold_micros)
+        state.pending = max(0, state.pending - cost_micros)
+        if not recorded:
+            state.dropped += cost_micros
+            return
         state.charged += cost_micros
+        if cost_micros:
+            self.ledger.write(
+                shrink_lease_op, principal.key_id, self.holder, cost_micros, later=True
+            ).add_done_callback(_logged)
+
+    def released(self, principal: Principal, hold_micros: int) -> None:
+        """A request admitted with ``hold_micros`` was not served (nothing to settle)."""
+        state = self._capped(principal)
+        if state is not None:
+            state.held = max(0, state.held - hold_micros)
+
+    def spent(self, principal: Principal, hold_micros: int) -> None:
+        """A task admitted with ``hold_micros`` was created: its hold counts as spent (in
+        its usage row) until the task ends."""
+        self.settling(principal, hold_micros, hold_micros)
+        self.committed(principal, hold_micros, True)
+
+    def _capped(self, principal: Principal) -> _KeyState | None:
+        limits = principal.limits
+        if limits is None or not limits.caps_spending:
+            return None
+        return self._keys.get(principal.key_id)
+
+    async def maintain(self, idle_seconds: float = 5.0) -> None:
+        """Keep this process's spending leases from expiring, and return those of keys idle
+        for ``idle_seconds`` (called by the biller's upkeep, every second or so)."""
+        now = time.monotonic()
+        if now - self._renewed < LEASE_SECONDS / 4:
+            return
+        self._renewed = now
+        idle = []
+        for key_id, state in self._keys.items():
+            if not state.lease:
+                continue
+            if (
+                not state.held
+                and not state.pending
+                and state.leasing is None
+                and now - state.used_at >= idle_seconds
+            ):
+                idle.append(key_id)
+                state.lease, state.until = 0, -math.inf  # the next request renews it
+            else:
+                state.until = max(state.until, now + LEASE_SECONDS / 2)
+        if not idle and not any(state.lease for state in self._keys.values()):
+            return
+        expires = datetime.now(UTC) + timedelta(seconds=LEASE_SECONDS)
+        await self.ledger.write(
+            renew_leases_op, self.holder, expires.isoformat(timespec="microseconds"), idle
+        )
 
     def purge(self, now: datetime | None = None) -> None:
         """Forget the counters of minutes past and the leases expired (the expiry sweep)."""
@@ -281,10 +385,15 @@ class Limiter:
         return self.ledger.write(release_spending_op, self.holder)
 
 
+def _logged(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a spending lease's update failed: %s", type(future.exception()).__name__)
+
+
 def _fits(state: _KeyState, limits: KeyLimits, hold: int) -> bool:
     """The key's lease covers ``hold`` too, and is still good."""
     return (
-        state.held + state.charged + hold <= state.lease
+        state.held + state.pending + state.charged + hold <= state.lease
         and (state.caps is limits or state.caps == limits)
         and time.monotonic() < state.until
         and time.time() < state.day_ends

@@ -194,12 +194,12 @@ class TasksAPI:
             )
         except BaseException:
             if billing:
-                self.biller.limiter.settled(principal, hold, 0)
+                self.biller.limiter.released(principal, hold)
             raise
         if billing:
             # Counted as spent until it ends (a renewed lease reads the usage rows, where
             # a pending task's hold also counts as spent).
-            self.biller.limiter.settled(principal, hold, hold)
+            self.biller.limiter.spent(principal, hold)
         return task
 
     async def get(self, request: Request) -> Response:

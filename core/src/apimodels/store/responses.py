@@ -3,8 +3,9 @@ deleted by their owner, by the retention sweep after ``privacy.stored_response_d
 with a closed account's other content after its grace period.
 
 Writes go through the ledger's group commit (``writes``), queued after the call's charge in
-the same transaction, off the answer's latency; a read first commits what is queued, so an
-answer is readable as soon as it was sent.
+the same transaction, off the answer's latency; a read of an answer still queued first
+commits what is queued, so an answer is readable as soon as it was sent (and a read of any
+other waits for nothing: on PostgreSQL, a commit waits for the ledger's writer thread).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class StoredResponses:
     def __init__(self, db: sqlite_utils.Database, writes: Writes) -> None:
         self.db = db
         self.writes = writes
+        self._queued: set[str] = set()  # answers put and not yet committed
 
     def put(self, response_id: str, account_id: str, body: bytes, history: bytes) -> None:
         """Queue an answer (its JSON, and its conversation's) to be kept; a failure is
@@ -41,11 +43,14 @@ class StoredResponses:
         row = (response_id, account_id, utcnow(), body.decode(), history.decode())
         future = self.writes.write(_insert, *row)
         future.add_done_callback(_log_failure)
+        self._queued.add(response_id)
+        future.add_done_callback(lambda _: self._queued.discard(response_id))
 
     def get(self, response_id: str, account_id: str) -> tuple[str, list[Any]] | None:
         """The answer (its JSON text) and its conversation, if this account stored it
         (another account's is as absent as an unknown id)."""
-        self.writes.commit()
+        if response_id in self._queued:
+            self.writes.commit()
         found = self.db.execute(
             "SELECT body, history FROM stored_responses WHERE id = ? AND account_id = ?",
             (response_id, account_id),
@@ -54,7 +59,8 @@ class StoredResponses:
 
     def delete(self, response_id: str, account_id: str) -> bool:
         """Delete an answer this account stored; False if there is none (or another's)."""
-        self.writes.commit()
+        if response_id in self._queued:
+            self.writes.commit()
         with self.db.conn:
             deleted = self.db.execute(
                 "DELETE FROM stored_responses WHERE id = ? AND account_id = ?",
