@@ -103,7 +103,7 @@ _SPENT = (
     "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(CASE WHEN created_at >= ? THEN spent END), 0)"
     " FROM (SELECT created_at, CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%'"
     " ESCAPE '!' THEN hold_micros ELSE cost_micros END AS spent"
-    " FROM usage WHERE key_id = ?) AS spending"
+    " FROM usage WHERE key_id = ? AND created_at >= ?) AS spending"
 )
 _OTHERS = (
     "SELECT COALESCE(SUM(amount_micros), 0) FROM spend_leases"
@@ -140,11 +140,14 @@ def lease_spending_op(
     the key's caps: (the lease, None), or (0, the code of the cap that has no room)."""
     if is_postgres(c):
         # Leases of one key, one at a time (SQLite's write lock does it), under the lock
-        # of the key's account: the row the ledger's writes lock, so a batch that settles
-        # the account's calls and leases for its key takes no second lock to deadlock on.
+        # of the key's account: the row the ledger's writes of the account lock anyway.
+        # (Two processes' batches locking two accounts in opposite orders: PostgreSQL
+        # breaks the cycle, and each write of the batch is retried alone.)
         c.execute("SELECT 1 FROM accounts WHERE id = ? FOR NO KEY UPDATE", (account_id,))
     now = utcnow()
-    total, today = c.execute(_SPENT, (day, key_id)).fetchone()
+    # Without a total cap, today's rows are enough (the key's index finds them).
+    since = "" if caps.total_cap_micros is not None else day
+    total, today = c.execute(_SPENT, (day, key_id, since)).fetchone()
     others = c.execute(_OTHERS, (key_id, holder, now)).fetchone()[0]
     rooms = []
     if caps.daily_cap_micros is not None:
