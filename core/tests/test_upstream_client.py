@@ -59,6 +59,10 @@ def test_a_json_request_is_what_httpx_would_build() -> None:
     assert ours.content == theirs.content
     assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
     assert (ours.method, ours.url) == (theirs.method, theirs.url)
+    # Put together without httpx's constructor, it is what one leaves: read, and the same.
+    assert vars(ours).keys() == vars(theirs).keys()
+    assert (ours.read(), ours.extensions) == (theirs.read(), theirs.extensions)
+    assert b"".join(ours.stream) == theirs.content
     # A plugin's own content type wins, as with httpx; the length is always the body's.
     typed = upstream.json_request(
         "POST", "/x", body, {"content-type": "application/vnd.acme+json", "content-length": "1"}
