@@ -285,6 +285,45 @@ def test_keep_alive_and_an_idle_connection_the_upstream_closed() -> None:
     _run(handler, test)
 
 
+def test_the_read_timeout_times_each_request_on_a_kept_connection() -> None:
+    """One connection: answered, idle in the pool past the read timeout (still kept), a
+    steady answer slower in total than the timeout, then one that stops: only the last
+    times out, and only after the timeout from its own last byte."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            head = await _request(reader)
+            if b"/drip" in head:  # 0.4 s in all, a byte every 0.1 s
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+                for _ in range(4):
+                    await asyncio.sleep(0.1)
+                    writer.write(b"x")
+            elif b"/hang" in head:
+                await reader.read()  # until the client gives up
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def test(origin: str) -> None:
+        client = _client(timeout=0.25)
+        loop = asyncio.get_running_loop()
+        assert (await client.send(httpx.Request("GET", f"{origin}/a"))).content == b"ok"
+        await asyncio.sleep(0.4)  # idle, past the timeout armed by the first request
+        assert (await client.send(httpx.Request("GET", f"{origin}/b"))).content == b"ok"
+        assert (await client.send(httpx.Request("GET", f"{origin}/drip"))).content == b"xxxx"
+        started = loop.time()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.send(httpx.Request("GET", f"{origin}/hang"))
+        assert 0.2 < loop.time() - started < 1.0
+        await client.aclose()
+        assert connections == 1
+
+    _run(handler, test)
+
+
 def test_a_compressed_answer_is_inflated_and_bounded() -> None:
     small, big = gzip.compress(b'{"ok": true}'), gzip.compress(b"x" * 100_000)
 
