@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
+from .. import fastjson
 from ..errors import InvalidRequest
 
 
@@ -70,11 +71,16 @@ async def read_body(request: Request) -> bytes:
     return request._body
 
 
+def _standard_read(raw: bytes) -> Any:
+    # As json.loads reads bytes: UTF-8 (a BOM skipped), UTF-16 or UTF-32.
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     raw = await read_body(request)
     try:
-        # As json.loads reads bytes: UTF-8 (a BOM skipped), UTF-16 or UTF-32.
-        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        # orjson where it reads as the standard library; NaN, a BOM... read (or refused) here
+        body = fastjson.loads(raw, _standard_read)
     except (ValueError, RecursionError):
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object.",

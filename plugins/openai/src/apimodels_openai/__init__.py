@@ -36,6 +36,7 @@ from apimodels import (
     UpstreamError,
     Usage,
     Voice,
+    fastjson,
     hookimpl,
 )
 from apimodels.providers import media
@@ -388,7 +389,7 @@ def parse_response(
             return _speech_from_events(request, response.content)
         content_type = response.headers.get("content-type") or _AUDIO_TYPES[request.response_format]
         return Output(response.content, Usage(characters=len(request.input)), content_type)
-    body = json.loads(response.content)
+    body = fastjson.loads(response.content)
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     if isinstance(request, TranscriptionRequest):
@@ -411,7 +412,7 @@ def parse_response(
 def parse_stream_event(
     model: ModelConfig, request: UnifiedRequest, data: str
 ) -> StreamEvent | None:
-    chunk = json.loads(data)
+    chunk = fastjson.loads(data)
     if not isinstance(chunk, dict):
         raise ValueError("not a JSON object")
     if "error" in chunk or chunk.get("type") == "error":  # a mid-stream failure
