@@ -6,10 +6,12 @@ folders, put first on its ``PYTHONPATH``. Interleaved rounds (the order alternat
 fixed number of calls at a fixed concurrency; each round's CPU per request is the server
 process's own (every thread, ``side_by_side.cpu_time``) over the calls it answered. Prints
 the median of each side and the median and range of the rounds' new/old ratios: a cut is
-kept when the ratio is below 1 by more than the rounds spread.
+kept when the ratio is below 1 by more than the rounds spread. ``--together`` loads both
+sides at once in each round (half the connections each), so that both meet the same
+moments of a shared machine: the steadier ratio for small cuts.
 
     uv run python bench/ab.py [--old HEAD] [--billing | --no-billing] [--rounds 10]
-        [--calls 3000] [--concurrency 32] [--stream]
+        [--calls 3000] [--concurrency 32] [--stream] [--together]
 """
 
 from __future__ import annotations
@@ -73,6 +75,15 @@ async def calls(url: str, headers: dict[str, str], concurrency: int, total: int,
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+async def both(sides: dict, concurrency: int, total: int, body: dict) -> None:
+    await asyncio.gather(
+        *(
+            calls(url + "/v1/chat/completions", headers, concurrency, total, body)
+            for _, url, headers in sides.values()
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,6 +94,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000, help="calls per round and side")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--stream", action="store_true", help="streamed calls (16 chunks)")
+    parser.add_argument(
+        "--together", action="store_true", help="load both sides at once in each round"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "core" / "src"))
 
@@ -109,6 +123,12 @@ def main() -> None:
             asyncio.run(calls(url + "/v1/chat/completions", headers, args.concurrency, 300, body))
         cpu: dict[str, list[float]] = {"old": [], "new": []}
         for i in range(args.rounds):
+            if args.together:  # the same moments of the machine for both
+                used = {name: cpu_time(pid) for name, (pid, _, _) in sides.items()}
+                asyncio.run(both(sides, args.concurrency // 2, total, body))
+                for name, (pid, _, _) in sides.items():
+                    cpu[name].append((cpu_time(pid) - used[name]) / total)
+                continue
             for name in ("old", "new") if i % 2 else ("new", "old"):
                 pid, url, headers = sides[name]
                 used = cpu_time(pid)
@@ -123,6 +143,7 @@ def main() -> None:
                     "old": args.old,
                     "billing": args.billing,
                     "stream": args.stream,
+                    "together": args.together,
                     "old_cpu_us": round(statistics.median(cpu["old"]) * 1e6, 1),
                     "new_cpu_us": round(statistics.median(cpu["new"]) * 1e6, 1),
                     "new_over_old": round(statistics.median(ratios), 3),
