@@ -76,11 +76,22 @@ log = logging.getLogger("apimodels")
 DEBUG = bool(os.environ.get("APIMODELS_DEBUG"))
 T = TypeVar("T")
 
+_IDEMPOTENCY = IDEMPOTENCY_HEADER.encode()
 _ENDPOINT_OF: dict[Modality, str] = {modality: path for path, (_, modality) in ENDPOINTS.items()}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(fastjson.dumps(body), status, headers, media_type="application/json")
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """``request.headers.get(name)`` for a lowercase ``name``, read from the ASGI scope:
+    without building Starlette's ``Headers``, nor raising a ``KeyError`` inside it for a
+    header the request does not have (most have no Idempotency-Key)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def error_response(exc: APIError) -> Response:
@@ -244,7 +255,7 @@ class Frontend:
         multipart = modality is Modality.transcription
 
         async def endpoint(request: Request) -> Response:
-            principal = self.keys.authenticate(request.headers.get("authorization"))
+            principal = self.keys.authenticate(header(request, b"authorization"))
             return await self._replayable(request, principal, call)
 
         async def call(request: Request, principal: Principal) -> Response:
@@ -285,7 +296,7 @@ class Frontend:
     ) -> Response:
         """``call``, or the answer it gave before when the request repeats an
         Idempotency-Key (http/idempotency.py)."""
-        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+        idempotency_key = header(request, _IDEMPOTENCY)
         if idempotency_key is None:
             return await call(request, principal)
         return await self.idempotency.run(

@@ -297,7 +297,9 @@ def build_request(
 def _chat_usage(usage: Any) -> Usage | None:
     """The upstream's usage, as it said it (the core refuses an impossible one before
     pricing it); None when it sent none."""
-    if not isinstance(usage, dict) or not {"prompt_tokens", "completion_tokens"} & set(usage):
+    if not isinstance(usage, dict) or (
+        "prompt_tokens" not in usage and "completion_tokens" not in usage
+    ):
         return None
     details = usage.get("prompt_tokens_details") or {}
     return Usage(
