@@ -43,3 +43,37 @@ def test_a_cost_is_an_exact_json_number() -> None:
     assert fastjson.dumps({"usage": {"cost": usd_number(135)}}) == b'{"usage":{"cost":0.000135}}'
     assert fastjson.dumps({"cost": usd_number(1_234_567)}) == b'{"cost":1.234567}'
     assert json.loads(fastjson.dumps(body))["usage"]["cost"] == 0.000135
+
+
+#: What orjson reads differently (integers beyond 64 bits as floats) or refuses (NaN, a
+#: lone surrogate, a BOM, UTF-16, nesting past its limit): read as the standard library does.
+READS = [
+    b'{"id": "chatcmpl-1", "created": 1700000000, "usage": {"prompt_tokens": 12}}',
+    b"18446744073709551616",
+    b"-9223372036854775809",
+    b'{"seed": 123456789012345678901234567890}',
+    b"[1e400, 1e-400, 4.9e-324, 1.7976931348623159e308, -0.0, 0.1]",
+    b"NaN",
+    b'"\\ud800"',
+    b'"\\ud83d\\ude00"',
+    "\ufeff{}".encode(),
+    '{"a": "é"}'.encode("utf-16"),
+    b'{"a": "\xff"}',
+    b'{"a": 1, "a": 2}',
+    b"[1,]",
+    b"[" * 2000 + b"]" * 2000,
+    '{"delta": "h\u00e9llo"}',
+    '"\ud800"',
+]
+
+
+@pytest.mark.parametrize("data", READS)
+def test_loads_reads_as_the_standard_library(data: bytes | str) -> None:
+    def read(reader: object) -> object:
+        try:
+            value = reader(data)  # type: ignore[operator]
+        except (ValueError, RecursionError) as exc:
+            return type(exc)
+        return repr(value), type(value)
+
+    assert read(fastjson.loads) == read(json.loads)

@@ -59,6 +59,10 @@ def test_a_json_request_is_what_httpx_would_build() -> None:
     assert ours.content == theirs.content
     assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
     assert (ours.method, ours.url) == (theirs.method, theirs.url)
+    # Put together without httpx's constructor, it is what one leaves: read, and the same.
+    assert vars(ours).keys() == vars(theirs).keys()
+    assert (ours.read(), ours.extensions) == (theirs.read(), theirs.extensions)
+    assert b"".join(ours.stream) == theirs.content
     # A plugin's own content type wins, as with httpx; the length is always the body's.
     typed = upstream.json_request(
         "POST", "/x", body, {"content-type": "application/vnd.acme+json", "content-length": "1"}
@@ -277,6 +281,45 @@ def test_keep_alive_and_an_idle_connection_the_upstream_closed() -> None:
             await asyncio.sleep(0.05)  # the server's close reaches the idle connection
         await client.aclose()
         assert connections == 3
+
+    _run(handler, test)
+
+
+def test_the_read_timeout_times_each_request_on_a_kept_connection() -> None:
+    """One connection: answered, idle in the pool past the read timeout (still kept), a
+    steady answer slower in total than the timeout, then one that stops: only the last
+    times out, and only after the timeout from its own last byte."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            head = await _request(reader)
+            if b"/drip" in head:  # 0.4 s in all, a byte every 0.1 s
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+                for _ in range(4):
+                    await asyncio.sleep(0.1)
+                    writer.write(b"x")
+            elif b"/hang" in head:
+                await reader.read()  # until the client gives up
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def test(origin: str) -> None:
+        client = _client(timeout=0.25)
+        loop = asyncio.get_running_loop()
+        assert (await client.send(httpx.Request("GET", f"{origin}/a"))).content == b"ok"
+        await asyncio.sleep(0.4)  # idle, past the timeout armed by the first request
+        assert (await client.send(httpx.Request("GET", f"{origin}/b"))).content == b"ok"
+        assert (await client.send(httpx.Request("GET", f"{origin}/drip"))).content == b"xxxx"
+        started = loop.time()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.send(httpx.Request("GET", f"{origin}/hang"))
+        assert 0.2 < loop.time() - started < 1.0
+        await client.aclose()
+        assert connections == 1
 
     _run(handler, test)
 

@@ -1,21 +1,43 @@
-"""Writing JSON on the path every call takes: orjson, with the standard library for what
-orjson refuses.
+"""JSON on the path every call takes: orjson, with the standard library for what orjson
+refuses or would read differently.
 
 A chat call writes JSON twice (the upstream's request and the client's answer), a stream
-once per event. The standard library's encoder took about 3 % of a request; orjson takes
-a tenth of that. Reading stays with the standard library: orjson reads an integer beyond
-64 bits as a float, silently, and a client's number must reach the upstream as sent.
+once per event, and reads it as often. The standard library's encoder took about 3 % of a
+request; orjson takes a tenth of that, and reads a small answer in a sixth of the time.
+orjson reads an integer beyond 64 bits as a float, silently, and a number must reach the
+other side as sent: text with a run of 19 digits or more (which any such integer has) is
+read by the standard library, and so is anything orjson refuses (NaN, a lone surrogate,
+UTF-16...), which then reads, or fails, exactly as it always did.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-__all__ = ["dumps"]
+__all__ = ["dumps", "loads"]
+
+#: Every digit as 0 and every other byte as a space: a run of 19 digits, which an integer
+#: orjson would read as a float has (2**63 has 19), is then one ``in`` away (a regex
+#: search took three times as long as orjson's whole read).
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def loads(data: bytes | str, fallback: Callable[[Any], Any] = json.loads) -> Any:
+    """``json.loads(data)``: the same value or the same error, mostly read by orjson.
+    ``fallback`` reads what orjson does not (a stricter reader of the standard library's)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _LONG_RUN not in raw.translate(_DIGITS):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # the standard library's value (NaN, UTF-16...) or error
+    return fallback(data)
 
 
 def dumps(value: Any) -> bytes:

@@ -12,10 +12,10 @@ import base64
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
@@ -76,11 +76,22 @@ log = logging.getLogger("apimodels")
 DEBUG = bool(os.environ.get("APIMODELS_DEBUG"))
 T = TypeVar("T")
 
+_IDEMPOTENCY = IDEMPOTENCY_HEADER.encode()
 _ENDPOINT_OF: dict[Modality, str] = {modality: path for path, (_, modality) in ENDPOINTS.items()}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(fastjson.dumps(body), status, headers, media_type="application/json")
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """``request.headers.get(name)`` for a lowercase ``name``, read from the ASGI scope:
+    without building Starlette's ``Headers``, nor raising a ``KeyError`` inside it for a
+    header the request does not have (most have no Idempotency-Key)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def error_response(exc: APIError) -> Response:
@@ -89,8 +100,11 @@ def error_response(exc: APIError) -> Response:
 
 def new_request_id() -> str:
     """``req_`` + time in microseconds (hex) + 48 random bits: unique, and in time order, so
-    new usage rows append to their index instead of landing on a random page."""
-    return f"req_{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
+    new usage rows append to their index instead of landing on a random page. An id is no
+    secret (every lookup by it is the account's own), so its bits come from ``random``
+    (seeded from the system's entropy, again in each forked worker) rather than a system
+    call per request."""
+    return f"req_{time.time_ns() // 1000:013x}{getrandbits(48):012x}"
 
 
 class RequestContext:
@@ -241,7 +255,7 @@ class Frontend:
         multipart = modality is Modality.transcription
 
         async def endpoint(request: Request) -> Response:
-            principal = self.keys.authenticate(request.headers.get("authorization"))
+            principal = self.keys.authenticate(header(request, b"authorization"))
             return await self._replayable(request, principal, call)
 
         async def call(request: Request, principal: Principal) -> Response:
@@ -282,7 +296,7 @@ class Frontend:
     ) -> Response:
         """``call``, or the answer it gave before when the request repeats an
         Idempotency-Key (http/idempotency.py)."""
-        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+        idempotency_key = header(request, _IDEMPOTENCY)
         if idempotency_key is None:
             return await call(request, principal)
         return await self.idempotency.run(

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from .. import fastjson
 from ..errors import InvalidRequest
 
 
@@ -47,11 +48,39 @@ def _not_a_number(constant: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_not_a_number)
 
 
+async def read_body(request: Request) -> bytes:
+    """``request.body()``, as Starlette reads and keeps it, without its async generator: a
+    JSON request's body comes in one message, and the generator was most of the cost of
+    reading it."""
+    if hasattr(request, "_body"):
+        return request._body
+    if request._stream_consumed:
+        raise RuntimeError("Stream consumed")
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+    request._stream_consumed = True
+    request._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return request._body
+
+
+def _standard_read(raw: bytes) -> Any:
+    # As json.loads reads bytes: UTF-8 (a BOM skipped), UTF-16 or UTF-32.
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
 async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request)
     try:
-        # As json.loads reads bytes: UTF-8 (a BOM skipped), UTF-16 or UTF-32.
-        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        # orjson where it reads as the standard library; NaN, a BOM... read (or refused) here
+        body = fastjson.loads(raw, _standard_read)
     except (ValueError, RecursionError):
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object.",

@@ -58,17 +58,22 @@ def _is_data(text: str) -> bool:
 def user_texts(value: Any) -> list[str]:
     """The user texts in ``value``: a unified request, or any JSON-like object.
 
-    Iterative (an explicit stack), so no nesting depth can make it fail.
+    Iterative (an explicit stack), so no nesting depth can make it fail. Exact types are
+    told apart by ``type`` first: most of a request's values are strings, numbers,
+    booleans and None, which went through a chain of failed ``isinstance`` before.
     """
     texts: list[str] = []
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is str or isinstance(item, str):
             if item and not _is_data(item):
                 texts.append(item)
         elif isinstance(item, dict):
-            stack.extend(v for k, v in reversed(item.items()) if k not in SKIPPED_KEYS)
+            stack.extend([v for k, v in reversed(item.items()) if k not in SKIPPED_KEYS])
         elif isinstance(item, list | tuple):
             stack.extend(reversed(item))
         elif isinstance(item, BaseModel):
@@ -78,3 +83,7 @@ def user_texts(value: Any) -> list[str]:
             extra = item.__pydantic_extra__
             stack.append(item.__dict__ | extra if extra else item.__dict__)
     return texts
+
+
+#: Values that never hold text (exactly these types: a subclass is looked at as before).
+_SCALARS = frozenset({type(None), bool, int, float})

@@ -23,6 +23,7 @@ from apimodels import (
     UnifiedRequest,
     Upstream,
     Usage,
+    fastjson,
     hookimpl,
 )
 
@@ -98,7 +99,7 @@ def parse_response(
 ) -> Output | None:
     if not isinstance(request, ChatRequest):
         return None
-    body = json.loads(response.content)
+    body = fastjson.loads(response.content)
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     if body.get("type") == "error":  # never seen with a 2xx, but read as what it says

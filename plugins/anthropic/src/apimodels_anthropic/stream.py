@@ -16,11 +16,10 @@ with no choices, as OpenAI sends it when ``stream_options.include_usage`` asks.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from apimodels import ChatRequest, ModelConfig, StreamEvent, UnifiedRequest, UpstreamError
+from apimodels import ChatRequest, ModelConfig, StreamEvent, UnifiedRequest, UpstreamError, fastjson
 
 from . import errors, messages
 
@@ -49,7 +48,7 @@ def event(
     model: ModelConfig, request: UnifiedRequest, data: str, name: str | None, state: dict[str, Any]
 ) -> StreamEvent | None:
     """One event of the stream, normalized (None: nothing to forward)."""
-    payload = json.loads(data)
+    payload = fastjson.loads(data)
     if not isinstance(payload, dict):
         raise ValueError("not a JSON object")
     kind = name or payload.get("type")

@@ -28,7 +28,6 @@ Sans-I/O, like every provider plugin. What it does beyond passing the body throu
 from __future__ import annotations
 
 import base64
-import json
 import struct
 from typing import Any
 
@@ -51,6 +50,7 @@ from apimodels import (
     UpstreamOverloaded,
     UpstreamTimeout,
     Usage,
+    fastjson,
     hookimpl,
 )
 
@@ -158,7 +158,7 @@ def base64_embedding(vector: list[float]) -> str:
 def parse_response(
     model: ModelConfig, request: UnifiedRequest, response: httpx.Response
 ) -> Output | None:
-    body = json.loads(response.content)
+    body = fastjson.loads(response.content)
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     if body.get("error"):
@@ -175,7 +175,7 @@ def parse_response(
 def parse_stream_event(
     model: ModelConfig, request: UnifiedRequest, data: str
 ) -> StreamEvent | None:
-    chunk = json.loads(data)
+    chunk = fastjson.loads(data)
     if not isinstance(chunk, dict):
         raise ValueError("not a JSON object")
     if chunk.get("error"):

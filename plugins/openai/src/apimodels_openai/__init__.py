@@ -36,6 +36,7 @@ from apimodels import (
     UpstreamError,
     Usage,
     Voice,
+    fastjson,
     hookimpl,
 )
 from apimodels.providers import media
@@ -296,7 +297,9 @@ def build_request(
 def _chat_usage(usage: Any) -> Usage | None:
     """The upstream's usage, as it said it (the core refuses an impossible one before
     pricing it); None when it sent none."""
-    if not isinstance(usage, dict) or not {"prompt_tokens", "completion_tokens"} & set(usage):
+    if not isinstance(usage, dict) or (
+        "prompt_tokens" not in usage and "completion_tokens" not in usage
+    ):
         return None
     details = usage.get("prompt_tokens_details") or {}
     return Usage(
@@ -388,7 +391,7 @@ def parse_response(
             return _speech_from_events(request, response.content)
         content_type = response.headers.get("content-type") or _AUDIO_TYPES[request.response_format]
         return Output(response.content, Usage(characters=len(request.input)), content_type)
-    body = json.loads(response.content)
+    body = fastjson.loads(response.content)
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     if isinstance(request, TranscriptionRequest):
@@ -411,7 +414,7 @@ def parse_response(
 def parse_stream_event(
     model: ModelConfig, request: UnifiedRequest, data: str
 ) -> StreamEvent | None:
-    chunk = json.loads(data)
+    chunk = fastjson.loads(data)
     if not isinstance(chunk, dict):
         raise ValueError("not a JSON object")
     if "error" in chunk or chunk.get("type") == "error":  # a mid-stream failure
