@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 from overhead import PAYLOAD, REGISTRY, ROOT, free_port, funded_key, start_mock, wait_ready
-from side_by_side import cpu_time
+from side_by_side import calls, cpu_time
 
 STREAM = {**PAYLOAD, "stream": True}
 
@@ -57,22 +56,6 @@ def gateway(folder: Path, upstream: str, billing: bool, env: dict[str, str]) -> 
              "--no-access-log"]  # fmt: skip
     proc = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, f"http://127.0.0.1:{port}", {"authorization": f"Bearer {key}"}
-
-
-async def calls(url: str, headers: dict[str, str], concurrency: int, total: int, body: dict):
-    left = total
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                async with session.post(url, json=body, headers=headers) as r:
-                    await r.read()
-                    assert r.status == 200, r.status
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 async def both(sides: dict, concurrency: int, total: int, body: dict) -> None:

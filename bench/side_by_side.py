@@ -204,8 +204,11 @@ def streams(servers: Servers, count: int) -> dict[str, dict[str, float]]:
     }
 
 
-async def _calls(url: str, headers: dict[str, str], concurrency: int, total: int) -> None:
-    """Exactly ``total`` calls over ``concurrency`` connections (all must succeed)."""
+async def calls(
+    url: str, headers: dict[str, str], concurrency: int, total: int, body: dict = PAYLOAD
+) -> None:
+    """Exactly ``total`` calls of ``body`` over ``concurrency`` connections (all must
+    succeed)."""
     left = total
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -214,7 +217,7 @@ async def _calls(url: str, headers: dict[str, str], concurrency: int, total: int
             nonlocal left
             while left > 0:
                 left -= 1
-                async with session.post(url, json=PAYLOAD, headers=headers) as r:
+                async with session.post(url, json=body, headers=headers) as r:
                     await r.read()
                     assert r.status == 200, r.status
 
@@ -227,11 +230,11 @@ def leak_check(servers: Servers, calls: int) -> tuple[float, float, float]:
     url, headers = servers.targets["billing"]
     pid = servers.procs["billing"].pid
     tenth = max(1, calls // 10)
-    asyncio.run(_calls(url, headers, 32, tenth))
+    asyncio.run(calls(url, headers, 32, tenth))
     warm = rss_mb(pid)
     peak = warm
     for _ in range(9):
-        asyncio.run(_calls(url, headers, 32, tenth))
+        asyncio.run(calls(url, headers, 32, tenth))
         peak = max(peak, rss_mb(pid))
     return warm, rss_mb(pid), peak
 
@@ -253,12 +256,12 @@ def guard(requests: int) -> dict[str, float]:
         servers.wait()
         cpu: dict[str, list[float]] = {n: [] for n in servers.targets}
         for target in servers.targets.values():  # warm up
-            asyncio.run(_calls(*target, 16, 200))
+            asyncio.run(calls(*target, 16, 200))
         for i in range(3):
             for name in list(servers.targets)[:: 1 if i % 2 else -1]:
                 pid = servers.procs[name].pid
                 used = cpu_time(pid)
-                asyncio.run(_calls(*servers.targets[name], 16, requests))
+                asyncio.run(calls(*servers.targets[name], 16, requests))
                 cpu[name].append((cpu_time(pid) - used) / requests)
         gateway, direct = statistics.median(cpu["billing"]), statistics.median(cpu["direct"])
         return {
