@@ -81,11 +81,26 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     conn.execute("PRAGMA foreign_keys = ON")
     db = sqlite_utils.Database(conn)
     if str(path) != ":memory:":
-        db.enable_wal()
+        _enable_wal(db)
         # NORMAL in WAL: a power cut can lose the last transactions, never corrupt the file.
         conn.execute("PRAGMA synchronous = NORMAL")
     migrate(db)
     return db
+
+
+def _enable_wal(db: sqlite_utils.Database, seconds: float = 10.0) -> None:
+    """WAL mode, also when several processes open a new file at once: switching takes an
+    exclusive lock, and SQLite answers "locked" at once rather than wait (its busy timeout)
+    when two connections holding a shared lock both want it; so try again a moment later."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 _stamp: tuple[int, str] = (-1, "")  # a second and its text, swapped whole (threads)
