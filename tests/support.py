@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,3 +196,15 @@ def tasks_gateway_of_its_own(
         yield Gateway(url, server, key, account["id"])
     if is_postgres(server.db):  # its pool's connections (SQLite's file closes with the test)
         server.db.conn.close()
+
+
+def funded(db_path: Path | str, credits_micros: int) -> tuple[str, str]:
+    """A new account on the database at ``db_path`` with ``credits_micros`` granted:
+    (its id, a key)."""
+    db = open_db(db_path)
+    account = create_account(db, f"funded-{time.time_ns()}@example.com")["id"]
+    _, key = create_key(db, account)
+    if credits_micros:
+        Ledger(db).post(account, credits_micros, kind="grant", reason="t", actor="tests")
+    db.conn.close()
+    return account, key

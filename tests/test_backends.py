@@ -23,7 +23,7 @@ from apimodels.store.hosts import STALE
 from apimodels.store.postgres import translate
 from apimodels.testing import serve
 from apimodels.testing.postgres import Cluster
-from support import SIM_KEY, Simulator, registry_for
+from support import SIM_KEY, Simulator, funded, registry_for
 
 
 def test_placeholders_are_translated_outside_literals_and_casts() -> None:
@@ -82,11 +82,7 @@ def test_sqlite_serves_one_host_and_never_asks(simulator: Simulator, tmp_path: P
 def test_backup_copies_a_database_in_use_consistently(simulator: Simulator, tmp_path: Path) -> None:
     registry = registry_for(simulator.url, tmp_path)
     db_path = tmp_path / "live.db"
-    db = open_db(db_path)
-    account = create_account(db, "backup@example.com")["id"]
-    _, key = create_key(db, account)
-    Ledger(db).post(account, 5_000_000, kind="grant", reason="t", actor="tests")
-    db.conn.close()
+    _, key = funded(db_path, 5_000_000)
     with serving(registry, db_path) as server:
         stop = threading.Event()
 

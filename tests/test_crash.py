@@ -20,7 +20,7 @@ from apimodels.store.accounts import create_account, create_key
 from apimodels.store.db import open_db
 from apimodels.testing import serve
 from apimodels_replicate.simulator import create_app as create_replicate
-from support import REPLICATE_KEY, SIM_KEY, TASKS_SETTINGS, Simulator, registry_for
+from support import REPLICATE_KEY, SIM_KEY, TASKS_SETTINGS, Simulator, funded, registry_for
 
 
 def _port() -> int:
@@ -74,11 +74,7 @@ def test_kill_9_mid_request_then_restart(simulator: Simulator, tmp_path: Path) -
     )
     registry.write_text(text)
     db_path = tmp_path / "crash.db"
-    db = open_db(db_path)
-    account = create_account(db, "crash@example.com")["id"]
-    _, key = create_key(db, account)
-    Ledger(db).post(account, 2_000_000, kind="grant", reason="t", actor="t")
-    db.conn.close()
+    account, key = funded(db_path, 2_000_000)
 
     port = _port()
     server = _start(registry, db_path, port)

@@ -23,29 +23,18 @@ from apimodels import ChatRequest
 from apimodels.billing.ledger import Ledger
 from apimodels.providers import dispatch
 from apimodels.server import assemble
-from apimodels.store.accounts import create_account, create_key, set_key_limits
+from apimodels.store.accounts import set_key_limits
 from apimodels.store.db import open_db
 from apimodels.store.migrations import MIGRATIONS
 from apimodels.testing import serve
 from apimodels_replicate.simulator import create_app as create_replicate
-from support import REPLICATE_KEY, SIM_KEY, TASKS_SETTINGS, Simulator, registry_for
+from support import REPLICATE_KEY, SIM_KEY, TASKS_SETTINGS, Simulator, funded, registry_for
 
 CHAT = {
     "model": "openai/gpt-4o-mini",
     "messages": [{"role": "user", "content": "hi"}],
     "max_tokens": 10,
 }
-
-
-def funded(db_path: Path | str, credits_micros: int) -> tuple[str, str]:
-    """A new account on the database with ``credits_micros`` granted: (id, key)."""
-    db = open_db(db_path)
-    account = create_account(db, f"funded-{time.time_ns()}@example.com")["id"]
-    _, key = create_key(db, account)
-    if credits_micros:
-        Ledger(db).post(account, credits_micros, kind="grant", reason="t", actor="tests")
-    db.conn.close()
-    return account, key
 
 
 def hold_of_a_call(registry: Path, tmp: Path) -> int:

@@ -305,7 +305,7 @@ class Limiter:
     def settling(self, principal: Principal, hold_micros: int, cost_micros: int) -> None:
         """A request admitted with ``hold_micros`` ended costing ``cost_micros``; its
         settle is queued (then :meth:`committed`)."""
-        state = self._capped(principal)
+        state = self._spending(principal)
         if state is not None:
             state.held = max(0, state.held - hold_micros)
             state.pending += cost_micros
@@ -313,7 +313,7 @@ class Limiter:
     def committed(self, principal: Principal, cost_micros: int, recorded: bool) -> None:
         """The settle of a request that cost ``cost_micros`` is committed (``recorded``),
         or failed."""
-        state = self._capped(principal)
+        state = self._spending(principal)
         if state is None:
             return
         state.pending = max(0, state.pending - cost_micros)
@@ -328,7 +328,7 @@ class Limiter:
 
     def released(self, principal: Principal, hold_micros: int) -> None:
         """A request admitted with ``hold_micros`` was not served (nothing to settle)."""
-        state = self._capped(principal)
+        state = self._spending(principal)
         if state is not None:
             state.held = max(0, state.held - hold_micros)
 
@@ -338,7 +338,8 @@ class Limiter:
         self.settling(principal, hold_micros, hold_micros)
         self.committed(principal, hold_micros, True)
 
-    def _capped(self, principal: Principal) -> _KeyState | None:
+    def _spending(self, principal: Principal) -> _KeyState | None:
+        """The key's state when it has a spending cap (None otherwise)."""
         limits = principal.limits
         if limits is None or not limits.caps_spending:
             return None
