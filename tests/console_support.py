@@ -9,12 +9,16 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlite_utils
 
+from apimodels.billing.ledger import Ledger
 from apimodels.server import Server, assemble, listen_at
+from apimodels.store.db import open_db
 from apimodels.testing import bound_socket, serve
 from support import registry_for
 
@@ -50,8 +54,21 @@ def screenshots(tmp: Path) -> Path:
 
 @dataclass
 class ConsoleServer:
+    """The running server, and the test's own connection to its database: the server's
+    connection belongs to the server's thread (SQLite's transactions are per connection,
+    so a test writing through it could end a transaction the server has open)."""
+
     url: str
     server: Server
+    database: str | Path
+
+    @cached_property
+    def db(self) -> sqlite_utils.Database:
+        return open_db(self.database)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.db)
 
     def mail(self, to: str, kind: str) -> list[dict[str, Any]]:
         """The mail the sandbox sink received for ``to`` of ``kind``, oldest first."""
@@ -70,12 +87,16 @@ def console_server(
     """A sandbox server (simulated providers, Stripe and mail) with the Console on, on
     ``database`` (a PostgreSQL URL) or a SQLite file in ``tmp``."""
     registry = registry_for(simulator_url, tmp, extra)
-    server = assemble(registry, database or tmp / "console.db", sandbox=True, environ={})
+    database = database or tmp / "console.db"
+    server = assemble(registry, database, sandbox=True, environ={})
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     listen_at(server, url, "127.0.0.1")
     with serve(server.app, sock=sock):
-        yield ConsoleServer(url, server)
+        cs = ConsoleServer(url, server, database)
+        yield cs
+        if "db" in cs.__dict__:
+            cs.db.conn.close()
 
 
 class Browser:

@@ -120,10 +120,8 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     expect(page.locator("#balance")).to_have_text("$20.00")
     expect(page.locator("#paid-3m")).to_have_text("$20.00")
     page.screenshot(path=shots / "credits.png")
-    account_id = cs.server.db.execute(
-        "SELECT id FROM accounts WHERE email = ?", [EMAIL]
-    ).fetchone()[0]
-    topups = cs.server.db.execute(
+    account_id = cs.db.execute("SELECT id FROM accounts WHERE email = ?", [EMAIL]).fetchone()[0]
+    topups = cs.db.execute(
         "SELECT COUNT(*) FROM ledger_entries WHERE account_id = ? AND kind = 'topup'", [account_id]
     ).fetchone()[0]
     assert topups == 1
@@ -140,7 +138,7 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     assert _labelled(page) == []
     page.screenshot(path=shots / "keys.png")
     request_id = _call(cs, key)
-    cost = cs.server.db.execute(
+    cost = cs.db.execute(
         "SELECT cost_micros FROM usage WHERE request_id = ?", [request_id]
     ).fetchone()[0]
     shown = f"${cost // 1_000_000}.{cost % 1_000_000:06d}".rstrip("0")

@@ -66,10 +66,8 @@ def _new_key(b: Browser, name: str = "laptop") -> tuple[str, str]:
 
 
 def _fund(cs: ConsoleServer, email: str, micros: int) -> str:
-    account_id = cs.server.db.execute(
-        "SELECT id FROM accounts WHERE email = ?", [email]
-    ).fetchone()[0]
-    cs.server.ledger.post(account_id, micros, kind="grant", reason="test", actor="tests")
+    account_id = cs.db.execute("SELECT id FROM accounts WHERE email = ?", [email]).fetchone()[0]
+    cs.ledger.post(account_id, micros, kind="grant", reason="test", actor="tests")
     return account_id
 
 
@@ -107,7 +105,7 @@ def test_a_key_made_in_the_console_serves_the_sdk_and_its_call_shows_with_its_co
     assert re.fullmatch(r"amk_[0-9A-Za-z]{54}", key)
     assert key not in browser.get("/console/keys").text  # shown once
     request_id = _call(cs, key)
-    cost = cs.server.db.execute(
+    cost = cs.db.execute(
         "SELECT cost_micros FROM usage WHERE request_id = ? AND account_id = ?",
         [request_id, account_id],
     ).fetchone()[0]
@@ -150,7 +148,7 @@ def test_revoke_and_rotate_reach_the_api_at_once(cs: ConsoleServer, browser: Bro
         {"rpm": "1", "daily_usd": "", "total_usd": "2.5"},
     )
     assert "Limits saved" in limits.text
-    row = cs.server.db.execute(
+    row = cs.db.execute(
         "SELECT rpm_limit, total_cap_micros FROM api_keys WHERE revoked_at IS NULL AND name = 'laptop'"
         " AND account_id = (SELECT id FROM accounts WHERE email = 'revoke@example.com')"
     ).fetchone()
@@ -182,7 +180,7 @@ def test_forms_without_their_token_or_from_another_site_are_refused(
     login = {"email": "csrf@example.com", "password": PASSWORD}
     assert fresh.post("/console/sign-in", login, token=False).status_code == 403
     assert (
-        cs.server.db.execute(
+        cs.db.execute(
             "SELECT COUNT(*) FROM api_keys k JOIN accounts a ON a.id = k.account_id"
             " WHERE a.email = 'csrf@example.com'"
         ).fetchone()[0]
@@ -234,11 +232,11 @@ def test_one_account_cannot_read_or_change_anothers(
     alice.get("/console/credits")
     order_page = alice.post("/console/credits", {"amount_usd": "10", "method": "card"})
     assert order_page.status_code == 303
-    order_id = cs.server.db.execute(
+    order_id = cs.db.execute(
         "SELECT id FROM topup_orders WHERE account_id ="
         " (SELECT id FROM accounts WHERE email = 'alice@example.com')"
     ).fetchone()[0]
-    session_id = cs.server.db.execute(
+    session_id = cs.db.execute(
         "SELECT s.id FROM console_sessions s JOIN accounts a ON a.id = s.account_id"
         " WHERE a.email = 'alice@example.com' AND s.revoked_at IS NULL"
     ).fetchone()[0]
@@ -284,7 +282,7 @@ def test_reset_by_mail_replaces_the_password_and_signs_out_everywhere(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     # An account made by the operator's CLI has no password: a reset link sets one.
-    create_account(cs.server.db, "cli-made@example.com")
+    create_account(cs.db, "cli-made@example.com")
     b, elsewhere = new(), new()
     assert b.sign_in("cli-made@example.com").status_code == 401
     b.get("/console/reset")
@@ -314,7 +312,7 @@ def test_reset_by_mail_replaces_the_password_and_signs_out_everywhere(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for secret in ("first password 1", "second password 2", "wrong password!"):
         assert secret not in logged
-    dump = everything_stored(cs.server.db)
+    dump = everything_stored(cs.db)
     assert "first password 1" not in dump and "second password 2" not in dump
     assert "$argon2id$" in dump
 
@@ -421,32 +419,32 @@ def test_receipt_low_balance_and_suspension_are_mailed_once(
     checkout = browser.post("/console/credits", {"amount_usd": "10", "method": "card"})
     httpx.post(checkout.headers["location"], data={"action": "pay"})
     receipt = _wait_for_mail(cs, email, "receipt")[0]
-    order_id = cs.server.db.execute(
+    order_id = cs.db.execute(
         "SELECT id FROM topup_orders WHERE account_id = ? AND status = 'paid'", [account_id]
     ).fetchone()[0]
     assert order_id in receipt["body"] and "$10.00 of credits" in receipt["body"]
     assert f"/console/credits/{order_id}" in receipt["body"]
     # Spending down below the holder's threshold ($3): one mail, however long it stays low.
     assert cs.mail(email, "low_balance") == []
-    cs.server.ledger.post(account_id, -13_500_000, kind="adjustment", reason="t", actor="tests")
+    cs.ledger.post(account_id, -13_500_000, kind="adjustment", reason="t", actor="tests")
     low = _wait_for_mail(cs, email, "low_balance")
     assert "$1.50" in low[0]["body"]
     time.sleep(0.5)
     assert len(cs.mail(email, "low_balance")) == 1 and len(cs.mail(email, "receipt")) == 1
     # Back above it re-arms the alert.
-    cs.server.ledger.post(account_id, 5_000_000, kind="grant", reason="t", actor="tests")
+    cs.ledger.post(account_id, 5_000_000, kind="grant", reason="t", actor="tests")
     time.sleep(0.4)
-    cs.server.ledger.post(account_id, -5_000_000, kind="adjustment", reason="t", actor="tests")
+    cs.ledger.post(account_id, -5_000_000, kind="adjustment", reason="t", actor="tests")
     assert len(_wait_for_mail(cs, email, "low_balance", 2)) == 2
     # A suspension, with its reason.
-    set_status(cs.server.db, account_id, "suspended", "card dispute under review")
+    set_status(cs.db, account_id, "suspended", "card dispute under review")
     suspended = _wait_for_mail(cs, email, "suspended")
     assert "card dispute under review" in suspended[0]["body"]
     time.sleep(0.4)
     assert len(cs.mail(email, "suspended")) == 1
     # Reinstated, then suspended again for the same reason: a new suspension, a new mail.
-    set_status(cs.server.db, account_id, "active", "dispute resolved")
-    set_status(cs.server.db, account_id, "suspended", "card dispute under review")
+    set_status(cs.db, account_id, "active", "dispute resolved")
+    set_status(cs.db, account_id, "suspended", "card dispute under review")
     assert len(_wait_for_mail(cs, email, "suspended", 2)) == 2
 
 
@@ -534,14 +532,14 @@ def test_the_operators_export_has_no_password_hash_and_pseudonymizing_ends_sessi
     from apimodels.store.db import utcnow
 
     browser.sign_up("export@example.com")
-    account_id = cs.server.db.execute(
+    account_id = cs.db.execute(
         "SELECT id FROM accounts WHERE email = 'export@example.com'"
     ).fetchone()[0]
-    assert "password_hash" not in export_account(cs.server.db, account_id)["account"]
+    assert "password_hash" not in export_account(cs.db, account_id)["account"]
     browser.get("/console/account")
     browser.post("/console/account/close", {"confirm": "export@example.com", "password": PASSWORD})
-    assert pseudonymize(cs.server.db, account_id, utcnow())
-    left = cs.server.db.execute(
+    assert pseudonymize(cs.db, account_id, utcnow())
+    left = cs.db.execute(
         "SELECT (SELECT COUNT(*) FROM console_sessions WHERE account_id = ?),"
         " (SELECT password_hash FROM accounts WHERE id = ?)",
         [account_id, account_id],
