@@ -224,12 +224,12 @@ async def calls(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def leak_check(servers: Servers, calls: int) -> tuple[float, float, float]:
-    """RSS of the billing gateway after a warm-up of a tenth of ``calls``, then after all
-    of them, and the most it reached at any tenth (MB)."""
+def leak_check(servers: Servers, count: int) -> tuple[float, float, float]:
+    """RSS of the billing gateway after a warm-up of a tenth of ``count`` calls, then after
+    all of them, and the most it reached at any tenth (MB)."""
     url, headers = servers.targets["billing"]
     pid = servers.procs["billing"].pid
-    tenth = max(1, calls // 10)
+    tenth = max(1, count // 10)
     asyncio.run(calls(url, headers, 32, tenth))
     warm = rss_mb(pid)
     peak = warm

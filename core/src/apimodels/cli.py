@@ -180,6 +180,7 @@ def serve(
 
     from .http.protocol import CorkedHttpToolsProtocol
     from .ops import log_config
+    from .ops.memory import tune_for_serving
     from .server import assemble, listen_at
 
     if sandbox and workers > 1:
@@ -241,6 +242,7 @@ def serve(
         click.echo(f"Try it:\n{curl}\n")
 
     server.started_hooks.append(announce)
+    server.started_hooks.append(tune_for_serving)
     uvicorn.run(server.app, **options)
 
 

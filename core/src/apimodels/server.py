@@ -30,6 +30,7 @@ from .http.idempotency import TTL, Idempotency
 from .http.tasks import TasksAPI
 from .openapi import docs_routes
 from .ops import CountedTaskStore, Health, Metrics, RequestObserver
+from .ops.memory import tune_for_serving
 from .ops.tracing import start_tracing
 from .plugins import check_plugins, pm
 from .policy import build_policy
@@ -297,6 +298,7 @@ def worker_app() -> ASGIApp:
     spec = json.loads(os.environ[WORKER_ENV])
     server = assemble(spec["registry"], spec["db"])
     listen_at(server, spec["url"], spec["host"])
+    server.started_hooks.append(tune_for_serving)
     return server.app
 
 
