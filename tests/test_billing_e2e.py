@@ -426,3 +426,39 @@ def test_an_idempotent_answer_is_never_committed_without_its_charge(
     # The idempotent call's charge is committed with its answer, and the plain call's,
     # queued before it, with them; without the key a charge may wait for company.
     assert charged == {plain.headers["x-request-id"], answered.headers["x-request-id"]}
+
+
+def test_a_streams_charge_is_committed_with_its_neighbours_after_its_last_event(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """A stream's last event does not wait for its charge to be written (issue 21): the
+    charge joins the group commit, as an answered call's does, and is exact once there."""
+    registry = registry_for(simulator.url, tmp_path)
+    # The longest delay allowed, long enough for the check below to run within it.
+    text = registry.read_text().replace("commit_delay_ms = 25 ", "commit_delay_ms = 1000 ")
+    registry.write_text(text.replace("reserve_idle_seconds = 0", "reserve_idle_seconds = 60"))
+    server = assemble(registry, tmp_path / "gateway.db", environ={"OPENAI_API_KEY": SIM_KEY})
+    account = create_account(server.db, "streamed@example.com")["id"]
+    _, key = create_key(server.db, account)
+    server.ledger.post(account, 5_000_000, kind="grant", reason="test", actor="tests")
+    with serve(server.app) as url, openai.OpenAI(base_url=f"{url}/v1", api_key=key) as client:
+        stream = client.chat.completions.with_raw_response.create(
+            **CHAT, stream=True, stream_options={"include_usage": True}
+        )
+        request_id = stream.headers["x-request-id"]
+        chunks = list(stream.parse())
+        # The client has the whole stream, [DONE] included; the database does not have
+        # its charge yet (another connection's view: what a crash now would leave).
+        with sqlite3.connect(tmp_path / "gateway.db") as c:
+            written = c.execute("SELECT 1 FROM usage WHERE request_id = ?", (request_id,))
+            assert written.fetchone() is None
+        cost = chunks[-1].usage.model_extra["cost"]  # type: ignore[union-attr]
+        auth = {"authorization": f"Bearer {key}"}
+        # A request for billing data commits what its process has queued first.
+        [row] = httpx.get(f"{url}/v1/usage", headers=auth).json()["data"]
+    assert row["id"] == request_id and row["stream"] is True
+    assert Decimal(str(row["cost"])) == Decimal(str(cost)) > 0
+    assert server.ledger.balance(account).balance_micros == 5_000_000 - int(
+        Decimal(str(cost)) * 1_000_000
+    )
+    assert server.ledger.check() == []

@@ -64,7 +64,7 @@ class Bill:
     reservation: Reservation
     hold_micros: int
     billed_as: tuple[str, str, str, str]  # Route.billed_as
-    stream: bool  # streamed: its last event waits for the charge to commit
+    stream: bool  # a streamed call (its usage row says so)
     created_at: str = field(default_factory=utcnow)
     started: float = field(default_factory=time.perf_counter)
     settled: bool = False
@@ -229,10 +229,10 @@ class Biller:
             int((time.perf_counter() - bill.started) * 1e6) / 1000,
             bill.committed,
         )
-        # An answered call's charge may wait a moment to be committed with others' (a
-        # capped key counts its cost meanwhile: Limiter.settling); a stream's last event
-        # and a failed call's error wait for theirs.
-        if bill.stream or error_code is not None:
+        # An answered call's charge, a stream's too, may wait a moment to be committed with
+        # others' (a capped key counts its cost meanwhile: Limiter.settling); a failed
+        # call's error waits for its row.
+        if error_code is not None:
             future = self.ledger.settle(settlement)
         else:
             future = self.ledger.settle_later(settlement)

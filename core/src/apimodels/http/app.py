@@ -537,6 +537,9 @@ def settle_stream(
     - the upstream failed or cut the stream: nothing, like every failed call.
 
     ``charged`` is told what is charged, if anything (a dialect's last event shows it).
+    Returns what the client's last event waits for: a failed stream's row. A charge is
+    committed with its neighbours' (``gateway.commit_delay_ms``), after the last event,
+    as an answered call's is.
     """
     if (
         result.usage is not None
@@ -545,7 +548,8 @@ def settle_stream(
     ):
         if charged is not None:
             charged(result.usage, result.cost_micros)
-        return bill.succeed(result.usage, result.cost_micros)
+        bill.succeed(result.usage, result.cost_micros)
+        return None
     if result.chunks and (result.client_gone or result.error is None):
         delivered = Usage(input_tokens=estimate.input_tokens, output_tokens=result.chunks)
         try:
@@ -555,7 +559,8 @@ def settle_stream(
             return bill.fail(exc)
         if charged is not None:
             charged(delivered, cost)
-        return bill.succeed(delivered, cost)
+        bill.succeed(delivered, cost)
+        return None
     if result.error is None and not result.client_gone:  # ended, with nothing in it: free
         return bill.fail(UpstreamError("the stream ended with neither content nor usage"))
     return bill.fail(result.error)

@@ -156,9 +156,11 @@ def _sse(event: dict[str, Any]) -> bytes:
 
 
 def settle_audio(bill: Bill | FreeBill, result: StreamResult) -> asyncio.Future[bool] | None:
-    """Charge the whole text once the upstream delivered the whole audio; else nothing."""
+    """Charge the whole text once the upstream delivered the whole audio (committed with
+    its neighbours', after the last chunk); else nothing (the end waits for the row)."""
     if result.usage is not None and result.cost_micros is not None:
-        return bill.succeed(result.usage, result.cost_micros)
+        bill.succeed(result.usage, result.cost_micros)
+        return None
     return bill.fail(result.error)
 
 

@@ -218,8 +218,9 @@ class Relay:
     normalized chunk for the client. The pump, not the client's request, owns the upstream
     stream: if the client leaves (or its task is cancelled), the pump keeps reading for at
     most ``DRAIN_SECONDS`` to learn the final usage. ``on_end`` is called exactly once, by
-    the pump, with the :class:`StreamResult`; the client's last event is sent after it is
-    settled. The plugin's ``parse_stream_event`` gets one ``state`` dict per stream.
+    the pump, with the :class:`StreamResult`; the client's last event is sent after the
+    future it returns, if any (a failed stream's row). The plugin's ``parse_stream_event``
+    gets one ``state`` dict per stream.
     """
 
     def __init__(
@@ -297,7 +298,7 @@ class Relay:
                     await self.response.aclose()
             finally:  # nor must a cancellation while closing (a bill left open pins credits)
                 settled = self.on_end(result)
-            if settled is not None:  # the last event goes out once the bill is committed
+            if settled is not None:  # the last event goes out once that is committed
                 await asyncio.shield(settled)  # never raises: failures are logged by the bill
             self._end(result)
 
