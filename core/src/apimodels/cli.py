@@ -174,6 +174,7 @@ def serve(
     shutdown_timeout: float,
 ) -> None:
     """Run the gateway: one process, or --workers N sharing the port."""
+    import contextlib
     import logging.config
 
     import uvicorn
@@ -241,9 +242,27 @@ def serve(
         # Plain lines, so the command can be copied whole from any terminal.
         click.echo(f"Try it:\n{curl}\n")
 
-    server.started_hooks.append(announce)
     server.started_hooks.append(tune_for_serving)
-    uvicorn.run(server.app, **options)
+    server.started_hooks.append(announce)
+    # Listening before startup: a connection made once the URL is printed waits in the
+    # backlog rather than being refused (uvicorn would bind only after startup).
+    sock = _listening(host, port)
+    running = uvicorn.Server(uvicorn.Config(server.app, **options))
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C stops it
+        running.run(sockets=[sock])
+    if not running.started:  # its startup failed (logged): uvicorn.run's exit status
+        sys.exit(3)
+
+
+def _listening(host: str, port: int) -> Any:
+    """A TCP socket bound to ``host``:``port`` and listening."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _sandbox_key(server: Any) -> str:
