@@ -299,7 +299,7 @@ class Connection(asyncio.Protocol):
         return (
             not self.closed
             and transport is not None
-            and not transport.is_closing()
+            and not transport.is_closing()  # (then its socket is open: safe to poll)
             and not self._readable.poll(0)  # one poll(2) that does not wait
         )
 
