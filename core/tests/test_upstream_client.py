@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -283,6 +285,86 @@ def test_keep_alive_and_an_idle_connection_the_upstream_closed() -> None:
         assert connections == 3
 
     _run(handler, test)
+
+
+Closing = Callable[[str, threading.Event, threading.Event], Awaitable[None]]
+
+
+def _run_closing(test: Closing) -> None:
+    """Run ``test`` against a blocking upstream in a thread that answers each connection's
+    one POST with the connection's number, and closes its first connection (at its
+    keep-alive timeout, say) once told to: ``test(origin, close, closed)``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    close, closed = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        with listener:
+            for number in (1, 2):
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:  # the second call never came: it went into the first
+                    return
+                with conn:
+                    conn.settimeout(5)
+                    data = b""
+                    while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                        data += conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n%d" % number)
+                    if number == 1:
+                        close.wait(5)
+                closed.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        asyncio.run(test(f"http://127.0.0.1:{listener.getsockname()[1]}", close, closed))
+    finally:
+        close.set()
+        thread.join(10)
+
+
+async def _post(client: UpstreamClient, origin: str) -> bytes:
+    request = httpx.Request("POST", f"{origin}/v1/audio/speech", json={"input": "a"})
+    return (await send(client, request, provider="acme", max_retries=0)).content
+
+
+def test_a_connection_the_upstream_closed_unseen_by_a_busy_loop_is_not_reused() -> None:
+    """The upstream closes an idle connection while the event loop is busy elsewhere: its
+    end is in the socket, not yet read, when the next call takes a connection. That call
+    goes on a new one: written into the closed one it would fail (a 502, as a POST is never
+    sent again), as calls of tests/faults/test_overdraft.py did under CPU load."""
+
+    async def test(origin: str, close: threading.Event, closed: threading.Event) -> None:
+        client = _client()
+        assert await _post(client, origin) == b"1"
+        close.set()
+        assert closed.wait(5)  # the loop blocked meanwhile, as a busy one is
+        assert await _post(client, origin) == b"2"
+        await client.aclose()
+
+    _run_closing(test)
+
+
+def test_a_connection_whose_end_was_read_is_not_reused_before_it_is_told() -> None:
+    """The loop has read the upstream's end of an idle connection (its transport closes)
+    but not yet told the connection (``connection_lost`` comes a turn later): the next
+    call does not take it either."""
+
+    async def test(origin: str, close: threading.Event, closed: threading.Event) -> None:
+        client = _client()
+        assert await _post(client, origin) == b"1"
+        [connection] = client.pool._open
+        close.set()
+        assert closed.wait(5)
+        assert connection.transport is not None
+        while not connection.transport.is_closing():  # one turn of the loop at a time
+            await asyncio.sleep(0)
+        assert not connection.closed  # not told yet
+        assert await _post(client, origin) == b"2"
+        await client.aclose()
+
+    _run_closing(test)
 
 
 def test_the_read_timeout_times_each_request_on_a_kept_connection() -> None:

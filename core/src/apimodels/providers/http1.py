@@ -7,6 +7,10 @@ is cheap: a request leaves in one write (request line, headers and body), a resp
 parsed in C, and a connection waits in the pool for the next call. Measured against
 aiohttp and httpx on the gateway's path, see docs/performance.md.
 
+An idle connection is reused only while the upstream has not closed it (at its keep-alive
+timeout, say): ``Connection.reusable`` checks the socket, not only what the event loop has
+read of it, since a busy loop reads an upstream's end late.
+
 Timeouts: ``connect_timeout`` bounds opening a connection (TLS included); ``read_timeout``
 bounds each wait for the upstream's next bytes (as aiohttp's ``sock_read``), so a slow but
 steady stream lives on and a silent one ends. Compressed answers (gzip, deflate) are
@@ -16,6 +20,7 @@ inflated, and counted against the caller's limit as they are.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import zlib
 from collections import deque
@@ -122,6 +127,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._readable = select.poll()  # polled before each reuse (``reusable``)
+        self._readable.register(transport.get_extra_info("socket"), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
@@ -281,6 +288,21 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def reusable(self) -> bool:
+        """Whether this idle connection can carry the next request. The upstream closes idle
+        connections at its keep-alive timeout (5 s for uvicorn): if its end reached the
+        socket since the event loop last read it, or was read but not yet told to this
+        connection (``connection_lost`` comes a turn later), a request written now is lost,
+        a 502 that is never sent again (a POST), the more often the busier the loop. Bytes
+        nobody asked for make it unusable too."""
+        transport = self.transport
+        return (
+            not self.closed
+            and transport is not None
+            and not transport.is_closing()  # (then its socket is open: safe to poll)
+            and not self._readable.poll(0)  # one poll(2) that does not wait
+        )
+
     def release(self) -> None:
         """The caller is done: back to the pool if the response was read whole and the
         connection may be kept, else closed."""
@@ -329,7 +351,7 @@ class Pool:
             now = self.loop.time()
             while idle:
                 connection = idle.pop()
-                if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
+                if now - connection.idle_since < self.keepalive_seconds and connection.reusable():
                     return connection
                 connection.close()
             if len(self._open) < self.limit:
