@@ -103,6 +103,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -121,7 +122,6 @@ class Connection(asyncio.Protocol):
         self._head_only = False
         self._paused = False
         self._last_read = 0.0
-        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
 
@@ -197,7 +197,6 @@ class Connection(asyncio.Protocol):
         if self.complete:
             return
         self.complete = True
-        self._stop_timer()
         self._wake()
 
     # the caller's side
@@ -272,8 +271,12 @@ class Connection(asyncio.Protocol):
         self._timer = self.loop.call_at(self._last_read + self.pool.read_timeout, self._check)
 
     def _check(self) -> None:
+        """The read timeout. Armed by a request's first wait and left to run out rather
+        than cancelled when the answer is complete (arming and cancelling a timer per
+        request cost as much as building the request): the next request on the
+        connection finds it armed, and is timed by it from its own last read."""
         self._timer = None
-        if self.complete or self.closed:
+        if self.complete or self.closed or self.idle_since:  # nothing is being waited for
             return
         if self._paused:  # the reader is behind, not the upstream
             self._last_read = self.loop.time()
@@ -307,7 +310,6 @@ class Connection(asyncio.Protocol):
         """The caller is done: back to the pool if the response was read whole and the
         connection may be kept, else closed."""
         if self.complete and self.keep_alive and not self.closed and self._error is None:
-            self._stop_timer()
             self._reset()
             self.pool.idle(self)
         else:
