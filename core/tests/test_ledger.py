@@ -41,7 +41,17 @@ def settlement(
 ) -> Settlement:
     billed_as = ("m", "p", "chat", "{}")
     return Settlement(
-        request_id, acct, f"p:{acct}", hold, cost, taken, ok, None, billed_as, 0, utcnow()
+        request_id=request_id,
+        account_id=acct,
+        reservation_id=f"p:{acct}",
+        hold_micros=hold,
+        cost_micros=cost,
+        taken_micros=taken,
+        succeeded=ok,
+        key_id=None,
+        billed_as=billed_as,
+        stream=0,
+        created_at=utcnow(),
     )
 
 

@@ -212,22 +212,22 @@ class Biller:
         reservation.amount -= taken
         reservation.spent += taken
         settlement = Settlement(
-            bill.request_id,
-            bill.principal.account_id,
-            reservation.id,
-            bill.hold_micros,
-            cost_micros,
-            taken,
-            error_code is None,
-            bill.principal.key_id,
-            bill.billed_as,
-            int(bill.stream),
-            bill.created_at,
-            quantities,
-            error_code,
+            request_id=bill.request_id,
+            account_id=bill.principal.account_id,
+            reservation_id=reservation.id,
+            hold_micros=bill.hold_micros,
+            cost_micros=cost_micros,
+            taken_micros=taken,
+            succeeded=error_code is None,
+            key_id=bill.principal.key_id,
+            billed_as=bill.billed_as,
+            stream=int(bill.stream),
+            created_at=bill.created_at,
+            quantities=quantities,
+            error_code=error_code,
             # To the microsecond (round() with digits costs microseconds itself).
-            int((time.perf_counter() - bill.started) * 1e6) / 1000,
-            bill.committed,
+            latency_ms=int((time.perf_counter() - bill.started) * 1e6) / 1000,
+            on_commit=bill.committed,
         )
         # An answered call's charge, a stream's too, may wait a moment to be committed with
         # others' (a capped key counts its cost meanwhile: Limiter.settling); a failed

@@ -203,11 +203,12 @@ _INSERT_CHARGE = (
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Settlement:
     """A request that ended: its usage row, its charge, and what it takes from the credits
     its process reserved (``taken_micros``; the rest of a cost above the reservation is
-    charged from the balance alone, like any overrun)."""
+    charged from the balance alone, like any overrun). Keyword-only: several of its
+    amounts are adjacent integers, which positions would let a caller swap unseen."""
 
     request_id: str
     account_id: str
