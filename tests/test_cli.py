@@ -223,3 +223,13 @@ def test_plugins_lists_instances_and_their_key_variables(
     assert "sk-never-shown" not in result.output
     row = next(r for r in result.output.splitlines() if r.startswith("│ openai "))
     assert "openai, openai-eu" in row  # the openai plugin's provider, enabled twice
+
+
+def test_serve_on_a_port_in_use_says_so(run) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        output = run("serve", "--port", str(port), code=1)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in output
+    assert "Traceback" not in output

@@ -23,6 +23,8 @@ from .errors import APIError, ConfigError
 from .store import accounts as acc
 
 if TYPE_CHECKING:
+    import socket
+
     from .catalog import Catalog
     from .ops.logs import LogFormat
 
@@ -254,7 +256,7 @@ def serve(
         sys.exit(3)
 
 
-def _listening(host: str, port: int) -> Any:
+def _listening(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host``:``port`` and listening."""
     import socket
 
