@@ -25,9 +25,11 @@ from support import registry_for
 TOKEN = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 PASSWORD = "correct horse battery"
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it)
-#: Headless, and nothing that reaches for the network on its own (this machine has none).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+#: Headless, nothing that reaches for the network on its own (this machine has none), and
+#: its shared memory in /tmp (a container's /dev/shm can be too small for a capture).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 @contextmanager
@@ -43,6 +45,22 @@ def chromium_page(url: str, *, clipboard: bool = False) -> Iterator[Any]:
         yield context.new_page()
         context.close()
         browser.close()
+
+
+def snap(page: Any, path: Path, *, full_page: bool = False) -> None:
+    """Save a screenshot of ``page``. Headless Chromium now and then refuses one capture
+    ("Unable to capture screenshot", mostly the first after a cold start on a loaded machine)
+    and takes the same picture when asked again, so that one refusal is retried."""
+    from playwright.sync_api import Error
+
+    for attempt in range(3):
+        try:
+            page.screenshot(path=path, full_page=full_page)
+            return
+        except Error as error:
+            if "Unable to capture screenshot" not in str(error) or attempt == 2:
+                raise
+            page.wait_for_timeout(250)
 
 
 def screenshots(tmp: Path) -> Path:

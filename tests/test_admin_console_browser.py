@@ -30,6 +30,7 @@ from console_support import (
     chromium_page,
     console_server,
     screenshots,
+    snap,
 )
 from support import Simulator
 
@@ -99,7 +100,7 @@ def test_an_operator_grants_suspends_and_refunds_in_the_browser(  # type: ignore
     page.get_by_role("link", name="Accounts").click()
     page.get_by_label("Email or account id").fill("holder@")
     page.get_by_role("button", name="Search").click()
-    page.screenshot(path=shots / "admin-accounts.png")
+    snap(page, shots / "admin-accounts.png")
     page.get_by_role("link", name=account_id).click()
     expect(page.locator("#balance")).to_have_text("$20.00")
     page.get_by_label("Amount (USD)").fill("5")
@@ -117,7 +118,7 @@ def test_an_operator_grants_suspends_and_refunds_in_the_browser(  # type: ignore
     page.get_by_role("button", name="Suspend the account").click()
     expect(page.get_by_text("Account suspended.")).to_be_visible()
     expect(page.locator("#status")).to_have_text("suspended")
-    page.screenshot(path=shots / "admin-account.png", full_page=True)
+    snap(page, shots / "admin-account.png", full_page=True)
     with pytest.raises(openai.PermissionDeniedError) as refused:
         _chat(cs, key)
     assert refused.value.status_code == 403
@@ -137,7 +138,7 @@ def test_an_operator_grants_suspends_and_refunds_in_the_browser(  # type: ignore
     )
     page.get_by_label(f"Reason for refunding {order['id']}").fill("customer asked")
     page.get_by_label(f"Confirm refunding {order['id']}").check()
-    page.screenshot(path=shots / "admin-orders.png")
+    snap(page, shots / "admin-orders.png")
     page.get_by_role("button", name=f"Refund {order['id']}").click()
     expect(page.get_by_text("Order refunded.")).to_be_visible()
     expect(page.locator("table.orders tr", has_text=order["id"])).to_contain_text("$7.50")
@@ -153,11 +154,11 @@ def test_an_operator_grants_suspends_and_refunds_in_the_browser(  # type: ignore
     expect(page.locator("#top-models")).to_contain_text("openai/gpt-6-luna")
     page.get_by_role("button", name="Check the books now").click()
     expect(page.locator("#last-check")).to_contain_text("no problem")
-    page.screenshot(path=shots / "admin-overview.png", full_page=True)
+    snap(page, shots / "admin-overview.png", full_page=True)
     page.get_by_role("link", name="Audit log").click()
     rows = page.locator("#audit tbody tr")
     expect(rows.filter(has_text="accounts.suspend")).to_contain_text("unpaid invoice 42")
     expect(rows.filter(has_text="orders.refund")).to_contain_text(f"console:{OPERATOR}")
     expect(rows.filter(has_text="credits.grant")).to_contain_text("welcome credits")
-    page.screenshot(path=shots / "admin-audit.png")
+    snap(page, shots / "admin-audit.png")
     db.close()

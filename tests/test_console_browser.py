@@ -17,7 +17,14 @@ import httpx
 import openai
 import pytest
 
-from console_support import CHROMIUM, ConsoleServer, chromium_page, console_server, screenshots
+from console_support import (
+    CHROMIUM,
+    ConsoleServer,
+    chromium_page,
+    console_server,
+    screenshots,
+    snap,
+)
 from support import Simulator
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
@@ -73,7 +80,7 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     # Sign up with the keyboard only: Tab to each field, type, Enter.
     page.goto("/console/sign-up")
     assert _labelled(page) == []
-    page.screenshot(path=shots / "sign-up.png")
+    snap(page, shots / "sign-up.png")
     for _ in range(30):
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "email":
@@ -88,7 +95,7 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
 
     # Verify by the mailed link, shown on the sandbox's mail page.
     link = _mail_link(page, "verify")
-    page.screenshot(path=shots / "sandbox-mail.png")
+    snap(page, shots / "sandbox-mail.png")
     page.goto(link)
     expect(page.get_by_role("heading", name="Email verified")).to_be_visible()
 
@@ -108,7 +115,7 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     page.get_by_label("Amount (USD)").fill("20")
     page.get_by_role("button", name="Top up").click()
     expect(page.get_by_text("Simulated Stripe Checkout").first).to_be_visible()
-    page.screenshot(path=shots / "checkout.png")
+    snap(page, shots / "checkout.png")
     page.get_by_role("button", name="Pay", exact=True).click()
     expect(page.get_by_text("This session is complete")).to_be_visible()
     page.get_by_role("link", name="Back to the merchant").click()  # to the Console's receipt
@@ -119,7 +126,7 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     page.reload()
     expect(page.locator("#balance")).to_have_text("$20.00")
     expect(page.locator("#paid-3m")).to_have_text("$20.00")
-    page.screenshot(path=shots / "credits.png")
+    snap(page, shots / "credits.png")
     account_id = cs.db.execute("SELECT id FROM accounts WHERE email = ?", [EMAIL]).fetchone()[0]
     topups = cs.db.execute(
         "SELECT COUNT(*) FROM ledger_entries WHERE account_id = ? AND kind = 'topup'", [account_id]
@@ -136,7 +143,7 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     expect(page.get_by_role("button", name="Copied")).to_be_visible()
     assert page.evaluate("navigator.clipboard.readText()") == key
     assert _labelled(page) == []
-    page.screenshot(path=shots / "keys.png")
+    snap(page, shots / "keys.png")
     request_id = _call(cs, key)
     cost = cs.db.execute(
         "SELECT cost_micros FROM usage WHERE request_id = ?", [request_id]
@@ -148,16 +155,16 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     row = page.locator("tr", has_text=request_id)
     expect(row.locator(".cost")).to_have_text(shown)
     expect(page.locator("svg.chart rect")).to_have_count(1)
-    page.screenshot(path=shots / "dashboard.png", full_page=True)
+    snap(page, shots / "dashboard.png", full_page=True)
     page.goto("/console/usage")
     assert _labelled(page) == []
     page.get_by_label("Model").select_option("openai/gpt-6-luna")
     page.get_by_role("button", name="Filter").click()
     page.get_by_role("link", name=request_id).click()
     expect(page.locator("#cost")).to_have_text(shown)
-    page.screenshot(path=shots / "usage-detail.png", full_page=True)
+    snap(page, shots / "usage-detail.png", full_page=True)
     page.goto("/console/models")
-    page.screenshot(path=shots / "models.png")
+    snap(page, shots / "models.png")
 
     # Revoke: the SDK gets 401 at once.
     page.goto("/console/keys")
@@ -179,7 +186,7 @@ def test_a_holders_whole_life_in_the_browser(cs: ConsoleServer, page, shots: Pat
     # Close the account.
     page.goto("/console/account")
     assert _labelled(page) == []
-    page.screenshot(path=shots / "account.png", full_page=True)
+    snap(page, shots / "account.png", full_page=True)
     page.get_by_label("Type your email address to confirm").fill(EMAIL)
     page.locator("#close-password").fill(SECOND)
     page.get_by_role("button", name="Close the account").click()
