@@ -37,7 +37,13 @@ def far() -> str:
 
 
 def settlement(
-    request_id: str, acct: str, cost: int, taken: int, ok: bool = True, hold: int = 1_000
+    request_id: str,
+    acct: str,
+    cost: int,
+    taken: int,
+    ok: bool = True,
+    hold: int = 1_000,
+    key_id: str | None = None,
 ) -> Settlement:
     billed_as = ("m", "p", "chat", "{}")
     return Settlement(
@@ -48,7 +54,7 @@ def settlement(
         cost_micros=cost,
         taken_micros=taken,
         succeeded=ok,
-        key_id=None,
+        key_id=key_id,
         billed_as=billed_as,
         stream=0,
         created_at=utcnow(),
@@ -132,6 +138,84 @@ def test_check_finds_tampering(db: sqlite_utils.Database) -> None:
     assert any("entries sum to 1000" in p for p in ledger.check())
 
 
+def spent_by_day(db: sqlite_utils.Database, key_id: str) -> dict[str, int]:
+    rows = db.execute("SELECT day, spent_micros FROM key_spend WHERE key_id = ?", [key_id])
+    return dict(rows.fetchall())
+
+
+def test_a_keys_running_total_follows_its_usage_rows(db: sqlite_utils.Database) -> None:
+    """What a key spent per day (read by its spending caps' leases): a task's hold while it
+    runs, then its cost; a call's cost once it ends, never its hold; nothing for a release."""
+    ledger = Ledger(db)
+    acct = create_account(db, "spender@example.com")["id"]
+    ledger.post(acct, 100_000, kind="grant", reason="g", actor="t")
+    today = utcnow()[:10]
+    ledger.hold("task_a", acct, 3_000, TTL, {"key_id": "key_1"})
+    ledger.hold("req_b", acct, 2_000, TTL, {"key_id": "key_1"})
+    ledger.hold("task_other", acct, 9_000, TTL, {"key_id": "key_2"})
+    ledger.hold("task_keyless", acct, 1_000, TTL)
+    assert spent_by_day(db, "key_1") == {today: 3_000}
+    assert ledger.capture("task_a", 1_200) and ledger.capture("req_b", 500)
+    assert ledger.release("task_other")
+    assert spent_by_day(db, "key_1") == {today: 1_700}
+    assert spent_by_day(db, "key_2") == {today: 0}
+    # Requests settled in a batch add their costs; a failed one adds nothing.
+    with transaction(ledger) as c:
+        reserve_op(c, f"p:{acct}", acct, "p", 5_000, 5_000, far())
+        settle_op(
+            c,
+            [
+                settlement("r1", acct, 400, 400, key_id="key_1"),
+                settlement("r2", acct, 0, 0, ok=False, key_id="key_1"),
+                settlement("r3", acct, 250, 250, key_id="key_2"),
+            ],
+            utcnow(),
+        )
+    assert spent_by_day(db, "key_1") == {today: 2_100}
+    assert spent_by_day(db, "key_2") == {today: 250}
+    assert ledger.check() == []
+    # The running totals are derived data: check recomputes them from the usage rows.
+    db.execute("UPDATE key_spend SET spent_micros = 5 WHERE key_id = 'key_1'")
+    db.conn.commit()
+    assert ledger.check() == [f"key key_1 on {today}: spent 5 but its usage sums to 2100"]
+
+
+def test_the_running_totals_start_from_the_usage_rows_already_there(tmp_path: Path) -> None:
+    """A database from before ``key_spend`` gets it filled in by its migration, counted as
+    the ledger counts (a pending task's hold, a settled row's cost, per day)."""
+    from apimodels.store.migrations import MIGRATIONS
+
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    index = [m.__name__ for m in MIGRATIONS].index("m021_key_spend")
+    for m in MIGRATIONS[:index]:
+        m(db)
+    rows = [  # request, key, day, hold state, hold, cost
+        ("task_1", "key_1", "2026-11-30", "pending", 7_000, None),
+        ("req_1", "key_1", "2026-11-30", "captured", 2_000, 1_500),
+        ("req_2", "key_1", "2026-12-01", "captured", 2_000, 300),
+        ("req_3", "key_1", "2026-12-01", "pending", 2_000, None),  # a call in flight
+        ("task_2", "key_2", "2026-12-01", "captured", 5_000, 4_000),
+        ("req_4", None, "2026-12-01", "captured", 2_000, 800),  # no key (the Console's)
+    ]
+    for request_id, key_id, day, state, hold, cost in rows:
+        db["usage"].insert(
+            {
+                "request_id": request_id,
+                "account_id": "acct_1",
+                "key_id": key_id,
+                "created_at": f"{day}T12:00:00.000000+00:00",
+                "hold_state": state,
+                "status": "pending" if state == "pending" else "succeeded",
+                "hold_micros": hold,
+                "cost_micros": cost,
+            }
+        )
+    MIGRATIONS[index](db)
+    assert spent_by_day(db, "key_1") == {"2026-11-30": 8_500, "2026-12-01": 300}
+    assert spent_by_day(db, "key_2") == {"2026-12-01": 4_000}
+    assert db.execute("SELECT COUNT(*) FROM key_spend").fetchone()[0] == 3
+
+
 def test_check_reports_a_balance_below_its_floor(db: sqlite_utils.Database) -> None:
     """Below zero only by overruns and negative entries, paid back first by later credits."""
     ledger = Ledger(db)
@@ -177,10 +261,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(target=holds, amount=st.integers(0, 5_000))
     def hold(self, amount: int) -> str:
         self.n += 1
-        hold_id = f"h{self.n}"
+        hold_id = f"task_{self.n}" if self.n % 2 else f"h{self.n}"  # a task's counts as spent
         available = self.model_balance - sum(self.pending.values()) - self.reserved
         try:
-            self.ledger.hold(hold_id, self.acct, amount, TTL)
+            self.ledger.hold(hold_id, self.acct, amount, TTL, {"key_id": "key_p"})
         except InsufficientCredits:
             assert available < amount
             return hold_id
@@ -237,7 +321,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.n += 1
         taken = min(cost, self.reserved)
         with self.ledger._tx() as c:
-            settle_op(c, [settlement(f"r{self.n}", self.acct, cost, taken, ok)], far())
+            settle_op(
+                c, [settlement(f"r{self.n}", self.acct, cost, taken, ok, key_id="key_p")], far()
+            )
         self.model_balance -= cost
         self.reserved -= taken
         self.settled[f"r{self.n}"] = 1

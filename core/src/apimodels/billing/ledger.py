@@ -17,6 +17,11 @@ Two ways to set credits aside, both checked atomically against balance minus wha
   taking its cost from the reservation. The primary key of its usage row and the unique
   charge per request make a second settle of it fail.
 
+Each API key's spending is kept as a running total per UTC day of its requests
+(``key_spend``), changed in the transaction that writes the usage row it sums: a pending
+task's hold counts as spent until the task settles (``apimodels.billing.limits`` reads it
+to lease a key's room under its spending caps, a few rows whatever the key's history).
+
 A cost larger than what was set aside is charged in full: the balance may then go below
 zero by at most that overrun (and no cost exceeds the bound ``pricing.usage_ceiling`` sets
 from the request). ``check`` reports a balance that ever went lower than that floor.
@@ -58,8 +63,34 @@ SETTLE_FIELDS = (*QUANTITY_FIELDS, "error_code", "latency_ms")
 _SETTLE = (
     "UPDATE usage SET hold_state = :state, status = :status, cost_micros = :cost, settled_at = :now, "
     + ", ".join(f"{f} = :{f}" for f in SETTLE_FIELDS)
-    + " WHERE request_id = :id AND hold_state = 'pending' RETURNING account_id, hold_micros"
+    + " WHERE request_id = :id AND hold_state = 'pending'"
+    " RETURNING account_id, hold_micros, key_id, created_at"
 )
+#: What a usage row counts as spent by its key: its cost, or, while a task runs, its hold
+#: (a task settles in the background, maybe in another process, long after it was
+#: admitted). ``key_spend`` sums it per key and day; ``check`` recomputes it with this.
+SPENT_BY_ROW = (
+    "CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%' ESCAPE '!'"
+    " THEN hold_micros ELSE COALESCE(cost_micros, 0) END"
+)
+_ADD_SPENT = (
+    "INSERT INTO key_spend (key_id, day, spent_micros) VALUES (?, ?, ?)"
+    " ON CONFLICT (key_id, day) DO UPDATE"
+    " SET spent_micros = key_spend.spent_micros + excluded.spent_micros"
+)
+
+
+def _counts_hold(request_id: str) -> bool:
+    """Whether a pending row's hold counts as spent (``SPENT_BY_ROW``): a task's does."""
+    return request_id.startswith("task_")
+
+
+def add_spent_op(c: sqlite3.Connection, spent: dict[tuple[str, str], int]) -> None:
+    """Add to keys' running totals, ``{(key id, day): micro-USD}``: in key order, so two
+    processes' batches lock the same rows in the same order (PostgreSQL)."""
+    for (key_id, day), amount in sorted(spent.items()):
+        if amount:
+            c.execute(_ADD_SPENT, (key_id, day, amount))
 
 
 def hold_op(
@@ -94,6 +125,8 @@ def hold_op(
     columns = ", ".join(row)
     values = ", ".join(f":{k}" for k in row)
     c.execute(f"INSERT INTO usage ({columns}) VALUES ({values})", row)
+    if row.get("key_id") and _counts_hold(request_id):
+        add_spent_op(c, {(row["key_id"], row["created_at"][:10]): amount_micros})
 
 
 def _settle(
@@ -113,12 +146,17 @@ def _settle(
     row = c.execute(_SETTLE, params).fetchone()
     if row is None:
         return None
+    account_id, held, key_id, created_at = row
     c.execute(
         "UPDATE accounts SET held_micros = held_micros - ?, balance_micros = balance_micros - ?"
         " WHERE id = ?",
-        (row[1], cost, row[0]),
+        (held, cost, account_id),
     )
-    return row[0], row[1]
+    if key_id:  # what the key spent: the cost now, instead of a task's hold
+        add_spent_op(
+            c, {(key_id, created_at[:10]): cost - (held if _counts_hold(request_id) else 0)}
+        )
+    return account_id, held
 
 
 def capture_op(
@@ -262,9 +300,13 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
     if charges:
         c.executemany(_INSERT_CHARGE, charges)
     spent: dict[str, int] = {}
+    by_key: dict[tuple[str, str], int] = {}
     taken: dict[tuple[str, str], int] = {}
     for s in settlements:
         spent[s.account_id] = spent.get(s.account_id, 0) + s.cost_micros
+        if s.key_id and s.cost_micros:
+            day = (s.key_id, s.created_at[:10])
+            by_key[day] = by_key.get(day, 0) + s.cost_micros
         if s.taken_micros:
             key = (s.reservation_id, s.account_id)
             taken[key] = taken.get(key, 0) + s.taken_micros
@@ -286,6 +328,7 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
                 " held_micros = held_micros - ? WHERE id = ?",
                 (cost, unheld.get(account_id, 0), account_id),
             )
+    add_spent_op(c, by_key)  # after the accounts: each batch locks accounts first
 
 
 _AVAILABLE = "SELECT balance_micros - held_micros FROM accounts WHERE id = ?"
@@ -760,6 +803,13 @@ class Ledger:
             " WHERE e.hold_id IS NOT NULL AND u.request_id IS NULL"
         ):
             problems.append(f"entry {entry_id}: a charge for no known request")
+        for key_id, day, stored, summed in c.execute(
+            "SELECT key_id, day, SUM(stored), SUM(summed) FROM (SELECT key_id, day,"
+            " spent_micros AS stored, 0 AS summed FROM key_spend UNION ALL SELECT key_id,"
+            f" substr(created_at, 1, 10), 0, {SPENT_BY_ROW} FROM usage WHERE key_id IS NOT NULL)"
+            " AS spending GROUP BY key_id, day HAVING SUM(stored) != SUM(summed)"
+        ):
+            problems.append(f"key {key_id} on {day}: spent {stored} but its usage sums to {summed}")
         problems.extend(_below_floor(c))
         cutoff = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
         for (request_id,) in c.execute(

@@ -17,16 +17,16 @@ minute's end, then the next one's start).
 
 Spending caps: a process leases an amount of the key's room, what it may hold and charge
 from then on (``spend_leases``, one row per key and process). The lease is granted in one
-transaction that locks the key's account, reads what the key has spent (its usage rows; a
-pending task's hold counts as spent until the task ends) and the live leases of the other
-processes, and grants at most the room left under each cap: so what every process charges
-never sums past a cap. A charge, once committed, is taken off its process's lease (it is in
-the usage rows then: counted twice otherwise). A lease is renewed when the requests outgrow
-it, when the UTC day or the key's caps change; the upkeep (:meth:`Limiter.maintain`) keeps
-a live process's leases from expiring (a lease must outlive the calls it covers) and gives
-back those of keys idle for a few seconds; a lease expires ``LEASE_SECONDS`` after its last
-renewal (a crashed process's lease frees its room then) and is returned when the server
-stops. A lease takes what the next requests hold plus an eighth of the room left, so with P
+transaction that locks the key's account, reads what the key has spent (the ledger's
+running totals per day, ``key_spend``: a pending task's hold counts until the task ends)
+and the live leases of the other processes, and grants at most the room left under each
+cap: so what every process charges never sums past a cap. A charge, once committed, is
+taken off its process's lease (it is in its key's running total then: counted twice
+otherwise). A lease is renewed when the requests outgrow it, when the UTC day or the key's
+caps change; the upkeep (:meth:`Limiter.maintain`) keeps a live process's leases from
+expiring (a lease must outlive the calls it covers) and gives back those of keys idle for a
+few seconds; a lease expires ``LEASE_SECONDS`` after its last renewal (a crashed process's
+lease frees its room then) and is returned when the server stops. A lease takes what the next requests hold plus an eighth of the room left, so with P
 processes serving one key a cap may refuse a request while up to (P - 1) eighths of the
 room sit in the other processes' leases, never let one through past it.
 """
@@ -97,13 +97,12 @@ _LEASE_REQUESTS = (
     " ON CONFLICT (key_id, window_start) DO UPDATE SET taken = rate_windows.taken + ?3"
     " WHERE rate_windows.taken < ?4 RETURNING taken"
 )
-# What a key spent in all and today: a pending task's hold counts until the task ends (it
-# settles in the background, maybe in another process, long after it was admitted).
+# What a key spent in all and today (the ledger's running totals per day: a pending task's
+# hold counts until the task ends).
 _SPENT = (
-    "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(CASE WHEN created_at >= ? THEN spent END), 0)"
-    " FROM (SELECT created_at, CASE WHEN hold_state = 'pending' AND request_id LIKE 'task!_%'"
-    " ESCAPE '!' THEN hold_micros ELSE cost_micros END AS spent"
-    " FROM usage WHERE key_id = ? AND created_at >= ?) AS spending"
+    "SELECT COALESCE(SUM(spent_micros), 0),"
+    " COALESCE(SUM(CASE WHEN day = ? THEN spent_micros END), 0)"
+    " FROM key_spend WHERE key_id = ?"
 )
 _OTHERS = (
     "SELECT COALESCE(SUM(amount_micros), 0) FROM spend_leases"
@@ -145,9 +144,7 @@ def lease_spending_op(
         # breaks the cycle, and each write of the batch is retried alone.)
         c.execute("SELECT 1 FROM accounts WHERE id = ? FOR NO KEY UPDATE", (account_id,))
     now = utcnow()
-    # Without a total cap, today's rows are enough (the key's index finds them).
-    since = "" if caps.total_cap_micros is not None else day
-    total, today = c.execute(_SPENT, (day, key_id, since)).fetchone()
+    total, today = c.execute(_SPENT, (day, key_id)).fetchone()
     others = c.execute(_OTHERS, (key_id, holder, now)).fetchone()[0]
     rooms = []
     if caps.daily_cap_micros is not None:
@@ -164,7 +161,7 @@ def lease_spending_op(
 
 
 def shrink_lease_op(c: Any, key_id: str, holder: str, charged: int) -> None:
-    """A charge of the holder's is committed, so in the key's usage rows: its lease no
+    """A charge of the holder's is committed, so in the key's running total: its lease no
     longer counts it (the other processes would count it twice)."""
     c.execute(
         "UPDATE spend_leases SET amount_micros = CASE WHEN amount_micros > ?1"

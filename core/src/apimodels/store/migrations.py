@@ -567,3 +567,24 @@ def m020_account_status_changed_at(db: sqlite_utils.Database) -> None:
     # When an account's status last changed: a second suspension for the same reason is a
     # new event, mailed again (apimodels.console.notices).
     db["accounts"].add_column("status_changed_at", str)
+
+
+@migration
+def m021_key_spend(db: sqlite_utils.Database) -> None:
+    # What each API key spent per UTC day of its requests, kept by the ledger with the usage
+    # rows it sums (apimodels.billing.ledger): a lease under a key's spending caps reads
+    # these few rows, not the key's usage (1.8 s for a key with a million calls). Filled
+    # from the usage rows so far, as the ledger counts them (its SPENT_BY_ROW, written out:
+    # a migration never changes once shipped).
+    db["key_spend"].create(
+        {"key_id": str, "day": str, "spent_micros": int},
+        pk=("key_id", "day"),
+        not_null={"spent_micros"},
+    )
+    db.execute(
+        "INSERT INTO key_spend (key_id, day, spent_micros) SELECT key_id,"
+        " substr(created_at, 1, 10), SUM(CASE WHEN hold_state = 'pending'"
+        " AND request_id LIKE 'task!_%' ESCAPE '!' THEN hold_micros"
+        " ELSE COALESCE(cost_micros, 0) END) FROM usage"
+        " WHERE key_id IS NOT NULL GROUP BY key_id, substr(created_at, 1, 10)"
+    )
