@@ -6,11 +6,14 @@ the audit log as the operator with its reason, and the suspension mail."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,8 +21,10 @@ import sqlite_utils
 from starlette.routing import Route
 
 from apimodels.admin import Actor, Operations
+from apimodels.admin.checks import check_books
+from apimodels.admin.context import reading
 from apimodels.admin.operators import create_admin, remove_admin
-from apimodels.admin.overview import overview, record_check
+from apimodels.admin.overview import Overview, overview, record_check
 from apimodels.admin.tokens import create_token
 from apimodels.billing.ledger import Ledger
 from apimodels.store.accounts import create_account, create_key, set_status
@@ -407,7 +412,39 @@ def test_the_overview_adds_up_on_each_backend(database: str | Path) -> None:
         {"provider": "openai", "calls": 4, "upstream_errors": 1, "error_rate": "25.0%"},
     ]
     assert o.pending_holds == 1 and o.last_check is None
-    record_check(ops, Actor("console:op@example.com"))
+    asyncio.run(record_check(ops, Actor("console:op@example.com")))
     assert overview(ops, now=now).last_check["actor"] == "console:op@example.com"  # type: ignore[index]
     if is_postgres(db):
         db.conn.close()
+
+
+def test_the_overview_and_the_books_are_read_off_the_event_loop(database: str | Path) -> None:
+    """Their sums scan the usage rows (seconds at a million): on a worker thread, on SQLite
+    through that thread's own read-only connection, so the loop serves calls meanwhile; the
+    figures are those read in place."""
+    db = open_db(database)
+    ledger = Ledger(db)
+    ops = Operations(db, ledger, TaskStore(db, ledger), 30)
+    account = create_account(db, "off-loop@example.com")["id"]
+    ledger.post(account, 5_000_000, kind="grant", reason="g", actor="t")
+    ledger.hold("task_off", account, 1_000_000, timedelta(minutes=5), {"key_id": "key_off"})
+    readers: list[Operations] = []
+
+    def probe(on: Operations) -> tuple[Overview, dict[str, Any]]:
+        with pytest.raises(RuntimeError):  # no event loop runs on this thread
+            asyncio.get_running_loop()
+        readers.append(on)
+        if not is_postgres(on.db):  # a connection of the thread's own, which cannot write
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                on.db.execute("DELETE FROM usage")
+        return overview(on), check_books(on)
+
+    figures, books = asyncio.run(reading(ops, probe))
+    assert figures == overview(ops) and figures.pending_holds == 1
+    assert books["ok"] and books["ledger_problems"] == []
+    [on] = readers
+    if is_postgres(db):
+        assert on is ops  # the pool serves any thread
+        db.conn.close()
+    else:
+        assert on.db is not db and on.ledger.db is on.db

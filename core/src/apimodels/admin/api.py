@@ -30,7 +30,7 @@ from .accounts import (
 )
 from .amounts import parse_usd
 from .checks import check_books
-from .context import Actor, Operations, require_write
+from .context import Actor, Operations, reading, require_write
 from .credits import post_credits
 from .keys import revoke_key
 from .orders import find_orders, refund_order, show_order
@@ -190,19 +190,18 @@ async def _cancel(ops: Operations, actor: Actor, path: dict[str, str], q: Any, b
 
 
 async def _usage(ops: Operations, actor: Actor, path: dict[str, str], q: Any, _: Any) -> Any:
-    rows = usage_totals(
+    account_id = _account_id(ops, q.account)
+    rows = await reading(
         ops,
-        q.group_by,
-        since=q.since,
-        until=q.until,
-        account_id=_account_id(ops, q.account),
-        limit=q.limit,
+        lambda on: usage_totals(
+            on, q.group_by, since=q.since, until=q.until, account_id=account_id, limit=q.limit
+        ),
     )
     return _list(rows)
 
 
 async def _books(ops: Operations, actor: Actor, path: dict[str, str], q: Any, _: Any) -> Any:
-    return check_books(ops)
+    return await reading(ops, check_books)
 
 
 async def _audit(ops: Operations, actor: Actor, path: dict[str, str], q: Any, _: Any) -> Any:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlite_utils
 
+from ..billing.ledger import Ledger
+from ..store.db import read_off_loop
+
 if TYPE_CHECKING:
-    from ..billing.ledger import Ledger
     from ..store.accounts import KeyStore
     from ..tasks.runner import TaskRunner
     from ..tasks.store import TaskStore
@@ -41,6 +44,20 @@ class Operations:
     keys: KeyStore | None = None
     runner: TaskRunner | None = None
     stripe: StripeGateway | None = None
+
+
+T = TypeVar("T")
+
+
+async def reading(ops: Operations, fn: Callable[[Operations], T]) -> T:
+    """``fn(ops)`` for a read that may scan many rows (the overview, the books' check), off
+    the event loop: its stores read through a worker thread's own connection
+    (``store.db.read_off_loop``)."""
+
+    def run(reader: Any) -> T:
+        return fn(ops if reader is ops.db else replace(ops, db=reader, ledger=Ledger(reader)))
+
+    return await read_off_loop(ops.db, run)
 
 
 def require_write(actor: Actor) -> None:

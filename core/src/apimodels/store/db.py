@@ -63,6 +63,37 @@ async def off_loop(db: Any, fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
+async def read_off_loop(db: Any, fn: Callable[[Any], T]) -> T:
+    """``fn(reader)``, reads that may scan many rows (the admin overview, a ledger check:
+    seconds at a million usage rows), never on the event loop, which serves every call of
+    the process meanwhile. ``reader`` reads the same database: on PostgreSQL ``db`` itself;
+    on SQLite the worker thread's own read-only connection to the file (WAL: it reads while
+    the loop's connection writes, and sqlite3 lets go of the GIL while SQLite works); an
+    in-memory database, which only its own connection sees, in place."""
+    if is_postgres(db):
+        return await asyncio.to_thread(fn, db)
+    path = database_path(db)
+    if not path:
+        return fn(db)
+    return await asyncio.to_thread(lambda: fn(_reader(path)))
+
+
+_readers = threading.local()  # each worker thread's read-only connections, by file
+
+
+def _reader(path: str) -> sqlite_utils.Database:
+    """This thread's read-only connection to the SQLite file at ``path`` (a few kept)."""
+    opened: dict[str, sqlite_utils.Database] = _readers.__dict__.setdefault("opened", {})
+    reader = opened.get(path)
+    if reader is None:
+        if len(opened) >= 4:  # another server's file (the tests run many): close the oldest
+            opened.pop(next(iter(opened))).conn.close()
+        conn = sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        reader = opened[path] = sqlite_utils.Database(conn)
+    return reader
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate the database at ``path``, a file or a
     ``postgresql://`` URL."""
