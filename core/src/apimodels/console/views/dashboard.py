@@ -8,6 +8,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ...billing.ledger import list_usage
+from ...store.db import read_off_loop
 from .. import stats
 from ..app import Console, page
 from ..chart import stacked_bars
@@ -16,7 +17,8 @@ from ..chart import stacked_bars
 def routes(console: Console) -> list[BaseRoute]:
     async def dashboard(request: Request) -> Response:
         account_id = request.scope["console_session"].account_id
-        spend = stats.spend(console.db, account_id)
+        # 30 days of the account's usage summed (50 ms at 100,000 rows): off the event loop.
+        spend = await read_off_loop(console.db, lambda db: stats.spend(db, account_id))
         recent, _ = list_usage(console.db, account_id, limit=10)
         return console.render(
             request,
