@@ -197,8 +197,8 @@ class TasksAPI:
                 self.biller.limiter.released(principal, hold)
             raise
         if billing:
-            # Counted as spent until it ends (a renewed lease reads the usage rows, where
-            # a pending task's hold also counts as spent).
+            # Counted as spent until it ends (as in the key's running totals, which a
+            # renewed lease reads).
             self.biller.limiter.spent(principal, hold)
         return task
 
