@@ -3,10 +3,12 @@ hosts it refuses to serve from folders of their own, SQLite's online backup."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -15,10 +17,10 @@ import pytest
 from processes import cli, serving
 
 from apimodels.billing.ledger import Ledger
-from apimodels.errors import ConfigError
+from apimodels.errors import AuthenticationError, ConfigError
 from apimodels.server import assemble
-from apimodels.store.accounts import create_account, create_key
-from apimodels.store.db import open_db
+from apimodels.store.accounts import KeyStore, Principal, create_account, create_key
+from apimodels.store.db import is_postgres, open_db
 from apimodels.store.hosts import STALE
 from apimodels.store.postgres import translate
 from apimodels.testing import serve
@@ -165,3 +167,41 @@ def test_a_batch_waiting_on_postgresql_leaves_the_event_loop_serving(
     assert charged.fetchone()[0] == 1
     assert server.ledger.check() == []
     server.db.close()
+
+
+def test_a_key_is_looked_up_off_the_event_loop_on_postgresql(database: str | Path) -> None:
+    """A key not in the cache is read from the database: on PostgreSQL on a worker thread
+    (a round trip would stop every call of the process), on SQLite in place (microseconds,
+    on the loop's own connection). Once cached, it is not read again; an unknown key is
+    read each time, and refused."""
+    db = open_db(database)
+    account = create_account(db, "looked-up@example.com")["id"]
+    _, key = create_key(db, account)
+    elsewhere = open_db(":memory:")  # a well-formed key that this database does not know
+    _, stranger = create_key(elsewhere, create_account(elsewhere, "x@example.com")["id"])
+    keys = KeyStore(db, cache_seconds=60)
+    where: list[str] = []
+    lookup = keys._lookup
+
+    def spy(*args: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            where.append("loop")
+        except RuntimeError:
+            where.append("worker")
+        return lookup(*args)
+
+    keys._lookup = spy  # type: ignore[method-assign]
+
+    async def calls() -> list[Principal]:
+        found = [await keys.check(f"Bearer {key}") for _ in range(3)]
+        with pytest.raises(AuthenticationError, match="Invalid API key"):
+            await keys.check(f"Bearer {stranger}")
+        return found
+
+    found = asyncio.run(calls())
+    assert {p.key_id for p in found} == {found[0].key_id} and found[0].account_id == account
+    expected = "worker" if is_postgres(db) else "loop"
+    assert where == [expected, expected]  # the key once (then cached), the stranger
+    if is_postgres(db):
+        db.conn.close()

@@ -237,11 +237,11 @@ class Frontend:
         return {"object": "list", "data": data}
 
     async def list_models(self, request: Request) -> Response:
-        self.keys.authenticate(request.headers.get("authorization"))
+        await self.keys.check(request.headers.get("authorization"))
         return Response(self.models_body, media_type="application/json")
 
     async def get_model(self, request: Request) -> Response:
-        self.keys.authenticate(request.headers.get("authorization"))
+        await self.keys.check(request.headers.get("authorization"))
         model_id = request.path_params["model_id"]
         route = self.gateway.route(model_id)
         if route is None:
@@ -255,7 +255,7 @@ class Frontend:
         multipart = modality is Modality.transcription
 
         async def endpoint(request: Request) -> Response:
-            principal = self.keys.authenticate(header(request, b"authorization"))
+            principal = await self.keys.check(header(request, b"authorization"))
             return await self._replayable(request, principal, call)
 
         async def call(request: Request, principal: Principal) -> Response:
@@ -275,7 +275,7 @@ class Frontend:
         pipeline as ``/v1/chat/completions``, its request and answer translated."""
 
         async def endpoint(request: Request) -> Response:
-            principal = self.keys.authenticate(dialect.credentials(request.headers))
+            principal = await self.keys.check(dialect.credentials(request.headers))
             return await self._replayable(request, principal, call)
 
         async def call(request: Request, principal: Principal) -> Response:
@@ -511,7 +511,7 @@ class Frontend:
             )
 
     async def list_voices(self, request: Request) -> Response:
-        self.keys.authenticate(request.headers.get("authorization"))
+        await self.keys.check(request.headers.get("authorization"))
         return Response(self.voices.body, media_type="application/json")
 
 

@@ -28,7 +28,7 @@ def count_tokens_endpoint(
     frontend: Frontend, dialect: MessagesAPI
 ) -> Callable[[Request], Awaitable[Response]]:
     async def count_tokens(request: Request) -> Response:
-        frontend.keys.authenticate(dialect.credentials(request.headers))
+        await frontend.keys.check(dialect.credentials(request.headers))
         params = read_model(CountTokensParams, await read_json(request), API)
         chat = chat_request(params)
         route = frontend.route_for(chat.model, Modality.chat, "messages/count_tokens")

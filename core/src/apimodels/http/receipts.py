@@ -85,7 +85,7 @@ class Receipts:
         self.writes = writes
 
     async def credits(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         await self.writes.flushed()
         b = await off_loop(self.ledger.db, self.ledger.balance, principal.account_id)
         return _json(
@@ -99,7 +99,7 @@ class Receipts:
         )
 
     async def usage(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         q = request.query_params
         limit = page_limit(q.get("limit"))
         since, until = _time(q.get("since"), "since"), _time(q.get("until"), "until")
@@ -120,7 +120,7 @@ class Receipts:
         return _json({"object": "list", "data": [render_usage(r) for r in rows], "has_more": more})
 
     async def generation(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         await self.writes.flushed()
         row = await off_loop(
             self.ledger.db,

@@ -29,7 +29,7 @@ def retrieve_endpoint(
     keys: KeyStore, stored: StoredResponses
 ) -> Callable[[Request], Awaitable[Response]]:
     async def retrieve(request: Request) -> Response:
-        principal = keys.authenticate(request.headers.get("authorization"))
+        principal = await keys.check(request.headers.get("authorization"))
         response_id = request.path_params["response_id"]
         found = stored.get(response_id, principal.account_id)
         if found is None:
@@ -43,7 +43,7 @@ def delete_endpoint(
     keys: KeyStore, stored: StoredResponses
 ) -> Callable[[Request], Awaitable[Response]]:
     async def delete(request: Request) -> Response:
-        principal = keys.authenticate(request.headers.get("authorization"))
+        principal = await keys.check(request.headers.get("authorization"))
         response_id = request.path_params["response_id"]
         if not stored.delete(response_id, principal.account_id):
             raise _not_found(response_id)

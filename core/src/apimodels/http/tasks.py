@@ -100,7 +100,7 @@ class TasksAPI:
     # --- endpoints -----------------------------------------------------------------------
 
     async def submit(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is None:
             return await self._submit(request, principal)
@@ -203,14 +203,14 @@ class TasksAPI:
         return task
 
     async def get(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         task = await off_loop(
             self.store.db, self.store.get, principal.account_id, request.path_params["id"]
         )
         return _json(self.render(task, request))
 
     async def list(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         q = request.query_params
         limit = page_limit(q.get("limit"))
         status = q.get("status")
@@ -230,7 +230,7 @@ class TasksAPI:
         )
 
     async def cancel(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         task = self.store.get(principal.account_id, request.path_params["id"])
         if task["status"] == "canceled":
             return _json(self.render(task, request))
@@ -246,7 +246,7 @@ class TasksAPI:
     async def delete(self, request: Request) -> Response:
         """The owner deletes a task: canceled first if unfinished (cost 0), then its files and
         content go; its billing record stays. Deleting it again answers the same object."""
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         task = self.store.get(principal.account_id, request.path_params["id"])
         if task["status"] not in TERMINAL:
             await self.runner.cancel(task)

@@ -150,7 +150,7 @@ class TopupsAPI:
         self.idempotency = Idempotency(db, IDEMPOTENCY_ABANDON_AFTER)
 
     async def create(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is None:
             return await self._create(request, principal)
@@ -205,14 +205,14 @@ class TopupsAPI:
         return get_order(self.db, order["id"])
 
     async def index(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         limit = page_limit(request.query_params.get("limit"))
         orders = list_orders(self.db, principal.account_id, limit=limit + 1)
         data = [render_order(o, order_entries(self.db, o["id"])) for o in orders[:limit]]
         return _json({"object": "list", "data": data, "has_more": len(orders) > limit})
 
     async def show(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = await self.keys.check(request.headers.get("authorization"))
         order = get_order(self.db, request.path_params["order_id"], principal.account_id)
         return _json(render_order(order, order_entries(self.db, order["id"])))
 

@@ -33,7 +33,7 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import AuthenticationError, NotFound, PermissionDenied
-from .db import utcnow
+from .db import off_loop, utcnow
 
 KEY_PREFIX = "amk_"
 LEGACY_KEY_PREFIX = "sk-am-"  # keys made before the checksummed format
@@ -204,6 +204,20 @@ class Principal:
     limits: KeyLimits | None = None
 
 
+def _bearer(authorization: str | None) -> tuple[str, str, float]:
+    """The key of a bearer Authorization header, its digest, and now (401 when absent or
+    malformed)."""
+    if not authorization:
+        raise AuthenticationError(
+            "Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
+        )
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise AuthenticationError("Malformed Authorization header: use 'Bearer <key>'")
+    return key, _hash(key), time.time()
+
+
 class KeyStore:
     """Authenticates bearer keys with a short-lived in-memory cache (see module docstring)."""
 
@@ -213,19 +227,29 @@ class KeyStore:
         self._cache: dict[str, Principal] = {}
 
     def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization:
-            raise AuthenticationError(
-                "Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
-            )
-        scheme, _, key = authorization.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            raise AuthenticationError("Malformed Authorization header: use 'Bearer <key>'")
-        now = time.time()
-        digest = _hash(key)
+        """Who calls with this Authorization header (401 or 403 otherwise): from the cache,
+        else from the database, read here (the server uses :meth:`check`)."""
+        key, digest, now = _bearer(authorization)
+        principal = self._fresh(digest, now) or self._lookup(key, digest, now)
+        return self._admitted(principal, digest, now)
+
+    async def check(self, authorization: str | None) -> Principal:
+        """:meth:`authenticate` for a request: on a cache miss (once per key per
+        ``cache_seconds``, and for every unknown key) PostgreSQL is read on a worker thread,
+        so that its round trip never stops the event loop."""
+        key, digest, now = _bearer(authorization)
+        principal = self._fresh(digest, now)
+        if principal is None:
+            principal = await off_loop(self.db, self._lookup, key, digest, now)
+        return self._admitted(principal, digest, now)
+
+    def _fresh(self, digest: str, now: float) -> Principal | None:
         principal = self._cache.get(digest)
         if principal is None or now - principal.checked_at > self.cache_seconds:
-            principal = self._lookup(key, digest, now)
+            return None
+        return principal
+
+    def _admitted(self, principal: Principal, digest: str, now: float) -> Principal:
         if principal.expires_at is not None and now >= principal.expires_at:
             self._cache.pop(digest, None)
             raise AuthenticationError("This API key has expired", code="expired_api_key")
