@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,10 @@ import pytest
 from processes import cli, serving
 
 from apimodels.billing.ledger import Ledger
-from apimodels.errors import AuthenticationError, ConfigError
+from apimodels.errors import AuthenticationError, ConfigError, InsufficientCredits
 from apimodels.server import assemble
 from apimodels.store.accounts import KeyStore, Principal, create_account, create_key
-from apimodels.store.db import is_postgres, open_db
+from apimodels.store.db import commit_off_loop, is_postgres, open_db
 from apimodels.store.hosts import STALE
 from apimodels.store.postgres import translate
 from apimodels.testing import serve
@@ -203,5 +204,49 @@ def test_a_key_is_looked_up_off_the_event_loop_on_postgresql(database: str | Pat
     assert {p.key_id for p in found} == {found[0].key_id} and found[0].account_id == account
     expected = "worker" if is_postgres(db) else "loop"
     assert where == [expected, expected]  # the key once (then cached), the stranger
+    if is_postgres(db):
+        db.conn.close()
+
+
+def test_a_transaction_off_the_loop_tells_its_outcome_to_a_caller_that_left(
+    database: str | Path,
+) -> None:
+    """A task's creation (a hold and its row) commits on a worker thread on PostgreSQL even
+    when its request is cancelled meanwhile: the outcome still reaches the limiter. A
+    transaction that fails tells that too; on SQLite it runs in place."""
+    db = open_db(database)
+    account = create_account(db, "outcome@example.com")["id"]
+    ledger = Ledger(db)
+    ledger.post(account, 1_000_000, kind="grant", reason="g", actor="t")
+    told: list[bool] = []
+
+    def hold(request_id: str, micros: int) -> str:
+        time.sleep(0.2)  # a round trip or a few, long enough to be cancelled during
+        ledger.hold(request_id, account, micros, timedelta(minutes=5))
+        return request_id
+
+    async def cancelled_while_it_runs() -> None:
+        waiting = asyncio.ensure_future(
+            commit_off_loop(db, partial(hold, "task_left", 400_000), told.append)
+        )
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        while not told:  # the thread goes on, and tells
+            await asyncio.sleep(0.01)
+
+    async def failing() -> None:
+        with pytest.raises(InsufficientCredits):
+            await commit_off_loop(db, partial(hold, "task_too_big", 10**9), told.append)
+
+    if is_postgres(db):
+        asyncio.run(cancelled_while_it_runs())
+        assert told == [True] and ledger.balance(account).held_micros == 400_000
+    else:  # in place: nothing to cancel it during
+        assert asyncio.run(commit_off_loop(db, partial(hold, "task_here", 400_000), told.append))
+        assert told == [True]
+    asyncio.run(failing())
+    assert told == [True, False] and ledger.balance(account).held_micros == 400_000
     if is_postgres(db):
         db.conn.close()

@@ -17,6 +17,7 @@ fetch the task again for fresh ones.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -35,7 +36,7 @@ from ..providers.runtime import Gateway, Route
 from ..schemas import TaskRequest
 from ..storage import StorageError
 from ..store.accounts import KeyStore, Principal
-from ..store.db import off_loop
+from ..store.db import commit_off_loop, off_loop
 from ..tasks.notify import check_resolves_public, check_url
 from ..tasks.render import render_task
 from ..tasks.runner import TaskRunner, unified_request
@@ -177,30 +178,37 @@ class TasksAPI:
         billing = self.biller.enabled
         if billing:
             await self.biller.limiter.admit(principal, hold)
-        try:
-            task = self.store.create(
-                new_task_id(),
-                account_id=principal.account_id,
-                key_id=principal.key_id,
-                model=route.model.id,
-                provider=route.provider.name,
-                modality=route.model.modality.value,
-                input=input,
-                webhook_url=webhook,
-                hold_micros=hold,
-                unit_prices=route.prices_json,
-                timeout_seconds=route.model.task_timeout_seconds or self.config.timeout_seconds,
-                billing=billing,
-            )
-        except BaseException:
-            if billing:
-                self.biller.limiter.released(principal, hold)
-            raise
-        if billing:
-            # Counted as spent until it ends (as in the key's running totals, which a
-            # renewed lease reads).
+        create = partial(
+            self.store.create,
+            new_task_id(),
+            account_id=principal.account_id,
+            key_id=principal.key_id,
+            model=route.model.id,
+            provider=route.provider.name,
+            modality=route.model.modality.value,
+            input=input,
+            webhook_url=webhook,
+            hold_micros=hold,
+            unit_prices=route.prices_json,
+            timeout_seconds=route.model.task_timeout_seconds or self.config.timeout_seconds,
+            billing=billing,
+        )
+        # On PostgreSQL its round trips run on a worker thread, which commits whether or not
+        # this request still waits (a client gone, a shutdown): the outcome is counted.
+        return await commit_off_loop(
+            self.store.db, create, partial(self._counted, principal, hold, billing)
+        )
+
+    def _counted(self, principal: Principal, hold: int, billing: bool, created: bool) -> None:
+        """Tell the key's limiter whether the task admitted with ``hold`` was created: its
+        hold then counts as spent until it ends (as in the key's running totals, which a
+        renewed lease reads); else it was never held."""
+        if not billing:
+            return
+        if created:
             self.biller.limiter.spent(principal, hold)
-        return task
+        else:
+            self.biller.limiter.released(principal, hold)
 
     async def get(self, request: Request) -> Response:
         principal = await self.keys.check(request.headers.get("authorization"))

@@ -63,6 +63,23 @@ async def off_loop(db: Any, fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
+async def commit_off_loop(db: Any, fn: Callable[[], T], outcome: Callable[[bool], None]) -> T:
+    """``fn()``, a transaction, as :func:`off_loop` runs it; ``outcome`` is told whether it
+    committed, also when the caller stops waiting for it (a cancelled request): a worker
+    thread commits all the same, and what the transaction did must be counted."""
+    if not is_postgres(db):
+        try:
+            result = fn()
+        except BaseException:
+            outcome(False)
+            raise
+        outcome(True)
+        return result
+    work = asyncio.ensure_future(asyncio.to_thread(fn))
+    work.add_done_callback(lambda done: outcome(not done.cancelled() and not done.exception()))
+    return await asyncio.shield(work)
+
+
 async def read_off_loop(db: Any, fn: Callable[[Any], T]) -> T:
     """``fn(reader)``, reads that may scan many rows (the admin overview, a ledger check:
     seconds at a million usage rows), never on the event loop, which serves every call of
