@@ -52,6 +52,7 @@ bench: sync
 	$(UV) run --no-sync python bench/speech.py
 	$(UV) run --no-sync python bench/fallback.py
 	$(UV) run --no-sync python bench/console.py
+	$(UV) run --no-sync python bench/history.py
 
 lint: sync
 	$(UV) run --no-sync ruff check .
