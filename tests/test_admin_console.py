@@ -26,7 +26,7 @@ from apimodels.admin.context import reading
 from apimodels.admin.operators import create_admin, remove_admin
 from apimodels.admin.overview import Overview, overview, record_check
 from apimodels.admin.tokens import create_token
-from apimodels.billing.ledger import Ledger
+from apimodels.billing.ledger import Ledger, Settlement, settle_op, transaction
 from apimodels.store.accounts import create_account, create_key, set_status
 from apimodels.store.db import database_path, is_postgres, open_db
 from apimodels.tasks.store import TaskStore
@@ -384,14 +384,31 @@ def test_the_overview_adds_up_on_each_backend(database: str | Path) -> None:
         (b, today, "openai/x", "openai", "pending", "pending", None, None),
         (a, old, "openai/x", "openai", "succeeded", "captured", 9_000_000, None),  # not counted
     ]
-    with db.conn:
-        for i, (acct, at, model, provider, status, hold, cost, code) in enumerate(rows):
-            db.execute(
-                "INSERT INTO usage (request_id, account_id, created_at, model, provider, status,"
-                " hold_state, hold_micros, cost_micros, error_code)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [f"req_ov{i}", acct, at, model, provider, status, hold, 2_000_000, cost, code],
-            )
+    # Written as the gateway writes them: ended requests settled in a batch, a task's hold.
+    for account in (a, b):
+        ledger.post(account, 20_000_000, kind="grant", reason="g", actor="t")
+    ended = [
+        Settlement(
+            request_id=f"req_ov{i}",
+            account_id=acct,
+            reservation_id=f"p:{acct}",
+            hold_micros=2_000_000,
+            cost_micros=cost,
+            taken_micros=0,
+            succeeded=hold == "captured",
+            key_id=None,
+            billed_as=(model, provider, "chat", "{}"),
+            stream=0,
+            created_at=at,
+            error_code=code,
+        )
+        for i, (acct, at, model, provider, status, hold, cost, code) in enumerate(rows)
+        if hold != "pending"
+    ]
+    with transaction(ledger) as c:
+        settle_op(c, ended, now.isoformat())
+    ledger.hold("task_ov4", b, 2_000_000, timedelta(minutes=5),
+                {"model": "openai/x", "provider": "openai"})  # fmt: skip
     o = overview(ops, now=now)
     assert o.days[-1] == now.date().isoformat() and len(o.days) == 30
     assert (o.calls_per_day[-1], o.calls_per_day[-2], sum(o.calls_per_day)) == (3, 2, 5)
@@ -412,6 +429,12 @@ def test_the_overview_adds_up_on_each_backend(database: str | Path) -> None:
         {"provider": "openai", "calls": 4, "upstream_errors": 1, "error_rate": "25.0%"},
     ]
     assert o.pending_holds == 1 and o.last_check is None
+    assert ledger.check() == []  # the daily totals are the usage rows' sums, on each backend
+    db.execute("UPDATE usage_daily SET upstream_errors = 0")
+    [problem] = ledger.check()
+    assert problem.endswith(
+        "(openai/x, openai): its daily totals are off their usage rows by upstream_errors -1"
+    )
     asyncio.run(record_check(ops, Actor("console:op@example.com")))
     assert overview(ops, now=now).last_check["actor"] == "console:op@example.com"  # type: ignore[index]
     if is_postgres(db):

@@ -181,8 +181,9 @@ def test_a_keys_running_total_follows_its_usage_rows(db: sqlite_utils.Database) 
 
 
 def test_the_running_totals_start_from_the_usage_rows_already_there(tmp_path: Path) -> None:
-    """A database from before ``key_spend`` gets it filled in by its migration, counted as
-    the ledger counts (a pending task's hold, a settled row's cost, per day)."""
+    """A database from before ``key_spend`` and ``usage_daily`` gets them filled in by their
+    migrations, counted as the ledger counts (for a key: a pending task's hold, a settled
+    row's cost, per day)."""
     from apimodels.store.migrations import MIGRATIONS
 
     db = sqlite_utils.Database(tmp_path / "old.db")
@@ -210,10 +211,20 @@ def test_the_running_totals_start_from_the_usage_rows_already_there(tmp_path: Pa
                 "cost_micros": cost,
             }
         )
-    MIGRATIONS[index](db)
+    for m in MIGRATIONS[index:]:  # key_spend, then usage_daily
+        m(db)
     assert spent_by_day(db, "key_1") == {"2026-11-30": 8_500, "2026-12-01": 300}
     assert spent_by_day(db, "key_2") == {"2026-12-01": 4_000}
     assert db.execute("SELECT COUNT(*) FROM key_spend").fetchone()[0] == 3
+    # The overview's totals: every call, those settled, what they were charged.
+    daily = db.execute(
+        "SELECT day, account_id, model, provider, calls, settled, failed, cost_micros"
+        " FROM usage_daily ORDER BY day"
+    ).fetchall()
+    assert daily == [
+        ("2026-11-30", "acct_1", "", "", 2, 1, 0, 1_500),
+        ("2026-12-01", "acct_1", "", "", 4, 3, 0, 5_100),
+    ]
 
 
 def test_check_reports_a_balance_below_its_floor(db: sqlite_utils.Database) -> None:

@@ -1,6 +1,8 @@
 """The operator's overview: accounts, calls and spend per day, top models, upstream errors per
-provider, pending holds and the last check of the books. Sums of the usage rows (what the
-ledger charged), as ``usage_totals``; nothing is kept beside them.
+provider, pending holds and the last check of the books. Read from the ledger's running
+totals per day, account, model and provider (``usage_daily``, kept with the usage rows they
+sum, which ``ledger check`` verifies): a month of them is a few thousand rows where the
+usage rows are millions.
 
 The last check of the books is the newest ``ledger.check`` entry of the audit log: an
 operator's check (:func:`record_check`) is written there, so every process shows the same."""
@@ -15,16 +17,10 @@ from typing import Any
 from . import audit
 from .checks import check_books
 from .context import Actor, Operations, reading
-from .usage import usage_totals
 
-#: Error codes of a failure upstream (the provider's), as opposed to a refused request.
-UPSTREAM_CODES = (
-    "upstream_error",
-    "upstream_timeout",
-    "upstream_overloaded",
-    "provider_unavailable",
-)
 CHECK = "ledger.check"
+#: A top model's figures, as ``usage_totals`` names them.
+TOTALS = ("key", "calls", "failed", "input_tokens", "output_tokens", "cost_micros")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,40 +42,47 @@ def overview(ops: Operations, days: int = 30, now: datetime | None = None) -> Ov
     """The figures of the last ``days`` UTC days (today included)."""
     today = (now or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
     first = today - timedelta(days=days - 1)
-    since = first.isoformat(timespec="seconds")
     labels = [(first + timedelta(days=i)).date().isoformat() for i in range(days)]
     index = {day: i for i, day in enumerate(labels)}
+    first_day = labels[0]
     per_model: dict[str, list[int]] = defaultdict(lambda: [0] * days)
     calls = [0] * days
     for day, model, n, micros in ops.db.execute(
-        "SELECT substr(created_at, 1, 10), model, COUNT(*), COALESCE(SUM(cost_micros), 0)"
-        " FROM usage WHERE created_at >= ? GROUP BY substr(created_at, 1, 10), model",
-        [since],
+        "SELECT day, model, SUM(calls), SUM(cost_micros) FROM usage_daily WHERE day >= ?"
+        " GROUP BY day, model",
+        [first_day],
     ).fetchall():
         if day in index:
             calls[index[day]] += n
             if micros:
-                per_model[model][index[day]] += micros
+                per_model[model or None][index[day]] += micros
     spend = [sum(series[i] for series in per_model.values()) for i in range(days)]
     statuses = dict(
         ops.db.execute("SELECT status, COUNT(*) FROM accounts GROUP BY status").fetchall()
     )
     (active,) = ops.db.execute(
-        "SELECT COUNT(DISTINCT account_id) FROM usage WHERE created_at >= ?", [since]
+        "SELECT COUNT(DISTINCT account_id) FROM usage_daily WHERE day >= ?", [first_day]
     ).fetchone()
-    marks = ", ".join("?" for _ in UPSTREAM_CODES)
+    top_models = [
+        dict(zip(TOTALS, (model or None, *sums), strict=True))
+        for model, *sums in ops.db.execute(
+            "SELECT model, SUM(settled), SUM(failed), SUM(input_tokens), SUM(output_tokens),"
+            " SUM(cost_micros) AS cost FROM usage_daily WHERE day >= ? GROUP BY model"
+            " HAVING SUM(settled) > 0 ORDER BY cost DESC, model LIMIT 10",
+            [first_day],
+        ).fetchall()
+    ]
     providers = [
         {
-            "provider": provider,
+            "provider": provider or None,
             "calls": n,
             "upstream_errors": errors,
             "error_rate": f"{100 * errors / n:.1f}%" if n else "—",
         }
         for provider, n, errors in ops.db.execute(
-            "SELECT provider, COUNT(*),"
-            f" SUM(CASE WHEN error_code IN ({marks}) THEN 1 ELSE 0 END)"
-            " FROM usage WHERE created_at >= ? GROUP BY provider ORDER BY provider",
-            [*UPSTREAM_CODES, since],
+            "SELECT provider, SUM(calls), SUM(upstream_errors) FROM usage_daily WHERE day >= ?"
+            " GROUP BY provider ORDER BY provider",
+            [first_day],
         ).fetchall()
     ]
     (holds,) = ops.db.execute("SELECT COUNT(*) FROM usage WHERE hold_state = 'pending'").fetchone()
@@ -93,7 +96,7 @@ def overview(ops: Operations, days: int = 30, now: datetime | None = None) -> Ov
         spend_per_day=spend,
         accounts_by_status=statuses,
         active_accounts=active,
-        top_models=usage_totals(ops, "model", since=since, limit=10),
+        top_models=top_models,
         providers=providers,
         pending_holds=holds,
         held_micros=held,

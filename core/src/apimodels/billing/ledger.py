@@ -17,10 +17,12 @@ Two ways to set credits aside, both checked atomically against balance minus wha
   taking its cost from the reservation. The primary key of its usage row and the unique
   charge per request make a second settle of it fail.
 
-Each API key's spending is kept as a running total per UTC day of its requests
-(``key_spend``), changed in the transaction that writes the usage row it sums: a pending
-task's hold counts as spent until the task settles (``apimodels.billing.limits`` reads it
-to lease a key's room under its spending caps, a few rows whatever the key's history).
+Two running totals per UTC day of the requests are changed in the transaction that writes
+the usage rows they sum, so that what reads them reads a few rows whatever the history:
+each API key's spending (``key_spend``: a pending task's hold counts as spent until the
+task settles; ``apimodels.billing.limits`` leases a key's room under its spending caps
+from it), and each account's calls per model and provider (``usage_daily``: calls, those
+settled and failed, tokens, credits charged, upstream errors; the admin overview).
 
 A cost larger than what was set aside is charged in full: the balance may then go below
 zero by at most that overrun (and no cost exceeds the bound ``pricing.usage_ceiling`` sets
@@ -64,7 +66,7 @@ _SETTLE = (
     "UPDATE usage SET hold_state = :state, status = :status, cost_micros = :cost, settled_at = :now, "
     + ", ".join(f"{f} = :{f}" for f in SETTLE_FIELDS)
     + " WHERE request_id = :id AND hold_state = 'pending'"
-    " RETURNING account_id, hold_micros, key_id, created_at"
+    " RETURNING account_id, hold_micros, key_id, created_at, model, provider"
 )
 #: What a usage row counts as spent by its key: its cost, or, while a task runs, its hold
 #: (a task settles in the background, maybe in another process, long after it was
@@ -91,6 +93,50 @@ def add_spent_op(c: sqlite3.Connection, spent: dict[tuple[str, str], int]) -> No
     for (key_id, day), amount in sorted(spent.items()):
         if amount:
             c.execute(_ADD_SPENT, (key_id, day, amount))
+
+
+#: Error codes of a failure upstream (the provider's), as opposed to a refused request:
+#: ``usage_daily`` counts them per provider.
+UPSTREAM_ERROR_CODES = frozenset(
+    ("upstream_error", "upstream_timeout", "upstream_overloaded", "provider_unavailable")
+)
+#: ``usage_daily``'s counters, in the order :func:`add_daily_op` adds them.
+DAILY_COUNTERS = (
+    "calls",  # every request, pending or not
+    "settled",  # those no longer pending
+    "failed",
+    "input_tokens",
+    "output_tokens",
+    "cost_micros",  # what was charged
+    "upstream_errors",
+)
+_ADD_DAILY = (
+    f"INSERT INTO usage_daily (day, account_id, model, provider, {', '.join(DAILY_COUNTERS)})"
+    f" VALUES (?, ?, ?, ?, {', '.join('?' * len(DAILY_COUNTERS))})"
+    " ON CONFLICT (day, account_id, model, provider) DO UPDATE SET "
+    + ", ".join(f"{n} = usage_daily.{n} + excluded.{n}" for n in DAILY_COUNTERS)
+)
+_INPUT, _OUTPUT = QUANTITY_FIELDS.index("input_tokens"), QUANTITY_FIELDS.index("output_tokens")
+Daily = tuple[str, str, str, str]  # day, account, model, provider ('' for none)
+
+
+def _daily(created_at: str, account_id: str, model: str | None, provider: str | None) -> Daily:
+    return created_at[:10], account_id, model or "", provider or ""
+
+
+def _settled(failed: bool, fields: tuple[Any, Any, Any, Any]) -> list[int]:
+    """The counters of one request that settled: (input tokens, output tokens, cost, error
+    code) -> a row of ``DAILY_COUNTERS`` (without the call itself)."""
+    tokens_in, tokens_out, cost, error = fields
+    upstream = error in UPSTREAM_ERROR_CODES
+    return [0, 1, int(failed), tokens_in or 0, tokens_out or 0, cost or 0, int(upstream)]
+
+
+def add_daily_op(c: sqlite3.Connection, daily: dict[Daily, list[int]]) -> None:
+    """Add to accounts' calls per day, model and provider, ``{(day, account, model,
+    provider): counters}``: in key order, after the accounts (the batch's lock order)."""
+    for group, counters in sorted(daily.items()):
+        c.execute(_ADD_DAILY, (*group, *counters))
 
 
 def hold_op(
@@ -127,6 +173,8 @@ def hold_op(
     c.execute(f"INSERT INTO usage ({columns}) VALUES ({values})", row)
     if row.get("key_id") and _counts_hold(request_id):
         add_spent_op(c, {(row["key_id"], row["created_at"][:10]): amount_micros})
+    group = _daily(row["created_at"], account_id, row.get("model"), row.get("provider"))
+    add_daily_op(c, {group: [1, 0, 0, 0, 0, 0, 0]})
 
 
 def _settle(
@@ -146,7 +194,7 @@ def _settle(
     row = c.execute(_SETTLE, params).fetchone()
     if row is None:
         return None
-    account_id, held, key_id, created_at = row
+    account_id, held, key_id, created_at, model, provider = row
     c.execute(
         "UPDATE accounts SET held_micros = held_micros - ?, balance_micros = balance_micros - ?"
         " WHERE id = ?",
@@ -156,6 +204,11 @@ def _settle(
         add_spent_op(
             c, {(key_id, created_at[:10]): cost - (held if _counts_hold(request_id) else 0)}
         )
+    settled = (params["input_tokens"], params["output_tokens"], cost, params["error_code"])
+    add_daily_op(
+        c,
+        {_daily(created_at, account_id, model, provider): _settled(state != "captured", settled)},
+    )
     return account_id, held
 
 
@@ -301,12 +354,22 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
         c.executemany(_INSERT_CHARGE, charges)
     spent: dict[str, int] = {}
     by_key: dict[tuple[str, str], int] = {}
+    daily: dict[Daily, list[int]] = {}
     taken: dict[tuple[str, str], int] = {}
     for s in settlements:
         spent[s.account_id] = spent.get(s.account_id, 0) + s.cost_micros
         if s.key_id and s.cost_micros:
             day = (s.key_id, s.created_at[:10])
             by_key[day] = by_key.get(day, 0) + s.cost_micros
+        q = s.quantities
+        one = _settled(not s.succeeded, (q[_INPUT], q[_OUTPUT], s.cost_micros, s.error_code))
+        one[0] = 1  # the call itself, written whole
+        group = _daily(s.created_at, s.account_id, s.billed_as[0], s.billed_as[1])
+        if (counters := daily.get(group)) is None:
+            daily[group] = one
+        else:
+            for i, n in enumerate(one):
+                counters[i] += n
         if s.taken_micros:
             key = (s.reservation_id, s.account_id)
             taken[key] = taken.get(key, 0) + s.taken_micros
@@ -329,6 +392,7 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
                 (cost, unheld.get(account_id, 0), account_id),
             )
     add_spent_op(c, by_key)  # after the accounts: each batch locks accounts first
+    add_daily_op(c, daily)
 
 
 _AVAILABLE = "SELECT balance_micros - held_micros FROM accounts WHERE id = ?"
@@ -810,6 +874,7 @@ class Ledger:
             " AS spending GROUP BY key_id, day HAVING SUM(stored) != SUM(summed)"
         ):
             problems.append(f"key {key_id} on {day}: spent {stored} but its usage sums to {summed}")
+        problems.extend(_daily_problems(c))
         problems.extend(_below_floor(c))
         cutoff = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
         for (request_id,) in c.execute(
@@ -822,6 +887,38 @@ class Ledger:
         ):
             problems.append(f"reservation {reservation_id}: expired but still held")
         return problems
+
+
+def _daily_problems(c: sqlite3.Connection) -> list[str]:
+    """Groups of ``usage_daily`` whose counters differ from their usage rows' sums."""
+    codes = ", ".join(f"'{code}'" for code in sorted(UPSTREAM_ERROR_CODES))
+    settled = "CASE WHEN hold_state != 'pending' THEN {} ELSE 0 END"
+    from_rows = [
+        "1",
+        settled.format("1"),
+        "CASE WHEN status = 'failed' AND hold_state != 'pending' THEN 1 ELSE 0 END",
+        settled.format("COALESCE(input_tokens, 0)"),
+        settled.format("COALESCE(output_tokens, 0)"),
+        settled.format("COALESCE(cost_micros, 0)"),
+        f"CASE WHEN error_code IN ({codes}) THEN 1 ELSE 0 END",
+    ]
+    stored = ", ".join(f"{n} AS {n}" for n in DAILY_COUNTERS)
+    negated = ", ".join(f"-({e})" for e in from_rows)
+    sums = ", ".join(f"SUM({n})" for n in DAILY_COUNTERS)
+    differs = " OR ".join(f"SUM({n}) != 0" for n in DAILY_COUNTERS)
+    problems = []
+    for day, account, model, provider, *off in c.execute(
+        f"SELECT day, account_id, model, provider, {sums} FROM (SELECT day, account_id, model,"
+        f" provider, {stored} FROM usage_daily UNION ALL SELECT substr(created_at, 1, 10),"
+        f" account_id, COALESCE(model, ''), COALESCE(provider, ''), {negated} FROM usage)"
+        f" AS counted GROUP BY day, account_id, model, provider HAVING {differs}"
+    ):
+        wrong = ", ".join(f"{n} {d:+d}" for n, d in zip(DAILY_COUNTERS, off, strict=True) if d)
+        problems.append(
+            f"account {account} on {day} ({model or '-'}, {provider or '-'}): its daily"
+            f" totals are off their usage rows by {wrong}"
+        )
+    return problems
 
 
 def _cancel(batch: list[_Op]) -> None:

@@ -588,3 +588,45 @@ def m021_key_spend(db: sqlite_utils.Database) -> None:
         " ELSE COALESCE(cost_micros, 0) END) FROM usage"
         " WHERE key_id IS NOT NULL GROUP BY key_id, substr(created_at, 1, 10)"
     )
+
+
+@migration
+def m022_usage_daily(db: sqlite_utils.Database) -> None:
+    # Each account's calls per UTC day, model and provider (the admin overview's figures),
+    # kept by the ledger with the usage rows it sums (apimodels.billing.ledger): a month of
+    # them is a few thousand rows where the usage rows are millions. Filled from the usage
+    # rows so far, as the ledger counts them (written out: a shipped migration never changes).
+    counters = (
+        "calls",
+        "settled",
+        "failed",
+        "input_tokens",
+        "output_tokens",
+        "cost_micros",
+        "upstream_errors",
+    )
+    db["usage_daily"].create(
+        {"day": str, "account_id": str, "model": str, "provider": str}
+        | dict.fromkeys(counters, int),
+        pk=("day", "account_id", "model", "provider"),
+        not_null=set(counters),
+    )
+    settled = "SUM(CASE WHEN hold_state != 'pending' THEN {} ELSE 0 END)"
+    db.execute(
+        f"INSERT INTO usage_daily (day, account_id, model, provider, {', '.join(counters)})"
+        " SELECT substr(created_at, 1, 10), account_id, COALESCE(model, ''),"
+        " COALESCE(provider, ''), COUNT(*), "
+        + ", ".join(
+            [
+                settled.format("1"),
+                "SUM(CASE WHEN status = 'failed' AND hold_state != 'pending' THEN 1 ELSE 0 END)",
+                settled.format("COALESCE(input_tokens, 0)"),
+                settled.format("COALESCE(output_tokens, 0)"),
+                settled.format("COALESCE(cost_micros, 0)"),
+                "SUM(CASE WHEN error_code IN ('provider_unavailable', 'upstream_error',"
+                " 'upstream_overloaded', 'upstream_timeout') THEN 1 ELSE 0 END)",
+            ]
+        )
+        + " FROM usage GROUP BY substr(created_at, 1, 10), account_id, COALESCE(model, ''),"
+        " COALESCE(provider, '')"
+    )
