@@ -124,12 +124,17 @@ def _daily(created_at: str, account_id: str, model: str | None, provider: str | 
     return created_at[:10], account_id, model or "", provider or ""
 
 
-def _settled(failed: bool, fields: tuple[Any, Any, Any, Any]) -> list[int]:
-    """The counters of one request that settled: (input tokens, output tokens, cost, error
-    code) -> a row of ``DAILY_COUNTERS`` (without the call itself)."""
-    tokens_in, tokens_out, cost, error = fields
+#: The counters of a call that starts (a task's hold: it settles later).
+_STARTED = (1, 0, 0, 0, 0, 0, 0)
+
+
+def _settled(
+    calls: int, failed: bool, tokens_in: Any, tokens_out: Any, cost: int, error: Any
+) -> list[int]:
+    """The ``DAILY_COUNTERS`` of one request that settled (``calls``: 1 when its row is
+    written whole now, 0 when it was counted as it started)."""
     upstream = error in UPSTREAM_ERROR_CODES
-    return [0, 1, int(failed), tokens_in or 0, tokens_out or 0, cost or 0, int(upstream)]
+    return [calls, 1, int(failed), tokens_in or 0, tokens_out or 0, cost, int(upstream)]
 
 
 def add_daily_op(c: sqlite3.Connection, daily: dict[Daily, list[int]]) -> None:
@@ -174,7 +179,7 @@ def hold_op(
     if row.get("key_id") and _counts_hold(request_id):
         add_spent_op(c, {(row["key_id"], row["created_at"][:10]): amount_micros})
     group = _daily(row["created_at"], account_id, row.get("model"), row.get("provider"))
-    add_daily_op(c, {group: [1, 0, 0, 0, 0, 0, 0]})
+    add_daily_op(c, {group: list(_STARTED)})
 
 
 def _settle(
@@ -204,11 +209,11 @@ def _settle(
         add_spent_op(
             c, {(key_id, created_at[:10]): cost - (held if _counts_hold(request_id) else 0)}
         )
-    settled = (params["input_tokens"], params["output_tokens"], cost, params["error_code"])
-    add_daily_op(
-        c,
-        {_daily(created_at, account_id, model, provider): _settled(state != "captured", settled)},
-    )
+    counters = _settled(
+        0, state != "captured", params["input_tokens"], params["output_tokens"], cost,
+        params["error_code"],
+    )  # fmt: skip
+    add_daily_op(c, {_daily(created_at, account_id, model, provider): counters})
     return account_id, held
 
 
@@ -362,14 +367,11 @@ def settle_op(c: sqlite3.Connection, settlements: list[Settlement], now: str) ->
             day = (s.key_id, s.created_at[:10])
             by_key[day] = by_key.get(day, 0) + s.cost_micros
         q = s.quantities
-        one = _settled(not s.succeeded, (q[_INPUT], q[_OUTPUT], s.cost_micros, s.error_code))
-        one[0] = 1  # the call itself, written whole
+        one = _settled(1, not s.succeeded, q[_INPUT], q[_OUTPUT], s.cost_micros, s.error_code)
         group = _daily(s.created_at, s.account_id, s.billed_as[0], s.billed_as[1])
-        if (counters := daily.get(group)) is None:
-            daily[group] = one
-        else:
-            for i, n in enumerate(one):
-                counters[i] += n
+        if (counters := daily.get(group)) is not None:
+            one = [a + b for a, b in zip(counters, one, strict=True)]
+        daily[group] = one
         if s.taken_micros:
             key = (s.reservation_id, s.account_id)
             taken[key] = taken.get(key, 0) + s.taken_micros
@@ -867,13 +869,7 @@ class Ledger:
             " WHERE e.hold_id IS NOT NULL AND u.request_id IS NULL"
         ):
             problems.append(f"entry {entry_id}: a charge for no known request")
-        for key_id, day, stored, summed in c.execute(
-            "SELECT key_id, day, SUM(stored), SUM(summed) FROM (SELECT key_id, day,"
-            " spent_micros AS stored, 0 AS summed FROM key_spend UNION ALL SELECT key_id,"
-            f" substr(created_at, 1, 10), 0, {SPENT_BY_ROW} FROM usage WHERE key_id IS NOT NULL)"
-            " AS spending GROUP BY key_id, day HAVING SUM(stored) != SUM(summed)"
-        ):
-            problems.append(f"key {key_id} on {day}: spent {stored} but its usage sums to {summed}")
+        problems.extend(_spent_problems(c))
         problems.extend(_daily_problems(c))
         problems.extend(_below_floor(c))
         cutoff = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
@@ -887,6 +883,19 @@ class Ledger:
         ):
             problems.append(f"reservation {reservation_id}: expired but still held")
         return problems
+
+
+def _spent_problems(c: sqlite3.Connection) -> list[str]:
+    """Days of ``key_spend`` that differ from what their keys' usage rows spent."""
+    return [
+        f"key {key_id} on {day}: spent {stored} but its usage sums to {summed}"
+        for key_id, day, stored, summed in c.execute(
+            "SELECT key_id, day, SUM(stored), SUM(summed) FROM (SELECT key_id, day,"
+            " spent_micros AS stored, 0 AS summed FROM key_spend UNION ALL SELECT key_id,"
+            f" substr(created_at, 1, 10), 0, {SPENT_BY_ROW} FROM usage WHERE key_id IS NOT NULL)"
+            " AS spending GROUP BY key_id, day HAVING SUM(stored) != SUM(summed)"
+        )
+    ]
 
 
 def _daily_problems(c: sqlite3.Connection) -> list[str]:

@@ -26,9 +26,10 @@ otherwise). A lease is renewed when the requests outgrow it, when the UTC day or
 caps change; the upkeep (:meth:`Limiter.maintain`) keeps a live process's leases from
 expiring (a lease must outlive the calls it covers) and gives back those of keys idle for a
 few seconds; a lease expires ``LEASE_SECONDS`` after its last renewal (a crashed process's
-lease frees its room then) and is returned when the server stops. A lease takes what the next requests hold plus an eighth of the room left, so with P
-processes serving one key a cap may refuse a request while up to (P - 1) eighths of the
-room sit in the other processes' leases, never let one through past it.
+lease frees its room then) and is returned when the server stops. A lease takes what the
+next requests hold plus an eighth of the room left, so with P processes serving one key a
+cap may refuse a request while up to (P - 1) eighths of the room sit in the other
+processes' leases, never let one through past it.
 """
 
 from __future__ import annotations

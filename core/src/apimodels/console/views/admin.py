@@ -95,7 +95,7 @@ def routes(console: Console) -> list[BaseRoute]:
         return console.render(request, template, notice=_(done) if done else None, **context)
 
     async def home(request: Request) -> Response:
-        figures = await reading(ops, overview)  # sums of 30 days of usage: off the loop
+        figures = await reading(ops, overview)  # a database read: off the loop
         return render(
             request,
             "admin_overview.html",
